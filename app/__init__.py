@@ -1,0 +1,1 @@
+"""alignloop web tier: configuration, data layer, authentication and HTTP routes."""

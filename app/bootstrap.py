@@ -1,0 +1,36 @@
+"""First-start set-up for the embedded default: the first admin and the demo prompt set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app import crud, security
+from app.models import Role
+from app.prompt_import import parse_prompts
+
+DEMO_PROMPTS = Path(__file__).resolve().parent / "demo_prompts.jsonl"
+FIRST_ADMIN = "admin"
+
+
+def create_first_admin(db: Session) -> str | None:
+    """On an empty database, create `admin` with a random password and return that password."""
+    if crud.count_users(db) > 0:
+        return None
+    password = security.generate_password()
+    crud.create_user(db, username=FIRST_ADMIN, password=password, role=Role.ADMIN)
+    return password
+
+
+def load_demo_prompts(db: Session) -> int:
+    """Load the shipped demo prompts into a database that has none; returns how many."""
+    if crud.count_prompts(db) > 0:
+        return 0
+    prompts, skipped = parse_prompts(DEMO_PROMPTS.read_bytes(), "jsonl")
+    if skipped:
+        raise RuntimeError(f"{DEMO_PROMPTS} has invalid rows: {skipped}")
+    for prompt in prompts:
+        prompt.source = prompt.source or "alignloop demo"
+    created, _ = crud.add_prompts(db, prompts=prompts, created_by=None)
+    return created

@@ -1,0 +1,291 @@
+"""The `alignloop` command line: the embedded default, the production processes and admin chores.
+
+Every command reads its configuration from `Settings` and reports problems as a one-line
+message with a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+from pydantic import TypeAdapter, ValidationError
+
+from app import bootstrap, crud, migrate
+from app.config import ConfigurationError, Settings
+from app.db import make_engine, make_session_factory, session_scope
+from app.errors import AppError
+from app.models import Role
+from app.prompt_import import UnreadableFile, detect_format, parse_prompts
+from app.schemas import Password, Username
+
+log = logging.getLogger("alignloop")
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        raise click.ClickException(f"configuration: {problems}") from None
+
+
+def _session_factory(settings: Settings):
+    return make_session_factory(make_engine(settings.resolved_database_url))
+
+
+def _validated(annotation, value: str, what: str) -> str:
+    try:
+        return TypeAdapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"], param_hint=what) from None
+
+
+class AlignloopGroup(click.Group):
+    """Turns the app's own errors into clean CLI messages."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (AppError, ConfigurationError, UnreadableFile) as exc:
+            raise click.ClickException(getattr(exc, "detail", None) or str(exc)) from None
+
+
+@click.group(cls=AlignloopGroup)
+@click.option("--log-level", default=None, help="Override ALIGNLOOP_LOG_LEVEL.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
+    """alignloop: collect human preferences, train on them, serve the aligned model."""
+    settings = load_settings()
+    logging.basicConfig(
+        level=(log_level or settings.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = settings
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.pass_obj
+def run(settings: Settings, host: str, port: int) -> None:
+    """Everything in one process: migrate, first admin, demo prompts, web, worker, scheduler."""
+    import uvicorn
+
+    from app.main import create_app
+    from worker.celery_app import create_celery
+    from worker.embedded import EmbeddedWorker
+    from worker.tasks import PULL_BASE_MODEL
+
+    if not settings.embedded:
+        raise click.ClickException(
+            "`alignloop run` is the embedded default; unset ALIGNLOOP_REDIS_URL, or start "
+            "`alignloop web`, `alignloop worker` and `alignloop beat` separately"
+        )
+    settings = settings.with_generated_secret_key()
+    engine = make_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    with session_scope(make_session_factory(engine)) as db:
+        admin_password = bootstrap.create_first_admin(db)
+        demo_prompts = bootstrap.load_demo_prompts(db)
+    celery = create_celery(settings, engine=engine)
+    with EmbeddedWorker(celery):
+        celery.send_task(PULL_BASE_MODEL)  # the first start converts the base model meanwhile
+        _print_welcome(host, port, admin_password, demo_prompts)
+        uvicorn.run(
+            create_app(settings, engine=engine, celery=celery),
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+        )
+
+
+def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompts: int) -> None:
+    click.echo(f"\n  alignloop is starting at http://{host}:{port}/\n")
+    if admin_password:
+        click.echo(f"  First admin created. Username: {bootstrap.FIRST_ADMIN}")
+        click.echo(f"                       Password: {admin_password}")
+        click.echo("  (shown this once; create more users with `alignloop users create`)\n")
+    if demo_prompts:
+        click.echo(f"  Loaded {demo_prompts} demo prompts.\n")
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn processes.")
+@click.pass_obj
+def web(settings: Settings, host: str, port: int, workers: int) -> None:
+    """The web tier (pages, REST, /v1) for production; needs ALIGNLOOP_SECRET_KEY."""
+    import uvicorn
+
+    settings.require_secret_key()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@main.command()
+@click.option("--queues", "-Q", default="train,default", show_default=True)
+@click.option("--concurrency", "-c", default=1, show_default=True, type=int)
+@click.pass_obj
+def worker(settings: Settings, queues: str, concurrency: int) -> None:
+    """A Celery worker (production); one per GPU for the `train` queue."""
+    celery = _production_celery(settings)
+    celery.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            settings.log_level,
+            "--hostname",
+            "alignloop@%h",
+        ]
+    )
+
+
+@main.command()
+@click.pass_obj
+def beat(settings: Settings) -> None:
+    """Celery beat: scheduled rounds and housekeeping (production; run exactly one)."""
+    celery = _production_celery(settings)
+    celery.start(["beat", "--loglevel", settings.log_level])
+
+
+def _production_celery(settings: Settings):
+    from worker.celery_app import create_celery
+
+    if settings.embedded:
+        raise click.ClickException(
+            "ALIGNLOOP_REDIS_URL is not set: separate workers need a broker "
+            "(or use `alignloop run`, which runs its worker inside the process)"
+        )
+    return create_celery(settings)
+
+
+# --- administration ----------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_obj
+def db_upgrade(settings: Settings, revision: str) -> None:
+    """Apply migrations up to REVISION."""
+    migrate.upgrade(make_engine(settings.resolved_database_url), revision)
+    click.echo(f"database upgraded to {revision}")
+
+
+@main.group()
+def users() -> None:
+    """User accounts."""
+
+
+@users.command("create")
+@click.option("--username", required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--role", type=click.Choice([role.value for role in Role]), required=True)
+@click.pass_obj
+def users_create(settings: Settings, username: str, password: str, role: str) -> None:
+    """Create a user (rater or admin)."""
+    username = _validated(Username, username, "--username")
+    password = _validated(Password, password, "--password")
+    with session_scope(_session_factory(settings)) as session:
+        crud.create_user(session, username=username, password=password, role=Role(role))
+    click.echo(f"created {role} {username}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys for scripts."""
+
+
+@keys.command("create")
+@click.option("--username", required=True)
+@click.option("--name", default="cli", show_default=True, help="A label to recognise the key by.")
+@click.pass_obj
+def keys_create(settings: Settings, username: str, name: str) -> None:
+    """Create an API key for USERNAME and print it (it is not shown again)."""
+    with session_scope(_session_factory(settings)) as session:
+        user = _existing_user(session, username)
+        _, key = crud.create_api_key(session, user=user, name=name)
+    click.echo(key)
+
+
+@keys.command("revoke")
+@click.option("--username", required=True)
+@click.option("--prefix", required=True, help="The key's first characters, as listed.")
+@click.pass_obj
+def keys_revoke(settings: Settings, username: str, prefix: str) -> None:
+    """Revoke USERNAME's live keys that start with PREFIX."""
+    with session_scope(_session_factory(settings)) as session:
+        user = _existing_user(session, username)
+        revoked = crud.revoke_api_keys_by_prefix(session, user=user, prefix=prefix)
+    if not revoked:
+        raise click.ClickException(f"no live key of {username} starts with {prefix!r}")
+    click.echo(f"revoked {revoked} key(s)")
+
+
+def _existing_user(session, username: str):
+    user = crud.get_user_by_username(session, username=username)
+    if user is None:
+        raise click.ClickException(f"no user named {username!r}")
+    return user
+
+
+@main.group()
+def models() -> None:
+    """The model store."""
+
+
+@models.command("pull-default")
+@click.pass_obj
+def models_pull_default(settings: Settings) -> None:
+    """Import ALIGNLOOP_BASE_MODEL (default: the bundled SmolLM2) as version `base`."""
+    from worker.model_store import ModelSourceError, ModelStore
+
+    try:
+        version = ModelStore(settings).ensure_base_version(_session_factory(settings))
+    except ModelSourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"model version {version.name!r} is at {settings.models_dir / version.path}")
+
+
+@main.group()
+def prompts() -> None:
+    """Prompts for raters and training."""
+
+
+@prompts.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def prompts_import(settings: Settings, file: Path) -> None:
+    """Import prompts from a JSONL, JSON or CSV FILE, skipping duplicates and invalid rows."""
+    parsed, skipped = parse_prompts(file.read_bytes(), detect_format(file.name))
+    with session_scope(_session_factory(settings)) as session:
+        created, duplicates = crud.add_prompts(session, prompts=parsed, created_by=None)
+    click.echo(f"created {created}, duplicates {duplicates}, skipped {len(skipped)}")
+    for row in skipped:
+        click.echo(f"  line {row.line}: {row.reason}", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

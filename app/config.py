@@ -1,0 +1,125 @@
+"""Runtime configuration: the one Settings class, and the only code that reads the environment.
+
+Every setting comes from an `ALIGNLOOP_`-prefixed environment variable (or `.env`); the rest of
+the code receives a `Settings` object and never looks at `os.environ` itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that appear in tutorials and templates; a deployment that still has one is misconfigured.
+PLACEHOLDER_SECRETS = {
+    "changeme",
+    "change-me",
+    "changethis",
+    "secret",
+    "dev",
+    "development",
+    "test",
+}
+MIN_SECRET_LENGTH = 32
+BUNDLED_MODEL = "bundled"
+TINY_RANDOM_MODEL = "tiny-random"
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration cannot run the requested process; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Field names map to `ALIGNLOOP_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ALIGNLOOP_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `ALIGNLOOP_REDIS_URL=` means unset, as compose files write it
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("data")
+    """Folder for the SQLite database, the model store and the generated secret key."""
+    database_url: str | None = None
+    """SQLAlchemy URL; unset means a SQLite file inside `data_dir`."""
+    redis_url: str | None = None
+    """Celery broker and result backend; unset means embedded mode (worker inside the process)."""
+    base_model: str = BUNDLED_MODEL
+    """`bundled` (SmolLM2-135M-Instruct), `tiny-random`, a Hugging Face id or a local folder."""
+    secret_key: SecretStr | None = None
+    """Signs login-form and invitation tokens; required by the web process outside dev mode."""
+    dev_mode: bool = False
+    """Accept placeholder secrets; never set this on a server that others can reach."""
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    """`auto` picks CUDA when present, else CPU; or any torch device string such as `cuda:1`."""
+    inference: Literal["local", "celery"] = "local"
+    """Where `/v1` generations run: in the web process, or on workers via the `inference` queue."""
+
+    session_hours: float = Field(default=12.0, gt=0)
+    """How long a browser session stays valid after login."""
+    login_max_failures: int = Field(default=5, ge=1)
+    """Failed logins per username and client address before further attempts get 429."""
+    login_lockout_seconds: int = Field(default=900, ge=1)
+    """How long the login throttle lasts once tripped."""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Largest request body the web tier accepts (413 beyond)."""
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _secret_key_is_not_a_placeholder(self) -> Settings:
+        if self.secret_key is None or self.dev_mode:
+            return self
+        raw = self.secret_key.get_secret_value()
+        if raw.strip().lower() in PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"ALIGNLOOP_SECRET_KEY is a placeholder or shorter than {MIN_SECRET_LENGTH} "
+                'characters; generate one with: python -c "import secrets; '
+                'print(secrets.token_urlsafe(48))"'
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'alignloop.db').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        """No broker configured: the worker and scheduler run inside `alignloop run`."""
+        return not self.redis_url
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret_key"
+
+    def require_secret_key(self) -> str:
+        if self.secret_key is None:
+            raise ConfigurationError(
+                "ALIGNLOOP_SECRET_KEY is not set. Set it to a long random string "
+                "(`alignloop run` generates one into the data folder for you)."
+            )
+        return self.secret_key.get_secret_value()
+
+    def with_generated_secret_key(self) -> Settings:
+        """Settings whose secret key is read from, or first created in, `data_dir/secret_key`.
+
+        Used by the embedded default so that a fresh install is secure without any setup.
+        """
+        if self.secret_key is not None:
+            return self
+        path = self.secret_key_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return self.model_copy(update={"secret_key": SecretStr(path.read_text().strip())})

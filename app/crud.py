@@ -1,0 +1,310 @@
+"""Data access: small keyword-only functions over an explicit session.
+
+They flush but never commit: the caller (a route, a CLI command, a task) owns the transaction.
+Domain rules that need the database (unique names, ownership, throttles) are enforced here and
+reported with the exceptions of `app.errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
+
+from app import security
+from app.errors import Conflict, NotFound, RateLimited
+from app.models import (
+    ApiKey,
+    LoginThrottle,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    Prompt,
+    Role,
+    User,
+    WebSession,
+    utcnow,
+)
+from app.schemas import PromptIn
+
+API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+
+# --- users ---------------------------------------------------------------------------------------
+
+
+def create_user(db: Session, *, username: str, password: str, role: Role) -> User:
+    """Create an account; `username` must already be validated (see `schemas.Username`)."""
+    if get_user_by_username(db, username=username) is not None:
+        raise Conflict(f"User {username!r} already exists")
+    user = User(username=username, password_hash=security.hash_password(password), role=role)
+    try:
+        with db.begin_nested():  # a concurrent request may have taken the name meanwhile
+            db.add(user)
+    except IntegrityError:
+        raise Conflict(f"User {username!r} already exists") from None
+    return user
+
+
+def get_user_by_username(db: Session, *, username: str) -> User | None:
+    return db.scalar(select(User).where(User.username == username.strip().lower()))
+
+
+def list_users(db: Session) -> list[User]:
+    return list(db.scalars(select(User).order_by(User.username)))
+
+
+def count_users(db: Session) -> int:
+    return db.scalar(select(func.count()).select_from(User)) or 0
+
+
+def authenticate_user(db: Session, *, username: str, password: str) -> User | None:
+    """The active user with these credentials, or None; unknown names cost a full hash check."""
+    user = get_user_by_username(db, username=username)
+    stored_hash = user.password_hash if user is not None and user.is_active else None
+    if not security.verify_password(password, stored_hash):
+        return None
+    assert user is not None
+    if security.password_needs_rehash(user.password_hash):
+        user.password_hash = security.hash_password(password)
+    user.last_login_at = utcnow()
+    return user
+
+
+# --- browser sessions ----------------------------------------------------------------------------
+
+
+def create_web_session(db: Session, *, user: User, ttl: timedelta) -> tuple[WebSession, str]:
+    """A new session for `user`; returns the row and the cookie token (stored only as a digest)."""
+    token = security.new_token()
+    web_session = WebSession(
+        token_hash=security.token_digest(token),
+        user_id=user.id,
+        csrf_token=security.new_token(),
+        expires_at=utcnow() + ttl,
+    )
+    db.add(web_session)
+    db.flush()
+    return web_session, token
+
+
+def get_web_session(db: Session, *, token: str) -> WebSession | None:
+    return db.scalar(
+        select(WebSession)
+        .options(joinedload(WebSession.user))
+        .join(User)
+        .where(
+            WebSession.token_hash == security.token_digest(token),
+            WebSession.expires_at > utcnow(),
+            User.is_active.is_(True),
+        )
+    )
+
+
+def end_web_session(db: Session, *, token: str) -> None:
+    db.execute(delete(WebSession).where(WebSession.token_hash == security.token_digest(token)))
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+def create_api_key(
+    db: Session, *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """A new key for `user`: the row, and the key itself (never stored, never shown again)."""
+    key = security.new_api_key()
+    api_key = ApiKey(
+        user_id=user.id,
+        name=name,
+        prefix=key[: security.DISPLAY_PREFIX_LENGTH],
+        key_hash=security.token_digest(key),
+        expires_at=expires_at,
+    )
+    db.add(api_key)
+    db.flush()
+    return api_key, key
+
+
+def get_api_key(db: Session, *, key: str) -> ApiKey | None:
+    """The live key row for a presented key (not revoked, not expired, owner active)."""
+    now = utcnow()
+    api_key = db.scalar(
+        select(ApiKey)
+        .options(joinedload(ApiKey.user))
+        .join(User)
+        .where(
+            ApiKey.key_hash == security.token_digest(key),
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            User.is_active.is_(True),
+        )
+    )
+    if api_key is not None and (
+        api_key.last_used_at is None or now - api_key.last_used_at > API_KEY_TOUCH_INTERVAL
+    ):
+        api_key.last_used_at = now
+    return api_key
+
+
+def list_api_keys(db: Session, *, user: User) -> list[ApiKey]:
+    return list(
+        db.scalars(
+            select(ApiKey)
+            .where(ApiKey.user_id == user.id, ApiKey.expires_at.is_(None))
+            .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+        )
+    )
+
+
+def revoke_api_key(db: Session, *, user: User, key_id: int) -> ApiKey:
+    """Revoke one of `user`'s keys; someone else's key id is reported as not found."""
+    api_key = db.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user.id))
+    if api_key is None:
+        raise NotFound("API key not found")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+    return api_key
+
+
+def revoke_api_keys_by_prefix(db: Session, *, user: User, prefix: str) -> int:
+    keys = db.scalars(
+        select(ApiKey).where(
+            ApiKey.user_id == user.id, ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)
+        )
+    ).all()
+    for api_key in keys:
+        api_key.revoked_at = utcnow()
+    return len(keys)
+
+
+# --- login throttling ----------------------------------------------------------------------------
+
+
+def login_throttle_key(username: str, client_address: str) -> str:
+    return f"{username.strip().lower()[:64]}|{client_address}"
+
+
+def ensure_login_allowed(db: Session, *, key: str) -> None:
+    throttle = db.scalar(select(LoginThrottle).where(LoginThrottle.key == key))
+    now = utcnow()
+    if throttle is not None and throttle.locked_until is not None and throttle.locked_until > now:
+        retry_after = int((throttle.locked_until - now).total_seconds()) + 1
+        raise RateLimited("Too many failed logins; try again later.", retry_after)
+
+
+def record_login_failure(db: Session, *, key: str, max_failures: int, lockout_s: int) -> None:
+    """Count a failure; the `max_failures`-th within the lockout window locks the key."""
+    now = utcnow()
+    window = timedelta(seconds=lockout_s)
+    throttle = db.scalar(select(LoginThrottle).where(LoginThrottle.key == key))
+    if throttle is None:
+        throttle = LoginThrottle(key=key, failures=0, window_started_at=now)
+        db.add(throttle)
+    elif now - throttle.window_started_at > window:
+        throttle.failures, throttle.window_started_at, throttle.locked_until = 0, now, None
+    throttle.failures += 1
+    if throttle.failures >= max_failures:
+        throttle.locked_until = now + window
+    db.flush()
+
+
+def clear_login_failures(db: Session, *, key: str) -> None:
+    db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+
+
+def purge_expired_credentials(db: Session, *, throttle_window: timedelta) -> int:
+    """Delete expired sessions, expired tokens and stale throttles; returns rows removed."""
+    now = utcnow()
+    statements = [
+        delete(WebSession).where(WebSession.expires_at <= now),
+        delete(ApiKey).where(ApiKey.expires_at.is_not(None), ApiKey.expires_at <= now),
+        delete(LoginThrottle).where(
+            LoginThrottle.window_started_at <= now - throttle_window,
+            or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until <= now),
+        ),
+    ]
+    return sum(db.execute(statement).rowcount or 0 for statement in statements)
+
+
+# --- prompts -------------------------------------------------------------------------------------
+
+
+def prompt_dedup_hash(prompt: PromptIn) -> str:
+    """Digest of the conversation with whitespace normalised; tags and source do not count."""
+    canonical = [
+        {"role": message.role, "content": " ".join(message.content.split())}
+        for message in prompt.messages
+    ]
+    encoded = json.dumps(canonical, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def add_prompts(
+    db: Session, *, prompts: Iterable[PromptIn], created_by: User | None
+) -> tuple[int, int]:
+    """Insert the prompts not seen before; returns (created, duplicates)."""
+    by_hash: dict[str, PromptIn] = {}
+    duplicates = 0
+    for prompt in prompts:
+        digest = prompt_dedup_hash(prompt)
+        duplicates += digest in by_hash
+        by_hash.setdefault(digest, prompt)
+    existing = set(
+        db.scalars(select(Prompt.dedup_hash).where(Prompt.dedup_hash.in_(list(by_hash))))
+    )
+    for digest, prompt in by_hash.items():
+        if digest in existing:
+            continue
+        db.add(
+            Prompt(
+                messages=[message.model_dump() for message in prompt.messages],
+                source=prompt.source,
+                tags=prompt.tags,
+                split=prompt.split,
+                dedup_hash=digest,
+                created_by_id=created_by.id if created_by else None,
+            )
+        )
+    db.flush()
+    return len(by_hash) - len(existing), duplicates + len(existing)
+
+
+def count_prompts(db: Session) -> int:
+    return db.scalar(select(func.count()).select_from(Prompt)) or 0
+
+
+# --- model versions ------------------------------------------------------------------------------
+
+
+def get_model_version(db: Session, *, name: str) -> ModelVersion | None:
+    return db.scalar(select(ModelVersion).where(ModelVersion.name == name))
+
+
+def register_model_version(
+    db: Session,
+    *,
+    name: str,
+    kind: ModelKind,
+    path: str,
+    config: dict,
+    parent: ModelVersion | None = None,
+    metrics: dict | None = None,
+) -> ModelVersion:
+    if get_model_version(db, name=name) is not None:
+        raise Conflict(f"Model version {name!r} already exists")
+    version = ModelVersion(
+        name=name,
+        kind=kind,
+        status=ModelStatus.READY,
+        path=path,
+        parent_id=parent.id if parent else None,
+        config=config,
+        metrics=metrics or {},
+    )
+    db.add(version)
+    db.flush()
+    return version

@@ -1,0 +1,175 @@
+"""Request dependencies: database session, settings, and who is calling with which role.
+
+Every route declares its audience with exactly one of the aliases at the bottom (`PublicRoute`,
+`CurrentUser`, `RaterUser`, `AdminUser`, or their `Page*` forms for browser pages). Cookie
+authentication and CSRF are checked together here, so a state-changing route that accepts a
+browser session cannot forget the CSRF check: it is part of being authenticated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app import crud, security
+from app.config import Settings
+from app.errors import LoginRequired, PermissionDenied, Unauthenticated
+from app.models import Role, User, WebSession
+
+SESSION_COOKIE = "alignloop_session"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FORM_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbSession = Annotated[Session, Depends(get_db)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller and how they proved it."""
+
+    user: User
+    via: Literal["session", "api_key"]
+    web_session: WebSession | None = None
+
+    @property
+    def csrf_token(self) -> str | None:
+        return self.web_session.csrf_token if self.web_session else None
+
+
+async def submitted_csrf_token(request: Request) -> str | None:
+    """The CSRF token sent with an unsafe request, from the header or the form body.
+
+    Async only to read the form; FastAPI caches the parsed form for the route's own parameters.
+    """
+    if request.method in SAFE_METHODS:
+        return None
+    if header := request.headers.get(CSRF_HEADER):
+        return header
+    if request.headers.get("content-type", "").startswith(FORM_CONTENT_TYPES):
+        value = (await request.form()).get(CSRF_FORM_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+
+
+def _authenticate(
+    request: Request, db: Session, csrf_token: str | None, *, missing: type[Unauthenticated]
+) -> Principal:
+    if (key := bearer_token(request)) is not None:
+        api_key = crud.get_api_key(db, key=key)
+        if api_key is None:
+            raise Unauthenticated("Invalid or revoked API key")
+        db.commit()  # keeps last_used_at
+        principal = Principal(user=api_key.user, via="api_key")
+    elif (token := request.cookies.get(SESSION_COOKIE)) and (
+        web_session := crud.get_web_session(db, token=token)
+    ):
+        if request.method not in SAFE_METHODS and not security.tokens_match(
+            web_session.csrf_token, csrf_token
+        ):
+            raise PermissionDenied("CSRF token missing or invalid; reload the page and retry.")
+        principal = Principal(user=web_session.user, via="session", web_session=web_session)
+    else:
+        raise missing()
+    request.state.principal = principal
+    return principal
+
+
+def current_principal(
+    request: Request,
+    db: DbSession,
+    csrf_token: Annotated[str | None, Depends(submitted_csrf_token)],
+) -> Principal:
+    return _authenticate(request, db, csrf_token, missing=Unauthenticated)
+
+
+def current_page_principal(
+    request: Request,
+    db: DbSession,
+    csrf_token: Annotated[str | None, Depends(submitted_csrf_token)],
+) -> Principal:
+    return _authenticate(request, db, csrf_token, missing=LoginRequired)
+
+
+def optional_page_principal(request: Request, db: DbSession) -> Principal | None:
+    """The browser session's principal if there is one, for public pages such as the login form."""
+    token = request.cookies.get(SESSION_COOKIE)
+    web_session = crud.get_web_session(db, token=token) if token else None
+    if web_session is None:
+        return None
+    principal = Principal(user=web_session.user, via="session", web_session=web_session)
+    request.state.principal = principal
+    return principal
+
+
+def _require(*roles: Role, principal_dependency):
+    allowed = frozenset(roles)
+
+    # A default, not `Annotated`: string annotations cannot see this closure's variables.
+    def require_role(principal: Principal = Depends(principal_dependency)) -> User:
+        if principal.user.role not in allowed:
+            raise PermissionDenied("Your role does not allow this.")
+        return principal.user
+
+    return require_role
+
+
+def public_route() -> None:
+    """Marks a route that anyone may call; see the module docstring."""
+
+
+def _user(principal: Annotated[Principal, Depends(current_principal)]) -> User:
+    return principal.user
+
+
+def _page_user(principal: Annotated[Principal, Depends(current_page_principal)]) -> User:
+    return principal.user
+
+
+require_rater = _require(Role.RATER, Role.ADMIN, principal_dependency=current_principal)
+require_admin = _require(Role.ADMIN, principal_dependency=current_principal)
+require_page_rater = _require(Role.RATER, Role.ADMIN, principal_dependency=current_page_principal)
+require_page_admin = _require(Role.ADMIN, principal_dependency=current_page_principal)
+
+PublicRoute = Depends(public_route)
+CurrentUser = Annotated[User, Depends(_user)]
+RaterUser = Annotated[User, Depends(require_rater)]
+AdminUser = Annotated[User, Depends(require_admin)]
+PageUser = Annotated[User, Depends(_page_user)]
+PageRater = Annotated[User, Depends(require_page_rater)]
+PageAdmin = Annotated[User, Depends(require_page_admin)]
+OptionalPagePrincipal = Annotated[Principal | None, Depends(optional_page_principal)]
+
+ROLE_DEPENDENCIES = frozenset(
+    {
+        public_route,
+        _user,
+        _page_user,
+        require_rater,
+        require_admin,
+        require_page_rater,
+        require_page_admin,
+    }
+)
+"""Every route must depend on one of these (checked by a test that walks the routes)."""

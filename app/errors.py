@@ -1,0 +1,139 @@
+"""Domain errors, and the one place that turns them (and everything unexpected) into responses.
+
+Code inside the app raises these exceptions; no handler builds error responses itself. Browsers
+get a small HTML page, everything else `{"detail": ...}`. Nobody ever sees a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.templating import render_error_page
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class InvalidInput(AppError):
+    status_code = 422
+
+
+class Unauthenticated(AppError):
+    status_code = 401
+
+    def __init__(self, detail: str = "Not authenticated") -> None:
+        super().__init__(detail, {"WWW-Authenticate": "Bearer"})
+
+
+class LoginRequired(Unauthenticated):
+    """A browser page was asked for without a session: send the user to the login form."""
+
+
+class PermissionDenied(AppError):
+    status_code = 403
+
+
+class NotFound(AppError):
+    status_code = 404
+
+
+class Conflict(AppError):
+    status_code = 409
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+
+
+class RateLimited(AppError):
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, {"Retry-After": str(max(1, retry_after_s))})
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith(("/api/", "/v1/")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def error_response(request: Request, status_code: int, detail, headers=None) -> Response:
+    if _wants_html(request) and isinstance(detail, str):
+        return render_error_page(request, status_code, detail, headers)
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+async def _app_error(request: Request, exc: AppError) -> Response:
+    if isinstance(exc, LoginRequired):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+    return error_response(request, exc.status_code, exc.detail, exc.headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "Not found"
+    return error_response(request, exc.status_code, detail, getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    errors = [
+        {key: error[key] for key in ("type", "loc", "msg") if key in error}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _database_unavailable(request: Request, exc: OperationalError) -> Response:
+    log.warning("database unavailable: %s", exc.orig)
+    return error_response(
+        request, 503, "The database is unavailable; try again shortly.", {"Retry-After": "5"}
+    )
+
+
+async def _integrity_error(request: Request, exc: IntegrityError) -> Response:
+    # A constraint caught what the domain checks missed (typically a race between two
+    # requests); the data is intact and the request can be corrected or retried.
+    log.info("integrity error on %s %s: %s", request.method, request.url.path, exc.orig)
+    return error_response(request, 409, "The request conflicts with existing data.")
+
+
+async def _database_error(request: Request, exc: DBAPIError) -> Response:
+    if exc.connection_invalidated:
+        return await _database_unavailable(request, exc)  # type: ignore[arg-type]
+    return await _unexpected_error(request, exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(request, 500, "Internal server error")

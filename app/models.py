@@ -1,0 +1,468 @@
+"""The tables: every row alignloop stores, and the constraints that keep the rows consistent.
+
+Enumerations are stored as strings with CHECK constraints (not native PostgreSQL enums) so that
+one migration works on SQLite and PostgreSQL alike and adding a value never needs `ALTER TYPE`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONValue = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the backend stores."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def string_enum(enum_class: type[enum.StrEnum]) -> Enum:
+    return Enum(
+        enum_class,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda members: [member.value for member in members],
+        name=enum_class.__name__.lower(),
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONValue, list[Any]: JSONValue}
+
+
+class Role(enum.StrEnum):
+    RATER = "rater"
+    ADMIN = "admin"
+
+
+class ModelKind(enum.StrEnum):
+    POLICY = "policy"
+    REWARD = "reward"
+
+
+class ModelStatus(enum.StrEnum):
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+    ARCHIVED = "archived"
+
+
+class PromptSplit(enum.StrEnum):
+    TRAIN = "train"
+    EVAL = "eval"
+
+
+class TaskKind(enum.StrEnum):
+    COMPARE = "compare"
+    AB_EVAL = "ab_eval"
+
+
+class TaskStatus(enum.StrEnum):
+    OPEN = "open"
+    COMPLETE = "complete"
+    RETIRED = "retired"
+
+
+class AssignmentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUBMITTED = "submitted"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+
+
+class RunStatus(enum.StrEnum):
+    """Lifecycle shared by background jobs and training rounds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Algorithm(enum.StrEnum):
+    PPO = "ppo"
+    RLOO = "rloo"
+    DPO = "dpo"
+
+
+class RoundStage(enum.StrEnum):
+    PENDING = "pending"
+    SNAPSHOT = "snapshot"
+    SFT = "sft"
+    REWARD_MODEL = "reward_model"
+    POLICY = "policy"
+    EVALUATE = "evaluate"
+    REGISTER = "register"
+    DONE = "done"
+
+
+# --- people and credentials -------------------------------------------------------------------
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    """Stored lower-cased, so that `Alice` and `alice` are one account."""
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(string_enum(Role))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    locale: Mapped[str] = mapped_column(String(8), default="en")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+    api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user", passive_deletes=True)
+
+
+class WebSession(Base):
+    """A browser login. The cookie holds a random token; only its hash is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+    user: Mapped[User] = relationship()
+
+
+class ApiKey(Base):
+    """A bearer credential for scripts. Shown once at creation; only its hash is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, so that owners can tell their keys apart in lists."""
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    """Set for tokens from `POST /api/auth/token`; keys made on purpose do not expire."""
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="api_keys")
+
+
+class LoginThrottle(Base):
+    """Failed logins per (username, client address), for 429s after repeated failures."""
+
+    __tablename__ = "login_throttles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    window_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+
+
+# --- prompts, models and responses ------------------------------------------------------------
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    messages: Mapped[list[Any]]
+    """Chat messages `[{"role", "content"}, ...]` ending with a user turn."""
+    source: Mapped[str] = mapped_column(String(200), default="")
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    split: Mapped[PromptSplit] = mapped_column(string_enum(PromptSplit), default=PromptSplit.TRAIN)
+    dedup_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """A trained (or imported) model in the store, with its lineage."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[ModelKind] = mapped_column(string_enum(ModelKind))
+    status: Mapped[ModelStatus] = mapped_column(string_enum(ModelStatus))
+    path: Mapped[str] = mapped_column(String(500))
+    """Folder relative to the model store; never taken from user input."""
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id", use_alter=True))
+    snapshot_sha256: Mapped[str | None] = mapped_column(String(64))
+    rater_count: Mapped[int | None]
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None]
+
+    parent: Mapped[ModelVersion | None] = relationship(remote_side=[id])
+
+
+class Response(Base):
+    """One answer to a prompt, written by a model version or by a person (a rewrite)."""
+
+    __tablename__ = "responses"
+    __table_args__ = (
+        CheckConstraint("model_version_id IS NULL OR author_id IS NULL", name="one_author_at_most"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    text: Mapped[str] = mapped_column(Text)
+    generation_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- rating ------------------------------------------------------------------------------------
+
+
+class Job(Base):
+    """A background job (such as candidate generation); the database, not the broker, owns it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    status: Mapped[RunStatus] = mapped_column(string_enum(RunStatus), default=RunStatus.QUEUED)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_jobs_status", "status"),)
+
+
+class Task(Base):
+    """A prompt with 2..k responses for raters to compare, judged `required_judgements` times."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint("required_judgements >= 1", name="required_judgements_positive"),
+        Index("ix_tasks_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[TaskKind] = mapped_column(string_enum(TaskKind), default=TaskKind.COMPARE)
+    status: Mapped[TaskStatus] = mapped_column(string_enum(TaskStatus), default=TaskStatus.OPEN)
+    required_judgements: Mapped[int] = mapped_column(default=3)
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    gold_ranking: Mapped[list[Any] | None]
+    generation_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+
+    responses: Mapped[list[TaskResponse]] = relationship(
+        order_by="TaskResponse.position", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class TaskResponse(Base):
+    __tablename__ = "task_responses"
+    __table_args__ = (UniqueConstraint("task_id", "position"),)
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id"), primary_key=True)
+    position: Mapped[int]
+
+    response: Mapped[Response] = relationship()
+
+
+class GuidelineVersion(Base):
+    """One published version of the rating guidelines (Markdown)."""
+
+    __tablename__ = "guideline_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Assignment(Base):
+    """A rater's lease on one task slot, with the response order that rater was shown."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        # One live lease per (task, rater); finished and expired leases stay as history.
+        Index(
+            "uq_assignments_live_lease",
+            "task_id",
+            "rater_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+        Index("ix_assignments_rater_status", "rater_id", "status"),
+        Index("ix_assignments_task_status", "task_id", "status"),
+        Index("ix_assignments_status_expires", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[AssignmentStatus] = mapped_column(
+        string_enum(AssignmentStatus), default=AssignmentStatus.ACTIVE
+    )
+    response_order: Mapped[list[Any]]
+    """Response ids in the order this rater saw them (for position-bias measurement)."""
+    leased_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Judgement(Base):
+    """A rater's verdict on a task. Append-only: a correction is a new row that supersedes one."""
+
+    __tablename__ = "judgements"
+    __table_args__ = (
+        # One original judgement per (task, rater); corrections chain through `supersedes_id`.
+        Index(
+            "uq_judgements_task_rater_original",
+            "task_id",
+            "rater_id",
+            unique=True,
+            sqlite_where=text("supersedes_id IS NULL"),
+            postgresql_where=text("supersedes_id IS NULL"),
+        ),
+        UniqueConstraint("rater_id", "idempotency_key"),
+        Index("ix_judgements_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    assignment_id: Mapped[int | None] = mapped_column(ForeignKey("assignments.id"))
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("judgements.id"), unique=True)
+    ranking: Mapped[list[Any]]
+    """Response ids best first; tied responses share an inner list: `[3, [1, 2]]`."""
+    ratings: Mapped[dict[str, Any] | None]
+    """Optional `{response_id: {aspect: 1..7}}`."""
+    strength: Mapped[int | None]
+    """How strongly the top choice is preferred, on the two-response scale."""
+    critique: Mapped[str | None] = mapped_column(Text)
+    rewrite_response_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"))
+    flags: Mapped[list[Any]] = mapped_column(default=list)
+    time_spent_ms: Mapped[int | None]
+    guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+class Round(Base):
+    """One training round: snapshot, reward model, policy optimisation, evaluation, register."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (Index("ix_rounds_line_status", "line", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line: Mapped[str] = mapped_column(String(100), default="main")
+    """The model line this round trains; at most one round runs per line."""
+    algorithm: Mapped[Algorithm] = mapped_column(string_enum(Algorithm), default=Algorithm.PPO)
+    preset: Mapped[str] = mapped_column(String(32), default="quick")
+    status: Mapped[RunStatus] = mapped_column(string_enum(RunStatus), default=RunStatus.QUEUED)
+    stage: Mapped[RoundStage] = mapped_column(string_enum(RoundStage), default=RoundStage.PENDING)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    parent_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    snapshot_sha256: Mapped[str | None] = mapped_column(String(64))
+    judgement_count: Mapped[int | None]
+    rater_count: Mapped[int | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class RoundMetric(Base):
+    """One point of a training curve."""
+
+    __tablename__ = "round_metrics"
+    __table_args__ = (Index("ix_round_metrics_round_name_step", "round_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    stage: Mapped[RoundStage] = mapped_column(string_enum(RoundStage))
+    step: Mapped[int]
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,1 @@
+"""HTTP routers, one module per URL prefix; `app.main` includes them all."""

@@ -1,0 +1,55 @@
+"""Browser pages for the signed-in user: the home page and `/account` (API keys)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from app import crud
+from app.deps import DbSession, PageUser
+from app.templating import render
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
+    counts = {"prompts": crud.count_prompts(db), "users": crud.count_users(db)}
+    return render(request, "home.html", {"counts": counts})
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
+    return _account_page(request, db, user)
+
+
+@router.post("/account/keys", response_class=HTMLResponse)
+def create_key(
+    request: Request,
+    db: DbSession,
+    user: PageUser,
+    name: Annotated[str, Form(min_length=1, max_length=100)],
+) -> HTMLResponse:
+    api_key, key = crud.create_api_key(db, user=user, name=name.strip() or "key")
+    db.commit()
+    return _account_page(request, db, user, new_key=key, new_key_name=api_key.name)
+
+
+def _account_page(
+    request: Request, db, user, *, new_key: str | None = None, new_key_name: str | None = None
+) -> HTMLResponse:
+    context = {
+        "keys": crud.list_api_keys(db, user=user),
+        "new_key": new_key,
+        "new_key_name": new_key_name,
+    }
+    return render(request, "account.html", context, status_code=201 if new_key else 200)
+
+
+@router.post("/account/keys/{key_id}/revoke")
+def revoke_key(key_id: int, db: DbSession, user: PageUser) -> RedirectResponse:
+    crud.revoke_api_key(db, user=user, key_id=key_id)
+    db.commit()
+    return RedirectResponse("/account", status_code=303)

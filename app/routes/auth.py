@@ -1,0 +1,197 @@
+"""Signing in and out: the login page, session cookies, logout, and `/api/auth` for scripts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from app import crud, security
+from app.config import Settings
+from app.deps import (
+    SESSION_COOKIE,
+    CurrentUser,
+    DbSession,
+    OptionalPagePrincipal,
+    PageUser,
+    PublicRoute,
+    SettingsDep,
+)
+from app.errors import RateLimited, Unauthenticated
+from app.models import User, utcnow
+from app.schemas import TokenRequest, TokenResponse, UserOut
+from app.templating import render
+
+router = APIRouter()
+
+INVALID_CREDENTIALS = "Incorrect username or password"
+LOGIN_NONCE_COOKIE = "alignloop_login"
+LOGIN_FORM_MAX_AGE_S = 2 * 3600
+
+
+def verify_login(
+    db: Session, settings: Settings, *, username: str, password: str, client_address: str
+) -> User:
+    """The user for these credentials; every failure counts towards the login throttle."""
+    key = crud.login_throttle_key(username, client_address)
+    crud.ensure_login_allowed(db, key=key)
+    user = crud.authenticate_user(db, username=username, password=password)
+    if user is None:
+        crud.record_login_failure(
+            db,
+            key=key,
+            max_failures=settings.login_max_failures,
+            lockout_s=settings.login_lockout_seconds,
+        )
+        db.commit()
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    crud.clear_login_failures(db, key=key)
+    return user
+
+
+def safe_next_path(target: str | None) -> str:
+    """Only same-site paths may follow a login, so the form cannot be used to redirect away."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _login_signer(settings: Settings) -> security.FormSigner:
+    return security.FormSigner(settings.require_secret_key(), purpose="login")
+
+
+def _is_https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _login_form(
+    request: Request,
+    settings: Settings,
+    *,
+    next_path: str,
+    error: str | None = None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    # Login CSRF: the form carries a signed copy of a random value that is also in a cookie.
+    nonce = security.new_token()
+    response = render(
+        request,
+        "login.html",
+        {
+            "next_path": safe_next_path(next_path),
+            "error": error,
+            "login_token": _login_signer(settings).sign(nonce),
+        },
+        status_code=status_code,
+        headers=headers,
+    )
+    response.set_cookie(
+        LOGIN_NONCE_COOKIE,
+        nonce,
+        max_age=LOGIN_FORM_MAX_AGE_S,
+        path="/login",
+        httponly=True,
+        samesite="lax",
+        secure=_is_https(request),
+    )
+    return response
+
+
+@router.get("/login", dependencies=[PublicRoute], response_class=HTMLResponse)
+def login_page(
+    request: Request, settings: SettingsDep, principal: OptionalPagePrincipal, next: str = "/"
+) -> Response:
+    if principal is not None:
+        return RedirectResponse(safe_next_path(next), status_code=303)
+    return _login_form(request, settings, next_path=next)
+
+
+@router.post("/login", dependencies=[PublicRoute], response_class=HTMLResponse)
+def login(
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=256)],
+    login_token: Annotated[str, Form(max_length=500)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    if not _login_signer(settings).verify(
+        login_token, request.cookies.get(LOGIN_NONCE_COOKIE), LOGIN_FORM_MAX_AGE_S
+    ):
+        error = "The login form expired or was not sent by this site; please sign in again."
+        return _login_form(request, settings, next_path=next, error=error, status_code=403)
+    try:
+        user = verify_login(
+            db,
+            settings,
+            username=username,
+            password=password,
+            client_address=_client_address(request),
+        )
+    except (Unauthenticated, RateLimited) as exc:
+        return _login_form(
+            request,
+            settings,
+            next_path=next,
+            error=exc.detail,
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    # Rotate: a session that existed before login (possibly planted) never becomes authenticated.
+    if previous_token := request.cookies.get(SESSION_COOKIE):
+        crud.end_web_session(db, token=previous_token)
+    _, token = crud.create_web_session(db, user=user, ttl=timedelta(hours=settings.session_hours))
+    db.commit()
+    response = RedirectResponse(safe_next_path(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(settings.session_hours * 3600),
+        httponly=True,
+        samesite="lax",
+        secure=_is_https(request),
+    )
+    response.delete_cookie(LOGIN_NONCE_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, db: DbSession, user: PageUser) -> RedirectResponse:
+    if token := request.cookies.get(SESSION_COOKIE):
+        crud.end_web_session(db, token=token)
+        db.commit()
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.post("/api/auth/token", dependencies=[PublicRoute])
+def issue_token(
+    request: Request, body: TokenRequest, db: DbSession, settings: SettingsDep
+) -> TokenResponse:
+    """Exchange a username and password for a bearer token that expires with a session."""
+    user = verify_login(
+        db,
+        settings,
+        username=body.username,
+        password=body.password,
+        client_address=_client_address(request),
+    )
+    expires_at = utcnow() + timedelta(hours=settings.session_hours)
+    _, token = crud.create_api_key(db, user=user, name="login token", expires_at=expires_at)
+    db.commit()
+    return TokenResponse(access_token=token, expires_at=expires_at)
+
+
+@router.get("/api/auth/me")
+def who_am_i(user: CurrentUser) -> UserOut:
+    return UserOut.model_validate(user)

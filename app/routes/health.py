@@ -1,0 +1,57 @@
+"""`/healthz` (the process answers) and `/readyz` (its dependencies answer too)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app import db as database
+from app.deps import PublicRoute
+
+log = logging.getLogger(__name__)
+router = APIRouter(dependencies=[PublicRoute], tags=["health"])
+
+BROKER_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """200 when the database, the broker and the model store all answer; else 503 naming them."""
+    state = request.app.state
+    checks = {
+        "database": lambda: database.ping(state.engine),
+        "broker": lambda: _ping_broker(state.celery),
+        "model_store": lambda: _check_model_store(state.settings.models_dir),
+    }
+    results = {name: _run_check(name, check) for name, check in checks.items()}
+    failing = [name for name, result in results.items() if result != "ok"]
+    body = {"status": "unavailable" if failing else "ok", "failing": failing, "checks": results}
+    return JSONResponse(body, status_code=503 if failing else 200)
+
+
+def _run_check(name: str, check) -> str:
+    try:
+        check()
+    except Exception as exc:  # a readiness probe reports failures, it does not raise them
+        log.warning("readiness check %s failed: %s", name, exc)
+        return f"failed: {type(exc).__name__}"
+    return "ok"
+
+
+def _ping_broker(celery) -> None:
+    with celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+
+
+def _check_model_store(models_dir) -> None:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(models_dir, os.W_OK):
+        raise PermissionError(f"{models_dir} is not writable")

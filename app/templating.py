@@ -1,0 +1,60 @@
+"""Server-rendered pages: the Jinja2 environment and the helpers that render with page context.
+
+Autoescaping is always on: prompts, model outputs and rater text are untrusted and shown to
+other people. Data for scripts goes through the `tojson` filter, never string concatenation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """Render a page; templates always see the signed-in user and the session's CSRF token."""
+    principal = getattr(request.state, "principal", None)
+    page_context = {
+        "user": principal.user if principal else None,
+        "csrf_token": principal.csrf_token if principal else None,
+        **(context or {}),
+    }
+    return templates.TemplateResponse(
+        request, name, page_context, status_code=status_code, headers=headers
+    )
+
+
+def render_error_page(
+    request: Request, status_code: int, detail: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    return render(
+        request,
+        "error.html",
+        {"status_code": status_code, "detail": detail},
+        status_code=status_code,
+        headers=headers,
+    )

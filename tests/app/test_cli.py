@@ -1,0 +1,164 @@
+"""The `alignloop` command line: chores succeed; mistakes end in a message, not a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from alembic.script import ScriptDirectory
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from app import migrate
+from app.cli import main
+from app.db import make_engine, make_session_factory
+from app.models import ApiKey, Prompt, User
+from app.security import token_digest
+from tests.helpers import TEST_SECRET
+
+
+@pytest.fixture
+def cli(tmp_path, committed_engine):
+    """Runs `alignloop ...` in-process against a committed scratch database."""
+    runner = CliRunner()
+    env = {
+        "ALIGNLOOP_DATA_DIR": str(tmp_path / "data"),
+        "ALIGNLOOP_DATABASE_URL": committed_engine.url.render_as_string(hide_password=False),
+        "ALIGNLOOP_SECRET_KEY": TEST_SECRET,
+        "ALIGNLOOP_REDIS_URL": "",
+    }
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(main, list(args), env=env, input=input)
+
+    return invoke
+
+
+@pytest.fixture
+def db(committed_engine):
+    with make_session_factory(committed_engine)() as session:
+        yield session
+
+
+def test_users_create_makes_a_working_account(cli, db):
+    result = cli(
+        "users", "create", "--username", "Rita", "--password", "long enough pw", "--role", "rater"
+    )
+    assert result.exit_code == 0, result.output
+    assert db.scalar(select(User.role).where(User.username == "rita")) == "rater"
+
+
+def test_keys_create_prints_a_key_that_is_stored_hashed(cli, db):
+    cli("users", "create", "--username", "ada", "--password", "long enough pw", "--role", "admin")
+    result = cli("keys", "create", "--username", "ada")
+    key = result.output.strip()
+    assert result.exit_code == 0 and key.startswith("al_")
+    assert db.scalar(select(ApiKey.key_hash)) == token_digest(key)
+
+
+def test_keys_revoke_by_prefix(cli, db):
+    cli("users", "create", "--username", "ada", "--password", "long enough pw", "--role", "admin")
+    key = cli("keys", "create", "--username", "ada").output.strip()
+    assert cli("keys", "revoke", "--username", "ada", "--prefix", key[:10]).exit_code == 0
+    assert db.scalar(select(ApiKey.revoked_at)) is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "users",
+                "create",
+                "--username",
+                "x",
+                "--password",
+                "long enough pw",
+                "--role",
+                "rater",
+            ],
+            "--username",
+        ),
+        (
+            ["users", "create", "--username", "bob", "--password", "short", "--role", "rater"],
+            "--password",
+        ),
+        (
+            [
+                "users",
+                "create",
+                "--username",
+                "bob",
+                "--password",
+                "long enough pw",
+                "--role",
+                "owner",
+            ],
+            "--role",
+        ),
+        (["keys", "create", "--username", "ghost"], "no user named 'ghost'"),
+        (["prompts", "import", "missing.jsonl"], "does not exist"),
+    ],
+)
+def test_mistakes_end_with_a_message_and_a_nonzero_status(cli, args, message):
+    result = cli(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_duplicate_user_is_reported_cleanly(cli):
+    args = [
+        "users",
+        "create",
+        "--username",
+        "bob",
+        "--password",
+        "long enough pw",
+        "--role",
+        "rater",
+    ]
+    assert cli(*args).exit_code == 0
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+
+
+def test_prompts_import_reports_created_duplicates_and_skipped(cli, db, tmp_path):
+    file = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "One"}, {"prompt": "One"}, {"prompt": ""}, {"prompt": "Two"}]
+    file.write_text("\n".join(json.dumps(row) for row in rows))
+    result = cli("prompts", "import", str(file))
+    assert result.exit_code == 0
+    assert "created 2, duplicates 1, skipped 1" in result.output
+    assert "line 3" in result.output
+    assert len(db.scalars(select(Prompt)).all()) == 2
+
+
+def test_a_placeholder_secret_stops_every_command():
+    result = CliRunner().invoke(main, ["db", "upgrade"], env={"ALIGNLOOP_SECRET_KEY": "changeme"})
+    assert result.exit_code == 1
+    assert "ALIGNLOOP_SECRET_KEY is a placeholder" in result.output
+
+
+def test_db_upgrade_creates_the_schema(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = CliRunner().invoke(main, ["db", "upgrade"], env={"ALIGNLOOP_DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    head = ScriptDirectory.from_config(migrate.alembic_config(engine)).get_current_head()
+    assert version == head
+
+
+def test_production_processes_refuse_to_start_without_what_they_need(tmp_path):
+    env = {
+        "ALIGNLOOP_DATA_DIR": str(tmp_path),
+        "ALIGNLOOP_REDIS_URL": "",
+        "ALIGNLOOP_SECRET_KEY": "",
+    }
+    worker = CliRunner().invoke(main, ["worker"], env=env)
+    assert worker.exit_code == 1 and "ALIGNLOOP_REDIS_URL is not set" in worker.output
+    web = CliRunner().invoke(main, ["web"], env=env)
+    assert web.exit_code == 1 and "ALIGNLOOP_SECRET_KEY is not set" in web.output

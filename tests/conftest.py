@@ -1,0 +1,172 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), per-test rollback, app and users.
+
+Database tests run once per backend. Each backend gets a scratch database for the session,
+migrated with Alembic; each test runs inside a transaction that is rolled back afterwards, and
+the app under test shares that transaction through savepoints.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import crud, migrate
+from app.config import Settings
+from app.db import make_engine
+from app.main import create_app
+from app.models import Role, User
+from tests.helpers import PASSWORD, TEST_SECRET
+
+# The test server's own configuration (not alignloop's): where the local PostgreSQL runs.
+POSTGRES_URL = os.environ.get(
+    "ALIGNLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("ALIGNLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def scratch_database(backend: str, folder: Path) -> Iterator[str]:
+    """The URL of a new, empty database on `backend`, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / f'{uuid.uuid4().hex}.db'}"
+        return
+    name = f"alignloop_test_{uuid.uuid4().hex[:12]}"
+    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+
+
+@pytest.fixture(scope="session")
+def scratch_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("databases")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def engine(request, scratch_folder) -> Iterator[Engine]:
+    with scratch_database(request.param, scratch_folder) as url:
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
+def connection(engine) -> Iterator[Connection]:
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        yield connection
+        transaction.rollback()
+
+
+@pytest.fixture
+def session_factory(connection) -> sessionmaker[Session]:
+    return sessionmaker(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+
+
+@pytest.fixture
+def db(session_factory) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    values = {
+        "data_dir": data_dir,
+        "secret_key": TEST_SECRET,
+        "redis_url": None,
+        "base_model": "tiny-random",
+        "device": "cpu",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def settings(tmp_path, engine) -> Settings:
+    return make_settings(tmp_path / "data", database_url=engine.url.render_as_string(False))
+
+
+@pytest.fixture
+def app(settings, engine, session_factory) -> FastAPI:
+    application = create_app(settings, engine=engine)
+    application.state.session_factory = session_factory
+    return application
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def make_user(db) -> Callable[..., User]:
+    numbers = itertools.count(1)
+
+    def make(role: Role = Role.RATER, username: str | None = None, password: str = PASSWORD):
+        name = username or f"{role.value}{next(numbers)}"
+        user = crud.create_user(db, username=name, password=password, role=role)
+        db.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def admin(make_user) -> User:
+    return make_user(Role.ADMIN, "ada")
+
+
+@pytest.fixture
+def rater(make_user) -> User:
+    return make_user(Role.RATER, "rita")
+
+
+@pytest.fixture(params=BACKENDS)
+def committed_engine(request, tmp_path) -> Iterator[Engine]:
+    """A migrated scratch database whose writes really commit (for code that opens its own
+    connections: tasks, CLI commands, concurrent clients)."""
+    with scratch_database(request.param, tmp_path) as url:
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer converted from the GGUF file once per test session (about 10 s)."""
+    from worker.model_store import ModelStore
+
+    data_dir = tmp_path_factory.mktemp("tokenizer")
+    store = ModelStore(make_settings(data_dir))
+    store.bundled_tokenizer()
+    return store.tokenizer_cache
+
+
+@pytest.fixture
+def model_settings(tmp_path, bundled_tokenizer_dir) -> Settings:
+    """Settings whose model store already holds the converted tokenizer."""
+    settings = make_settings(tmp_path / "data")
+    shutil.copytree(bundled_tokenizer_dir, settings.models_dir / bundled_tokenizer_dir.name)
+    return settings

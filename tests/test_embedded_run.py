@@ -1,0 +1,106 @@
+"""`alignloop run` end to end, as `make run` starts it: a real server process on a free port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import html
+
+STARTUP_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path, model_settings):
+    """`alignloop run` on the tiny model; yields (base URL, its environment, its output file)."""
+    port = free_port()
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("ALIGNLOOP_")},
+        "ALIGNLOOP_DATA_DIR": str(model_settings.data_dir),
+        "ALIGNLOOP_BASE_MODEL": "tiny-random",
+    }
+    output = tmp_path / "run.log"
+    with open(output, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            assert process.poll() is None, output.read_text()
+            return False
+
+    wait_for(healthy, STARTUP_TIMEOUT_S, "alignloop run to answer /healthz")
+    yield base_url, env, output
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0, output.read_text()
+
+
+def printed_admin_password(output: Path) -> str:
+    match = re.search(r"Password: (\S+)", output.read_text())
+    assert match, output.read_text()
+    return match.group(1)
+
+
+def test_make_run_serves_logs_in_the_printed_admin_and_accepts_cli_keys(server, model_settings):
+    base_url, env, output = server
+    with httpx.Client(base_url=base_url, follow_redirects=True) as browser:
+        login = browser.get("/login")
+        assert login.status_code == 200
+        token = html(login).select_one("input[name=login_token]")["value"]
+        signed_in = browser.post(
+            "/login",
+            data={
+                "username": "admin",
+                "password": printed_admin_password(output),
+                "login_token": token,
+            },
+        )
+        assert signed_in.status_code == 200 and "Welcome, admin" in signed_in.text
+        assert "120" in html(signed_in).select_one(".stats").text  # the demo prompts
+
+    key = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--username", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    me = httpx.get(f"{base_url}/api/auth/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200 and me.json()["role"] == "admin"
+    assert httpx.get(f"{base_url}/readyz").status_code == 200
+
+    base = model_settings.models_dir / "base" / "config.json"
+    wait_for(base.is_file, STARTUP_TIMEOUT_S, "the embedded worker to import the base model")
+    secret = model_settings.data_dir / "secret_key"
+    assert secret.stat().st_mode & 0o077 == 0

@@ -1,0 +1,109 @@
+"""The model store: atomic version folders, the tiny test model, and the bundled default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from app.db import make_session_factory
+from app.models import ModelKind, ModelVersion
+from worker.model_store import (
+    BASE_VERSION,
+    ModelStore,
+    atomic_directory,
+    dtype_for,
+    resolve_device,
+)
+
+
+def test_tiny_random_is_small_and_mostly_embedding(model_settings):
+    model, tokenizer = ModelStore(model_settings).load_source("tiny-random")
+    total = model.num_parameters()
+    embedding = model.get_input_embeddings().weight.numel()
+    assert total <= 5_000_000
+    assert embedding / total > 0.8
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+
+
+def test_tiny_random_is_the_same_model_every_time(model_settings):
+    store = ModelStore(model_settings)
+    first, _ = store.load_source("tiny-random")
+    second, _ = store.load_source("tiny-random")
+    assert torch.equal(first.lm_head.weight, second.lm_head.weight)
+
+
+def test_a_saved_version_loads_back_identically(model_settings):
+    store = ModelStore(model_settings)
+    model, tokenizer = store.load_source("tiny-random")
+    path = store.save("v1", model, tokenizer)
+    assert (path / "model.safetensors").is_file()
+    assert not any(path.parent.glob(".v1.*"))  # no temporary folder left behind
+    version = ModelVersion(name="v1", kind=ModelKind.POLICY, path="v1")
+    loaded, loaded_tokenizer = store.load(version, torch.device("cpu"))
+    ids = loaded_tokenizer("Hello there", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded(ids).logits)
+
+
+def test_a_failed_write_leaves_no_folder(tmp_path):
+    target = tmp_path / "models" / "v2"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("crashed mid-write")
+    assert not target.exists()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_an_existing_version_is_never_overwritten(model_settings):
+    store = ModelStore(model_settings)
+    model, tokenizer = store.load_source("tiny-random")
+    store.save("v1", model, tokenizer)
+    with pytest.raises(OSError):
+        store.save("v1", model, tokenizer)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", "", ".hidden", "UPPER"])
+def test_version_names_cannot_leave_the_store(model_settings, name):
+    with pytest.raises(ValueError):
+        ModelStore(model_settings).path_for(name)
+
+
+def test_the_base_version_is_imported_and_registered_once(model_settings, committed_engine):
+    store = ModelStore(model_settings)
+    factory = make_session_factory(committed_engine)
+    first = store.ensure_base_version(factory)
+    second = store.ensure_base_version(factory)
+    assert first.id == second.id and first.name == BASE_VERSION
+    assert first.config["source"] == "tiny-random"
+    with factory() as db:
+        assert db.scalar(select(func.count()).select_from(ModelVersion)) == 1
+    assert (model_settings.models_dir / BASE_VERSION / "config.json").is_file()
+
+
+def test_cpu_runs_in_float32_and_cuda_in_bfloat16():
+    assert resolve_device("cpu").type == "cpu"
+    assert dtype_for(torch.device("cpu")) == torch.float32
+    assert dtype_for(torch.device("cuda")) == torch.bfloat16
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.slow
+def test_the_bundled_default_converts_and_answers(model_settings):
+    store = ModelStore(model_settings)
+    model, tokenizer = store.load_source("bundled")
+    assert 130_000_000 < model.num_parameters() < 140_000_000
+    path = store.save("smollm2", model, tokenizer)
+    loaded, tokenizer = store.load(
+        ModelVersion(name="smollm2", kind=ModelKind.POLICY, path=path.name), torch.device("cpu")
+    )
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = loaded.generate(**inputs, max_new_tokens=16, do_sample=False)
+    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer

@@ -1,0 +1,1 @@
+"""alignloop worker tier: Celery app and tasks, model store, training and generation."""

@@ -1,0 +1,85 @@
+"""The Celery application: queues, serialisation, delivery guarantees and the beat schedule.
+
+With `ALIGNLOOP_REDIS_URL` set, Redis is broker and result backend (production). Without it,
+kombu's in-memory transport carries the same messages to a worker thread inside
+`alignloop run` (see `worker.embedded`), so the embedded default needs no server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from kombu import Queue
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+
+DEFAULT_QUEUE = "default"
+TRAIN_QUEUE = "train"
+QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE)
+
+DEFAULT_TIME_LIMIT_S = 60 * 60
+TRAIN_TIME_LIMIT_S = 24 * 60 * 60
+# Redis re-delivers unacknowledged messages after this long. Training tasks acknowledge late,
+# so it must exceed the longest task, or a healthy long round would be handed out twice.
+REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
+PURGE_INTERVAL_S = 60 * 60
+# The in-memory transport polls its queues; kombu's default of 1 s adds that much latency.
+EMBEDDED_POLLING_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What tasks need from the outside world; tasks get it from their Celery app."""
+
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+
+def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery:
+    from worker.tasks import register_tasks  # tasks import this module for the queue names
+
+    if settings.embedded:
+        celery = Celery("alignloop", broker="memory://localhost/", backend="cache+memory://")
+        transport_options = {"polling_interval": EMBEDDED_POLLING_INTERVAL_S}
+    else:
+        celery = Celery("alignloop", broker=settings.redis_url, backend=settings.redis_url)
+        transport_options = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+    celery.conf.update(
+        # JSON only: no pickle, so a message can never execute code on a worker.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=DEFAULT_QUEUE,
+        # A task is acknowledged when it finishes, and re-queued if its worker dies; tasks
+        # are idempotent because the database, not the message, says what still needs doing.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=DEFAULT_TIME_LIMIT_S,
+        task_soft_time_limit=DEFAULT_TIME_LIMIT_S - 60,
+        task_track_started=True,
+        result_expires=24 * 60 * 60,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        # The in-memory scheduler: the default one persists its state with shelve (pickle).
+        beat_scheduler="celery.beat:Scheduler",
+        beat_schedule={
+            "purge-expired-credentials": {
+                "task": "alignloop.purge_expired_credentials",
+                "schedule": PURGE_INTERVAL_S,
+            },
+        },
+    )
+    engine = engine or make_engine(settings.resolved_database_url)
+    context = WorkerContext(settings, engine, make_session_factory(engine))
+    register_tasks(celery, context)
+    return celery

