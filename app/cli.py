@@ -9,17 +9,22 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import bootstrap, crud, migrate
 from app.config import ConfigurationError, Settings
 from app.db import make_engine, make_session_factory, session_scope
 from app.errors import AppError
-from app.models import Role
+from app.models import Role, User
 from app.prompt_import import UnreadableFile, detect_format, parse_prompts
 from app.schemas import Password, Username
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger("alignloop")
 
@@ -32,11 +37,11 @@ def load_settings() -> Settings:
         raise click.ClickException(f"configuration: {problems}") from None
 
 
-def _session_factory(settings: Settings):
+def _session_factory(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(make_engine(settings.resolved_database_url))
 
 
-def _validated(annotation, value: str, what: str) -> str:
+def _validated(annotation: object, value: str, what: str) -> str:
     try:
         return TypeAdapter(annotation).validate_python(value)
     except ValidationError as exc:
@@ -166,7 +171,7 @@ def beat(settings: Settings) -> None:
     celery.start(["beat", "--loglevel", settings.log_level])
 
 
-def _production_celery(settings: Settings):
+def _production_celery(settings: Settings) -> Celery:
     from worker.celery_app import create_celery
 
     if settings.embedded:
@@ -244,7 +249,7 @@ def keys_revoke(settings: Settings, username: str, prefix: str) -> None:
     click.echo(f"revoked {revoked} key(s)")
 
 
-def _existing_user(session, username: str):
+def _existing_user(session: Session, username: str) -> User:
     user = crud.get_user_by_username(session, username=username)
     if user is None:
         raise click.ClickException(f"no user named {username!r}")

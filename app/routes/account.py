@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
 
 from app import crud
 from app.deps import DbSession, PageUser
+from app.models import User
 from app.templating import render
 
 router = APIRouter()
@@ -38,7 +40,12 @@ def create_key(
 
 
 def _account_page(
-    request: Request, db, user, *, new_key: str | None = None, new_key_name: str | None = None
+    request: Request,
+    db: Session,
+    user: User,
+    *,
+    new_key: str | None = None,
+    new_key_name: str | None = None,
 ) -> HTMLResponse:
     context = {
         "keys": crud.list_api_keys(db, user=user),

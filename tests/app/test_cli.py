@@ -17,6 +17,10 @@ from app.security import token_digest
 from tests.helpers import TEST_SECRET
 
 
+def create_user(username: str = "bob", password: str = "long enough pw", role: str = "rater"):
+    return ["users", "create", "--username", username, "--password", password, "--role", role]
+
+
 @pytest.fixture
 def cli(tmp_path, committed_engine):
     """Runs `alignloop ...` in-process against a committed scratch database."""
@@ -41,15 +45,13 @@ def db(committed_engine):
 
 
 def test_users_create_makes_a_working_account(cli, db):
-    result = cli(
-        "users", "create", "--username", "Rita", "--password", "long enough pw", "--role", "rater"
-    )
+    result = cli(*create_user("Rita"))
     assert result.exit_code == 0, result.output
     assert db.scalar(select(User.role).where(User.username == "rita")) == "rater"
 
 
 def test_keys_create_prints_a_key_that_is_stored_hashed(cli, db):
-    cli("users", "create", "--username", "ada", "--password", "long enough pw", "--role", "admin")
+    cli(*create_user("ada", role="admin"))
     result = cli("keys", "create", "--username", "ada")
     key = result.output.strip()
     assert result.exit_code == 0 and key.startswith("al_")
@@ -57,7 +59,7 @@ def test_keys_create_prints_a_key_that_is_stored_hashed(cli, db):
 
 
 def test_keys_revoke_by_prefix(cli, db):
-    cli("users", "create", "--username", "ada", "--password", "long enough pw", "--role", "admin")
+    cli(*create_user("ada", role="admin"))
     key = cli("keys", "create", "--username", "ada").output.strip()
     assert cli("keys", "revoke", "--username", "ada", "--prefix", key[:10]).exit_code == 0
     assert db.scalar(select(ApiKey.revoked_at)) is not None
@@ -66,36 +68,9 @@ def test_keys_revoke_by_prefix(cli, db):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            [
-                "users",
-                "create",
-                "--username",
-                "x",
-                "--password",
-                "long enough pw",
-                "--role",
-                "rater",
-            ],
-            "--username",
-        ),
-        (
-            ["users", "create", "--username", "bob", "--password", "short", "--role", "rater"],
-            "--password",
-        ),
-        (
-            [
-                "users",
-                "create",
-                "--username",
-                "bob",
-                "--password",
-                "long enough pw",
-                "--role",
-                "owner",
-            ],
-            "--role",
-        ),
+        (create_user(username="x"), "--username"),
+        (create_user(password="short"), "--password"),
+        (create_user(role="owner"), "--role"),
         (["keys", "create", "--username", "ghost"], "no user named 'ghost'"),
         (["prompts", "import", "missing.jsonl"], "does not exist"),
     ],
@@ -108,16 +83,7 @@ def test_mistakes_end_with_a_message_and_a_nonzero_status(cli, args, message):
 
 
 def test_a_duplicate_user_is_reported_cleanly(cli):
-    args = [
-        "users",
-        "create",
-        "--username",
-        "bob",
-        "--password",
-        "long enough pw",
-        "--role",
-        "rater",
-    ]
+    args = create_user()
     assert cli(*args).exit_code == 0
     result = cli(*args)
     assert result.exit_code == 1
