@@ -1,4 +1,4 @@
-"""First-start set-up for the embedded default: the first admin and the demo prompt set."""
+"""First-start set-up for the embedded default: the first admin, demo prompts, guidelines."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from app.models import Role
 from app.prompt_import import parse_prompts
 
 DEMO_PROMPTS = Path(__file__).resolve().parent / "demo_prompts.jsonl"
+DEFAULT_GUIDELINES = Path(__file__).resolve().parent / "default_guidelines.md"
 FIRST_ADMIN = "admin"
 
 
@@ -34,3 +35,11 @@ def load_demo_prompts(db: Session) -> int:
         prompt.source = prompt.source or "alignloop demo"
     created, _ = crud.add_prompts(db, prompts=prompts, created_by=None)
     return created
+
+
+def publish_default_guidelines(db: Session) -> bool:
+    """Publish the shipped guidelines as version 1 when none exist; True if it did."""
+    if crud.current_guidelines(db) is not None:
+        return False
+    crud.publish_guidelines(db, body=DEFAULT_GUIDELINES.read_text(), author=None)
+    return True

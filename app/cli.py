@@ -85,7 +85,7 @@ def run(settings: Settings, host: str, port: int) -> None:
     from app.main import create_app
     from worker.celery_app import create_celery
     from worker.embedded import EmbeddedWorker
-    from worker.tasks import PULL_BASE_MODEL
+    from worker.tasks import PULL_BASE_MODEL, RECLAIM
 
     if not settings.embedded:
         raise click.ClickException(
@@ -98,9 +98,12 @@ def run(settings: Settings, host: str, port: int) -> None:
     with session_scope(make_session_factory(engine)) as db:
         admin_password = bootstrap.create_first_admin(db)
         demo_prompts = bootstrap.load_demo_prompts(db)
+        bootstrap.publish_default_guidelines(db)
     celery = create_celery(settings, engine=engine)
     with EmbeddedWorker(celery):
         celery.send_task(PULL_BASE_MODEL)  # the first start converts the base model meanwhile
+        # Jobs queued before a restart lived in memory only: send them again.
+        celery.send_task(RECLAIM, kwargs={"after_restart": True})
         _print_welcome(host, port, admin_password, demo_prompts)
         uvicorn.run(
             create_app(settings, engine=engine, celery=celery),

@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     """Largest request body the web tier accepts (413 beyond)."""
     log_level: str = "INFO"
 
+    lease_minutes: float = Field(default=30.0, gt=0)
+    """How long a rater holds a task before it goes back to the pool."""
+    max_open_leases: int = Field(default=4, ge=1)
+    """Tasks one rater may hold at once (429 beyond)."""
+    default_overlap: int = Field(default=3, ge=1, le=20)
+    """Judgements each new task needs from different raters."""
+    rating_aspects: str = "helpfulness,harmlessness,honesty"
+    """Comma-separated aspects that raters score from 1 to 7 per response."""
+    max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    """Length limit of candidate responses."""
+    generation_interval_hours: float = Field(default=0.0, ge=0)
+    """Generate candidates for prompts without open tasks this often; 0 switches it off."""
+
     @model_validator(mode="after")
     def _secret_key_is_not_a_placeholder(self) -> Settings:
         if self.secret_key is None or self.dev_mode:
@@ -93,6 +106,10 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """No broker configured: the worker and scheduler run inside `alignloop run`."""
         return not self.redis_url
+
+    @property
+    def aspects(self) -> list[str]:
+        return [aspect.strip() for aspect in self.rating_aspects.split(",") if aspect.strip()]
 
     @property
     def models_dir(self) -> Path:

@@ -20,6 +20,7 @@ from app import security
 from app.errors import Conflict, NotFound, RateLimited
 from app.models import (
     ApiKey,
+    GuidelineVersion,
     LoginThrottle,
     ModelKind,
     ModelStatus,
@@ -308,3 +309,42 @@ def register_model_version(
     db.add(version)
     db.flush()
     return version
+
+
+# --- rating guidelines ---------------------------------------------------------------------------
+
+
+def current_guidelines(db: Session) -> GuidelineVersion | None:
+    return db.scalar(select(GuidelineVersion).order_by(GuidelineVersion.version.desc()).limit(1))
+
+
+def get_guidelines(db: Session, *, version: int) -> GuidelineVersion | None:
+    return db.scalar(select(GuidelineVersion).where(GuidelineVersion.version == version))
+
+
+def publish_guidelines(db: Session, *, body: str, author: User | None) -> GuidelineVersion:
+    """A new guideline version; earlier versions stay, as judgements refer to them."""
+    latest = current_guidelines(db)
+    guideline = GuidelineVersion(
+        version=(latest.version + 1) if latest else 1,
+        body=body,
+        created_by_id=author.id if author else None,
+    )
+    db.add(guideline)
+    db.flush()
+    return guideline
+
+
+def current_policy(db: Session) -> ModelVersion | None:
+    """The policy version being served and rated: the last promoted one, else `base`."""
+    promoted = db.scalar(
+        select(ModelVersion)
+        .where(
+            ModelVersion.kind == ModelKind.POLICY,
+            ModelVersion.status == ModelStatus.READY,
+            ModelVersion.promoted_at.is_not(None),
+        )
+        .order_by(ModelVersion.promoted_at.desc())
+        .limit(1)
+    )
+    return promoted or get_model_version(db, name="base")

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from app import crud, security
 from app.config import Settings
@@ -66,6 +67,11 @@ async def submitted_csrf_token(request: Request) -> str | None:
         value = (await request.form()).get(CSRF_FORM_FIELD)
         return value if isinstance(value, str) else None
     return None
+
+
+async def form_data(request: Request) -> FormData:
+    """The parsed form body, for sync handlers that read fields by computed names."""
+    return await request.form()
 
 
 def bearer_token(request: Request) -> str | None:
@@ -160,6 +166,7 @@ PageUser = Annotated[User, Depends(_page_user)]
 PageRater = Annotated[User, Depends(require_page_rater)]
 PageAdmin = Annotated[User, Depends(require_page_admin)]
 OptionalPagePrincipal = Annotated[Principal | None, Depends(optional_page_principal)]
+Form = Annotated[FormData, Depends(form_data)]
 
 ROLE_DEPENDENCIES = frozenset(
     {

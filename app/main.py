@@ -11,7 +11,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.errors import install_error_handlers
 from app.middleware import SecurityHeadersMiddleware
-from app.routes import account, auth, health, keys, users
+from app.routes import account, admin, auth, generations, health, keys, rate, tasks, users
 from app.templating import STATIC_DIR
 from worker.celery_app import create_celery
 
@@ -41,6 +41,6 @@ def create_app(
     app.add_middleware(SecurityHeadersMiddleware)
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (health, auth, account, keys, users):
+    for module in (health, auth, rate, account, admin, keys, users, tasks, generations):
         app.include_router(module.router)
     return app

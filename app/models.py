@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -287,6 +288,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]
+    """When a message for this job last went to the broker (a job may need re-sending)."""
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -412,7 +415,10 @@ class Judgement(Base):
     """How strongly the top choice is preferred, on the two-response scale."""
     critique: Mapped[str | None] = mapped_column(Text)
     rewrite_response_id: Mapped[int | None] = mapped_column(ForeignKey("responses.id"))
-    flags: Mapped[list[Any]] = mapped_column(default=list)
+    all_bad: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The rater found no response acceptable (the ranking then says which is least bad)."""
+    flags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """`{response_id: ["unsafe", "factually_wrong", "off_topic", "broken"]}`."""
     time_spent_ms: Mapped[int | None]
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -101,3 +101,108 @@ class UserCreate(InputModel):
     username: Username
     password: Password
     role: Role
+
+
+# --- rating ----------------------------------------------------------------------------------
+
+MAX_TEXT_CHARS = 32_000
+MAX_CRITIQUE_CHARS = 10_000
+MAX_REASON_CHARS = 1_000
+MAX_RESPONSES_PER_TASK = 4
+
+Flag = Literal["unsafe", "factually_wrong", "off_topic", "broken"]
+FLAGS: tuple[str, ...] = get_args(Flag)
+Rating = Annotated[int, Field(ge=1, le=7)]
+RankingEntry = int | Annotated[list[int], Field(min_length=2, max_length=MAX_RESPONSES_PER_TASK)]
+
+
+class MessageOut(BaseModel):
+    role: str
+    content: str
+
+
+class PromptOut(BaseModel):
+    id: int
+    messages: list[MessageOut]
+
+
+class ResponseOut(BaseModel):
+    id: int
+    text: str
+
+
+class TaskOut(BaseModel):
+    """A leased task as a rater sees it: responses in this rater's (randomised) order."""
+
+    task_id: int
+    prompt: PromptOut
+    responses: list[ResponseOut]
+    lease_expires_at: datetime
+
+
+class JudgementIn(InputModel):
+    ranking: Annotated[list[RankingEntry], Field(min_length=1, max_length=MAX_RESPONSES_PER_TASK)]
+    """Response ids best first; tied responses share an inner list."""
+    strength: Annotated[int, Field(ge=1, le=3)] | None = None
+    """For two responses: 1 slightly, 2 clearly, 3 much better."""
+    all_bad: bool = False
+    ratings: dict[int, dict[str, Rating]] | None = None
+    critique: Annotated[str, StringConstraints(max_length=MAX_CRITIQUE_CHARS)] | None = None
+    rewrite: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+    flags: dict[int, Annotated[list[Flag], Field(max_length=len(FLAGS))]] | None = None
+    time_spent_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] | None = None
+    guideline_version: int | None = None
+
+
+class JudgementOut(BaseModel):
+    id: int
+    task_id: int
+    created_at: datetime
+
+
+class SkipIn(InputModel):
+    reason: Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS)] | None = None
+
+
+class SkipOut(BaseModel):
+    task_id: int
+    status: Literal["skipped"] = "skipped"
+
+
+# --- background jobs -------------------------------------------------------------------------
+
+
+class GenerationRequest(InputModel):
+    """Candidate generation: sample responses for prompts and make rating tasks of them."""
+
+    prompt_ids: Annotated[list[int], Field(min_length=1, max_length=10_000)] | None = None
+    """Default: every training prompt without an open task."""
+    per_prompt: Annotated[int, Field(ge=2, le=MAX_RESPONSES_PER_TASK)] = 2
+    overlap: Annotated[int, Field(ge=1, le=20)] | None = None
+    """Judgements each task needs; default from `ALIGNLOOP_DEFAULT_OVERLAP`."""
+    model_versions: Annotated[list[str], Field(min_length=1, max_length=2)] | None = None
+    """Default: the current policy, paired against its parent when it has one."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str
+    progress: float
+    params: dict
+    result: dict
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

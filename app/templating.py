@@ -6,6 +6,7 @@ other people. Data for scripts goes through the `tojson` filter, never string co
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+
+from app.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
+from app.markdown import render_markdown
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -26,6 +30,7 @@ templates = Jinja2Templates(
         lstrip_blocks=True,
     )
 )
+templates.env.filters["markdown"] = render_markdown
 
 
 def render(
@@ -38,9 +43,14 @@ def render(
 ) -> HTMLResponse:
     """Render a page; templates always see the signed-in user and the session's CSRF token."""
     principal = getattr(request.state, "principal", None)
+    user = principal.user if principal else None
+    language = user.locale if user and user.locale in LANGUAGES else DEFAULT_LANGUAGE
     page_context = {
-        "user": principal.user if principal else None,
+        "user": user,
         "csrf_token": principal.csrf_token if principal else None,
+        "language": language,
+        "languages": LANGUAGES,
+        "t": partial(translate, language),
         **(context or {}),
     }
     return templates.TemplateResponse(

@@ -87,7 +87,8 @@ def test_make_run_serves_logs_in_the_printed_admin_and_accepts_cli_keys(server, 
             },
         )
         assert signed_in.status_code == 200 and "Welcome, admin" in signed_in.text
-        assert "120" in html(signed_in).select_one(".stats").text  # the demo prompts
+        assert "(120 prompts in all)" in browser.get("/admin").text  # the demo prompts
+        assert "Version 1" in browser.get("/guidelines").text  # the shipped guidelines
 
     key = subprocess.run(
         [sys.executable, "-m", "app.cli", "keys", "create", "--username", "admin"],

@@ -27,6 +27,7 @@ TRAIN_TIME_LIMIT_S = 24 * 60 * 60
 # so it must exceed the longest task, or a healthy long round would be handed out twice.
 REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
 PURGE_INTERVAL_S = 60 * 60
+RECLAIM_INTERVAL_S = 60
 # The in-memory transport polls its queues; kombu's default of 1 s adds that much latency.
 EMBEDDED_POLLING_INTERVAL_S = 0.1
 
@@ -38,6 +39,22 @@ class WorkerContext:
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict]:
+    schedule = {
+        "purge-expired-credentials": {
+            "task": "alignloop.purge_expired_credentials",
+            "schedule": PURGE_INTERVAL_S,
+        },
+        "reclaim": {"task": "alignloop.reclaim", "schedule": RECLAIM_INTERVAL_S},
+    }
+    if settings.generation_interval_hours > 0:
+        schedule["generate-candidates"] = {
+            "task": "alignloop.schedule_generation",
+            "schedule": settings.generation_interval_hours * 3600,
+        }
+    return schedule
 
 
 def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery:
@@ -72,12 +89,8 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         timezone="UTC",
         # The in-memory scheduler: the default one persists its state with shelve (pickle).
         beat_scheduler="celery.beat:Scheduler",
-        beat_schedule={
-            "purge-expired-credentials": {
-                "task": "alignloop.purge_expired_credentials",
-                "schedule": PURGE_INTERVAL_S,
-            },
-        },
+        task_routes={"alignloop.generate_candidates": {"queue": TRAIN_QUEUE}},
+        beat_schedule=beat_schedule(settings),
     )
     engine = engine or make_engine(settings.resolved_database_url)
     context = WorkerContext(settings, engine, make_session_factory(engine))

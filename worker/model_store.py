@@ -136,11 +136,12 @@ class ModelStore:
         return path
 
     def load(
-        self, version: ModelVersion, device: torch.device | None = None
+        self, folder: str, device: torch.device | None = None
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """A stored version on `device` (default: the configured one) in its preferred dtype."""
+        """The version stored in `folder` (its `path`) on `device` (default: the configured
+        one) in that device's preferred dtype."""
         device = device or self.device
-        path = self.path_for(version.path)
+        path = self.path_for(folder)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_for(device)).to(device)
         return model.eval(), tokenizer

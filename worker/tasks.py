@@ -9,16 +9,23 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
+from sqlalchemy import select
 
-from app import crud
+from app import crud, jobs
+from app.assignment import expire_stale_leases
 from app.db import session_scope
+from app.models import Job, RunStatus
 from worker.celery_app import WorkerContext
+from worker.job_runner import run_job
 
 log = logging.getLogger(__name__)
 
 PING = "alignloop.ping"
 PURGE_EXPIRED_CREDENTIALS = "alignloop.purge_expired_credentials"
 PULL_BASE_MODEL = "alignloop.pull_base_model"
+RECLAIM = "alignloop.reclaim"
+SCHEDULE_GENERATION = "alignloop.schedule_generation"
+GENERATE_CANDIDATES = jobs.CELERY_TASKS[jobs.GENERATE_CANDIDATES]
 
 
 def register_tasks(celery: Celery, context: WorkerContext) -> None:
@@ -42,3 +49,50 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
 
         store = ModelStore(context.settings)
         return store.ensure_base_version(context.session_factory).name
+
+    @celery.task(shared=False, name=GENERATE_CANDIDATES)
+    def generate_candidates(job_id: int) -> str:
+        from worker.candidates import generate_candidates as work
+
+        return run_job(context, job_id, lambda job, progress: work(context, job, progress))
+
+    @celery.task(shared=False, name=RECLAIM)
+    def reclaim(after_restart: bool = False) -> dict[str, int]:
+        """Expire stale rater leases and re-send jobs whose message or worker was lost."""
+        return reclaim_work(celery, context, after_restart=after_restart)
+
+    @celery.task(shared=False, name=SCHEDULE_GENERATION)
+    def schedule_generation() -> int | None:
+        """Start a candidate-generation job unless one is already waiting or running."""
+        with context.session_factory() as db:
+            busy = db.scalar(
+                select(Job.id).where(
+                    Job.kind == jobs.GENERATE_CANDIDATES,
+                    Job.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+                )
+            )
+            if busy is not None:
+                return None
+            job = jobs.create_job(
+                db,
+                kind=jobs.GENERATE_CANDIDATES,
+                params={"overlap": context.settings.default_overlap},
+                created_by=None,
+            )
+            db.commit()
+            jobs.dispatch(db, celery, job)
+            return job.id
+
+
+def reclaim_work(celery: Celery, context: WorkerContext, *, after_restart: bool) -> dict[str, int]:
+    """Free expired leases and re-send lost jobs; `after_restart` treats every unfinished job
+    as lost (the embedded default's in-memory queue does not survive a restart)."""
+    with context.session_factory() as db:
+        expired = expire_stale_leases(db)
+        lost = jobs.jobs_to_redispatch(db, after_restart=after_restart)
+        db.commit()
+        for job in lost:
+            jobs.dispatch(db, celery, job)
+    if expired or lost:
+        log.info("reclaimed %d expired leases, re-sent %d jobs", expired, len(lost))
+    return {"expired_leases": expired, "resent_jobs": len(lost)}

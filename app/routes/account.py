@@ -1,4 +1,4 @@
-"""Browser pages for the signed-in user: the home page and `/account` (API keys)."""
+"""Browser pages for the signed-in user's account (`/account`): language and API keys."""
 
 from __future__ import annotations
 
@@ -10,16 +10,12 @@ from sqlalchemy.orm import Session
 
 from app import crud
 from app.deps import DbSession, PageUser
+from app.errors import InvalidInput
+from app.i18n import LANGUAGES
 from app.models import User
 from app.templating import render
 
 router = APIRouter()
-
-
-@router.get("/", response_class=HTMLResponse)
-def home(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
-    counts = {"prompts": crud.count_prompts(db), "users": crud.count_users(db)}
-    return render(request, "home.html", {"counts": counts})
 
 
 @router.get("/account", response_class=HTMLResponse)
@@ -53,6 +49,17 @@ def _account_page(
         "new_key_name": new_key_name,
     }
     return render(request, "account.html", context, status_code=201 if new_key else 200)
+
+
+@router.post("/account/language")
+def set_language(
+    db: DbSession, user: PageUser, language: Annotated[str, Form(max_length=8)]
+) -> RedirectResponse:
+    if language not in LANGUAGES:
+        raise InvalidInput(f"Unknown language {language!r}")
+    user.locale = language
+    db.commit()
+    return RedirectResponse("/account", status_code=303)
 
 
 @router.post("/account/keys/{key_id}/revoke")

@@ -7,7 +7,7 @@ import torch
 from sqlalchemy import func, select
 
 from app.db import make_session_factory
-from app.models import ModelKind, ModelVersion
+from app.models import ModelVersion
 from worker.model_store import (
     BASE_VERSION,
     ModelStore,
@@ -39,8 +39,7 @@ def test_a_saved_version_loads_back_identically(model_settings):
     path = store.save("v1", model, tokenizer)
     assert (path / "model.safetensors").is_file()
     assert not any(path.parent.glob(".v1.*"))  # no temporary folder left behind
-    version = ModelVersion(name="v1", kind=ModelKind.POLICY, path="v1")
-    loaded, loaded_tokenizer = store.load(version, torch.device("cpu"))
+    loaded, loaded_tokenizer = store.load("v1", torch.device("cpu"))
     ids = loaded_tokenizer("Hello there", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, loaded(ids).logits)
@@ -95,9 +94,7 @@ def test_the_bundled_default_converts_and_answers(model_settings):
     model, tokenizer = store.load_source("bundled")
     assert 130_000_000 < model.num_parameters() < 140_000_000
     path = store.save("smollm2", model, tokenizer)
-    loaded, tokenizer = store.load(
-        ModelVersion(name="smollm2", kind=ModelKind.POLICY, path=path.name), torch.device("cpu")
-    )
+    loaded, tokenizer = store.load(path.name, torch.device("cpu"))
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,

@@ -1,0 +1,152 @@
+"""Background jobs: a row says what must be done; workers claim it with a lease they renew.
+
+The broker only carries "look at job N". A worker runs a job only after claiming it in the
+database, so a message delivered twice (a re-delivery, a re-send after a restart) does nothing
+the second time, and a job whose worker died is found by its expired lease and sent again.
+A job that keeps killing its worker is failed after `MAX_ATTEMPTS`, not retried forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput, NotFound
+from app.models import Job, ModelKind, ModelStatus, ModelVersion, Prompt, RunStatus, User, utcnow
+from app.schemas import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+GENERATE_CANDIDATES = "generate_candidates"
+CELERY_TASKS = {GENERATE_CANDIDATES: "alignloop.generate_candidates"}
+"""The Celery task that runs each kind of job (the contract between web and worker)."""
+
+LEASE = timedelta(minutes=2)
+HEARTBEAT_INTERVAL_S = 30.0
+REDISPATCH_AFTER = timedelta(minutes=30)
+MAX_ATTEMPTS = 3
+
+
+def create_job(db: Session, *, kind: str, params: dict[str, Any], created_by: User | None) -> Job:
+    job = Job(kind=kind, params=params, created_by_id=created_by.id if created_by else None)
+    db.add(job)
+    db.flush()
+    return job
+
+
+def dispatch(db: Session, celery: Celery, job: Job) -> None:
+    """Send the job's message; call after the transaction that created the job has committed.
+
+    When the broker is down the job stays queued and `jobs_to_redispatch` finds it later.
+    """
+    try:
+        celery.send_task(CELERY_TASKS[job.kind], args=[job.id])
+    except BrokerUnavailable as exc:
+        log.warning(
+            "job %s not sent, the broker is unavailable (%s); it will be re-sent", job.id, exc
+        )
+        return
+    job.dispatched_at = utcnow()
+    db.commit()
+
+
+def claim_job(db: Session, *, job_id: int, worker: str) -> Job | None:
+    """Take the job for `worker` if nobody holds it; None when it is done, held, or given up."""
+    job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    now = utcnow()
+    if job is None or job.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return None
+    if job.status == RunStatus.RUNNING and job.lease_expires_at > now:
+        return None
+    if job.attempts >= MAX_ATTEMPTS:
+        job.status, job.finished_at = RunStatus.FAILED, now
+        job.error = f"Gave up after {MAX_ATTEMPTS} attempts; the worker stopped each time."
+        return None
+    job.status, job.attempts = RunStatus.RUNNING, job.attempts + 1
+    job.lease_owner, job.lease_expires_at = worker, now + LEASE
+    job.started_at = job.started_at or now
+    return job
+
+
+def renew_lease(db: Session, *, job_id: int, worker: str, progress: float) -> bool:
+    """Extend the lease and record progress; False when the job is no longer this worker's."""
+    job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.status != RunStatus.RUNNING or job.lease_owner != worker:
+        return False
+    job.lease_expires_at, job.progress = utcnow() + LEASE, progress
+    return True
+
+
+def finish_job(
+    db: Session, *, job_id: int, worker: str, result: dict | None = None, error: str | None = None
+) -> None:
+    job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.lease_owner != worker or job.status != RunStatus.RUNNING:
+        return
+    job.status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
+    job.result, job.error = result or {}, error
+    job.progress = job.progress if error else 1.0
+    job.finished_at, job.lease_expires_at = utcnow(), None
+
+
+def jobs_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Job]:
+    """Jobs whose message may be lost: queued and never (or long ago) sent, or running with an
+    expired lease. After a restart of the embedded default every unfinished job qualifies, as
+    its in-memory queue and worker are gone."""
+    now = utcnow()
+    if after_restart:
+        condition = Job.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
+    else:
+        condition = or_(
+            (Job.status == RunStatus.QUEUED)
+            & or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - REDISPATCH_AFTER),
+            (Job.status == RunStatus.RUNNING) & (Job.lease_expires_at < now),
+        )
+    jobs = list(db.scalars(select(Job).where(condition).order_by(Job.id)))
+    for job in jobs:
+        if job.status == RunStatus.RUNNING:
+            job.status, job.lease_owner, job.lease_expires_at = RunStatus.QUEUED, None, None
+    return jobs
+
+
+def candidate_job_params(
+    db: Session, request: GenerationRequest, *, default_overlap: int
+) -> dict[str, Any]:
+    """The params of a candidate-generation job, after checking that what it names exists."""
+    if request.prompt_ids:
+        found = set(db.scalars(select(Prompt.id).where(Prompt.id.in_(request.prompt_ids))))
+        if missing := sorted(set(request.prompt_ids) - found):
+            raise InvalidInput(f"Unknown prompt ids: {missing[:20]}")
+    for name in request.model_versions or []:
+        version = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
+        if (
+            version is None
+            or version.kind != ModelKind.POLICY
+            or version.status != ModelStatus.READY
+        ):
+            raise InvalidInput(f"No ready policy model version named {name!r}")
+    sampling = request.model_dump(include={"max_new_tokens", "temperature", "top_p", "seed"})
+    return {
+        "prompt_ids": request.prompt_ids,
+        "per_prompt": request.per_prompt,
+        "overlap": request.overlap or default_overlap,
+        "model_versions": request.model_versions,
+        "sampling": {key: value for key, value in sampling.items() if value is not None},
+    }
+
+
+def get_job(db: Session, job_id: int) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise NotFound("Job not found")
+    return job
+
+
+def recent_jobs(db: Session, *, limit: int = 20) -> list[Job]:
+    return list(db.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))

@@ -1,0 +1,177 @@
+"""Recording raters' verdicts: judgements and skips, checked against the rater's live lease.
+
+Submissions are idempotent per `Idempotency-Key`: a retry returns the judgement the first
+attempt stored. Everything happens under the task's row lock (see `app.assignment`), so a
+replay, a second judgement and a late submission are told apart reliably under concurrency.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import crud
+from app.assignment import live_assignment, lock_task
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import (
+    Assignment,
+    AssignmentStatus,
+    Judgement,
+    Response,
+    Task,
+    TaskStatus,
+    User,
+    utcnow,
+)
+from app.schemas import JudgementIn, RankingEntry
+
+NO_LEASE = "You hold no live lease on this task (it expired, or was never yours); fetch a new task."
+
+
+def submit_judgement(
+    db: Session,
+    *,
+    rater: User,
+    task_id: int,
+    body: JudgementIn,
+    aspects: list[str],
+    idempotency_key: str | None = None,
+) -> tuple[Judgement, bool]:
+    """Store a judgement; returns it and whether it is new (False for an idempotent replay)."""
+    task = _locked_task(db, task_id)
+    if idempotency_key and (previous := _by_idempotency_key(db, rater, idempotency_key)):
+        if previous.task_id != task_id:
+            raise Conflict("This Idempotency-Key was already used for another task.")
+        return previous, False
+    if _has_judged(db, task_id=task_id, rater_id=rater.id):
+        raise Conflict("You have already judged this task.")
+    assignment = live_assignment(db, task_id=task_id, rater_id=rater.id)
+    if assignment is None:
+        raise Conflict(NO_LEASE)
+    response_ids = [link.response_id for link in task.responses]
+    ranking = canonical_ranking(body.ranking, response_ids)
+    _check_details(body, response_ids, aspects, ranking)
+    judgement = Judgement(
+        task_id=task_id,
+        rater_id=rater.id,
+        assignment_id=assignment.id,
+        ranking=ranking,
+        strength=body.strength,
+        all_bad=body.all_bad,
+        ratings={str(key): value for key, value in (body.ratings or {}).items()} or None,
+        critique=(body.critique or "").strip() or None,
+        rewrite_response_id=_store_rewrite(db, task, rater, body.rewrite, ranking),
+        flags={str(key): sorted(set(value)) for key, value in (body.flags or {}).items() if value},
+        time_spent_ms=body.time_spent_ms,
+        guideline_version_id=_guideline_version_id(db, body.guideline_version),
+        idempotency_key=idempotency_key,
+    )
+    db.add(judgement)
+    _finish(assignment, AssignmentStatus.SUBMITTED)
+    db.flush()
+    if _judgement_count(db, task_id) >= task.required_judgements:
+        task.status, task.completed_at = TaskStatus.COMPLETE, utcnow()
+    return judgement, True
+
+
+def skip_task(db: Session, *, rater: User, task_id: int, reason: str | None) -> Assignment:
+    """Give a leased task back with a reason; the rater will not be offered it again."""
+    _locked_task(db, task_id)
+    assignment = live_assignment(db, task_id=task_id, rater_id=rater.id)
+    if assignment is None:
+        raise Conflict(NO_LEASE)
+    assignment.skip_reason = (reason or "").strip() or None
+    _finish(assignment, AssignmentStatus.SKIPPED)
+    return assignment
+
+
+def canonical_ranking(ranking: list[RankingEntry], response_ids: list[int]) -> list:
+    """The ranking with ties sorted, after checking it orders exactly the task's responses."""
+    flat = [item for entry in ranking for item in (entry if isinstance(entry, list) else [entry])]
+    if sorted(flat) != sorted(response_ids):
+        raise InvalidInput(
+            "The ranking must list each of the task's responses exactly once "
+            f"(responses {sorted(response_ids)}, got {flat})."
+        )
+    return [sorted(entry) if isinstance(entry, list) else entry for entry in ranking]
+
+
+def _check_details(body: JudgementIn, response_ids: list[int], aspects: list[str], ranking) -> None:
+    known = set(response_ids)
+    for field, keys in (("ratings", body.ratings or {}), ("flags", body.flags or {})):
+        if unknown := set(keys) - known:
+            raise InvalidInput(f"{field} name responses outside this task: {sorted(unknown)}")
+    for scores in (body.ratings or {}).values():
+        if unknown := set(scores) - set(aspects):
+            raise InvalidInput(f"Unknown rating aspects {sorted(unknown)}; use {aspects}.")
+    if body.strength is not None and isinstance(ranking[0], list):
+        raise InvalidInput("A preference strength needs a single best response, not a tie.")
+
+
+def _locked_task(db: Session, task_id: int) -> Task:
+    task = lock_task(db, task_id)
+    if task is None:
+        raise NotFound("Task not found")
+    return task
+
+
+def _by_idempotency_key(db: Session, rater: User, key: str) -> Judgement | None:
+    return db.scalar(
+        select(Judgement).where(Judgement.rater_id == rater.id, Judgement.idempotency_key == key)
+    )
+
+
+def _has_judged(db: Session, *, task_id: int, rater_id: int) -> bool:
+    return (
+        db.scalar(
+            select(Judgement.id).where(Judgement.task_id == task_id, Judgement.rater_id == rater_id)
+        )
+        is not None
+    )
+
+
+def _judgement_count(db: Session, task_id: int) -> int:
+    return (
+        db.scalar(
+            select(func.count())
+            .select_from(Judgement)
+            .where(Judgement.task_id == task_id, Judgement.supersedes_id.is_(None))
+        )
+        or 0
+    )
+
+
+def _store_rewrite(
+    db: Session, task: Task, rater: User, rewrite: str | None, ranking: list
+) -> int | None:
+    """Keep a rater's better answer as a human-written response (a demonstration for SFT).
+
+    It replaces the top-ranked response; an empty or unchanged text is not a rewrite.
+    """
+    best = ranking[0][0] if isinstance(ranking[0], list) else ranking[0]
+    original = db.get(Response, best)
+    if not rewrite or not rewrite.strip() or rewrite.strip() == original.text.strip():
+        return None
+    response = Response(
+        prompt_id=task.prompt_id,
+        author_id=rater.id,
+        text=rewrite.strip(),
+        generation_params={"kind": "rewrite", "replaces_response_id": best, "task_id": task.id},
+    )
+    db.add(response)
+    db.flush()
+    return response.id
+
+
+def _guideline_version_id(db: Session, version: int | None) -> int | None:
+    if version is None:
+        current = crud.current_guidelines(db)
+        return current.id if current else None
+    guideline = crud.get_guidelines(db, version=version)
+    if guideline is None:
+        raise InvalidInput(f"Unknown guideline version {version}.")
+    return guideline.id
+
+
+def _finish(assignment: Assignment, status: AssignmentStatus) -> None:
+    assignment.status, assignment.finished_at = status, utcnow()

@@ -1,0 +1,60 @@
+"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from app.assignment import assign_next_task, task_view
+from app.deps import DbSession, RaterUser, SettingsDep
+from app.judgements import skip_task, submit_judgement
+from app.schemas import JudgementIn, JudgementOut, SkipIn, SkipOut, TaskOut
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+
+
+@router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
+def next_task(db: DbSession, settings: SettingsDep, rater: RaterUser) -> TaskOut | Response:
+    """Lease the next task to judge; 204 when there is none, 429 when holding too many."""
+    assignment = assign_next_task(
+        db,
+        rater=rater,
+        lease_minutes=settings.lease_minutes,
+        max_open_leases=settings.max_open_leases,
+    )
+    if assignment is None:
+        return Response(status_code=204)
+    view = task_view(db, assignment)
+    db.commit()
+    return view
+
+
+@router.post("/{task_id}/judgement", status_code=201)
+def judge(
+    task_id: int,
+    body: JudgementIn,
+    db: DbSession,
+    settings: SettingsDep,
+    rater: RaterUser,
+    idempotency_key: IdempotencyKey = None,
+) -> JudgementOut:
+    judgement, _ = submit_judgement(
+        db,
+        rater=rater,
+        task_id=task_id,
+        body=body,
+        aspects=settings.aspects,
+        idempotency_key=idempotency_key,
+    )
+    db.commit()
+    return JudgementOut(id=judgement.id, task_id=task_id, created_at=judgement.created_at)
+
+
+@router.post("/{task_id}/skip")
+def skip(task_id: int, body: SkipIn, db: DbSession, rater: RaterUser) -> SkipOut:
+    skip_task(db, rater=rater, task_id=task_id, reason=body.reason)
+    db.commit()
+    return SkipOut(task_id=task_id)
