@@ -1,10 +1,11 @@
 """Who rates what: leasing task slots to raters, safely under concurrency, and reclaiming them.
 
-A task needs `required_judgements` judgements from different raters. A slot is taken by a
-judgement or by a live lease (active and not expired). Every change to a task's slots happens
-while holding that task's row lock: `SELECT ... FOR UPDATE` on PostgreSQL; on SQLite, which
-ignores it, the `BEGIN IMMEDIATE` transactions of `app.db` serialise writers instead. Under the
-lock the slots are counted again with a fresh statement, so no slot is ever leased twice.
+A task needs `required_judgements` judgements from different raters. Its slots are counted on
+the task row itself (`judgement_count + lease_count`), and every change to them happens while
+holding that row's lock. On PostgreSQL the next task is picked and locked by one
+`SELECT ... FOR UPDATE SKIP LOCKED`: concurrent raters skip each other's rows instead of
+queueing, and a row that changed meanwhile is re-checked against its new counts. SQLite ignores
+row locks; there the `BEGIN IMMEDIATE` transactions of `app.db` serialise writers instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from app.errors import RateLimited
 from app.models import (
@@ -23,44 +24,24 @@ from app.models import (
     Prompt,
     Response,
     Task,
+    TaskResponse,
     TaskStatus,
     User,
     utcnow,
 )
 from app.schemas import MessageOut, PromptOut, ResponseOut, TaskOut
 
-CANDIDATE_BATCH = 32
-MAX_CANDIDATE_BATCHES = 8
 FINISHED = (AssignmentStatus.SUBMITTED, AssignmentStatus.SKIPPED)
+REMAINING = Task.required_judgements - Task.judgement_count - Task.lease_count
 
 
 def _is_live(now: datetime):
     return and_(Assignment.status == AssignmentStatus.ACTIVE, Assignment.expires_at > now)
 
 
-def lock_task(db: Session, task_id: int, *, skip_locked: bool = False) -> Task | None:
-    """The task with its row lock held until the transaction ends (None if missing or, with
-    `skip_locked`, if another transaction holds it)."""
-    return db.scalar(
-        select(Task)
-        .where(Task.id == task_id)
-        .options(selectinload(Task.responses))
-        .with_for_update(skip_locked=skip_locked, of=Task)
-    )
-
-
-def slots_taken(db: Session, task_id: int, now: datetime) -> int:
-    judged = db.scalar(
-        select(func.count())
-        .select_from(Judgement)
-        .where(Judgement.task_id == task_id, Judgement.supersedes_id.is_(None))
-    )
-    leased = db.scalar(
-        select(func.count())
-        .select_from(Assignment)
-        .where(Assignment.task_id == task_id, _is_live(now))
-    )
-    return (judged or 0) + (leased or 0)
+def lock_task(db: Session, task_id: int) -> Task | None:
+    """The task, with its row lock held until the transaction ends."""
+    return db.scalar(select(Task).where(Task.id == task_id).with_for_update())
 
 
 def live_assignment(db: Session, *, task_id: int, rater_id: int) -> Assignment | None:
@@ -95,57 +76,47 @@ def assign_next_task(
     Raises RateLimited when the rater already holds `max_open_leases` live leases.
     """
     now = utcnow()
-    held = open_leases(db, rater_id=rater.id)
+    active = _active_assignments(db, rater_id=rater.id)
+    held = [assignment for assignment in active if assignment.expires_at > now]
     if len(held) >= max_open_leases:
         retry_after = (held[0].expires_at - now).total_seconds()
         raise RateLimited("Finish or skip the tasks you hold before taking more.", int(retry_after))
-    seen: set[int] = set()
-    for _ in range(MAX_CANDIDATE_BATCHES):
-        candidates = _candidate_task_ids(db, rater_id=rater.id, now=now, exclude=seen)
-        if not candidates:
-            return None
-        seen.update(candidates)
-        for task_id in candidates:
-            task = lock_task(db, task_id, skip_locked=True)
-            if task is not None and _may_lease(db, task, rater_id=rater.id, now=now):
-                return _lease(db, task, rater_id=rater.id, now=now, minutes=lease_minutes, rng=rng)
-    return None
-
-
-def _candidate_task_ids(
-    db: Session, *, rater_id: int, now: datetime, exclude: set[int]
-) -> list[int]:
-    """The next batch of candidates, closest to completion first. Read without locks:
-    `_may_lease` checks again under the task's lock."""
-    query = _candidates_query(rater_id=rater_id, now=now).limit(CANDIDATE_BATCH)
-    if exclude:
-        query = query.where(Task.id.not_in(exclude))
-    return list(db.scalars(query))
-
-
-def _candidates_query(*, rater_id: int, now: datetime):
-    """Open tasks with a free slot that the rater has not judged, skipped or leased."""
-    judged = (
-        select(func.count())
-        .where(Judgement.task_id == Task.id, Judgement.supersedes_id.is_(None))
-        .correlate(Task)
-        .scalar_subquery()
+    task = db.scalar(
+        _candidates(rater_id=rater.id, now=now).limit(1).with_for_update(skip_locked=True, of=Task)
     )
-    leased = (
-        select(func.count())
-        .where(Assignment.task_id == Task.id, _is_live(now))
-        .correlate(Task)
-        .scalar_subquery()
+    if task is None:
+        return None
+    # A lease of this rater's on this task that ran out is still "active" until reclaimed;
+    # close it, so that the one-live-lease-per-rater index admits the new one.
+    for stale in (assignment for assignment in active if assignment.task_id == task.id):
+        stale.status, stale.finished_at = AssignmentStatus.EXPIRED, now
+        task.lease_count -= 1
+    db.flush()
+    return _lease(db, task, rater_id=rater.id, now=now, minutes=lease_minutes, rng=rng)
+
+
+def _active_assignments(db: Session, *, rater_id: int) -> list[Assignment]:
+    """The rater's assignments marked active, live or run out, oldest first."""
+    return list(
+        db.scalars(
+            select(Assignment)
+            .where(Assignment.rater_id == rater_id, Assignment.status == AssignmentStatus.ACTIVE)
+            .order_by(Assignment.leased_at, Assignment.id)
+        )
     )
-    remaining = Task.required_judgements - judged - leased
+
+
+def _candidates(*, rater_id: int, now: datetime):
+    """Open tasks with a free slot that the rater has not judged, skipped or leased, the ones
+    closest to completion first."""
     return (
-        select(Task.id)
+        select(Task)
         .where(
             Task.status == TaskStatus.OPEN,
-            remaining > 0,
+            REMAINING > 0,
             ~_touched_by_rater(Task.id, rater_id=rater_id, now=now),
         )
-        .order_by(remaining, Task.id)
+        .order_by(REMAINING, Task.id)
     )
 
 
@@ -161,15 +132,6 @@ def _touched_by_rater(task_id, *, rater_id: int, now: datetime):
     )
 
 
-def _may_lease(db: Session, task: Task, *, rater_id: int, now: datetime) -> bool:
-    if task.status != TaskStatus.OPEN:
-        return False
-    if slots_taken(db, task.id, now) >= task.required_judgements:
-        return False
-    touched = db.scalar(select(_touched_by_rater(task.id, rater_id=rater_id, now=now)))
-    return not touched
-
-
 def _lease(
     db: Session,
     task: Task,
@@ -179,18 +141,13 @@ def _lease(
     minutes: float,
     rng: random.Random | None,
 ) -> Assignment:
-    # A lease of this rater's that ran out still counts as "active" in the table until
-    # reclaimed; close it so that the one-live-lease-per-rater index admits the new one.
-    db.execute(
-        update(Assignment)
-        .where(
-            Assignment.task_id == task.id,
-            Assignment.rater_id == rater_id,
-            Assignment.status == AssignmentStatus.ACTIVE,
+    order = list(
+        db.scalars(
+            select(TaskResponse.response_id)
+            .where(TaskResponse.task_id == task.id)
+            .order_by(TaskResponse.position)
         )
-        .values(status=AssignmentStatus.EXPIRED, finished_at=now)
     )
-    order = [link.response_id for link in task.responses]
     (rng or random).shuffle(order)  # position bias is measured against this recorded order
     assignment = Assignment(
         task_id=task.id,
@@ -200,41 +157,47 @@ def _lease(
         expires_at=now + timedelta(minutes=minutes),
     )
     db.add(assignment)
+    task.lease_count += 1
     db.flush()
     return assignment
 
 
+def release_lease(task: Task, assignment: Assignment, status: AssignmentStatus) -> None:
+    """End a lease as submitted or skipped; the caller holds the task's lock."""
+    assignment.status, assignment.finished_at = status, utcnow()
+    task.lease_count -= 1
+
+
 def expire_stale_leases(db: Session) -> int:
-    """Mark run-out leases as expired (their slots are already free); returns how many."""
-    result = db.execute(
-        update(Assignment)
-        .where(Assignment.status == AssignmentStatus.ACTIVE, Assignment.expires_at <= utcnow())
-        .values(status=AssignmentStatus.EXPIRED, finished_at=utcnow())
-    )
-    return result.rowcount or 0
+    """Reclaim leases whose time ran out, freeing their slots; returns how many.
 
-
-def task_view(db: Session, assignment: Assignment) -> TaskOut:
-    """The leased task as its rater sees it, responses in the order recorded on the lease."""
-    task = db.get(Task, assignment.task_id)
-    prompt = db.get(Prompt, task.prompt_id)
-    responses = {
-        response.id: response
-        for response in db.scalars(
-            select(Response).where(Response.id.in_(assignment.response_order))
-        )
-    }
-    return TaskOut(
-        task_id=task.id,
-        prompt=PromptOut(
-            id=prompt.id, messages=[MessageOut(**message) for message in prompt.messages]
-        ),
-        responses=[
-            ResponseOut(id=response_id, text=responses[response_id].text)
-            for response_id in assignment.response_order
-        ],
-        lease_expires_at=assignment.expires_at,
-    )
+    One task at a time, each under its lock; a task that is busy right now is left for the
+    next run rather than waited for.
+    """
+    now = utcnow()
+    stale_tasks = db.scalars(
+        select(Assignment.task_id)
+        .where(Assignment.status == AssignmentStatus.ACTIVE, Assignment.expires_at <= now)
+        .distinct()
+    ).all()
+    reclaimed = 0
+    for task_id in stale_tasks:
+        task = db.scalar(select(Task).where(Task.id == task_id).with_for_update(skip_locked=True))
+        if task is None:
+            continue
+        expired = db.execute(
+            update(Assignment)
+            .where(
+                Assignment.task_id == task_id,
+                Assignment.status == AssignmentStatus.ACTIVE,
+                Assignment.expires_at <= now,
+            )
+            .values(status=AssignmentStatus.EXPIRED, finished_at=now)
+        ).rowcount
+        task.lease_count -= expired or 0
+        reclaimed += expired or 0
+    db.flush()
+    return reclaimed
 
 
 def current_or_next(
@@ -258,7 +221,7 @@ def rating_progress(db: Session, *, rater_id: int) -> dict[str, int]:
         .where(Assignment.rater_id == rater_id, Assignment.status == AssignmentStatus.SKIPPED)
     )
     available = select(func.count()).select_from(
-        _candidates_query(rater_id=rater_id, now=utcnow()).subquery()
+        _candidates(rater_id=rater_id, now=utcnow()).order_by(None).subquery()
     )
     return {
         "judged": db.scalar(judged) or 0,
@@ -266,3 +229,25 @@ def rating_progress(db: Session, *, rater_id: int) -> dict[str, int]:
         "skipped": db.scalar(skipped) or 0,
         "available": db.scalar(available) or 0,
     }
+
+
+def task_view(db: Session, assignment: Assignment) -> TaskOut:
+    """The leased task as its rater sees it, responses in the order recorded on the lease."""
+    prompt = db.scalar(
+        select(Prompt).join(Task, Task.prompt_id == Prompt.id).where(Task.id == assignment.task_id)
+    )
+    rows = db.execute(
+        select(Response.id, Response.text).where(Response.id.in_(assignment.response_order))
+    )
+    texts = {response_id: text for response_id, text in rows}
+    return TaskOut(
+        task_id=assignment.task_id,
+        prompt=PromptOut(
+            id=prompt.id, messages=[MessageOut(**message) for message in prompt.messages]
+        ),
+        responses=[
+            ResponseOut(id=response_id, text=texts[response_id])
+            for response_id in assignment.response_order
+        ],
+        lease_expires_at=assignment.expires_at,
+    )

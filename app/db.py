@@ -22,7 +22,8 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`, configured for the backend it points at."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        # Room for every thread of the web tier's thread pool (40) without waiting.
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})

@@ -7,11 +7,11 @@ replay, a second judgement and a late submission are told apart reliably under c
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.assignment import live_assignment, lock_task
+from app.assignment import live_assignment, lock_task, release_lease
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import (
     Assignment,
@@ -39,18 +39,19 @@ def submit_judgement(
 ) -> tuple[Judgement, bool]:
     """Store a judgement; returns it and whether it is new (False for an idempotent replay)."""
     task = _locked_task(db, task_id)
-    if idempotency_key and (previous := _by_idempotency_key(db, rater, idempotency_key)):
-        if previous.task_id != task_id:
-            raise Conflict("This Idempotency-Key was already used for another task.")
-        return previous, False
-    if _has_judged(db, task_id=task_id, rater_id=rater.id):
-        raise Conflict("You have already judged this task.")
+    previous = _previous_judgement(db, rater=rater, task_id=task_id, key=idempotency_key)
+    if previous is not None:
+        if idempotency_key and previous.idempotency_key == idempotency_key:
+            if previous.task_id != task_id:
+                raise Conflict("This Idempotency-Key was already used for another task.")
+            return previous, False
+        if previous.task_id == task_id:
+            raise Conflict("You have already judged this task.")
     assignment = live_assignment(db, task_id=task_id, rater_id=rater.id)
     if assignment is None:
         raise Conflict(NO_LEASE)
-    response_ids = [link.response_id for link in task.responses]
-    ranking = canonical_ranking(body.ranking, response_ids)
-    _check_details(body, response_ids, aspects, ranking)
+    ranking = canonical_ranking(body.ranking, assignment.response_order)
+    _check_details(body, assignment.response_order, aspects, ranking)
     judgement = Judgement(
         task_id=task_id,
         rater_id=rater.id,
@@ -67,21 +68,23 @@ def submit_judgement(
         idempotency_key=idempotency_key,
     )
     db.add(judgement)
-    _finish(assignment, AssignmentStatus.SUBMITTED)
-    db.flush()
-    if _judgement_count(db, task_id) >= task.required_judgements:
+    release_lease(task, assignment, AssignmentStatus.SUBMITTED)
+    task.judgement_count += 1
+    if task.judgement_count >= task.required_judgements:
         task.status, task.completed_at = TaskStatus.COMPLETE, utcnow()
+    db.flush()
     return judgement, True
 
 
 def skip_task(db: Session, *, rater: User, task_id: int, reason: str | None) -> Assignment:
     """Give a leased task back with a reason; the rater will not be offered it again."""
-    _locked_task(db, task_id)
+    task = _locked_task(db, task_id)
     assignment = live_assignment(db, task_id=task_id, rater_id=rater.id)
     if assignment is None:
         raise Conflict(NO_LEASE)
     assignment.skip_reason = (reason or "").strip() or None
-    _finish(assignment, AssignmentStatus.SKIPPED)
+    release_lease(task, assignment, AssignmentStatus.SKIPPED)
+    db.flush()
     return assignment
 
 
@@ -108,37 +111,23 @@ def _check_details(body: JudgementIn, response_ids: list[int], aspects: list[str
         raise InvalidInput("A preference strength needs a single best response, not a tie.")
 
 
+def _previous_judgement(
+    db: Session, *, rater: User, task_id: int, key: str | None
+) -> Judgement | None:
+    """The rater's earlier judgement of this task, or the one stored under this key."""
+    match = Judgement.task_id == task_id
+    if key:
+        match = or_(match, Judgement.idempotency_key == key)
+    return db.scalar(
+        select(Judgement).where(Judgement.rater_id == rater.id, match).order_by(Judgement.id)
+    )
+
+
 def _locked_task(db: Session, task_id: int) -> Task:
     task = lock_task(db, task_id)
     if task is None:
         raise NotFound("Task not found")
     return task
-
-
-def _by_idempotency_key(db: Session, rater: User, key: str) -> Judgement | None:
-    return db.scalar(
-        select(Judgement).where(Judgement.rater_id == rater.id, Judgement.idempotency_key == key)
-    )
-
-
-def _has_judged(db: Session, *, task_id: int, rater_id: int) -> bool:
-    return (
-        db.scalar(
-            select(Judgement.id).where(Judgement.task_id == task_id, Judgement.rater_id == rater_id)
-        )
-        is not None
-    )
-
-
-def _judgement_count(db: Session, task_id: int) -> int:
-    return (
-        db.scalar(
-            select(func.count())
-            .select_from(Judgement)
-            .where(Judgement.task_id == task_id, Judgement.supersedes_id.is_(None))
-        )
-        or 0
-    )
 
 
 def _store_rewrite(
@@ -148,9 +137,10 @@ def _store_rewrite(
 
     It replaces the top-ranked response; an empty or unchanged text is not a rewrite.
     """
+    if not rewrite or not rewrite.strip():
+        return None
     best = ranking[0][0] if isinstance(ranking[0], list) else ranking[0]
-    original = db.get(Response, best)
-    if not rewrite or not rewrite.strip() or rewrite.strip() == original.text.strip():
+    if rewrite.strip() == db.get(Response, best).text.strip():
         return None
     response = Response(
         prompt_id=task.prompt_id,
@@ -171,7 +161,3 @@ def _guideline_version_id(db: Session, version: int | None) -> int | None:
     if guideline is None:
         raise InvalidInput(f"Unknown guideline version {version}.")
     return guideline.id
-
-
-def _finish(assignment: Assignment, status: AssignmentStatus) -> None:
-    assignment.status, assignment.finished_at = status, utcnow()

@@ -1,14 +1,25 @@
-"""Schema migrations: runs Alembic programmatically on an engine (used by the CLI and tests)."""
+"""Schema migrations: runs Alembic programmatically on an engine (used by the CLI and tests).
+
+On SQLite, Alembic alters a table by copying it into a new one and dropping the old. With
+foreign keys enforced, dropping a table deletes every row that refers to it (ON DELETE
+CASCADE), so migrations run with enforcement off and check every reference before committing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class MigrationBrokeReferences(RuntimeError):
+    """A migration left rows pointing at rows that do not exist; it was rolled back."""
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -28,6 +39,25 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def _run(engine: Engine, action, revision: str) -> None:
     config = alembic_config(engine)
-    with engine.begin() as connection:
+    with migration_connection(engine) as connection:
         config.attributes["connection"] = connection
         action(config, revision)
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that is safe for migrations on either database."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # must happen outside a transaction, where SQLite ignores it
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite and (
+                    broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                ):
+                    raise MigrationBrokeReferences(f"rows with dangling references: {broken[:5]}")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")

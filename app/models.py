@@ -305,6 +305,7 @@ class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         CheckConstraint("required_judgements >= 1", name="required_judgements_positive"),
+        CheckConstraint("judgement_count >= 0 AND lease_count >= 0", name="counts_not_negative"),
         Index("ix_tasks_status", "status"),
     )
 
@@ -313,6 +314,11 @@ class Task(Base):
     kind: Mapped[TaskKind] = mapped_column(string_enum(TaskKind), default=TaskKind.COMPARE)
     status: Mapped[TaskStatus] = mapped_column(string_enum(TaskStatus), default=TaskStatus.OPEN)
     required_judgements: Mapped[int] = mapped_column(default=3)
+    judgement_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Original judgements so far (corrections do not count)."""
+    lease_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Assignments still marked active, expired or not: a slot frees when its lease is
+    reclaimed. Kept on the row so that a locked task can be re-checked without counting."""
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_ranking: Mapped[list[Any] | None]
     generation_job_id: Mapped[int | None] = mapped_column(

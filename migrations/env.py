@@ -10,6 +10,7 @@ from alembic import context
 
 from app.config import Settings
 from app.db import make_engine
+from app.migrate import migration_connection
 from app.models import Base, UTCDateTime
 
 config = context.config
@@ -42,7 +43,7 @@ def run_migrations_online() -> None:
         run_migrations(connection)
         return
     engine = make_engine(Settings().resolved_database_url)
-    with engine.connect() as connection:
+    with migration_connection(engine) as connection:
         run_migrations(connection)
     engine.dispose()
 

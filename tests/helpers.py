@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.models import User
+from app.models import Prompt, Response, Task, TaskResponse, User
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery staple"
@@ -40,3 +42,31 @@ def api_key_for(db: Session, user: User) -> dict[str, str]:
     _, key = crud.create_api_key(db, user=user, name="test")
     db.commit()
     return {"Authorization": f"Bearer {key}"}
+
+
+def create_task(
+    db: Session,
+    *,
+    responses: int = 2,
+    overlap: int = 2,
+    prompt: str | None = None,
+    texts: list[str] | None = None,
+) -> Task:
+    """A prompt with `responses` answers as an open task needing `overlap` judgements."""
+    content = prompt or f"prompt {uuid.uuid4().hex[:8]}"
+    row = Prompt(messages=[{"role": "user", "content": content}], dedup_hash=uuid.uuid4().hex)
+    db.add(row)
+    db.flush()
+    answers = [
+        Response(prompt_id=row.id, text=text)
+        for text in (texts or [f"answer {index} to {content}" for index in range(responses)])
+    ]
+    db.add_all(answers)
+    db.flush()
+    task = Task(prompt_id=row.id, required_judgements=overlap)
+    task.responses = [
+        TaskResponse(response_id=answer.id, position=index) for index, answer in enumerate(answers)
+    ]
+    db.add(task)
+    db.flush()
+    return task

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from app import crud, migrate
 from app.db import make_engine, make_session_factory, session_scope
@@ -54,3 +56,37 @@ def test_upgrading_again_keeps_every_row(empty_engine):
     migrate.upgrade(empty_engine)
     with session_scope(factory) as db:
         assert db.scalars(select(User.username)).all() == ["keeper"]
+
+
+def test_the_rating_workflow_migration_keeps_and_backfills_existing_rows(empty_engine):
+    migrate.upgrade(empty_engine, "0001")
+    with empty_engine.begin() as connection:
+        for statement in SEED_0001:
+            connection.execute(text(statement))
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as connection:
+        task = connection.execute(text("SELECT judgement_count, lease_count FROM tasks")).one()
+        judgement = connection.execute(text("SELECT all_bad, flags FROM judgements")).one()
+        leases = connection.execute(text("SELECT count(*) FROM assignments")).scalar()
+    assert tuple(task) == (1, 1)  # one judgement, one lease still active
+    flags = judgement.flags if isinstance(judgement.flags, dict) else json.loads(judgement.flags)
+    assert not judgement.all_bad and flags == {}
+    assert leases == 2
+
+
+SEED_0001 = [
+    "INSERT INTO users (id, username, password_hash, role, is_active, locale, created_at) VALUES "
+    "(1, 'ann', 'x', 'rater', true, 'en', CURRENT_TIMESTAMP), "
+    "(2, 'bob', 'x', 'rater', true, 'en', CURRENT_TIMESTAMP)",
+    "INSERT INTO prompts (id, messages, source, tags, split, dedup_hash, created_at) VALUES "
+    "(1, '[]', '', '[]', 'train', 'h', CURRENT_TIMESTAMP)",
+    "INSERT INTO responses (id, prompt_id, text, generation_params, created_at) VALUES "
+    "(1, 1, 'a', '{}', CURRENT_TIMESTAMP), (2, 1, 'b', '{}', CURRENT_TIMESTAMP)",
+    "INSERT INTO tasks (id, prompt_id, kind, status, required_judgements, is_gold, created_at) "
+    "VALUES (1, 1, 'compare', 'open', 3, false, CURRENT_TIMESTAMP)",
+    "INSERT INTO assignments (id, task_id, rater_id, status, response_order, leased_at, "
+    "expires_at) VALUES (1, 1, 1, 'submitted', '[1, 2]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), "
+    "(2, 1, 2, 'active', '[2, 1]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO judgements (id, task_id, rater_id, assignment_id, ranking, flags, created_at) "
+    "VALUES (1, 1, 1, 1, '[1, 2]', '[]', CURRENT_TIMESTAMP)",
+]

@@ -1,5 +1,5 @@
-"""Rating workflow: judgements record "none acceptable" and per-response flags; jobs record
-when they were last sent to the broker
+"""Rating workflow: task slot counters, "none acceptable" and per-response flags on
+judgements, and when a job was last sent to the broker
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,23 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("judgement_count", sa.Integer(), nullable=False, server_default="0")
+        )
+        batch_op.add_column(
+            sa.Column("lease_count", sa.Integer(), nullable=False, server_default="0")
+        )
+        batch_op.create_check_constraint(
+            "counts_not_negative", "judgement_count >= 0 AND lease_count >= 0"
+        )
+    op.execute(
+        "UPDATE tasks SET "
+        "judgement_count = (SELECT count(*) FROM judgements j "
+        "WHERE j.task_id = tasks.id AND j.supersedes_id IS NULL), "
+        "lease_count = (SELECT count(*) FROM assignments a "
+        "WHERE a.task_id = tasks.id AND a.status = 'active')"
+    )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("judgements", schema=None) as batch_op:
@@ -35,3 +52,7 @@ def downgrade() -> None:
         batch_op.drop_column("all_bad")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("dispatched_at")
+    with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_constraint("counts_not_negative", type_="check")
+        batch_op.drop_column("lease_count")
+        batch_op.drop_column("judgement_count")

@@ -43,7 +43,9 @@ def run_generation(world, **params) -> Job:
     factory, celery = world
     with session_scope(factory) as db:
         job = jobs.create_job(
-            db, kind=jobs.GENERATE_CANDIDATES, params={"sampling": QUICK, **params},
+            db,
+            kind=jobs.GENERATE_CANDIDATES,
+            params={"sampling": QUICK, **params},
             created_by=None,
         )
     celery.tasks[GENERATE_CANDIDATES].apply(args=[job.id])
@@ -54,9 +56,7 @@ def run_generation(world, **params) -> Job:
 def tasks_with_responses(factory) -> list[Task]:
     with factory() as db:
         return list(
-            db.scalars(
-                select(Task).options(selectinload(Task.responses)).order_by(Task.id)
-            )
+            db.scalars(select(Task).options(selectinload(Task.responses)).order_by(Task.id))
         )
 
 
@@ -79,7 +79,11 @@ def test_a_promoted_version_is_rated_blind_against_its_parent(world, model_setti
     with session_scope(factory) as db:
         base = db.scalar(select(ModelVersion).where(ModelVersion.name == "base"))
         child = ModelVersion(
-            name="v1", kind="policy", status="ready", path="v1", parent_id=base.id,
+            name="v1",
+            kind="policy",
+            status="ready",
+            path="v1",
+            parent_id=base.id,
             promoted_at=utcnow(),
         )
         db.add(child)
@@ -88,7 +92,9 @@ def test_a_promoted_version_is_rated_blind_against_its_parent(world, model_setti
     with factory() as db:
         for task in db.scalars(select(Task).options(selectinload(Task.responses))):
             assert task.kind == TaskKind.AB_EVAL
-            authors = {db.get(Response, link.response_id).model_version_id for link in task.responses}
+            authors = {
+                db.get(Response, link.response_id).model_version_id for link in task.responses
+            }
             assert len(authors) == 2
 
 
