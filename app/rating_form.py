@@ -41,6 +41,7 @@ def judgement_from_form(
         or None,
         "critique": _text(form.get("critique")),
         "rewrite": _text(form.get("rewrite")),
+        "rewrite_of": _integer(form.get("rewrite_of")),
         "time_spent_ms": _integer(form.get("time_spent_ms")),
         "guideline_version": _integer(form.get("guideline_version")),
     }

@@ -149,6 +149,8 @@ class JudgementIn(InputModel):
     ratings: dict[int, dict[str, Rating]] | None = None
     critique: Annotated[str, StringConstraints(max_length=MAX_CRITIQUE_CHARS)] | None = None
     rewrite: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+    rewrite_of: int | None = None
+    """The response the rewrite started from and replaces; default: the top-ranked one."""
     flags: dict[int, Annotated[list[Flag], Field(max_length=len(FLAGS))]] | None = None
     time_spent_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] | None = None
     guideline_version: int | None = None

@@ -167,7 +167,9 @@
   function prefillRewrite() {
     const editor = document.getElementById("rewrite");
     if (!editor || editor.value.trim()) return;
-    editor.value = card(preferredLabel()).querySelector(".raw-text").value;
+    const source = card(preferredLabel());
+    editor.value = source.querySelector(".raw-text").value;
+    form.elements.rewrite_of.value = source.dataset.responseId;  // what the rewrite replaces
   }
 
   function openRewrite() {
@@ -232,9 +234,16 @@
 
   // --- keyboard ---------------------------------------------------------------------------
 
+  let focusBeforeHelp = null;
+
   function toggleHelp() {
     help.hidden = !help.hidden;
-    if (!help.hidden) help.querySelector("button").focus();
+    if (!help.hidden) {
+      focusBeforeHelp = document.activeElement;
+      help.querySelector("button").focus();
+    } else if (focusBeforeHelp && document.contains(focusBeforeHelp)) {
+      focusBeforeHelp.focus();
+    }
   }
 
   function focusFirst(selector) {

@@ -2,68 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.helpers import html
-
-STARTUP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.live_server import STARTUP_TIMEOUT_S, alignloop_run, wait_for
 
 
 @pytest.fixture
 def server(tmp_path, model_settings):
     """`alignloop run` on the tiny model; yields (base URL, its environment, its output file)."""
-    port = free_port()
-    env = {
-        **{key: value for key, value in os.environ.items() if not key.startswith("ALIGNLOOP_")},
-        "ALIGNLOOP_DATA_DIR": str(model_settings.data_dir),
-        "ALIGNLOOP_BASE_MODEL": "tiny-random",
-    }
-    output = tmp_path / "run.log"
-    with open(output, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            assert process.poll() is None, output.read_text()
-            return False
-
-    wait_for(healthy, STARTUP_TIMEOUT_S, "alignloop run to answer /healthz")
-    yield base_url, env, output
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0, output.read_text()
+    with alignloop_run(model_settings.data_dir, tmp_path / "run.log") as live:
+        yield live.base_url, live.env, live.output
 
 
 def printed_admin_password(output: Path) -> str:

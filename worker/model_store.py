@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,10 @@ BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_CACHE = ".bundled-tokenizer"
 VERSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 TINY_RANDOM_SEED = 0
+# transformers builds models on the "meta" device through process-wide state, so two threads
+# loading at once (the embedded worker runs tasks on threads) can corrupt each other's weights.
+_LOADING = threading.Lock()
+_IMPORTING = threading.Lock()
 
 
 class ModelSourceError(RuntimeError):
@@ -142,12 +147,17 @@ class ModelStore:
         one) in that device's preferred dtype."""
         device = device or self.device
         path = self.path_for(folder)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_for(device)).to(device)
-        return model.eval(), tokenizer
+        with _LOADING:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_for(device))
+        return model.to(device).eval(), tokenizer
 
     def ensure_base_version(self, session_factory: sessionmaker[Session]) -> ModelVersion:
         """The registered `base` version, converting and registering `BASE_MODEL` on first use."""
+        with _IMPORTING:  # a second caller waits for the first import instead of repeating it
+            return self._ensure_base_version(session_factory)
+
+    def _ensure_base_version(self, session_factory: sessionmaker[Session]) -> ModelVersion:
         with session_scope(session_factory) as db:
             if (existing := crud.get_model_version(db, name=BASE_VERSION)) is not None:
                 return existing
@@ -174,6 +184,10 @@ class ModelStore:
 
     def load_source(self, spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Load a base model from its source, in fp32 on the CPU, ready to be saved."""
+        with _LOADING:
+            return self._load_source(spec)
+
+    def _load_source(self, spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if spec == BUNDLED_MODEL:
             return self._load_bundled()
         if spec == TINY_RANDOM_MODEL:

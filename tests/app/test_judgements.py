@@ -198,3 +198,17 @@ def test_skipping_records_the_reason_and_ends_the_lease(client, db, headers, lea
     assert assignment.skip_reason == "I do not read French"
     again = client.post(f"/api/tasks/{task_id}/skip", json={}, headers=headers)
     assert again.status_code == 409
+
+
+def test_a_rewrite_names_the_response_it_started_from(client, db, headers, leased):
+    task_id, (a, b) = leased
+    unchanged = db.get(Response, b).text  # prefilled from B, then the rater chose a tie
+    body = {"ranking": [[a, b]], "rewrite": unchanged, "rewrite_of": b}
+    assert post(client, task_id, headers, **body).status_code == 201
+    assert judgements(db)[0].rewrite_response_id is None
+
+
+def test_rewrite_of_must_be_one_of_the_tasks_responses(client, headers, leased):
+    task_id, (a, b) = leased
+    body = {"ranking": [a, b], "rewrite": "new", "rewrite_of": 424242}
+    assert post(client, task_id, headers, **body).status_code == 422

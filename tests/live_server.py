@@ -1,0 +1,89 @@
+"""A real `alignloop run` process on a free port, for tests that talk to it over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+STARTUP_TIMEOUT_S = 60
+SHUTDOWN_TIMEOUT_S = 30
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    base_url: str
+    env: dict[str, str]
+    output: Path  # the process's stdout and stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def alignloop_run(data_dir: Path, output: Path) -> Iterator[LiveServer]:
+    """`alignloop run` on the tiny model over `data_dir`, answering /healthz; on leaving, it is
+    stopped with Ctrl+C and must exit cleanly."""
+    port = free_port()
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("ALIGNLOOP_")},
+        "ALIGNLOOP_DATA_DIR": str(data_dir),
+        "ALIGNLOOP_BASE_MODEL": "tiny-random",
+    }
+    with open(output, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(base_url=f"http://127.0.0.1:{port}", env=env, output=output)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            assert process.poll() is None, output.read_text()
+            return False
+
+    try:
+        wait_for(healthy, STARTUP_TIMEOUT_S, "alignloop run to answer /healthz")
+        yield server
+    finally:
+        exit_code = _interrupt(process)
+    assert exit_code == 0, output.read_text()
+
+
+def _interrupt(process: subprocess.Popen) -> int:
+    """Stop the process as Ctrl+C would (killing it if that hangs); returns its exit code."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise

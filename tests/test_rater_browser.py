@@ -1,0 +1,466 @@
+"""The rater page in a real browser: a rater works through tasks with the keyboard alone.
+
+Headless Chromium from Debian (`/usr/bin/chromium`; never a browser downloaded by Playwright)
+drives a real `alignloop run` process over a seeded SQLite database. The rater judges three
+tasks (a pairwise choice with a strength, a ranking with a tie), rates, flags, critiques and
+rewrites with shortcut keys, skips a task with a reason, and uses the help overlay; the test
+then reads back from the database exactly what those keys meant. It also saves screenshots
+(desktop and phone width) to `ALIGNLOOP_TEST_ARTIFACTS` (default `test-artifacts/`).
+
+Without Chromium the test is skipped, unless `ALIGNLOOP_REQUIRE_BROWSER=1` (set by `.ci/run`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    expect,
+    sync_playwright,
+)
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import crud, migrate
+from app.config import Settings
+from app.db import make_engine, make_session_factory, session_scope
+from app.models import Assignment, AssignmentStatus, Judgement, Response, Role
+from tests.helpers import PASSWORD, create_task
+from tests.live_server import alignloop_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(
+    os.environ.get("ALIGNLOOP_TEST_ARTIFACTS")
+    or Path(__file__).resolve().parents[1] / "test-artifacts"
+)
+# No `is_mobile` for the phone: a mobile viewport zooms out to fit content that is too wide,
+# and innerWidth grows with it, which would hide the very overflow the test looks for.
+SCREENS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+TIMEOUT_MS = 10_000
+
+RATER = "rita"
+TASK_SIZES = (2, 2, 3, 3, 3)  # responses per task: two pairwise tasks, three to rank
+JUDGEMENTS = 3
+REWRITE_EDIT = " Also, check the result."
+CRITIQUE = "Both answers skip the units."
+SKIP_REASON = "I have never boiled an egg."
+
+
+# --- what the rater does ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The keys that decide a task, and the ranking they mean in labels (a tuple is a tie)."""
+
+    keys: tuple[str, ...]
+    ranking: tuple[str | tuple[str, ...], ...]
+    strength: int | None = None
+    strip: tuple[str, ...] = ()  # the ranking strip's chips afterwards (3+ responses only)
+
+
+PAIRWISE = Plan(keys=("b", "2"), ranking=("B", "A"), strength=2)
+# Pick A and C, undo C, clear it all; then C best, A second and B tied with A.
+RANKING = Plan(
+    keys=("a", "c", "Backspace", "0", "c", "a", "=", "b"),
+    ranking=("C", ("A", "B")),
+    strip=("1. C", "2. A", "= 2. B"),
+)
+
+
+@dataclass(frozen=True)
+class ShownTask:
+    """The task on the page, as the rater sees it."""
+
+    task_id: int
+    pairwise: bool
+    ids: dict[str, int]  # response id by label (A, B, ...)
+
+    @property
+    def plan(self) -> Plan:
+        return PAIRWISE if self.pairwise else RANKING
+
+    def response_ids(self, labels: str | tuple[str, ...]) -> int | list[int]:
+        if isinstance(labels, str):
+            return self.ids[labels]
+        return sorted(self.ids[label] for label in labels)  # stored ties are sorted by id
+
+
+@dataclass
+class Verdict:
+    """One judgement: what the test expects, or what the database holds."""
+
+    task_id: int
+    ranking: list
+    strength: int | None
+    ratings: dict[str, dict[str, int]] | None = None
+    flags: dict[str, list[str]] = field(default_factory=dict)
+    critique: str | None = None
+    rewrite: str | None = None
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seeded:
+    database_url: str
+    rater_id: int
+    texts: dict[int, str]  # response text by id
+
+
+@pytest.fixture(scope="session", autouse=True)  # before the other session fixtures: skip fast
+def chromium() -> Path:
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    reason = f"{CHROMIUM} is missing (apt-get install chromium); the browser test needs it"
+    if os.environ.get("ALIGNLOOP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and ALIGNLOOP_REQUIRE_BROWSER=1")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def seeded(model_settings: Settings) -> Seeded:
+    """A committed database with one rater and five open tasks, each needing one judgement."""
+    url = model_settings.resolved_database_url
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    with session_scope(make_session_factory(engine)) as db:
+        rater = crud.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
+        tasks = [
+            create_task(
+                db,
+                overlap=1,
+                prompt=f"Question {number}: how long to boil an egg?",
+                texts=[f"Answer {index} to question {number}." for index in range(size)],
+            )
+            for number, size in enumerate(TASK_SIZES, start=1)
+        ]
+        texts = {link.response_id: link.response.text for task in tasks for link in task.responses}
+        seeded = Seeded(database_url=url, rater_id=rater.id, texts=texts)
+    engine.dispose()
+    return seeded
+
+
+@pytest.fixture
+def base_url(
+    chromium: Path, seeded: Seeded, model_settings: Settings, tmp_path: Path
+) -> Iterator[str]:
+    with alignloop_run(model_settings.data_dir, tmp_path / "run.log") as server:
+        yield server.base_url
+
+
+@pytest.fixture
+def browser(chromium: Path) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    context = new_context(browser, base_url, SCREENS["desktop"])
+    yield context.new_page()
+    context.close()
+
+
+@contextmanager
+def database(url: str) -> Iterator[Session]:
+    """A session of our own on the server's database, to read back what the browser did."""
+    engine = make_engine(url)
+    try:
+        with Session(engine) as db:
+            yield db
+    finally:
+        engine.dispose()
+
+
+# --- page helpers ----------------------------------------------------------------------------
+
+
+def new_context(
+    browser: Browser, base_url: str, viewport: dict[str, int], signed_in: dict | None = None
+) -> BrowserContext:
+    context = browser.new_context(base_url=base_url, viewport=viewport, storage_state=signed_in)
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
+
+
+def record_errors(page: Page) -> list[str]:
+    """Uncaught script errors and console errors from now on (a missing favicon is fine)."""
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+            errors.append(f"console: {message.text} at {message.location}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    return errors
+
+
+def log_in(page: Page, username: str, password: str) -> None:
+    page.goto("/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    expect(page.locator(".whoami")).to_contain_text(username)
+
+
+def press(page: Page, *keys: str) -> None:
+    for key in keys:
+        page.keyboard.press(key)
+
+
+def shown_task(page: Page) -> ShownTask:
+    form = page.locator("form#judgement")
+    cards = page.locator("article.response[data-label]")
+    return ShownTask(
+        task_id=int(form.get_attribute("data-task-id")),
+        pairwise=form.get_attribute("data-pairwise") == "true",
+        ids={
+            card.get_attribute("data-label"): int(card.get_attribute("data-response-id"))
+            for card in cards.all()
+        },
+    )
+
+
+def wait_for_next_task(page: Page, previous: ShownTask) -> ShownTask:
+    """Wait until a submission has swapped in another task (or shown an error)."""
+    page.wait_for_function(
+        """previous => {
+            const form = document.getElementById("judgement");
+            const error = document.querySelector("#task-area .error");
+            return error || (form && form.dataset.taskId !== previous);
+        }""",
+        arg=str(previous.task_id),
+    )
+    expect(page.locator("#task-area .error")).to_have_count(0)
+    expect(page.locator("#task-area .notice")).to_be_visible()
+    return shown_task(page)
+
+
+def focused(page: Page, script: str) -> str:
+    """`script` evaluated on the focused element (`element`)."""
+    return page.evaluate(f"(element => {script})(document.activeElement)")
+
+
+def save_screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / name, full_page=True)
+
+
+# --- the rater's actions (keyboard only) -----------------------------------------------------
+
+
+def decide(page: Page, task: ShownTask) -> Verdict:
+    plan = task.plan
+    press(page, *plan.keys)
+    if plan.strip:
+        expect(page.locator("#ranking-strip .chip")).to_have_text(list(plan.strip))
+    return Verdict(
+        task_id=task.task_id,
+        ranking=[task.response_ids(labels) for labels in plan.ranking],
+        strength=plan.strength,
+    )
+
+
+def rate_with_digits(page: Page, task: ShownTask, scores: tuple[int, ...]) -> dict:
+    """`r` focuses the first rating row; each digit scores the focused row and moves on."""
+    press(page, "r")
+    ratings: dict[str, dict[str, int]] = {}
+    for score in scores:
+        label = focused(page, "element.closest('article.response').dataset.label")
+        aspect = focused(
+            page, "element.closest('.rating-row').querySelector('.aspect').textContent"
+        )
+        press(page, str(score))
+        ratings.setdefault(str(task.ids[label]), {})[aspect] = score
+    return ratings
+
+
+def rewrite_preferred(page: Page, task: ShownTask, texts: dict[int, str]) -> str:
+    """`w` opens the editor prefilled with the preferred response; edit it, leave with Esc."""
+    preferred = texts[task.ids[task.plan.ranking[0]]]
+    editor = page.locator("#rewrite")
+    press(page, "w")
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value(preferred)
+    press(page, "End")
+    page.keyboard.type(REWRITE_EDIT)
+    press(page, "Escape")
+    expect(editor).not_to_be_focused()
+    return preferred + REWRITE_EDIT
+
+
+def flag_first_response(page: Page, task: ShownTask) -> dict[str, list[str]]:
+    """`f` focuses the first flag box; Space ticks it."""
+    press(page, "f")
+    label = focused(page, "element.closest('article.response').dataset.label")
+    flag = focused(page, "element.value")
+    press(page, "Space")
+    return {str(task.ids[label]): [flag]}
+
+
+def write_critique(page: Page) -> str:
+    press(page, "n")
+    expect(page.locator("#critique")).to_be_focused()
+    page.keyboard.type(CRITIQUE)
+    press(page, "Escape")
+    return CRITIQUE
+
+
+def judge(page: Page, task: ShownTask, number: int, texts: dict[int, str]) -> Verdict:
+    """Decide the task, add the extras for the `number`th judgement, submit with Enter."""
+    verdict = decide(page, task)
+    if number == 0:
+        verdict.ratings = rate_with_digits(page, task, scores=(5, 6))
+        verdict.rewrite = rewrite_preferred(page, task, texts)
+    elif number == 1:
+        verdict.flags = flag_first_response(page, task)
+        verdict.critique = write_critique(page)
+    press(page, "Enter")
+    return verdict
+
+
+def skip(page: Page, reason: str) -> None:
+    """`s` opens the skip box with the reason focused; Enter there skips."""
+    press(page, "s")
+    expect(page.locator("#skip-reason")).to_be_focused()
+    page.keyboard.type(reason)
+    press(page, "Enter")
+
+
+def should_skip(task: ShownTask, judged: list[ShownTask], skipped: bool) -> bool:
+    """Skip once: the task after the last judgement, or earlier if judging this task would not
+    bring a kind (pairwise or ranked) still missing, so that both kinds get judged whatever
+    order the server hands tasks out in."""
+    if skipped:
+        return False
+    kinds = {judged_task.pairwise for judged_task in judged}
+    return len(judged) == JUDGEMENTS or (task.pairwise in kinds and len(kinds) == 1)
+
+
+def toggle_help(page: Page) -> None:
+    help_overlay = page.locator("#help")
+    press(page, "?")
+    expect(help_overlay).to_be_visible()
+    press(page, "Escape")
+    expect(help_overlay).to_be_hidden()
+
+
+# --- reading the database back ---------------------------------------------------------------
+
+
+def stored_verdict(db: Session, judgement: Judgement) -> Verdict:
+    rewrite = (
+        db.get(Response, judgement.rewrite_response_id) if judgement.rewrite_response_id else None
+    )
+    return Verdict(
+        task_id=judgement.task_id,
+        ranking=judgement.ranking,
+        strength=judgement.strength,
+        ratings=judgement.ratings,
+        flags=judgement.flags,
+        critique=judgement.critique,
+        rewrite=rewrite.text if rewrite else None,
+    )
+
+
+# --- the test ----------------------------------------------------------------------------------
+
+
+def test_rater_judges_rates_rewrites_and_skips_with_the_keyboard_alone(
+    page: Page, browser: Browser, base_url: str, seeded: Seeded
+):
+    errors = record_errors(page)
+    log_in(page, RATER, PASSWORD)
+    page.goto("/rate")
+    page.evaluate("window.__marker = 1")  # survives only if no task reloads the page
+    toggle_help(page)
+
+    verdicts: list[Verdict] = []
+    judged: list[ShownTask] = []
+    skipped: ShownTask | None = None
+    task = shown_task(page)
+    while len(judged) < JUDGEMENTS or skipped is None:
+        if should_skip(task, judged, skipped is not None):
+            skip(page, SKIP_REASON)
+            skipped = task
+        else:
+            verdicts.append(judge(page, task, len(judged), seeded.texts))
+            judged.append(task)
+        task = wait_for_next_task(page, task)
+        assert page.evaluate("window.__marker") == 1, "the page reloaded instead of swapping"
+
+    assert {judged_task.pairwise for judged_task in judged} == {True, False}
+    assert errors == []
+    with database(seeded.database_url) as db:
+        check_judgements(db, seeded.rater_id, verdicts)
+        check_skip(db, seeded.rater_id, skipped)
+    check_layouts(browser, base_url, signed_in=page.context.storage_state())
+
+
+def check_judgements(db: Session, rater_id: int, expected: list[Verdict]) -> None:
+    judgements = db.scalars(
+        select(Judgement).where(Judgement.rater_id == rater_id).order_by(Judgement.id)
+    ).all()
+    assert [stored_verdict(db, judgement) for judgement in judgements] == expected
+    spent = [judgement.time_spent_ms for judgement in judgements]
+    assert all(ms and ms > 0 for ms in spent), spent
+    rewrites = db.scalars(select(Response.id).where(Response.author_id == rater_id)).all()
+    linked = [judgement.rewrite_response_id for judgement in judgements]
+    assert len(rewrites) == 1 and linked.count(rewrites[0]) == 1, (rewrites, linked)
+
+
+def check_skip(db: Session, rater_id: int, skipped: ShownTask) -> None:
+    skips = db.scalars(select(Assignment).where(Assignment.status == AssignmentStatus.SKIPPED))
+    assert [(lease.task_id, lease.rater_id, lease.skip_reason) for lease in skips] == [
+        (skipped.task_id, rater_id, SKIP_REASON)
+    ]
+
+
+def check_layouts(browser: Browser, base_url: str, signed_in: dict) -> None:
+    """The rater's current task with every collapsible part open, on a desktop and a phone:
+    screenshots, no errors, and nothing wider than the screen."""
+    widths = {
+        name: page_width(browser, base_url, signed_in, name, viewport)
+        for name, viewport in SCREENS.items()
+    }
+    too_wide = {name: width for name, width in widths.items() if width > SCREENS[name]["width"] + 1}
+    assert too_wide == {}, f"pages wider than the screen (px): {too_wide}"
+
+
+def page_width(
+    browser: Browser, base_url: str, signed_in: dict, name: str, viewport: dict[str, int]
+) -> int:
+    """How wide /rate lays out on `viewport` (its scrollWidth), saving a screenshot."""
+    context = new_context(browser, base_url, viewport, signed_in)
+    page = context.new_page()
+    errors = record_errors(page)
+    page.goto("/rate")
+    press(page, "r", "w", "Escape", "s")  # ratings and flags, better answer, skip box
+    save_screenshot(page, f"rate-{name}.png")
+    width, inner_width = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+    context.close()
+    assert errors == [] and inner_width == viewport["width"], (errors, inner_width)
+    return width
