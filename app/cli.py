@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import bootstrap, crud, migrate
 from app.config import ConfigurationError, Settings
-from app.db import make_engine, make_session_factory, session_scope
+from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
 from app.models import Role, User
 from app.prompt_import import UnreadableFile, detect_format, parse_prompts
@@ -38,7 +38,7 @@ def load_settings() -> Settings:
 
 
 def _session_factory(settings: Settings) -> sessionmaker[Session]:
-    return make_session_factory(make_engine(settings.resolved_database_url))
+    return make_session_factory(engine_for(settings))
 
 
 def _validated(annotation: object, value: str, what: str) -> str:
@@ -93,7 +93,7 @@ def run(settings: Settings, host: str, port: int) -> None:
             "`alignloop web`, `alignloop worker` and `alignloop beat` separately"
         )
     settings = settings.with_generated_secret_key()
-    engine = make_engine(settings.resolved_database_url)
+    engine = engine_for(settings)
     migrate.upgrade(engine)
     with session_scope(make_session_factory(engine)) as db:
         admin_password = bootstrap.create_first_admin(db)
@@ -198,7 +198,7 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(settings: Settings, revision: str) -> None:
     """Apply migrations up to REVISION."""
-    migrate.upgrade(make_engine(settings.resolved_database_url), revision)
+    migrate.upgrade(engine_for(settings), revision)
     click.echo(f"database upgraded to {revision}")
 
 

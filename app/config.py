@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     """Folder for the SQLite database, the model store and the generated secret key."""
     database_url: str | None = None
     """SQLAlchemy URL; unset means a SQLite file inside `data_dir`."""
+    database_pool_size: int = Field(default=40, ge=1)
+    """PostgreSQL connections each process keeps open: the web tier runs up to 40 requests at
+    once. Keep replicas x pool size under the server's max_connections."""
     redis_url: str | None = None
     """Celery broker and result backend; unset means embedded mode (worker inside the process)."""
     base_model: str = BUNDLED_MODEL

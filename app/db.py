@@ -15,20 +15,27 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_POOL_SIZE = 40  # the web tier's thread pool runs up to 40 requests at once
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """An engine for `url`, configured for the backend it points at."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        # Room for every thread of the web tier's thread pool (40) without waiting.
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False})
     _configure_sqlite(engine)
     return engine
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The engine for the configured database."""
+    return make_engine(settings.resolved_database_url, pool_size=settings.database_pool_size)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -28,7 +28,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -86,7 +86,8 @@ def _authenticate(
         api_key = crud.get_api_key(db, key=key)
         if api_key is None:
             raise Unauthenticated("Invalid or revoked API key")
-        db.commit()  # keeps last_used_at
+        if db.dirty:  # last_used_at moved on (at most once a minute)
+            db.commit()
         principal = Principal(user=api_key.user, via="api_key")
     elif (token := request.cookies.get(SESSION_COOKIE)) and (
         web_session := crud.get_web_session(db, token=token)
@@ -133,7 +134,7 @@ def _require(*roles: Role, principal_dependency):
     allowed = frozenset(roles)
 
     # A default, not `Annotated`: string annotations cannot see this closure's variables.
-    def require_role(principal: Principal = Depends(principal_dependency)) -> User:
+    async def require_role(principal: Principal = Depends(principal_dependency)) -> User:
         if principal.user.role not in allowed:
             raise PermissionDenied("Your role does not allow this.")
         return principal.user
@@ -141,15 +142,15 @@ def _require(*roles: Role, principal_dependency):
     return require_role
 
 
-def public_route() -> None:
+async def public_route() -> None:
     """Marks a route that anyone may call; see the module docstring."""
 
 
-def _user(principal: Annotated[Principal, Depends(current_principal)]) -> User:
+async def _user(principal: Annotated[Principal, Depends(current_principal)]) -> User:
     return principal.user
 
 
-def _page_user(principal: Annotated[Principal, Depends(current_page_principal)]) -> User:
+async def _page_user(principal: Annotated[Principal, Depends(current_page_principal)]) -> User:
     return principal.user
 
 

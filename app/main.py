@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
 from app.config import Settings
-from app.db import make_engine, make_session_factory
+from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
 from app.middleware import SecurityHeadersMiddleware
 from app.routes import account, admin, auth, generations, health, keys, rate, tasks, users
@@ -25,7 +25,7 @@ def create_app(
     """Build the app: `alignloop web` passes nothing, `alignloop run` and tests pass their parts."""
     settings = settings or Settings()
     settings.require_secret_key()
-    engine = engine or make_engine(settings.resolved_database_url)
+    engine = engine or engine_for(settings)
     app = FastAPI(
         title="alignloop",
         max_body_size=settings.max_body_bytes,

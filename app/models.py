@@ -307,6 +307,14 @@ class Task(Base):
         CheckConstraint("required_judgements >= 1", name="required_judgements_positive"),
         CheckConstraint("judgement_count >= 0 AND lease_count >= 0", name="counts_not_negative"),
         Index("ix_tasks_status", "status"),
+        # The order in which `app.assignment` hands out open tasks: fewest free slots first.
+        Index(
+            "ix_tasks_open_by_free_slots",
+            text("(required_judgements - judgement_count - lease_count)"),
+            "id",
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

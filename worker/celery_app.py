@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db import make_engine, make_session_factory
+from app.db import engine_for, make_session_factory
 
 DEFAULT_QUEUE = "default"
 TRAIN_QUEUE = "train"
@@ -92,7 +92,7 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         task_routes={"alignloop.generate_candidates": {"queue": TRAIN_QUEUE}},
         beat_schedule=beat_schedule(settings),
     )
-    engine = engine or make_engine(settings.resolved_database_url)
+    engine = engine or engine_for(settings)
     context = WorkerContext(settings, engine, make_session_factory(engine))
     register_tasks(celery, context)
     return celery

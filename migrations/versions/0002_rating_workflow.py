@@ -28,6 +28,13 @@ def upgrade() -> None:
         batch_op.create_check_constraint(
             "counts_not_negative", "judgement_count >= 0 AND lease_count >= 0"
         )
+    op.create_index(
+        "ix_tasks_open_by_free_slots",
+        "tasks",
+        [sa.text("(required_judgements - judgement_count - lease_count)"), "id"],
+        sqlite_where=sa.text("status = 'open'"),
+        postgresql_where=sa.text("status = 'open'"),
+    )
     op.execute(
         "UPDATE tasks SET "
         "judgement_count = (SELECT count(*) FROM judgements j "
@@ -52,6 +59,7 @@ def downgrade() -> None:
         batch_op.drop_column("all_bad")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("dispatched_at")
+    op.drop_index("ix_tasks_open_by_free_slots", table_name="tasks")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_constraint("counts_not_negative", type_="check")
         batch_op.drop_column("lease_count")
