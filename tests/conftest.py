@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import crud, migrate
@@ -26,7 +26,7 @@ from app.config import Settings
 from app.db import make_engine
 from app.main import create_app
 from app.models import Role, User
-from tests.helpers import PASSWORD, TEST_SECRET
+from tests.helpers import PASSWORD, TEST_SECRET, scratch_postgres_database
 
 # The test server's own configuration (not alignloop's): where the local PostgreSQL runs.
 POSTGRES_URL = os.environ.get(
@@ -42,16 +42,8 @@ def scratch_database(backend: str, folder: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{folder / f'{uuid.uuid4().hex}.db'}"
         return
-    name = f"alignloop_test_{uuid.uuid4().hex[:12]}"
-    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
+    with scratch_postgres_database(POSTGRES_URL, prefix="alignloop_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from app import crud
@@ -70,3 +73,18 @@ def create_task(
     db.add(task)
     db.flush()
     return task
+
+
+@contextmanager
+def scratch_postgres_database(server_url: str, *, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server of `server_url`, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    server = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()

@@ -1,0 +1,872 @@
+"""Rater API throughput: `GET /api/tasks/next` + `POST /api/tasks/{id}/judgement` on PostgreSQL.
+
+What it measures
+    64 concurrent raters (by default), each with its own API key, loop "fetch the next task,
+    submit a ranking for it" against the real web tier (`alignloop web`, uvicorn) on a scratch
+    PostgreSQL database. The reference is the same clients hitting the app's no-op endpoint
+    (`GET /healthz`) on the same server in the same run, measured before and after the rating
+    workload; the result is a ratio, because absolute numbers on our shared 2-core machines
+    vary from run to run far more than the ratio does.
+
+    Reported: requests/s and pairs/s (one pair = next + submit), the ratio of the workload's
+    request rate to the no-op request rate (the figure the target refers to) and the stricter
+    pair-rate ratio, p50/p99 latency per endpoint, CPU used by server, PostgreSQL and client,
+    every non-2xx response, and SQL checks that no task got more judgements than it needs and
+    no rater judged a task twice. Target: request ratio >= 0.5 and p99 < 100 ms.
+
+Why this shape
+    The load generator runs in its own process (asyncio on uvloop, HTTP/1.1 parsed by
+    httptools), so it never competes with the server for its GIL, and is cheap enough per
+    request that the no-op reference measures the server rather than the client (the CPU table
+    shows both). Each client holds one keep-alive connection, like a script rater.
+
+Usage
+    .venv/bin/python bench/rater_api.py [--clients 64] [--seconds 20] [--workers 1]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+`--database-url` names a database on the PostgreSQL server to use; the benchmark creates a
+scratch database beside it (dropped at the end) and never touches the named one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection as PipeEnd
+from pathlib import Path
+from typing import Literal
+
+import httptools
+import psutil
+import uvloop
+from sqlalchemy import create_engine, insert, make_url, text
+from sqlalchemy.pool import NullPool
+
+# The app itself is imported inside the functions that seed the database, not here: the client
+# processes import this module too and should stay small and quick to start.
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from bench/: make `tests` importable
+from tests.helpers import scratch_postgres_database  # noqa: E402
+
+HOST = "127.0.0.1"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/14"  # the web tier only uses it for /readyz
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 100.0
+SERVER_START_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 30.0
+START_DELAY_S = 1.0  # between "all clients ready" and the common start time
+IDLE_PAUSE_S = 0.05  # a client that got no task waits this long before asking again
+MAX_ERROR_EXAMPLES = 5  # error bodies kept per client process
+
+Workload = Literal["noop", "rate"]
+ENDPOINTS = ("noop", "next", "submit")
+
+
+# --- database: scratch database, seed data, checks -------------------------------------------
+
+
+def prepare_database(url: str, *, raters: int, tasks: int) -> list[str]:
+    """Migrate the database, seed raters and tasks; returns one API key per rater."""
+    from app import migrate
+    from app.db import make_engine, make_session_factory, session_scope
+
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with session_scope(make_session_factory(engine)) as session:
+            keys = _seed_raters(session, raters)
+            _seed_tasks(session, tasks)
+        # A live database has statistics (autovacuum gathers them); without them the planner
+        # sorts every open task instead of walking the free-slots index.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
+    return keys
+
+
+def _seed_raters(session, count: int) -> list[str]:
+    from app import crud
+    from app.models import Role
+
+    keys = []
+    for number in range(count):
+        user = crud.create_user(
+            session,
+            username=f"bench-rater-{number:03d}",
+            password=secrets.token_urlsafe(12),
+            role=Role.RATER,
+        )
+        session.flush()
+        keys.append(crud.create_api_key(session, user=user, name="bench")[1])
+    return keys
+
+
+def _seed_tasks(session, count: int) -> None:
+    """`count` open tasks of two responses each, needing alternately 2 and 3 judgements."""
+    from app.models import Prompt, Response, Task, TaskResponse
+
+    prompt_ids = session.scalars(
+        insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True),
+        [
+            {
+                "messages": [{"role": "user", "content": f"Benchmark question {n}?"}],
+                "dedup_hash": f"bench-{n}",
+            }
+            for n in range(count)
+        ],
+    ).all()
+    response_ids = session.scalars(
+        insert(Response).returning(Response.id, sort_by_parameter_order=True),
+        [
+            {"prompt_id": prompt_id, "text": f"Answer {side} to question {prompt_id}."}
+            for prompt_id in prompt_ids
+            for side in ("A", "B")
+        ],
+    ).all()
+    task_ids = session.scalars(
+        insert(Task).returning(Task.id, sort_by_parameter_order=True),
+        [
+            {"prompt_id": prompt_id, "required_judgements": 2 + n % 2}
+            for n, prompt_id in enumerate(prompt_ids)
+        ],
+    ).all()
+    session.execute(
+        insert(TaskResponse),
+        [
+            {
+                "task_id": task_id,
+                "response_id": response_ids[2 * n + position],
+                "position": position,
+            }
+            for n, task_id in enumerate(task_ids)
+            for position in (0, 1)
+        ],
+    )
+
+
+CHECKS = {
+    "tasks with more judgements than required": """
+        SELECT count(*) FROM tasks t
+        WHERE (SELECT count(*) FROM judgements j
+               WHERE j.task_id = t.id AND j.supersedes_id IS NULL) > t.required_judgements""",
+    "(task, rater) pairs judged twice": """
+        SELECT count(*) FROM (SELECT 1 FROM judgements GROUP BY task_id, rater_id
+                              HAVING count(*) > 1) AS twice""",
+    "complete tasks still marked open": """
+        SELECT count(*) FROM tasks t WHERE t.status = 'open'
+          AND (SELECT count(*) FROM judgements j
+               WHERE j.task_id = t.id AND j.supersedes_id IS NULL) >= t.required_judgements""",
+}
+
+
+@dataclass
+class DatabaseState:
+    judgements: int
+    open_tasks: int
+    active_leases: int
+    violations: dict[str, int]
+    server_version: str
+
+
+def inspect_database(url: str) -> DatabaseState:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            value = lambda sql: connection.execute(text(sql)).scalar_one()  # noqa: E731
+            return DatabaseState(
+                judgements=value("SELECT count(*) FROM judgements"),
+                open_tasks=value("SELECT count(*) FROM tasks WHERE status = 'open'"),
+                active_leases=value("SELECT count(*) FROM assignments WHERE status = 'active'"),
+                violations={name: value(sql) for name, sql in CHECKS.items()},
+                server_version=value("SHOW server_version"),
+            )
+    finally:
+        engine.dispose()
+
+
+# --- the server under test --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(database_url: str, *, workers: int, folder: Path) -> Iterator[tuple[int, int]]:
+    """`alignloop web` on a free local port: yields the port and the server's process id."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ALIGNLOOP_DATABASE_URL": database_url,
+        "ALIGNLOOP_SECRET_KEY": secrets.token_urlsafe(48),
+        "ALIGNLOOP_REDIS_URL": REDIS_URL,
+        "ALIGNLOOP_DATA_DIR": str(folder / "data"),
+        "ALIGNLOOP_LOG_LEVEL": "WARNING",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "web",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    log_path = folder / "server.log"
+    with log_path.open("wb") as log:
+        # cwd is the scratch folder so that no `.env` of the checkout changes the settings.
+        server = subprocess.Popen(command, env=env, cwd=folder, stdout=log, stderr=log)
+    try:
+        _wait_until_up(f"http://{HOST}:{port}/healthz", server, log_path)
+        yield port, server.pid
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with {server.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(
+        f"server not up after {SERVER_START_TIMEOUT_S:.0f} s:\n{log_path.read_text()}"
+    )
+
+
+# --- load generation (runs in client processes) -----------------------------------------------
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one request at a time.
+
+    A hand-written client on httptools (uvicorn's own parser) rather than httpx: httpx costs
+    about 2 ms of CPU per request on our machines, more than the server spends on the no-op,
+    so with it the reference would measure the client and flatter the ratio.
+    """
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._body: list[bytes] = []
+        self._done: asyncio.Future[tuple[int, bytes]] | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        _, connection = await asyncio.get_running_loop().create_connection(cls, host, port)
+        return connection
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send a complete request; returns the response's status and body."""
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionError("connection closed")
+        self._body = []
+        self._done = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return await self._done
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    # httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result((self._parser.get_status_code(), b"".join(self._body)))
+
+
+@dataclass
+class PhaseSpec:
+    workload: Workload
+    host: str
+    port: int
+    warmup_s: float
+    seconds: float
+
+
+class Client:
+    """One rater: an API key and its own connection, reopened after a transport error."""
+
+    def __init__(self, spec: PhaseSpec, key: str) -> None:
+        self.spec = spec
+        self._headers = (
+            f"Host: {spec.host}:{spec.port}\r\nAuthorization: Bearer {key}\r\n"
+            "User-Agent: alignloop-bench\r\n"
+        )
+        self._connection: Connection | None = None
+
+    def get(self, path: str) -> bytes:
+        return f"GET {path} HTTP/1.1\r\n{self._headers}\r\n".encode()
+
+    def post_json(self, path: str, body: object) -> bytes:
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\n{self._headers}Content-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        return head.encode() + payload
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self._connection is None:
+            self._connection = await Connection.open(self.spec.host, self.spec.port)
+        try:
+            return await self._connection.send(request)
+        except ConnectionError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+@dataclass
+class Samples:
+    """One record per request: endpoint index, HTTP status (0: transport error), end time
+    (time.monotonic, comparable across processes) and latency in seconds."""
+
+    endpoint: array = field(default_factory=lambda: array("b"))
+    status: array = field(default_factory=lambda: array("h"))
+    end: array = field(default_factory=lambda: array("d"))
+    latency: array = field(default_factory=lambda: array("d"))
+    errors: list[str] = field(default_factory=list)
+
+    def extend(self, other: Samples) -> None:
+        for name in ("endpoint", "status", "end", "latency"):
+            getattr(self, name).extend(getattr(other, name))
+        self.errors.extend(other.errors)
+
+    def as_tuple(self) -> tuple:
+        """Plain data for the pipe (a client process's classes live in `__mp_main__`)."""
+        return self.endpoint, self.status, self.end, self.latency, self.errors
+
+
+class Recorder:
+    """Times requests into `Samples`, keeping the first few error bodies as examples."""
+
+    def __init__(self) -> None:
+        self.samples = Samples()
+
+    async def request(self, client: Client, endpoint: str, request: bytes) -> tuple[int, bytes]:
+        """Send and record; a transport error is recorded as status 0."""
+        started = time.monotonic()
+        try:
+            status, body = await client.send(request)
+        except OSError as exc:  # ConnectionError included
+            status, body = 0, f"{type(exc).__name__}: {exc}".encode()
+        ended = time.monotonic()
+        self._add(endpoint, status, ended, ended - started)
+        if not 200 <= status < 300 and len(self.samples.errors) < MAX_ERROR_EXAMPLES:
+            self.samples.errors.append(
+                f"{endpoint} -> {status}: {body[:300].decode(errors='replace')}"
+            )
+        return status, body
+
+    def _add(self, endpoint: str, status: int, ended: float, latency: float) -> None:
+        self.samples.endpoint.append(ENDPOINTS.index(endpoint))
+        self.samples.status.append(status)
+        self.samples.end.append(ended)
+        self.samples.latency.append(latency)
+
+
+async def noop_client(client: Client, recorder: Recorder, deadline: float) -> None:
+    request = client.get("/healthz")
+    while time.monotonic() < deadline:
+        await recorder.request(client, "noop", request)
+
+
+async def rater_client(client: Client, recorder: Recorder, deadline: float) -> None:
+    """Fetch a task, rank its responses in the order shown, submit; until the deadline."""
+    next_request = client.get("/api/tasks/next")
+    while time.monotonic() < deadline:
+        status, body = await recorder.request(client, "next", next_request)
+        if status != 200:
+            await asyncio.sleep(IDLE_PAUSE_S)
+            continue
+        task = json.loads(body)
+        ranking = {"ranking": [response["id"] for response in task["responses"]]}
+        submit = client.post_json(f"/api/tasks/{task['task_id']}/judgement", ranking)
+        await recorder.request(client, "submit", submit)
+
+
+CLIENT_LOOPS = {"noop": noop_client, "rate": rater_client}
+
+
+async def drive(spec: PhaseSpec, keys: list[str], start_at: float) -> Samples:
+    """Run one client per key from `start_at` for warm-up plus measured seconds."""
+    recorder = Recorder()
+    deadline = start_at + spec.warmup_s + spec.seconds
+    clients = [Client(spec, key) for key in keys]
+    loop = CLIENT_LOOPS[spec.workload]
+    try:
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        running = asyncio.gather(*(loop(client, recorder, deadline) for client in clients))
+        await asyncio.wait_for(running, deadline + REQUEST_TIMEOUT_S - time.monotonic())
+    except TimeoutError:
+        recorder.samples.errors.append(f"requests still open {REQUEST_TIMEOUT_S:g} s after the end")
+    finally:
+        for client in clients:
+            client.close()
+    return recorder.samples
+
+
+def client_process(connection: PipeEnd, spec: PhaseSpec, keys: list[str]) -> None:
+    """Entry point of a client process: report ready, receive the start time, run, send back."""
+    connection.send("ready")
+    start_at = connection.recv()
+    connection.send(uvloop.run(drive(spec, keys, start_at)).as_tuple())
+    connection.close()
+
+
+# --- measuring a phase ------------------------------------------------------------------------
+
+
+DATABASE_COUNTERS = """
+    SELECT sessions, xact_commit, xact_rollback FROM pg_stat_database WHERE datname = :name"""
+
+
+class Meter:
+    """What the phase cost: CPU seconds of the server (with its worker processes), of the
+    PostgreSQL backends serving the scratch database, of the client processes and of the whole
+    machine; and PostgreSQL's count of new connections, commits and rollbacks."""
+
+    def __init__(self, server_pid: int, database_url: str) -> None:
+        self.server = psutil.Process(server_pid)
+        self.database_name = make_url(database_url).database
+        self.clients: list[psutil.Process] = []
+        self._engine = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        self._connection = self._engine.connect()
+
+    def close(self) -> None:
+        self._connection.close()
+        self._engine.dispose()
+
+    def snapshot(self) -> dict[str, dict]:
+        """Counters so far: CPU seconds per component and process id, database counters."""
+        machine = psutil.cpu_times()
+        self._connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+        counters = self._connection.execute(
+            text(DATABASE_COUNTERS), {"name": self.database_name}
+        ).one()
+        server = [self.server, *self.server.children(recursive=True)]
+        return {
+            "server": _cpu_seconds(server),
+            "postgres": _cpu_seconds(self._backends()),
+            "client": _cpu_seconds(self.clients),
+            "machine": {0: sum(machine) - machine.idle - machine.iowait},
+            "database": counters._asdict(),
+        }
+
+    def _backends(self) -> list[psutil.Process]:
+        """The backends connected to the scratch database now (their process title names it)."""
+        return [
+            process
+            for process in psutil.process_iter(["name", "cmdline"])
+            if process.info["name"] == "postgres"
+            and self.database_name in " ".join(process.info["cmdline"] or ())
+        ]
+
+    @staticmethod
+    def usage(before: dict, after: dict, seconds: float) -> dict[str, float]:
+        """Cores busy per component (processes that ended are left out) and database
+        counters per second, between two snapshots."""
+        cores = {
+            name: sum(used - before[name].get(key, 0.0) for key, used in after[name].items())
+            / seconds
+            for name in ("server", "postgres", "client", "machine")
+        }
+        ours = cores["server"] + cores["postgres"] + cores["client"]
+        cores["other"] = max(0.0, cores["machine"] - ours)  # tick-sampling jitter can go below 0
+        rates = {
+            f"{name}/s": (after["database"][name] - before["database"][name]) / seconds
+            for name in after["database"]
+        }
+        return cores | rates
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    seconds = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+@dataclass
+class PhaseResult:
+    workload: Workload
+    window_s: float
+    samples: Samples
+    window_start: float
+    window_end: float
+    usage: dict[str, float]
+    """Cores busy per component and database counters per second (see `Meter.usage`)."""
+
+    def in_window(self, endpoint: str) -> list[float]:
+        """Latencies (ms) of the requests of `endpoint` that ended inside the measured window."""
+        index = ENDPOINTS.index(endpoint)
+        s = self.samples
+        return [
+            s.latency[i] * 1000
+            for i in range(len(s.endpoint))
+            if s.endpoint[i] == index and self.window_start <= s.end[i] < self.window_end
+        ]
+
+    def rate(self, endpoint: str) -> float:
+        return len(self.in_window(endpoint)) / self.window_s
+
+    def server_ms_per_request(self) -> float:
+        """Server CPU per request in the window: a cost that other load on the machine
+        disturbs less than the rates do."""
+        requests = sum(self.rate(endpoint) for endpoint in ENDPOINTS)
+        return self.usage["server"] * 1000 / requests if requests else float("nan")
+
+    def statuses(self) -> Counter[tuple[str, int]]:
+        """Every response of the phase, warm-up included, by endpoint and status."""
+        s = self.samples
+        return Counter((ENDPOINTS[e], code) for e, code in zip(s.endpoint, s.status, strict=True))
+
+
+def run_phase(spec: PhaseSpec, keys: list[str], *, processes: int, meter: Meter) -> PhaseResult:
+    """Start `processes` client processes sharing the keys, run the phase, gather results."""
+    context = multiprocessing.get_context("spawn")
+    links, workers = [], []
+    for share in (keys[i::processes] for i in range(processes)):
+        parent_end, child_end = context.Pipe()
+        worker = context.Process(target=client_process, args=(child_end, spec, share))
+        worker.start()
+        links.append(parent_end)
+        workers.append(worker)
+    for link in links:
+        link.recv()  # "ready"
+    start_at = time.monotonic() + START_DELAY_S
+    for link in links:
+        link.send(start_at)
+    window_start = start_at + spec.warmup_s
+    window_end = window_start + spec.seconds
+    meter.clients = [psutil.Process(worker.pid) for worker in workers]
+    _sleep_until(window_start)
+    before = meter.snapshot()
+    _sleep_until(window_end)
+    after = meter.snapshot()
+    samples = Samples()
+    for link in links:
+        samples.extend(Samples(*link.recv()))
+    for worker in workers:
+        worker.join()
+    usage = Meter.usage(before, after, spec.seconds)
+    return PhaseResult(spec.workload, spec.seconds, samples, window_start, window_end, usage)
+
+
+def _sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+@dataclass
+class Summary:
+    noop_rps: float
+    noop_before_rps: float
+    noop_after_rps: float
+    noop_p50_ms: float
+    noop_p99_ms: float
+    workload_rps: float
+    pairs_per_s: float
+    latency_ms: dict[str, tuple[float, float]]
+    """p50 and p99 per endpoint (`next`, `submit`, `next+submit`)."""
+
+    @property
+    def request_ratio(self) -> float:
+        return self.workload_rps / self.noop_rps
+
+    @property
+    def pair_ratio(self) -> float:
+        return self.pairs_per_s / self.noop_rps
+
+    @property
+    def p99_ms(self) -> float:
+        return self.latency_ms["next+submit"][1]
+
+    @property
+    def met(self) -> bool:
+        return self.request_ratio >= TARGET_RATIO and self.p99_ms < TARGET_P99_MS
+
+
+def summarise(noop_before: PhaseResult, rate: PhaseResult, noop_after: PhaseResult) -> Summary:
+    noop_latencies = noop_before.in_window("noop") + noop_after.in_window("noop")
+    per_endpoint = {name: rate.in_window(name) for name in ("next", "submit")}
+    per_endpoint["next+submit"] = per_endpoint["next"] + per_endpoint["submit"]
+    return Summary(
+        noop_rps=(noop_before.rate("noop") + noop_after.rate("noop")) / 2,
+        noop_before_rps=noop_before.rate("noop"),
+        noop_after_rps=noop_after.rate("noop"),
+        noop_p50_ms=percentile(noop_latencies, 0.50),
+        noop_p99_ms=percentile(noop_latencies, 0.99),
+        workload_rps=rate.rate("next") + rate.rate("submit"),
+        pairs_per_s=rate.rate("submit"),
+        latency_ms={
+            name: (percentile(values, 0.50), percentile(values, 0.99))
+            for name, values in per_endpoint.items()
+        },
+    )
+
+
+def machine_description(postgres_version: str) -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"PostgreSQL {postgres_version}"
+    )
+
+
+def source_description() -> str:
+    """The commit measured, and whether the app had uncommitted changes."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO), *arguments], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "app", "migrations")
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{commit} + uncommitted changes in app/ or migrations/" if dirty else commit
+
+
+PHASE_LABELS = ("no-op (before)", "next+submit", "no-op (after)")
+
+
+def print_report(
+    args: argparse.Namespace, summary: Summary, phases: list[PhaseResult], state: DatabaseState
+) -> None:
+    print(
+        f"\nmachine: {machine_description(state.server_version)}; "
+        f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}"
+    )
+    print(f"code: {source_description()}")
+    print(
+        f"clients {args.clients}, server workers {args.workers}, client processes "
+        f"{args.client_processes}, {args.seconds:g} s measured after {args.warmup:g} s warm-up, "
+        f"{args.tasks} tasks seeded"
+    )
+    _print_rates(summary, phases[1])
+    _print_usage(phases)
+    _print_problems(phases, state)
+    print(f"\nRESULTS.md line:\n{RESULTS_HEADER}\n{results_line(args, summary, state)}")
+
+
+def _print_rates(summary: Summary, rate: PhaseResult) -> None:
+    print(f"\n{'':<16}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'no-op /healthz':<16}{summary.noop_rps:>8.0f}{summary.noop_p50_ms:>9.1f}"
+        f"{summary.noop_p99_ms:>9.1f}   (before {summary.noop_before_rps:.0f}, "
+        f"after {summary.noop_after_rps:.0f})"
+    )
+    for name in ("next", "submit", "next+submit"):
+        rps = summary.workload_rps if name == "next+submit" else rate.rate(name)
+        p50, p99 = summary.latency_ms[name]
+        print(f"{name:<16}{rps:>8.0f}{p50:>9.1f}{p99:>9.1f}")
+    print(f"\npairs (next+submit)/s {summary.pairs_per_s:.1f}")
+    print(
+        f"request ratio {summary.request_ratio:.3f} (target >= {TARGET_RATIO}); "
+        f"pair ratio {summary.pair_ratio:.3f} (stricter); "
+        f"p99 {summary.p99_ms:.1f} ms (target < {TARGET_P99_MS:.0f} ms) -> "
+        f"{'MET' if summary.met else 'NOT MET'}"
+    )
+
+
+def _print_usage(phases: list[PhaseResult]) -> None:
+    columns = (
+        "server",
+        "postgres",
+        "client",
+        "other",
+        "machine",
+        "sessions/s",
+        "xact_commit/s",
+        "xact_rollback/s",
+    )
+    print(
+        f"\nmeasured windows: cores busy (of {os.cpu_count()}) and PostgreSQL counters per second"
+        "\n  postgres: backends alive at the window's end; other: the rest of the machine,"
+        "\n  including backends that exited (see sessions/s, new connections) and other users"
+    )
+    print(f"{'':<15}" + "".join(f"{name:>{max(9, len(name) + 1)}}" for name in columns))
+    for phase, label in zip(phases, PHASE_LABELS, strict=True):
+        print(
+            f"{label:<15}"
+            + "".join(f"{phase.usage[name]:>{max(9, len(name) + 1)}.2f}" for name in columns)
+        )
+    costs = ", ".join(
+        f"{label} {phase.server_ms_per_request():.2f}"
+        for phase, label in zip(phases, PHASE_LABELS, strict=True)
+    )
+    print(f"server CPU ms per request: {costs}")
+
+
+def _print_problems(phases: list[PhaseResult], state: DatabaseState) -> None:
+    statuses = sum((phase.statuses() for phase in phases), Counter())
+    unexpected = {key: n for key, n in statuses.items() if not 200 <= key[1] < 300 or key[1] == 204}
+    print(f"\nresponses, warm-up included: {dict(sorted(statuses.items()))}")
+    print(f"non-2xx or 204: {unexpected or 'none'}")
+    if any(code == 204 for _, code in unexpected):
+        print("  204 means the raters ran out of tasks: raise --tasks")
+    for phase in phases:
+        for example in phase.samples.errors:
+            print(f"  e.g. {example}")
+    print(
+        f"database after the run: {state.judgements} judgements, {state.open_tasks} tasks "
+        f"still open, {state.active_leases} active leases"
+    )
+    for name, count in state.violations.items():
+        print(f"  check: {name}: {count} {'ok' if count == 0 else 'VIOLATION'}")
+
+
+RESULTS_HEADER = (
+    "| date (UTC) | setup | no-op req/s | next+submit req/s | pairs/s | request ratio "
+    "| pair ratio | next p50 / p99 ms | submit p50 / p99 ms | p99 ms | checks | target |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def results_line(args: argparse.Namespace, summary: Summary, state: DatabaseState) -> str:
+    checks = "ok" if not any(state.violations.values()) else "VIOLATED"
+    lat = summary.latency_ms
+    return (
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {args.clients} clients, {args.workers} worker(s) "
+        f"| {summary.noop_rps:.0f} | {summary.workload_rps:.0f} | {summary.pairs_per_s:.0f} "
+        f"| **{summary.request_ratio:.2f}** | {summary.pair_ratio:.2f} "
+        f"| {lat['next'][0]:.0f} / {lat['next'][1]:.0f} | {lat['submit'][0]:.0f} / "
+        f"{lat['submit'][1]:.0f} | **{lat['next+submit'][1]:.0f}** | {checks} "
+        f"| {'met' if summary.met else 'not met'} |"
+    )
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--clients", type=int, default=64, help="concurrent raters (default 64)")
+    add("--seconds", type=float, default=20, help="measured seconds per phase (default 20)")
+    add("--warmup", type=float, default=3, help="unmeasured seconds before each (default 3)")
+    add("--workers", type=int, default=1, help="uvicorn processes (default 1)")
+    add("--client-processes", type=int, default=1, help="load-generator processes (default 1)")
+    add(
+        "--tasks",
+        type=int,
+        default=6000,
+        help="open tasks seeded (default 6000: enough for a run at twice the target rate)",
+    )
+    add(
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="a database on the PostgreSQL server; the scratch database goes beside it",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory(prefix="alignloop-bench-") as folder,
+        scratch_postgres_database(args.database_url, prefix="alignloop_bench") as url,
+    ):
+        print(f"seeding {args.clients} raters and {args.tasks} tasks ...", flush=True)
+        keys = prepare_database(url, raters=args.clients, tasks=args.tasks)
+        with running_server(url, workers=args.workers, folder=Path(folder)) as (port, pid):
+            meter = Meter(pid, url)
+            try:
+                phases = [measure(workload, args, port, keys, meter) for workload in PHASES]
+            finally:
+                meter.close()
+        state = inspect_database(url)
+    summary = summarise(*phases)
+    print_report(args, summary, phases, state)
+    return 1 if any(state.violations.values()) else 0
+
+
+PHASES: tuple[Workload, ...] = ("noop", "rate", "noop")
+
+
+def measure(
+    workload: Workload, args: argparse.Namespace, port: int, keys: list[str], meter: Meter
+) -> PhaseResult:
+    print(f"phase {workload}: {args.warmup:g} s warm-up + {args.seconds:g} s ...", flush=True)
+    spec = PhaseSpec(workload, HOST, port, args.warmup, args.seconds)
+    return run_phase(spec, keys, processes=args.client_processes, meter=meter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
