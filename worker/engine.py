@@ -1,0 +1,454 @@
+"""The generation engine: continuous batching over one loaded model, with streaming and cancel.
+
+One background thread owns the model. At every decoding step it first admits the requests that
+arrived meanwhile (prefilled together, left-padded) into the running batch, so a new request
+never waits for the others to finish; then it decodes one token for every running sequence and
+lets finished or cancelled ones leave at once. The KV cache is the model's own `DynamicCache`
+in left-padded layout, the same layout as `model.generate` uses for a batch; rows are merged,
+dropped and trimmed by editing its tensors.
+
+Sampling is per request: temperature, top-p, top-k, stop strings, a token limit and a seed.
+The random draws come from the request's own generator (Gumbel-max), so a seeded request gets
+the same tokens whatever else shares its batch, up to floating-point noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+MAX_STOP_STRINGS = 4
+IDLE_WAIT_S = 0.5
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 means no top-k cut."""
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    """`stop` (end of turn or a stop string), `length`, `cancelled` or `error`."""
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_at: float | None = None
+    """`time.perf_counter()` when the first token was produced."""
+
+
+class Generation:
+    """A submitted request. Thread-safe: wait for it, cancel it, or read `completion`."""
+
+    def __init__(
+        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str], None] | None
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.sampling = sampling
+        self.on_text = on_text
+        self.completion: Completion | None = None
+        self.error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[Generation], None]] = []
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Completion:
+        if not self._done.wait(timeout):
+            raise TimeoutError("generation still running")
+        if self.completion is None:
+            raise RuntimeError("generation failed") from self.error
+        return self.completion
+
+    def add_done_callback(self, callback: Callable[[Generation], None]) -> None:
+        """Call `callback(self)` once finished (at once if it already is), from any thread."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def _finish(self, completion: Completion | None, error: BaseException | None = None) -> None:
+        with self._lock:
+            self.completion, self.error = completion, error
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+
+@dataclass
+class _Row:
+    """One running sequence of the batch."""
+
+    generation: Generation
+    generator: torch.Generator
+    position: int  # position id of the token fed at the next step (the last one sampled)
+    tokens: list[int] = field(default_factory=list)
+    generated: int = 0  # tokens sampled, the end-of-turn token included
+    emitted: int = 0  # characters of text already handed to on_text
+    first_token_at: float | None = None
+
+
+class GenerationEngine:
+    """Serves one model; `submit` from any thread, `close` when done."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_batch_size: int = 32,
+        name: str = "",
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.device = model.device
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        )
+        self._waiting: queue.Queue[Generation] = queue.Queue()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (B, T): 1 for real tokens, 0 for left padding
+        self._last_tokens: torch.Tensor | None = None  # (B, 1)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    # --- public ---------------------------------------------------------------------------
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation in the model's chat template, ready for the reply."""
+        return list(
+            self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Queue a request; `on_text` receives text deltas on the engine's thread."""
+        if self._closing.is_set():
+            raise RuntimeError(f"engine {self.name} is closed")
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) + sampling.max_new_tokens > self.context_length:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_new_tokens}) "
+                f"exceeds the model's context of {self.context_length} tokens"
+            )
+        generation = Generation(list(prompt_ids), sampling, on_text)
+        self._waiting.put(generation)
+        return generation
+
+    def generate(
+        self, conversations: Sequence[Sequence[dict[str, str]]], sampling: Sampling, *, n: int = 1
+    ) -> list[list[Completion]]:
+        """`n` completions per conversation, blocking; all are submitted at once to batch."""
+        generations = [
+            [
+                self.submit(
+                    self.encode_chat(conversation),
+                    sampling
+                    if sampling.seed is None
+                    else Sampling(**{**sampling.__dict__, "seed": sampling.seed + index}),
+                )
+                for index in range(n)
+            ]
+            for conversation in conversations
+        ]
+        return [[generation.wait() for generation in group] for group in generations]
+
+    @property
+    def busy(self) -> int:
+        """Requests running or waiting."""
+        return len(self._rows) + self._waiting.qsize()
+
+    def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking requests; with `drain`, finish the ones already submitted first."""
+        self._closing.set()
+        if not drain:
+            for row in list(self._rows):
+                row.generation.cancel()
+        self._thread.join(timeout)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._admit()
+                if self._rows:
+                    self._step()
+                elif self._closing.is_set() and self._waiting.empty():
+                    return
+                else:
+                    self._wait_for_work()
+            except Exception as exc:  # a failed step fails its requests, not the engine
+                log.exception("engine %s: generation step failed", self.name)
+                self._fail_all(exc)
+
+    def _wait_for_work(self) -> None:
+        try:
+            generation = self._waiting.get(timeout=IDLE_WAIT_S)
+        except queue.Empty:
+            return
+        self._waiting.put(generation)  # back in line; _admit takes it with the others
+
+    def _admit(self) -> None:
+        room = self.max_batch_size - len(self._rows)
+        arrivals: list[Generation] = []
+        while room > len(arrivals):
+            try:
+                generation = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if generation.cancelled:
+                generation._finish(Completion("", "cancelled", len(generation.prompt_ids), 0))
+            else:
+                arrivals.append(generation)
+        if arrivals:
+            self._prefill(arrivals)
+
+    @torch.inference_mode()
+    def _prefill(self, arrivals: list[Generation]) -> None:
+        length = max(len(generation.prompt_ids) for generation in arrivals)
+        ids = torch.full((len(arrivals), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(arrivals), length), dtype=torch.long)
+        for index, generation in enumerate(arrivals):
+            prompt = generation.prompt_ids
+            ids[index, length - len(prompt) :] = torch.tensor(prompt)
+            mask[index, length - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        output = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        rows = [
+            _Row(
+                generation=generation,
+                generator=_generator(generation.sampling.seed, self.device),
+                position=len(generation.prompt_ids),
+            )
+            for generation in arrivals
+        ]
+        self._merge(rows, cache, mask)
+        self._sample_and_advance(output.logits[:, -1, :], first_row=len(self._rows) - len(rows))
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        positions = torch.tensor([[row.position] for row in self._rows], device=self.device)
+        output = self.model(
+            input_ids=self._last_tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=self._cache,
+            use_cache=True,
+        )
+        self._mask = mask
+        for row in self._rows:
+            row.position += 1
+        self._sample_and_advance(output.logits[:, -1, :], first_row=0)
+
+    def _sample_and_advance(self, logits: torch.Tensor, *, first_row: int) -> None:
+        """Pick the next token for rows `first_row..`, emit text, retire finished rows."""
+        rows = self._rows[first_row:]
+        tokens = sample_tokens(
+            logits.float(),
+            [row.generation.sampling for row in rows],
+            [row.generator for row in rows],
+        )
+        now = time.perf_counter()
+        new_last = tokens.view(-1, 1)
+        if first_row == 0:
+            self._last_tokens = new_last
+        else:
+            self._last_tokens = torch.cat([self._last_tokens[:first_row], new_last])
+        finished: list[int] = []
+        for offset, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            row.first_token_at = row.first_token_at or now
+            row.generated += 1
+            if self._advance(row, token):
+                finished.append(first_row + offset)
+        for index, row in enumerate(self._rows):
+            if row.generation.cancelled and index not in finished:
+                self._complete(row, "cancelled", self._text(row))
+                finished.append(index)
+        if finished:
+            self._drop(finished)
+
+    def _advance(self, row: _Row, token: int) -> bool:
+        """Record `token` for `row`; True when the row has finished."""
+        sampling = row.generation.sampling
+        if token in self.eos_ids:
+            self._complete(row, "stop", self._text(row))
+            return True
+        row.tokens.append(token)
+        text = self._text(row)
+        for stop in sampling.stop:
+            if (at := text.find(stop)) >= 0:
+                self._complete(row, "stop", text[:at])
+                return True
+        if len(row.tokens) >= sampling.max_new_tokens:
+            self._complete(row, "length", text)
+            return True
+        # Hold back an incomplete character and anything that could still become a stop string.
+        hold = max((len(stop) - 1 for stop in sampling.stop), default=0)
+        safe = len(text) - hold - (1 if text.endswith("\ufffd") else 0)
+        self._emit(row, text, safe)
+        return False
+
+    def _text(self, row: _Row) -> str:
+        return self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+
+    def _emit(self, row: _Row, text: str, upto: int) -> None:
+        if upto > row.emitted and row.generation.on_text is not None:
+            row.generation.on_text(text[row.emitted : upto])
+        row.emitted = max(row.emitted, upto)
+
+    def _complete(self, row: _Row, reason: str, text: str) -> None:
+        self._emit(row, text, len(text))
+        generation = row.generation
+        generation._finish(
+            Completion(
+                text=text,
+                finish_reason=reason,
+                prompt_tokens=len(generation.prompt_ids),
+                completion_tokens=row.generated,
+                first_token_at=row.first_token_at,
+            )
+        )
+
+    # --- the batch's KV cache ---------------------------------------------------------------
+
+    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append prefilled rows to the running batch, padding the shorter side on the left."""
+        if not self._rows:
+            self._rows, self._cache, self._mask = rows, cache, mask
+            self._last_tokens = torch.empty((0, 1), dtype=torch.long, device=self.device)
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)])
+            old.values = torch.cat(
+                [_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)]
+            )
+        self._mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+        self._rows = self._rows + rows
+
+    def _drop(self, indices: list[int]) -> None:
+        """Remove finished rows, then cut columns that are padding in every remaining row."""
+        gone = set(indices)
+        keep = [index for index in range(len(self._rows)) if index not in gone]
+        self._rows = [self._rows[index] for index in keep]
+        if not keep:
+            self._cache = self._mask = self._last_tokens = None
+            return
+        keep_tensor = torch.tensor(keep, device=self.device)
+        self._mask = self._mask[keep_tensor]
+        self._last_tokens = self._last_tokens[keep_tensor]
+        start = int((self._mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-pad columns
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[keep_tensor, :, start:]
+            layer.values = layer.values[keep_tensor, :, start:]
+
+    def _fail_all(self, error: BaseException) -> None:
+        for row in self._rows:
+            row.generation._finish(None, error)
+        self._rows, self._cache, self._mask, self._last_tokens = [], None, None, None
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def sample_tokens(
+    logits: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """One token per row of `logits` (B, V): greedy, or temperature / top-k / top-p sampling
+    with each row's own generator (Gumbel-max over the filtered log-probabilities)."""
+    greedy = torch.tensor(
+        [sampling.temperature <= 0 for sampling in samplings], device=logits.device
+    )
+    temperature = torch.tensor(
+        [max(sampling.temperature, 1e-5) for sampling in samplings], device=logits.device
+    ).unsqueeze(1)
+    scaled = logits / temperature
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    top_p = torch.tensor([sampling.top_p for sampling in samplings], device=logits.device)
+    outside_p = (probs.cumsum(-1) - probs) > top_p.unsqueeze(1)  # keeps at least the best token
+    top_k = torch.tensor(
+        [sampling.top_k or logits.shape[-1] for sampling in samplings], device=logits.device
+    )
+    outside_k = torch.arange(logits.shape[-1], device=logits.device) >= top_k.unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(outside_p | outside_k, float("-inf"))
+    noise = torch.stack(
+        [
+            torch.rand(logits.shape[-1], generator=generator, device=logits.device)
+            for generator in generators
+        ]
+    )
+    gumbel = -torch.log(-torch.log(noise.clamp(1e-10, 1.0)))
+    choice = (sorted_logits.log_softmax(-1) + gumbel).argmax(-1)
+    sampled = order.gather(1, choice.unsqueeze(1)).squeeze(1)
+    return torch.where(greedy, logits.argmax(-1), sampled)
