@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     """Comma-separated aspects that raters score from 1 to 7 per response."""
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
     """Length limit of candidate responses."""
+    v1_max_concurrent_per_key: int = Field(default=32, ge=1)
+    """`/v1` requests one API key may have running at once (429 beyond)."""
+    v1_requests_per_minute: int = Field(default=600, ge=1)
+    """`/v1` requests one API key may start per minute (429 beyond)."""
     generation_interval_hours: float = Field(default=0.0, ge=0)
     """Generate candidates for prompts without open tasks this often; 0 switches it off."""
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -348,3 +348,44 @@ def current_policy(db: Session) -> ModelVersion | None:
         .limit(1)
     )
     return promoted or get_model_version(db, name="base")
+
+
+def served_policy(db: Session, *, name: str) -> ModelVersion:
+    """The policy version that `/v1` serves for a requested model name (`current` included)."""
+    version = current_policy(db) if name == "current" else get_model_version(db, name=name)
+    if version is None or version.kind != ModelKind.POLICY or version.status != ModelStatus.READY:
+        raise NotFound(f"The model {name!r} does not exist or is not ready", code="model_not_found")
+    return version
+
+
+def list_policies(db: Session) -> list[ModelVersion]:
+    return list(
+        db.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.kind == ModelKind.POLICY, ModelVersion.status == ModelStatus.READY)
+            .order_by(ModelVersion.created_at, ModelVersion.id)
+        )
+    )
+
+
+def list_model_versions(db: Session) -> list[ModelVersion]:
+    return list(db.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+
+
+def promote(db: Session, *, version_id: int) -> ModelVersion:
+    """Make a ready policy version the one served as `current` (one compare-and-set update)."""
+    updated = db.execute(
+        update(ModelVersion)
+        .where(
+            ModelVersion.id == version_id,
+            ModelVersion.kind == ModelKind.POLICY,
+            ModelVersion.status == ModelStatus.READY,
+        )
+        .values(promoted_at=utcnow())
+        .returning(ModelVersion.id)
+    ).first()
+    if updated is None:
+        raise NotFound("No ready policy version with this id")
+    version = db.get(ModelVersion, version_id)
+    db.refresh(version)
+    return version

@@ -48,6 +48,7 @@ class Principal:
     user: User
     via: Literal["session", "api_key"]
     web_session: WebSession | None = None
+    api_key_id: int | None = None
 
     @property
     def csrf_token(self) -> str | None:
@@ -88,7 +89,7 @@ def _authenticate(
             raise Unauthenticated("Invalid or revoked API key")
         if db.dirty:  # last_used_at moved on (at most once a minute)
             db.commit()
-        principal = Principal(user=api_key.user, via="api_key")
+        principal = Principal(user=api_key.user, via="api_key", api_key_id=api_key.id)
     elif (token := request.cookies.get(SESSION_COOKIE)) and (
         web_session := crud.get_web_session(db, token=token)
     ):
@@ -130,6 +131,16 @@ def optional_page_principal(request: Request, db: DbSession) -> Principal | None
     return principal
 
 
+def api_key_principal(request: Request, db: DbSession) -> Principal:
+    """Bearer API keys only: `/v1` ignores cookies, so no browser session can be ridden."""
+    if (key := bearer_token(request)) is None or (api_key := crud.get_api_key(db, key=key)) is None:
+        raise Unauthenticated("A valid API key is required (Authorization: Bearer <key>).")
+    db.commit()  # end the transaction: a generation can outlive it by minutes
+    principal = Principal(user=api_key.user, via="api_key", api_key_id=api_key.id)
+    request.state.principal = principal
+    return principal
+
+
 def _require(*roles: Role, principal_dependency):
     allowed = frozenset(roles)
 
@@ -166,6 +177,7 @@ AdminUser = Annotated[User, Depends(require_admin)]
 PageUser = Annotated[User, Depends(_page_user)]
 PageRater = Annotated[User, Depends(require_page_rater)]
 PageAdmin = Annotated[User, Depends(require_page_admin)]
+ApiKeyPrincipal = Annotated[Principal, Depends(api_key_principal)]
 OptionalPagePrincipal = Annotated[Principal | None, Depends(optional_page_principal)]
 Form = Annotated[FormData, Depends(form_data)]
 
@@ -178,6 +190,7 @@ ROLE_DEPENDENCIES = frozenset(
         require_admin,
         require_page_rater,
         require_page_admin,
+        api_key_principal,
     }
 )
 """Every route must depend on one of these (checked by a test that walks the routes)."""

@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 class AppError(Exception):
     status_code = 400
 
-    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, headers: dict[str, str] | None = None, *, code: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        self.code = code
+        """A machine-readable reason, for clients that branch on it (OpenAI's `code`)."""
 
 
 class InvalidInput(AppError):
@@ -81,6 +85,37 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def openai_error(
+    status_code: int, message: str, *, code: str | None = None, param=None, headers=None
+):
+    """OpenAI's error body, which OpenAI clients parse into their exceptions."""
+    body = {
+        "error": {
+            "message": message,
+            "type": OPENAI_ERROR_TYPES.get(status_code, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
 def _wants_html(request: Request) -> bool:
     path = request.url.path
     if path.startswith(("/api/", "/v1/")):
@@ -88,7 +123,13 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def error_response(request: Request, status_code: int, detail, headers=None) -> Response:
+def error_response(
+    request: Request, status_code: int, detail, headers=None, code: str | None = None
+) -> Response:
+    if _is_openai(request):
+        # OpenAI reports invalid input as 400 where the rest of this API says 422.
+        status_code = 400 if status_code == 422 else status_code
+        return openai_error(status_code, str(detail), code=code, headers=headers)
     if _wants_html(request) and isinstance(detail, str):
         return render_error_page(request, status_code, detail, headers)
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
@@ -98,7 +139,7 @@ async def _app_error(request: Request, exc: AppError) -> Response:
     if isinstance(exc, LoginRequired):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-    return error_response(request, exc.status_code, exc.detail, exc.headers)
+    return error_response(request, exc.status_code, exc.detail, exc.headers, exc.code)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -107,6 +148,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    if _is_openai(request):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:])
+        return openai_error(400, f"{where}: {first['msg']}" if where else first["msg"], param=where)
     errors = [
         {key: error[key] for key in ("type", "loc", "msg") if key in error}
         for error in exc.errors()

@@ -1,6 +1,9 @@
-"""The web application's wiring: settings, database, Celery, middleware, errors and routers."""
+"""The web application's wiring: settings, database, Celery, inference, errors and routers."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from celery import Celery
 from fastapi import FastAPI
@@ -10,10 +13,40 @@ from sqlalchemy import Engine
 from app.config import Settings
 from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
+from app.inference import Inference
 from app.middleware import SecurityHeadersMiddleware
-from app.routes import account, admin, auth, generations, health, keys, rate, tasks, users
+from app.ratelimit import KeyLimiter
+from app.routes import (
+    account,
+    admin,
+    auth,
+    feedback,
+    generations,
+    health,
+    keys,
+    models,
+    openai,
+    rate,
+    tasks,
+    users,
+)
 from app.templating import STATIC_DIR
 from worker.celery_app import create_celery
+
+ROUTERS = (
+    health,
+    auth,
+    rate,
+    account,
+    admin,
+    keys,
+    users,
+    tasks,
+    generations,
+    models,
+    feedback,
+    openai,
+)
 
 
 def create_app(
@@ -21,13 +54,23 @@ def create_app(
     *,
     engine: Engine | None = None,
     celery: Celery | None = None,
+    inference: Inference | None = None,
 ) -> FastAPI:
     """Build the app: `alignloop web` passes nothing, `alignloop run` and tests pass their parts."""
     settings = settings or Settings()
     settings.require_secret_key()
     engine = engine or engine_for(settings)
+    celery = celery or create_celery(settings, engine=engine)
+    inference = inference or _inference(settings, celery)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await inference.close()
+
     app = FastAPI(
         title="alignloop",
+        lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
         openapi_url="/api/openapi.json",
         docs_url=None,  # Swagger UI loads scripts from a CDN, which the page policy forbids
@@ -36,11 +79,26 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.celery = celery or create_celery(settings, engine=engine)
-
+    app.state.celery = celery
+    app.state.inference = inference
+    app.state.limiter = KeyLimiter(
+        max_concurrent=settings.v1_max_concurrent_per_key,
+        per_minute=settings.v1_requests_per_minute,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (health, auth, rate, account, admin, keys, users, tasks, generations):
+    for module in ROUTERS:
         app.include_router(module.router)
     return app
+
+
+def _inference(settings: Settings, celery: Celery) -> Inference:
+    """Where `/v1` generations run: in this process, or on workers (`ALIGNLOOP_INFERENCE`)."""
+    if settings.inference == "celery":
+        from worker.serving import CeleryInference
+
+        return CeleryInference(settings, celery)
+    from worker.serving import LocalInference, ModelServer  # loads torch
+
+    return LocalInference(ModelServer(settings))

@@ -486,3 +486,53 @@ class RoundMetric(Base):
     step: Mapped[int]
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+class FeedbackRating(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class ServedCompletion(Base):
+    """One `/v1/chat/completions` answer, kept so that feedback on it can become rating material."""
+
+    __tablename__ = "served_completions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(64), unique=True)
+    """The `chatcmpl-...` id clients see."""
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    messages: Mapped[list[Any]]
+    choices: Mapped[list[Any]]
+    """`[{"text", "finish_reason"}]`, one per choice."""
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Feedback(Base):
+    """A client's verdict on a served completion: thumbs up or down, or a better answer."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("rating IS NOT NULL OR preferred_text IS NOT NULL", name="says_something"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    completion_id: Mapped[int] = mapped_column(
+        ForeignKey("served_completions.id", ondelete="CASCADE"), index=True
+    )
+    choice_index: Mapped[int] = mapped_column(default=0)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    rating: Mapped[FeedbackRating | None] = mapped_column(string_enum(FeedbackRating))
+    preferred_text: Mapped[str | None] = mapped_column(Text)
+    prompt_id: Mapped[int | None] = mapped_column(ForeignKey("prompts.id", ondelete="SET NULL"))
+    """The conversation, added to the prompt pool for the next candidate generation."""
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"))
+    """With a preferred text: the task in which raters compare it with the served answer."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

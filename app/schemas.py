@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from app.models import PromptSplit, Role
 
@@ -208,3 +215,45 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+class FeedbackIn(InputModel):
+    """Feedback on a served completion: thumbs up or down, a better answer, or both."""
+
+    completion_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    choice_index: Annotated[int, Field(ge=0, le=7)] = 0
+    rating: Literal["up", "down"] | None = None
+    preferred: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> FeedbackIn:
+        if self.rating is None and not (self.preferred or "").strip():
+            raise ValueError("give a rating, a preferred answer, or both")
+        return self
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    prompt_id: int | None
+    task_id: int | None
+
+
+class ModelVersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    parent_id: int | None
+    round_id: int | None
+    snapshot_sha256: str | None
+    rater_count: int | None
+    config: dict
+    metrics: dict
+    created_at: datetime
+    promoted_at: datetime | None
+    current: bool = False

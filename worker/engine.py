@@ -144,6 +144,8 @@ class GenerationEngine:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (B, T): 1 for real tokens, 0 for left padding
         self._last_tokens: torch.Tensor | None = None  # (B, 1)
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
@@ -175,8 +177,15 @@ class GenerationEngine:
                 f"exceeds the model's context of {self.context_length} tokens"
             )
         generation = Generation(list(prompt_ids), sampling, on_text)
+        with self._count_lock:
+            self._unfinished += 1
+        generation.add_done_callback(self._count_finished)
         self._waiting.put(generation)
         return generation
+
+    def _count_finished(self, _: Generation) -> None:
+        with self._count_lock:
+            self._unfinished -= 1
 
     def generate(
         self, conversations: Sequence[Sequence[dict[str, str]]], sampling: Sampling, *, n: int = 1
@@ -198,8 +207,8 @@ class GenerationEngine:
 
     @property
     def busy(self) -> int:
-        """Requests running or waiting."""
-        return len(self._rows) + self._waiting.qsize()
+        """Requests submitted and not finished yet."""
+        return self._unfinished
 
     def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking requests; with `drain`, finish the ones already submitted first."""

@@ -12,7 +12,7 @@ import pytest
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from app.deps import ROLE_DEPENDENCIES, public_route
+from app.deps import ROLE_DEPENDENCIES, api_key_principal, public_route
 from tests.helpers import browser_login
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -34,13 +34,18 @@ def api_routes(app) -> list[RouteContext]:
     ]
 
 
-def unsafe_cookie_routes(app) -> list[tuple[str, str]]:
+def unsafe_routes(app, *, audience) -> list[tuple[str, str]]:
+    """Unsafe (method, path) pairs of the routes whose dependencies include `audience`."""
     return [
         (method, route.path)
         for route in api_routes(app)
-        if public_route not in dependency_calls(route.dependant)
+        if audience(dependency_calls(route.dependant))
         for method in sorted(route.methods & UNSAFE_METHODS)
     ]
+
+
+def unsafe_cookie_routes(app) -> list[tuple[str, str]]:
+    return unsafe_routes(app, audience=lambda calls: not calls & {public_route, api_key_principal})
 
 
 def test_the_walk_sees_the_routes_of_included_routers(app):
@@ -89,3 +94,12 @@ def test_a_form_post_without_csrf_gets_a_page_not_a_traceback(client, rater):
     response = client.post("/account/keys", data={"name": "k"}, headers={"Accept": "text/html"})
     assert response.status_code == 403
     assert "CSRF" in response.text and "Traceback" not in response.text
+
+
+def test_api_key_only_routes_ignore_a_signed_in_browser(app, client, admin):
+    csrf = browser_login(client, admin.username)
+    routes = unsafe_routes(app, audience=lambda calls: api_key_principal in calls)
+    assert routes  # /v1
+    for method, path in routes:
+        response = client.request(method, path, json={}, headers={"X-CSRF-Token": csrf})
+        assert response.status_code == 401, path

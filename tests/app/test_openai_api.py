@@ -1,0 +1,233 @@
+"""`/v1` with the official `openai` client against a real server running the tiny model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from app import crud
+from app.db import make_session_factory, session_scope
+from app.main import create_app
+from app.models import ModelVersion, Prompt, Role, ServedCompletion, Task, utcnow
+from tests.live_server import free_port, wait_for
+from worker.model_store import ModelStore
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    from app import migrate
+    from app.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'serving.db'}")
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def world(model_settings, sqlite_engine):
+    """The tiny model as version `base`, a rater with an API key, and a live server."""
+    factory = make_session_factory(sqlite_engine)
+    ModelStore(model_settings).ensure_base_version(factory)
+    with session_scope(factory) as db:
+        user = crud.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
+        _, key = crud.create_api_key(db, user=user, name="sdk")
+    settings = model_settings.model_copy(update={"v1_requests_per_minute": 600})
+    app = create_app(settings, engine=sqlite_engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "the test server")
+    yield {"url": f"http://127.0.0.1:{port}", "key": key, "app": app, "factory": factory}
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture
+def client(world) -> openai.OpenAI:
+    return openai.OpenAI(base_url=world["url"] + "/v1", api_key=world["key"], max_retries=0)
+
+
+def test_models_lists_the_versions_and_current(client):
+    names = {model.id for model in client.models.list()}
+    assert names == {"base", "current"}
+
+
+def test_a_plain_completion_has_openai_shape_usage_and_version(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="current", messages=HELLO, max_tokens=8, temperature=0
+    )
+    completion = raw.parse()
+    assert raw.headers["x-model-version"] == "base"
+    assert completion.id.startswith("chatcmpl-") and completion.model == "base"
+    [choice] = completion.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in {"stop", "length"}
+    usage = completion.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streaming_sends_the_same_text_in_chunks(client):
+    whole = client.chat.completions.create(
+        model="base", messages=HELLO, max_tokens=12, temperature=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="base",
+            messages=HELLO,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in {"stop", "length"}
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_the_stream_ends_with_done(world):
+    body = {"model": "base", "messages": HELLO, "max_tokens": 4, "stream": True}
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    response = httpx.post(world["url"] + "/v1/chat/completions", json=body, headers=headers)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.rstrip().endswith("data: [DONE]")
+
+
+def test_n_gives_several_choices_and_a_seed_repeats_them(client):
+    ask = {"model": "base", "messages": HELLO, "max_tokens": 10, "n": 2, "seed": 7}
+    first = client.chat.completions.create(**ask)
+    again = client.chat.completions.create(**ask)
+    assert [choice.index for choice in first.choices] == [0, 1]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+
+
+def test_max_tokens_and_stop_end_a_choice(client):
+    short = client.chat.completions.create(model="base", messages=HELLO, max_tokens=2)
+    assert short.choices[0].finish_reason == "length"
+    assert short.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize(
+    ("request_", "error", "status"),
+    [
+        ({"model": "nope"}, openai.NotFoundError, 404),
+        ({"max_tokens": 10_000_000}, openai.BadRequestError, 400),
+        ({"messages": []}, openai.BadRequestError, 400),
+        ({"n": 9}, openai.BadRequestError, 400),
+        ({"temperature": 3}, openai.BadRequestError, 400),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, openai.BadRequestError, 400),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(client, request_, error, status):
+    with pytest.raises(error) as raised:
+        client.chat.completions.create(**{"model": "base", "messages": HELLO, **request_})
+    assert raised.value.status_code == status
+    body = raised.value.body
+    assert set(body) >= {"message", "type"}
+    if status == 404:
+        assert body["code"] == "model_not_found"
+
+
+def test_a_wrong_key_or_a_cookie_is_not_enough(world):
+    wrong = openai.OpenAI(base_url=world["url"] + "/v1", api_key="al_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    cookie_only = httpx.get(world["url"] + "/v1/models", cookies={"alignloop_session": "x"})
+    assert cookie_only.status_code == 401 and cookie_only.json()["error"]["type"]
+
+
+def test_per_key_rate_limits_answer_429_with_retry_after(world, client):
+    world["app"].state.limiter.per_minute = 2
+    world["app"].state.limiter._buckets.clear()
+    for _ in range(2):
+        client.chat.completions.create(model="base", messages=HELLO, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="base", messages=HELLO, max_tokens=1)
+    assert int(raised.value.response.headers["retry-after"]) >= 1
+
+
+def running(world) -> int:
+    engines = world["app"].state.inference.server._engines.values()
+    return sum(engine.busy for engine in engines)
+
+
+def test_a_client_that_disconnects_cancels_its_generation(world):
+    body = {"model": "base", "messages": HELLO, "max_tokens": 1500, "stream": True}
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    url = world["url"] + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers) as response:
+        next(response.iter_lines())
+        assert running(world) == 1
+    wait_for(lambda: running(world) == 0, 10, "the generation to be cancelled")
+
+
+def test_every_completion_is_recorded_for_feedback(world, client):
+    completion = client.chat.completions.create(model="base", messages=HELLO, max_tokens=3)
+    with world["factory"]() as db:
+        stored = db.scalar(select(ServedCompletion))
+    assert stored.public_id == completion.id
+    assert stored.choices[0]["text"] == completion.choices[0].message.content
+
+
+def test_feedback_turns_a_completion_into_rating_material(world, client):
+    completion = client.chat.completions.create(model="base", messages=HELLO, max_tokens=3)
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    url = world["url"] + "/api/feedback"
+    better = {"completion_id": completion.id, "rating": "down", "preferred": "Hello there!"}
+    response = httpx.post(url, json=better, headers=headers)
+    assert response.status_code == 201
+    with world["factory"]() as db:
+        prompt = db.scalar(select(Prompt))
+        task = db.get(Task, response.json()["task_id"])
+        assert prompt.messages == HELLO and prompt.source == "feedback"
+        texts = {link.response.text for link in task.responses}
+        assert texts == {completion.choices[0].message.content, "Hello there!"}
+    missing = httpx.post(url, json={**better, "completion_id": "chatcmpl-nope"}, headers=headers)
+    assert missing.status_code == 404
+    empty = httpx.post(url, json={"completion_id": completion.id}, headers=headers)
+    assert empty.status_code == 422
+
+
+def test_promotion_under_load_drops_nothing(world, client, model_settings):
+    store = ModelStore(model_settings)
+    model, tokenizer = store.load_source("tiny-random")
+    store.save("v1", model, tokenizer)
+    with session_scope(world["factory"]) as db:
+        base = db.scalar(select(ModelVersion).where(ModelVersion.name == "base"))
+        db.add(ModelVersion(name="v1", kind="policy", status="ready", path="v1", parent_id=base.id))
+    with session_scope(world["factory"]) as db:
+        new_id = db.scalar(select(ModelVersion.id).where(ModelVersion.name == "v1"))
+
+    def ask(_):
+        raw = client.chat.completions.with_raw_response.create(
+            model="current", messages=HELLO, max_tokens=24
+        )
+        return raw.headers["x-model-version"], raw.parse().choices[0].finish_reason
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [pool.submit(ask, index) for index in range(32)]
+        time.sleep(0.5)  # requests are in flight on `base`
+        with session_scope(world["factory"]) as db:
+            crud.promote(db, version_id=new_id)
+        answers = [future.result() for future in futures]
+    assert {version for version, _ in answers} <= {"base", "v1"}
+    assert all(reason in {"stop", "length"} for _, reason in answers)
+    after = client.chat.completions.with_raw_response.create(
+        model="current", messages=HELLO, max_tokens=2
+    )
+    assert after.headers["x-model-version"] == "v1"
+    assert utcnow()  # the clock used for promotion is the one the app reads

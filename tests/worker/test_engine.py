@@ -1,0 +1,146 @@
+"""The generation engine: continuous batching that changes nothing about what is generated."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from tests.conftest import make_settings
+from worker.engine import GenerationEngine, Sampling, sample_tokens
+from worker.model_store import ModelStore, tiny_random_config
+
+PROMPTS = ["Hello there", "Tell me a story about a fox", "2 + 2 =", "Name three colours"]
+GREEDY = Sampling(max_new_tokens=12, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory, bundled_tokenizer_dir):
+    """The tiny model with livelier weights: its usual initialisation answers every prompt
+    greedily with the same newline, which would make output comparisons say nothing."""
+    store = ModelStore(make_settings(tmp_path_factory.mktemp("engine")))
+    shutil.copytree(bundled_tokenizer_dir, store.tokenizer_cache)
+    tokenizer = store.bundled_tokenizer()
+    config = tiny_random_config(tokenizer)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+@pytest.fixture
+def engine(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    engine = GenerationEngine(model, tokenizer, name="tiny")
+    yield engine
+    engine.close(drain=False)
+
+
+def chat(engine, text: str) -> list[int]:
+    return engine.encode_chat([{"role": "user", "content": text}])
+
+
+def reference(model_and_tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    model, tokenizer = model_and_tokenizer
+    output = model.generate(
+        torch.tensor([prompt_ids]),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return output[0, len(prompt_ids) :].tolist()
+
+
+def test_greedy_output_matches_generate_alone_and_when_joining_a_running_batch(
+    engine, model_and_tokenizer
+):
+    _, tokenizer = model_and_tokenizer
+    expected = [
+        tokenizer.decode(
+            reference(model_and_tokenizer, chat(engine, text), 12), skip_special_tokens=True
+        )
+        for text in PROMPTS
+    ]
+    assert len(set(expected)) == len(PROMPTS)  # the comparison below can tell them apart
+    staggered = []
+    for text in PROMPTS:  # each joins while the earlier ones are running
+        staggered.append(engine.submit(chat(engine, text), GREEDY))
+        time.sleep(0.01)
+    assert [generation.wait(30).text for generation in staggered] == expected
+
+
+def test_a_seeded_request_is_repeatable_whatever_shares_its_batch(engine):
+    seeded = Sampling(max_new_tokens=10, temperature=1.0, seed=42)
+    alone = engine.submit(chat(engine, PROMPTS[1]), seeded).wait(30).text
+    crowd = [engine.submit(chat(engine, text), Sampling(max_new_tokens=10)) for text in PROMPTS]
+    again = engine.submit(chat(engine, PROMPTS[1]), seeded).wait(30).text
+    for generation in crowd:
+        generation.wait(30)
+    assert again == alone
+
+
+def test_streamed_deltas_add_up_to_the_text(engine):
+    deltas: list[str] = []
+    completion = engine.submit(
+        chat(engine, PROMPTS[0]), Sampling(max_new_tokens=15, seed=1), on_text=deltas.append
+    ).wait(30)
+    assert "".join(deltas) == completion.text
+    assert completion.completion_tokens <= 15 and completion.prompt_tokens > 0
+
+
+def test_a_stop_string_ends_the_text_before_it(engine):
+    free = engine.submit(chat(engine, PROMPTS[2]), GREEDY).wait(30).text
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
+    deltas: list[str] = []
+    stopped = engine.submit(
+        chat(engine, PROMPTS[2]),
+        Sampling(max_new_tokens=12, temperature=0, stop=(stop,)),
+        on_text=deltas.append,
+    ).wait(30)
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free[: free.index(stop)]
+    assert "".join(deltas) == stopped.text  # the stop string itself was never streamed
+
+
+def test_length_cancel_and_context_limits(engine):
+    long = engine.submit(chat(engine, PROMPTS[0]), Sampling(max_new_tokens=1000, seed=3))
+    short = engine.submit(chat(engine, PROMPTS[0]), Sampling(max_new_tokens=3, seed=3)).wait(30)
+    assert short.finish_reason == "length" and short.completion_tokens == 3
+    long.cancel()
+    assert long.wait(30).finish_reason == "cancelled"
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(chat(engine, PROMPTS[0]), Sampling(max_new_tokens=engine.context_length))
+    assert engine.busy == 0
+
+
+def test_closing_with_drain_finishes_running_requests(model_and_tokenizer):
+    engine = GenerationEngine(*model_and_tokenizer, name="closing")
+    running = [engine.submit(chat(engine, text), GREEDY) for text in PROMPTS]
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    closer.join(30)
+    assert all(generation.wait(1).finish_reason in {"stop", "length"} for generation in running)
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(chat(engine, PROMPTS[0]), GREEDY)
+
+
+def test_sampling_filters_pick_the_best_token_when_narrowed():
+    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9], [5.0, 0.0, 0.0, 4.9]])
+    generators = [torch.Generator().manual_seed(index) for index in range(2)]
+    narrow = [Sampling(temperature=1.0, top_k=1), Sampling(temperature=1.0, top_p=0.01)]
+    assert sample_tokens(logits, narrow, generators).tolist() == [1, 0]
+    greedy = [Sampling(temperature=0), Sampling(temperature=0)]
+    assert sample_tokens(logits, greedy, generators).tolist() == [1, 0]
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    generator = torch.Generator().manual_seed(0)
+    draws = [
+        sample_tokens(logits, [Sampling(temperature=1.0)], [generator]).item() for _ in range(2000)
+    ]
+    share = [draws.count(token) / len(draws) for token in range(3)]
+    assert share == pytest.approx([0.7, 0.2, 0.1], abs=0.04)
