@@ -66,6 +66,8 @@ class ChatCompletionRequest(BaseModel):
         | None
     ) = None
     seed: int | None = None
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    """vLLM's extension: no end of turn before this many tokens (for benchmarks, mostly)."""
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, StringConstraints(max_length=256)] | None = None

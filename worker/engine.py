@@ -40,6 +40,8 @@ class Sampling:
     """0 means no top-k cut."""
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    min_new_tokens: int = 0
+    """The end-of-turn token is not allowed before this many tokens."""
 
 
 @dataclass(frozen=True)
@@ -306,8 +308,12 @@ class GenerationEngine:
     def _sample_and_advance(self, logits: torch.Tensor, *, first_row: int) -> None:
         """Pick the next token for rows `first_row..`, emit text, retire finished rows."""
         rows = self._rows[first_row:]
+        logits = logits.float()
+        for index, row in enumerate(rows):
+            if row.generated < row.generation.sampling.min_new_tokens:
+                logits[index, list(self.eos_ids)] = float("-inf")
         tokens = sample_tokens(
-            logits.float(),
+            logits,
             [row.generation.sampling for row in rows],
             [row.generator for row in rows],
         )

@@ -147,6 +147,7 @@ def _job(body: ChatCompletionRequest, version: ModelVersion) -> ChatJob:
             "top_p": body.top_p,
             "stop": body.stop_strings(),
             "seed": body.seed,
+            "min_new_tokens": min(body.min_tokens, body.token_limit()),
         },
     )
 

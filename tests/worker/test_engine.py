@@ -144,3 +144,17 @@ def test_sampling_follows_the_distribution():
     ]
     share = [draws.count(token) / len(draws) for token in range(3)]
     assert share == pytest.approx([0.7, 0.2, 0.1], abs=0.04)
+
+
+def test_min_new_tokens_holds_back_the_end_of_turn(engine):
+    eos = min(engine.eos_ids)
+    engine.model.lm_head.weight.data[eos] += 50.0  # make the end of turn overwhelmingly likely
+    try:
+        held = engine.submit(
+            chat(engine, PROMPTS[0]), Sampling(max_new_tokens=6, min_new_tokens=4, temperature=0)
+        ).wait(30)
+        free = engine.submit(chat(engine, PROMPTS[0]), Sampling(max_new_tokens=6, temperature=0))
+        assert free.wait(30).completion_tokens == 1
+        assert held.completion_tokens == 5 and held.finish_reason == "stop"
+    finally:
+        engine.model.lm_head.weight.data[eos] -= 50.0
