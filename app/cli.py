@@ -100,17 +100,15 @@ def run(settings: Settings, host: str, port: int) -> None:
         demo_prompts = bootstrap.load_demo_prompts(db)
         bootstrap.publish_default_guidelines(db)
     celery = create_celery(settings, engine=engine)
+    # The app imports torch and transformers; do it before worker threads start importing the
+    # same modules (transformers' lazy imports are not safe to race).
+    app = create_app(settings, engine=engine, celery=celery)
     with EmbeddedWorker(celery):
         celery.send_task(PULL_BASE_MODEL)  # the first start converts the base model meanwhile
         # Jobs queued before a restart lived in memory only: send them again.
         celery.send_task(RECLAIM, kwargs={"after_restart": True})
         _print_welcome(host, port, admin_password, demo_prompts)
-        uvicorn.run(
-            create_app(settings, engine=engine, celery=celery),
-            host=host,
-            port=port,
-            log_level=settings.log_level.lower(),
-        )
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
 
 
 def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompts: int) -> None:
@@ -147,9 +145,17 @@ def web(settings: Settings, host: str, port: int, workers: int) -> None:
 @main.command()
 @click.option("--queues", "-Q", default="train,default", show_default=True)
 @click.option("--concurrency", "-c", default=1, show_default=True, type=int)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+    help="`threads` for the inference queue: its requests share one engine and batch together.",
+)
 @click.pass_obj
-def worker(settings: Settings, queues: str, concurrency: int) -> None:
-    """A Celery worker (production); one per GPU for the `train` queue."""
+def worker(settings: Settings, queues: str, concurrency: int, pool: str) -> None:
+    """A Celery worker (production): one per GPU for `train`; `-Q inference --pool threads
+    -c 32` serves /v1 when ALIGNLOOP_INFERENCE=celery."""
     celery = _production_celery(settings)
     celery.worker_main(
         [
@@ -158,10 +164,12 @@ def worker(settings: Settings, queues: str, concurrency: int) -> None:
             queues,
             "--concurrency",
             str(concurrency),
+            "--pool",
+            pool,
             "--loglevel",
             settings.log_level,
             "--hostname",
-            "alignloop@%h",
+            f"alignloop-{queues.replace(',', '-')}@%h",
         ]
     )
 

@@ -26,6 +26,7 @@ from app.routes import (
     keys,
     models,
     openai,
+    playground,
     rate,
     tasks,
     users,
@@ -39,6 +40,7 @@ ROUTERS = (
     rate,
     account,
     admin,
+    playground,
     keys,
     users,
     tasks,
@@ -96,7 +98,7 @@ def create_app(
 def _inference(settings: Settings, celery: Celery) -> Inference:
     """Where `/v1` generations run: in this process, or on workers (`ALIGNLOOP_INFERENCE`)."""
     if settings.inference == "celery":
-        from worker.serving import CeleryInference
+        from worker.inference_client import CeleryInference
 
         return CeleryInference(settings, celery)
     from worker.serving import LocalInference, ModelServer  # loads torch

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,11 +26,11 @@ class KeyLimiter:
     def __init__(self, *, max_concurrent: int, per_minute: int) -> None:
         self.max_concurrent = max_concurrent
         self.per_minute = per_minute
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[Hashable, _Bucket] = {}
         self._lock = threading.Lock()
 
     @contextmanager
-    def slot(self, key: int) -> Iterator[None]:
+    def slot(self, key: Hashable) -> Iterator[None]:
         """Hold one of `key`'s concurrent slots for the block; RateLimited when none is left."""
         self.acquire(key)
         try:
@@ -38,11 +38,11 @@ class KeyLimiter:
         finally:
             self.release(key)
 
-    def release(self, key: int) -> None:
+    def release(self, key: Hashable) -> None:
         with self._lock:
             self._buckets[key].in_flight -= 1
 
-    def acquire(self, key: int) -> None:
+    def acquire(self, key: Hashable) -> None:
         """Take a slot and a request's worth of rate; release the slot with `release`."""
         now = time.monotonic()
         with self._lock:

@@ -6,7 +6,7 @@ so that raters also give a blind A/B verdict between versions (task kind `ab_eva
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -28,9 +28,11 @@ from app.models import (
     TaskStatus,
 )
 from worker.celery_app import WorkerContext
-from worker.generation import SamplingParams, sample_responses
+from worker.engine import GenerationEngine, Sampling
 from worker.job_runner import Progress
 from worker.model_store import ModelStore
+
+CANDIDATE_SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
 
 @dataclass(frozen=True)
@@ -57,29 +59,31 @@ def generate_candidates(context: WorkerContext, job: Job, progress: Progress) ->
         version_refs = [(version.id, version.name, version.path) for version in versions]
     if not prompts:
         return {"tasks": 0, "prompts": 0, "note": "no prompts without open tasks"}
-    params = SamplingParams(
-        **{"max_new_tokens": context.settings.max_new_tokens, **request.sampling}
+    sampling = Sampling(
+        **{
+            **CANDIDATE_SAMPLING,
+            "max_new_tokens": context.settings.max_new_tokens,
+            **request.sampling,
+        }
     )
     counts = samples_per_version(request.per_prompt, len(version_refs))
+    conversations = [messages for _, messages in prompts]
     samples: list[tuple[int, list[list[str]]]] = []
-    for step, ((version_id, _, path), count) in enumerate(zip(version_refs, counts, strict=True)):
-        model, tokenizer = store.load(path)
+    for step, ((version_id, name, path), count) in enumerate(
+        zip(version_refs, counts, strict=True)
+    ):
+        engine = GenerationEngine(*store.load(path), name=name)
 
         def report(fraction: float, step: int = step) -> None:
             progress((step + fraction) / len(version_refs))
 
-        replies = sample_responses(
-            model,
-            tokenizer,
-            [messages for _, messages in prompts],
-            n=count,
-            params=params,
-            on_batch=report,
-        )
-        samples.append((version_id, replies))
-        del model
+        try:
+            completions = engine.generate(conversations, sampling, n=count, on_progress=report)
+        finally:
+            engine.close(drain=False)
+        samples.append((version_id, [[done.text for done in group] for group in completions]))
     with session_scope(context.session_factory) as db:
-        created = _create_tasks(db, job, request, prompts, samples, params)
+        created = _create_tasks(db, job, request, prompts, samples, sampling)
     return {
         "tasks": created,
         "prompts": len(prompts),
@@ -129,10 +133,10 @@ def _create_tasks(
     request: CandidateRequest,
     prompts: list[tuple[int, list]],
     samples: list[tuple[int, list[list[str]]]],
-    params: SamplingParams,
+    sampling: Sampling,
 ) -> int:
     kind = TaskKind.AB_EVAL if len(samples) > 1 else TaskKind.COMPARE
-    generation = {**params.__dict__, "job_id": job.id}
+    generation = {**asdict(sampling), "job_id": job.id}
     created = 0
     for index, (prompt_id, _) in enumerate(prompts):
         answers = [(version_id, text) for version_id, replies in samples for text in replies[index]]

@@ -19,7 +19,9 @@ from app.db import engine_for, make_session_factory
 
 DEFAULT_QUEUE = "default"
 TRAIN_QUEUE = "train"
-QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE)
+INFERENCE_QUEUE = "inference"  # /v1 requests when ALIGNLOOP_INFERENCE=celery
+QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE, INFERENCE_QUEUE)
+EMBEDDED_QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE)  # the embedded default serves /v1 in-process
 
 DEFAULT_TIME_LIMIT_S = 60 * 60
 TRAIN_TIME_LIMIT_S = 24 * 60 * 60
@@ -89,7 +91,10 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         timezone="UTC",
         # The in-memory scheduler: the default one persists its state with shelve (pickle).
         beat_scheduler="celery.beat:Scheduler",
-        task_routes={"alignloop.generate_candidates": {"queue": TRAIN_QUEUE}},
+        task_routes={
+            "alignloop.generate_candidates": {"queue": TRAIN_QUEUE},
+            "alignloop.infer": {"queue": INFERENCE_QUEUE},
+        },
         beat_schedule=beat_schedule(settings),
     )
     engine = engine or engine_for(settings)

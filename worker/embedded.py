@@ -15,7 +15,7 @@ from celery.beat import EmbeddedService
 from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
-from worker.celery_app import QUEUES
+from worker.celery_app import EMBEDDED_QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class EmbeddedWorker:
             hostname="embedded@alignloop",
             pool="threads",
             concurrency=self.concurrency,
-            queues=list(QUEUES),
+            queues=list(EMBEDDED_QUEUES),
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
@@ -84,7 +84,7 @@ class EmbeddedWorker:
                 self.celery, thread=True, scheduler_cls=self.celery.conf.beat_scheduler
             )
             self._beat.start()
-        log.info("embedded worker consuming %s", ", ".join(QUEUES))
+        log.info("embedded worker consuming %s", ", ".join(EMBEDDED_QUEUES))
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

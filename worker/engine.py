@@ -82,6 +82,10 @@ class Generation:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Block until finished or `timeout`; True when finished."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> Completion:
         if not self._done.wait(timeout):
             raise TimeoutError("generation still running")
@@ -190,9 +194,15 @@ class GenerationEngine:
             self._unfinished -= 1
 
     def generate(
-        self, conversations: Sequence[Sequence[dict[str, str]]], sampling: Sampling, *, n: int = 1
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        sampling: Sampling,
+        *,
+        n: int = 1,
+        on_progress: Callable[[float], None] | None = None,
     ) -> list[list[Completion]]:
-        """`n` completions per conversation, blocking; all are submitted at once to batch."""
+        """`n` completions per conversation, blocking; all are submitted at once to batch.
+        `on_progress` hears the finished fraction as conversations complete, in order."""
         generations = [
             [
                 self.submit(
@@ -205,7 +215,12 @@ class GenerationEngine:
             ]
             for conversation in conversations
         ]
-        return [[generation.wait() for generation in group] for group in generations]
+        results = []
+        for index, group in enumerate(generations, start=1):
+            results.append([generation.wait() for generation in group])
+            if on_progress is not None:
+                on_progress(index / len(generations))
+        return results
 
     @property
     def busy(self) -> int:

@@ -3,23 +3,27 @@
 `ModelServer` keeps an engine per recently used version. When a newly promoted version takes
 over, requests already running finish on the old engine, which is closed once drained and when
 it falls out of the most-recently-used set. `LocalInference` adapts it to `app.inference` for
-the web process's event loop.
+the web process's event loop; `serve_on_worker` serves requests that `worker.inference_client`
+sends from web replicas without a GPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections import OrderedDict
 from functools import partial
 
 import anyio
+import redis
 
 from app.config import Settings
 from app.errors import InvalidInput
 from app.inference import ChatEvent, ChatJob, ChoiceDone, TextDelta
 from worker.engine import Generation, GenerationEngine, Sampling
+from worker.inference_client import cancel_key
 from worker.model_store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -81,10 +85,10 @@ class LocalChatStream:
         self._loop.call_soon_threadsafe(self._events.put_nowait, TextDelta(index, text))
 
     def on_done(self, index: int, generation: Generation) -> None:
-        completion = generation.completion
+        done = generation.completion
         event: ChatEvent | BaseException = (
-            ChoiceDone(index, completion.text, completion.finish_reason, completion.completion_tokens)
-            if completion is not None
+            ChoiceDone(index, done.text, done.finish_reason, done.completion_tokens)
+            if done is not None
             else RuntimeError(f"generation failed: {generation.error}")
         )
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
@@ -110,7 +114,9 @@ class LocalInference:
         self.server = server
 
     async def start(self, job: ChatJob) -> LocalChatStream:
-        engine = await anyio.to_thread.run_sync(self.server.engine, job.version_name, job.version_path)
+        engine = await anyio.to_thread.run_sync(
+            self.server.engine, job.version_name, job.version_path
+        )
         prompt_ids = await anyio.to_thread.run_sync(engine.encode_chat, job.messages)
         stream = LocalChatStream(asyncio.get_running_loop(), job.n, len(prompt_ids))
         try:
@@ -127,3 +133,73 @@ class LocalInference:
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self.server.close)
+
+
+# --- serving on workers (ALIGNLOOP_INFERENCE=celery) ---------------------------------------------
+
+CANCEL_POLL_S = 0.2
+
+_process_server: ModelServer | None = None
+_process_server_lock = threading.Lock()
+
+
+def process_model_server(settings: Settings) -> ModelServer:
+    """The worker process's engines, shared by all the inference tasks running in it."""
+    global _process_server
+    with _process_server_lock:
+        if _process_server is None:
+            _process_server = ModelServer(settings)
+        return _process_server
+
+
+def serve_on_worker(settings: Settings, job: ChatJob, channel: str) -> str:
+    """Run `job` on this worker's engine and publish its events to Redis `channel`.
+
+    Events are JSON: `start` (prompt tokens), `delta`, `done` per choice, or `error`. The web
+    tier asks for cancellation by setting the key `<channel>:cancel`.
+    """
+    broker = redis.Redis.from_url(settings.redis_url)
+
+    def publish(event: dict) -> None:
+        broker.publish(channel, json.dumps(event))
+
+    engine = process_model_server(settings).engine(job.version_name, job.version_path)
+    prompt_ids = engine.encode_chat(job.messages)
+    generations: list[Generation] = []
+
+    def publish_delta(index: int, text: str) -> None:
+        publish({"type": "delta", "index": index, "text": text})
+
+    try:
+        for index in range(job.n):
+            generations.append(
+                engine.submit(
+                    prompt_ids, sampling_for(job, index), on_text=partial(publish_delta, index)
+                )
+            )
+    except ValueError as exc:
+        for generation in generations:
+            generation.cancel()
+        publish({"type": "error", "message": str(exc)})
+        return "invalid"
+    publish({"type": "start", "prompt_tokens": len(prompt_ids)})
+    for index, generation in enumerate(generations):
+        while not generation.done:
+            if broker.exists(cancel_key(channel)):
+                for running in generations:
+                    running.cancel()
+            generation.wait_done(CANCEL_POLL_S)
+        done = generation.completion
+        if done is None:
+            publish({"type": "error", "message": f"generation failed: {generation.error}"})
+            return "failed"
+        publish(
+            {
+                "type": "done",
+                "index": index,
+                "text": done.text,
+                "finish_reason": done.finish_reason,
+                "completion_tokens": done.completion_tokens,
+            }
+        )
+    return "served"

@@ -14,7 +14,9 @@ from sqlalchemy import select
 from app import crud, jobs
 from app.assignment import expire_stale_leases
 from app.db import session_scope
+from app.inference import ChatJob
 from app.models import Job, RunStatus
+from worker import inference_client
 from worker.celery_app import WorkerContext
 from worker.job_runner import run_job
 
@@ -26,6 +28,7 @@ PULL_BASE_MODEL = "alignloop.pull_base_model"
 RECLAIM = "alignloop.reclaim"
 SCHEDULE_GENERATION = "alignloop.schedule_generation"
 GENERATE_CANDIDATES = jobs.CELERY_TASKS[jobs.GENERATE_CANDIDATES]
+INFER = inference_client.INFER
 
 
 def register_tasks(celery: Celery, context: WorkerContext) -> None:
@@ -55,6 +58,14 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
         from worker.candidates import generate_candidates as work
 
         return run_job(context, job_id, lambda job, progress: work(context, job, progress))
+
+    @celery.task(shared=False, name=INFER, acks_late=False, ignore_result=True)
+    def infer(job: dict, channel: str) -> str:
+        """Serve one `/v1` request on this worker (ALIGNLOOP_INFERENCE=celery). Not retried:
+        its client is waiting and gets an error instead."""
+        from worker.serving import serve_on_worker
+
+        return serve_on_worker(context.settings, ChatJob(**job), channel)
 
     @celery.task(shared=False, name=RECLAIM)
     def reclaim(after_restart: bool = False) -> dict[str, int]:

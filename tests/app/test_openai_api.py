@@ -231,3 +231,25 @@ def test_promotion_under_load_drops_nothing(world, client, model_settings):
     )
     assert after.headers["x-model-version"] == "v1"
     assert utcnow()  # the clock used for promotion is the one the app reads
+
+
+def test_the_playground_streams_over_the_same_path_for_signed_in_users(world):
+    from tests.helpers import browser_login, html
+
+    with httpx.Client(base_url=world["url"]) as browser:
+        csrf = browser_login(browser, "cli", "long enough pw")
+        page = html(browser.get("/playground"))
+        assert [option["value"] for option in page.select("#model-a option")] == ["base"]
+        body = {"model": "current", "messages": HELLO, "max_tokens": 5}
+        refused = browser.post("/playground/chat", json=body)
+        assert refused.status_code == 403  # no CSRF token
+        answer = browser.post("/playground/chat", json=body, headers={"X-CSRF-Token": csrf})
+        assert answer.headers["x-model-version"] == "base"
+        assert answer.text.rstrip().endswith("data: [DONE]")
+        completion_id = answer.text.split('"id": "')[1].split('"')[0]
+        thumbs = browser.post(
+            "/api/feedback",
+            json={"completion_id": completion_id, "rating": "up"},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert thumbs.status_code == 201

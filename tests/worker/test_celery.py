@@ -17,7 +17,7 @@ from app import crud
 from app.db import make_session_factory, session_scope
 from app.models import Role, WebSession
 from tests.conftest import REDIS_URL, make_settings
-from worker.celery_app import DEFAULT_QUEUE, TRAIN_QUEUE, create_celery
+from worker.celery_app import DEFAULT_QUEUE, INFERENCE_QUEUE, TRAIN_QUEUE, create_celery
 from worker.embedded import EmbeddedWorker
 from worker.tasks import PING, PURGE_EXPIRED_CREDENTIALS
 
@@ -31,7 +31,11 @@ def test_messages_are_json_only_and_delivery_is_late_acknowledged(tmp_path):
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_time_limit and conf.task_soft_time_limit < conf.task_time_limit
-    assert {queue.name for queue in conf.task_queues} == {DEFAULT_QUEUE, TRAIN_QUEUE}
+    assert {queue.name for queue in conf.task_queues} == {
+        DEFAULT_QUEUE,
+        TRAIN_QUEUE,
+        INFERENCE_QUEUE,
+    }
     assert conf.beat_scheduler == "celery.beat:Scheduler"  # not the shelve (pickle) one
 
 

@@ -1,0 +1,110 @@
+"""`/v1` served by a worker process over Redis (ALIGNLOOP_INFERENCE=celery)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import openai
+import pytest
+import redis
+import uvicorn
+
+from app import crud, migrate
+from app.db import make_engine, make_session_factory, session_scope
+from app.main import create_app
+from app.models import Role
+from tests.conftest import REDIS_URL
+from tests.live_server import free_port, wait_for
+from worker.model_store import ModelStore
+
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture
+def remote(model_settings, tmp_path):
+    """A database with the tiny `base`, an inference worker process, and a web server whose
+    /v1 sends every request to that worker."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    database_url = f"sqlite:///{tmp_path / 'remote.db'}"
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    ModelStore(model_settings).ensure_base_version(factory)
+    with session_scope(factory) as db:
+        user = crud.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
+        _, key = crud.create_api_key(db, user=user, name="sdk")
+    env = {
+        **os.environ,
+        "ALIGNLOOP_DATA_DIR": str(model_settings.data_dir),
+        "ALIGNLOOP_DATABASE_URL": database_url,
+        "ALIGNLOOP_REDIS_URL": REDIS_URL,
+        "ALIGNLOOP_LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "worker",
+            "-Q",
+            "inference",
+            "--pool",
+            "threads",
+            "-c",
+            "4",
+        ],
+        env=env,
+    )
+    settings = model_settings.model_copy(
+        update={"redis_url": REDIS_URL, "inference": "celery", "database_url": database_url}
+    )
+    app = create_app(settings, engine=engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "the web server")
+    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    server.should_exit = True
+    thread.join(30)
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)
+    engine.dispose()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def test_a_worker_serves_plain_and_streaming_completions(remote):
+    raw = remote.chat.completions.with_raw_response.create(
+        model="base", messages=HELLO, max_tokens=6, temperature=0, n=2
+    )
+    completion = raw.parse()
+    assert raw.headers["x-model-version"] == "base"
+    assert [choice.index for choice in completion.choices] == [0, 1]
+    assert completion.usage.prompt_tokens > 0
+    chunks = list(
+        remote.chat.completions.create(
+            model="base", messages=HELLO, max_tokens=6, temperature=0, stream=True
+        )
+    )
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert streamed == completion.choices[0].message.content
+
+
+def test_the_workers_refusal_is_a_400(remote):
+    with pytest.raises(openai.BadRequestError, match="context"):
+        remote.chat.completions.create(model="base", messages=HELLO, max_tokens=100_000)
+
+
+def test_the_web_tier_does_not_load_torch_in_this_mode(model_settings):
+    code = (
+        "import sys; from app.main import create_app; from app.config import Settings; "
+        f"create_app(Settings(_env_file=None, data_dir={str(model_settings.data_dir)!r}, "
+        f"secret_key='{'x' * 40}', redis_url={REDIS_URL!r}, inference='celery')); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
