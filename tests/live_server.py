@@ -87,3 +87,22 @@ def _interrupt(process: subprocess.Popen) -> int:
         process.kill()
         process.wait()
         raise
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """`app` under a real uvicorn server on a thread of this process; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, STARTUP_TIMEOUT_S, "the in-process server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(SHUTDOWN_TIMEOUT_S)

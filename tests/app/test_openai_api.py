@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from app import crud
 from app.db import make_session_factory, session_scope
 from app.main import create_app
 from app.models import ModelVersion, Prompt, Role, ServedCompletion, Task, utcnow
-from tests.live_server import free_port, wait_for
+from tests.live_server import serve_in_thread, wait_for
 from worker.model_store import ModelStore
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -43,14 +41,8 @@ def world(model_settings, sqlite_engine):
         _, key = crud.create_api_key(db, user=user, name="sdk")
     settings = model_settings.model_copy(update={"v1_requests_per_minute": 600})
     app = create_app(settings, engine=sqlite_engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "the test server")
-    yield {"url": f"http://127.0.0.1:{port}", "key": key, "app": app, "factory": factory}
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app) as url:
+        yield {"url": url, "key": key, "app": app, "factory": factory}
 
 
 @pytest.fixture

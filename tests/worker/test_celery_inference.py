@@ -6,19 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import openai
 import pytest
 import redis
-import uvicorn
 
 from app import crud, migrate
 from app.db import make_engine, make_session_factory, session_scope
 from app.main import create_app
 from app.models import Role
 from tests.conftest import REDIS_URL
-from tests.live_server import free_port, wait_for
+from tests.live_server import serve_in_thread
 from worker.model_store import ModelStore
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -62,15 +60,8 @@ def remote(model_settings, tmp_path):
     settings = model_settings.model_copy(
         update={"redis_url": REDIS_URL, "inference": "celery", "database_url": database_url}
     )
-    app = create_app(settings, engine=engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "the web server")
-    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(create_app(settings, engine=engine)) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)
     engine.dispose()
