@@ -15,11 +15,12 @@ import click
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import bootstrap, crud, migrate
+from app import bootstrap, crud, migrate, rounds
 from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
-from app.models import Role, User
+from app.export import FORMATS, export_lines
+from app.models import Algorithm, Role, User
 from app.prompt_import import UnreadableFile, detect_format, parse_prompts
 from app.schemas import Password, Username
 
@@ -285,6 +286,25 @@ def models_pull_default(settings: Settings) -> None:
     click.echo(f"model version {version.name!r} is at {settings.models_dir / version.path}")
 
 
+@main.command()
+@click.option(
+    "--format", "file_format", type=click.Choice(FORMATS), default="trl", show_default=True
+)
+@click.option("--round", "round_id", type=int, default=None, help="Exactly that round's data.")
+@click.option("-o", "--output", type=click.File("wb"), default="-", help="Default: stdout.")
+@click.pass_obj
+def export(settings: Settings, file_format: str, round_id: int | None, output) -> None:
+    """Export the collected preferences as JSON Lines."""
+    with _session_factory(settings)() as session:
+        for line in export_lines(
+            session,
+            file_format=file_format,
+            round_id=round_id,
+            snapshots_dir=settings.snapshots_dir,
+        ):
+            output.write(line)
+
+
 @main.group()
 def prompts() -> None:
     """Prompts for raters and training."""
@@ -301,6 +321,51 @@ def prompts_import(settings: Settings, file: Path) -> None:
     click.echo(f"created {created}, duplicates {duplicates}, skipped {len(skipped)}")
     for row in skipped:
         click.echo(f"  line {row.line}: {row.reason}", err=True)
+
+
+@main.group(name="rounds")
+def rounds_group() -> None:
+    """Training rounds."""
+
+
+@rounds_group.command("start")
+@click.option(
+    "--algorithm", type=click.Choice([a.value for a in Algorithm]), default="ppo", show_default=True
+)
+@click.option(
+    "--preset", type=click.Choice(list(rounds.PRESETS)), default="quick", show_default=True
+)
+@click.option("--line", default="main", show_default=True, help="The model line to train.")
+@click.pass_obj
+def rounds_start(settings: Settings, algorithm: str, preset: str, line: str) -> None:
+    """Queue a training round (what the admin page's button does)."""
+    with session_scope(_session_factory(settings)) as session:
+        round_ = rounds.start_round(
+            session,
+            algorithm=Algorithm(algorithm),
+            preset=preset,
+            overrides={},
+            created_by=None,
+            line=line,
+        )
+    if settings.embedded:  # the worker lives inside `alignloop run`, which picks it up
+        click.echo(f"round {round_.id} queued; a running `alignloop run` starts it within a minute")
+        return
+    from worker.celery_app import create_celery
+
+    with _session_factory(settings)() as session:
+        rounds.send(session, create_celery(settings), round_.id)
+    click.echo(f"round {round_.id} queued")
+
+
+@rounds_group.command("cancel")
+@click.argument("round_id", type=int)
+@click.pass_obj
+def rounds_cancel(settings: Settings, round_id: int) -> None:
+    """Stop a queued or running round."""
+    with session_scope(_session_factory(settings)) as session:
+        round_ = rounds.cancel_round(session, round_id=round_id)
+        click.echo(f"round {round_id}: {round_.status.value}")
 
 
 if __name__ == "__main__":

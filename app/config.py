@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     """`/v1` requests one API key may start per minute (429 beyond)."""
     generation_interval_hours: float = Field(default=0.0, ge=0)
     """Generate candidates for prompts without open tasks this often; 0 switches it off."""
+    round_interval_hours: float = Field(default=0.0, ge=0)
+    """Start a training round this often (unless one is running); 0 switches it off."""
+    round_after_judgements: int = Field(default=0, ge=0)
+    """Start a training round once this many judgements arrived after the last round's
+    snapshot; 0 switches it off."""
+    round_algorithm: Literal["ppo", "rloo", "dpo"] = "ppo"
+    """The algorithm of scheduled rounds."""
+    round_preset: Literal["quick", "standard"] = "quick"
+    """The preset of scheduled rounds."""
 
     @model_validator(mode="after")
     def _secret_key_is_not_a_placeholder(self) -> Settings:
@@ -121,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
 
     @property
     def secret_key_file(self) -> Path:

@@ -294,7 +294,11 @@ def register_model_version(
     config: dict,
     parent: ModelVersion | None = None,
     metrics: dict | None = None,
+    snapshot_sha256: str | None = None,
+    rater_count: int | None = None,
+    round_id: int | None = None,
 ) -> ModelVersion:
+    """Register a stored model with its lineage: parent version, round, training snapshot."""
     if get_model_version(db, name=name) is not None:
         raise Conflict(f"Model version {name!r} already exists")
     version = ModelVersion(
@@ -303,12 +307,26 @@ def register_model_version(
         status=ModelStatus.READY,
         path=path,
         parent_id=parent.id if parent else None,
+        round_id=round_id,
+        snapshot_sha256=snapshot_sha256,
+        rater_count=rater_count,
         config=config,
         metrics=metrics or {},
     )
     db.add(version)
     db.flush()
     return version
+
+
+def roll_back(db: Session) -> ModelVersion:
+    """Stop serving the current promoted version: the one promoted before it (else `base`)
+    becomes `current` again."""
+    current = current_policy(db)
+    if current is None or current.promoted_at is None:
+        raise Conflict("Nothing to roll back: no promoted version is being served")
+    current.promoted_at = None
+    db.flush()
+    return current_policy(db)
 
 
 # --- rating guidelines ---------------------------------------------------------------------------

@@ -24,7 +24,13 @@ from app.schemas import GenerationRequest
 log = logging.getLogger(__name__)
 
 GENERATE_CANDIDATES = "generate_candidates"
-CELERY_TASKS = {GENERATE_CANDIDATES: "alignloop.generate_candidates"}
+TRAIN_REWARD_MODEL = "train_reward_model"
+TRAIN_SFT = "train_sft"
+CELERY_TASKS = {
+    GENERATE_CANDIDATES: "alignloop.generate_candidates",
+    TRAIN_REWARD_MODEL: "alignloop.train_reward_model",
+    TRAIN_SFT: "alignloop.train_sft",
+}
 """The Celery task that runs each kind of job (the contract between web and worker)."""
 
 LEASE = timedelta(minutes=2)

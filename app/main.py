@@ -20,6 +20,7 @@ from app.routes import (
     account,
     admin,
     auth,
+    export,
     feedback,
     generations,
     health,
@@ -28,6 +29,7 @@ from app.routes import (
     openai,
     playground,
     rate,
+    rounds,
     tasks,
     users,
 )
@@ -47,6 +49,8 @@ ROUTERS = (
     generations,
     models,
     feedback,
+    export,
+    rounds,
     openai,
 )
 

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.models import PromptSplit, Role
+from app.models import Algorithm, PromptSplit, Role
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGES = 64
@@ -217,6 +217,66 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
+# --- training rounds ---------------------------------------------------------------------------
+
+
+Scalar = int | float | bool | str | None
+
+
+class RoundRequest(InputModel):
+    """A training round to queue; `overrides` change the preset's settings, per section
+    (`snapshot`, `sft`, `reward_model`, `policy`, `evaluation`, `promotion`)."""
+
+    algorithm: Algorithm = Algorithm.PPO
+    preset: Literal["quick", "standard"] = "quick"
+    line: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "main"
+    overrides: dict[str, dict[str, Scalar]] = {}
+
+
+class RoundAccepted(BaseModel):
+    round_id: int
+
+
+class RoundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    line: str
+    algorithm: str
+    preset: str
+    status: str
+    stage: str
+    progress: float
+    config: dict
+    metrics: dict
+    timings: dict
+    error: str | None
+    snapshot_sha256: str | None
+    judgement_count: int | None
+    rater_count: int | None
+    parent_version_id: int | None
+    reward_model_version: str | None = None
+    policy_version: str | None = None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, round_: object) -> RoundOut:
+        out = cls.model_validate(round_)
+        out.reward_model_version = out.metrics.get("reward_model", {}).get("version")
+        out.policy_version = out.metrics.get("register", {}).get("version")
+        return out
+
+
+class MetricPoint(BaseModel):
+    stage: str
+    step: int
+    name: str
+    value: float
+
+
 # --- serving ---------------------------------------------------------------------------------
 
 
@@ -257,3 +317,15 @@ class ModelVersionOut(BaseModel):
     created_at: datetime
     promoted_at: datetime | None
     current: bool = False
+
+
+class TrainingRequest(InputModel):
+    """A reward model or an SFT policy trained from the collected data."""
+
+    kind: Literal["reward_model", "sft"]
+    base: Annotated[str, StringConstraints(max_length=100)] | None = None
+    """The policy version to start from; default: the current one."""
+    ties: Literal["skip", "half"] = "skip"
+    """Reward model only: leave tied responses out, or train on them as 0.5 targets."""
+    config: dict[str, int | float | bool] = {}
+    """Trainer settings (`RewardConfig` or `SFTConfig` fields) that differ from the defaults."""

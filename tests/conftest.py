@@ -156,6 +156,28 @@ def bundled_tokenizer_dir(tmp_path_factory) -> Path:
     return store.tokenizer_cache
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_tokenizer_dir) -> Path:
+    """The 3M-parameter `tiny-random` policy with the bundled tokenizer, saved once per session."""
+    from worker.model_store import ModelStore
+
+    store = ModelStore(make_settings(tmp_path_factory.mktemp("tiny")))
+    shutil.copytree(bundled_tokenizer_dir, store.tokenizer_cache)
+    model, tokenizer = store.load_source("tiny-random")
+    return store.save("base", model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir(tmp_path_factory) -> Path:
+    """The real default model (SmolLM2-135M-Instruct) converted from its GGUF file once per
+    test session (about 30 s), for the slow tests."""
+    from worker.model_store import ModelStore
+
+    store = ModelStore(make_settings(tmp_path_factory.mktemp("bundled")))
+    model, tokenizer = store.load_source("bundled")
+    return store.save("bundled", model, tokenizer)
+
+
 @pytest.fixture
 def model_settings(tmp_path, bundled_tokenizer_dir) -> Settings:
     """Settings whose model store already holds the converted tokenizer."""

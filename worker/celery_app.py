@@ -30,6 +30,7 @@ TRAIN_TIME_LIMIT_S = 24 * 60 * 60
 REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
 PURGE_INTERVAL_S = 60 * 60
 RECLAIM_INTERVAL_S = 60
+JUDGEMENT_CHECK_INTERVAL_S = 300
 # The in-memory transport polls its queues; kombu's default of 1 s adds that much latency.
 EMBEDDED_POLLING_INTERVAL_S = 0.1
 
@@ -55,6 +56,18 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
         schedule["generate-candidates"] = {
             "task": "alignloop.schedule_generation",
             "schedule": settings.generation_interval_hours * 3600,
+        }
+    if settings.round_interval_hours > 0:
+        schedule["start-round-on-interval"] = {
+            "task": "alignloop.schedule_round",
+            "schedule": settings.round_interval_hours * 3600,
+            "kwargs": {"reason": "interval"},
+        }
+    if settings.round_after_judgements > 0:
+        schedule["start-round-on-judgements"] = {
+            "task": "alignloop.schedule_round",
+            "schedule": JUDGEMENT_CHECK_INTERVAL_S,
+            "kwargs": {"reason": "judgements"},
         }
     return schedule
 
@@ -93,6 +106,9 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         beat_scheduler="celery.beat:Scheduler",
         task_routes={
             "alignloop.generate_candidates": {"queue": TRAIN_QUEUE},
+            "alignloop.train_reward_model": {"queue": TRAIN_QUEUE},
+            "alignloop.train_sft": {"queue": TRAIN_QUEUE},
+            "alignloop.round_stage": {"queue": TRAIN_QUEUE},
             "alignloop.infer": {"queue": INFERENCE_QUEUE},
         },
         beat_schedule=beat_schedule(settings),

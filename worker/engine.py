@@ -53,6 +53,9 @@ class Completion:
     completion_tokens: int
     first_token_at: float | None = None
     """`time.perf_counter()` when the first token was produced."""
+    token_ids: tuple[int, ...] = ()
+    """The sampled tokens, the end-of-turn token included when it ended the answer (what a
+    policy-gradient step scores)."""
 
 
 class Generation:
@@ -355,6 +358,7 @@ class GenerationEngine:
         """Record `token` for `row`; True when the row has finished."""
         sampling = row.generation.sampling
         if token in self.eos_ids:
+            row.tokens.append(token)  # decoding skips it; the token ids keep it
             self._complete(row, "stop", self._text(row))
             return True
         row.tokens.append(token)
@@ -390,6 +394,7 @@ class GenerationEngine:
                 prompt_tokens=len(generation.prompt_ids),
                 completion_tokens=row.generated,
                 first_token_at=row.first_token_at,
+                token_ids=tuple(row.tokens),
             )
         )
 

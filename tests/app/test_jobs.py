@@ -89,3 +89,27 @@ def test_lost_jobs_are_found_for_re_sending(db):
         dead_worker.id,
         healthy.id,
     }
+
+
+def test_admins_start_training_jobs_and_bad_requests_are_refused(client, db, admin, rater):
+    from app.models import ModelKind, ModelStatus, ModelVersion
+
+    db.add(ModelVersion(name="base", kind=ModelKind.POLICY, status=ModelStatus.READY, path="base"))
+    db.commit()
+    headers = api_key_for(db, admin)
+    accepted = client.post(
+        "/api/training-jobs",
+        json={"kind": "reward_model", "ties": "half", "config": {"epochs": 1}},
+        headers=headers,
+    )
+    assert accepted.status_code == 202
+    job = client.get(f"/api/jobs/{accepted.json()['job_id']}", headers=headers).json()
+    assert job["kind"] == "train_reward_model"
+    assert job["params"] == {"base": None, "ties": "half", "config": {"epochs": 1}}
+    post = lambda body, key=headers: client.post("/api/training-jobs", json=body, headers=key)  # noqa: E731
+    assert post({"kind": "ppo"}).status_code == 422
+    assert post({"kind": "sft", "base": "missing"}).status_code == 404
+    assert post({"kind": "sft", "config": {"epochs": "many"}}).status_code == 422
+    unknown = post({"kind": "reward_model", "config": {"epochz": 1}})
+    assert unknown.status_code == 422 and "epochz" in unknown.json()["detail"]
+    assert post({"kind": "sft"}, api_key_for(db, rater)).status_code == 403

@@ -1,0 +1,341 @@
+"""Training rounds in the database: starting, claiming, progress, cancelling, reclaiming.
+
+A round is a row; the broker only carries "run stage S of round N". A worker runs a stage only
+while it holds the round's lease in the database, so a message delivered twice does nothing
+the second time, and at most one round runs per model line however the broker behaves. A round
+whose worker died is found by its expired lease and failed with the reason, so no round is
+ever left running. Model folders are registered only by the last stage, after they are
+complete on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, chain
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import Algorithm, Judgement, Round, RoundMetric, RoundStage, RunStatus, User, utcnow
+from worker.training_config import (
+    DPOConfig,
+    PPOConfig,
+    RewardConfig,
+    RLOOConfig,
+    SFTConfig,
+    build_config,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES = (
+    RoundStage.SNAPSHOT,
+    RoundStage.SFT,
+    RoundStage.REWARD_MODEL,
+    RoundStage.POLICY,
+    RoundStage.EVALUATE,
+    RoundStage.REGISTER,
+)
+RUN_STAGE_TASK = "alignloop.round_stage"
+LEASE = timedelta(minutes=2)
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+REDISPATCH_AFTER = timedelta(minutes=30)
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # A whole round on SmolLM2-135M within about 15 minutes on 2 CPU cores.
+    "quick": {
+        "snapshot": {"ties": "skip"},
+        "sft": {"min_demonstrations": 16, "epochs": 1, "batch_size": 4, "max_length": 384},
+        "reward_model": {"epochs": 1, "batch_pairs": 8, "learning_rate": 3e-5, "max_length": 384},
+        "policy": {"steps": 6, "prompts_per_step": 8, "max_new_tokens": 48},
+        "evaluation": {"prompts": 8, "max_new_tokens": 48, "ab_prompts": 8},
+        "promotion": {"auto": False, "min_win_rate": 0.55, "max_kl": 20.0},
+    },
+    # A GPU worker: more of everything.
+    "standard": {
+        "snapshot": {"ties": "skip"},
+        "sft": {"min_demonstrations": 64, "epochs": 2, "batch_size": 8},
+        "reward_model": {"epochs": 2, "batch_pairs": 16, "learning_rate": 1e-5},
+        "policy": {"steps": 100, "prompts_per_step": 32, "max_new_tokens": 256},
+        "evaluation": {"prompts": 64, "max_new_tokens": 256, "ab_prompts": 32},
+        "promotion": {"auto": False, "min_win_rate": 0.55, "max_kl": 20.0},
+    },
+}
+POLICY_DEFAULTS = {
+    Algorithm.PPO: {},
+    Algorithm.RLOO: {"samples_per_prompt": 2},
+}
+PLAIN_SECTIONS = {
+    "snapshot": {"ties", "up_to_judgement_id"},
+    "evaluation": {"prompts", "max_new_tokens", "ab_prompts"},
+    "promotion": {"auto", "min_win_rate", "max_kl"},
+}
+"""Sections read by the round itself; the others configure a trainer (`trainer_config`)."""
+
+
+def trainer_config(section: str, algorithm: Algorithm) -> type:
+    """The settings class a trainer section configures."""
+    if section == "sft":
+        return SFTConfig
+    if section == "reward_model":
+        return RewardConfig
+    return {Algorithm.PPO: PPOConfig, Algorithm.RLOO: RLOOConfig, Algorithm.DPO: DPOConfig}[
+        algorithm
+    ]
+
+
+def round_config(
+    algorithm: Algorithm, preset: str, overrides: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The preset's settings with the admin's overrides, section by section; unknown
+    sections or settings are refused."""
+    if preset not in PRESETS:
+        raise InvalidInput(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    unknown = set(overrides) - set(PRESETS[preset])
+    if unknown:
+        raise InvalidInput(f"Unknown override sections: {sorted(unknown)}")
+    config = {section: dict(values) for section, values in PRESETS[preset].items()}
+    if algorithm == Algorithm.DPO:  # offline: no sampling settings
+        config["policy"] = {"epochs": 1, "batch_pairs": 8}
+    else:
+        config["policy"] |= POLICY_DEFAULTS[algorithm]
+    for section, values in overrides.items():
+        config[section] |= values
+    for section, values in config.items():
+        if section in PLAIN_SECTIONS:
+            if extra := sorted(set(values) - PLAIN_SECTIONS[section]):
+                raise InvalidInput(f"Unknown {section} settings: {extra}")
+        else:
+            own = {key: value for key, value in values.items() if key != "min_demonstrations"}
+            build_config(trainer_config(section, algorithm), own)
+    return config
+
+
+def start_round(
+    db: Session,
+    *,
+    algorithm: Algorithm,
+    preset: str,
+    overrides: dict[str, dict[str, Any]],
+    created_by: User | None,
+    line: str = "main",
+) -> Round:
+    """Queue a round; a line that already has a queued or running round refuses with 409."""
+    config = round_config(algorithm, preset, overrides)
+    if active_round(db, line=line) is not None:
+        raise Conflict(f"A round is already queued or running on line {line!r}")
+    round_ = Round(
+        line=line,
+        algorithm=algorithm,
+        preset=preset,
+        config=config,
+        created_by_id=created_by.id if created_by else None,
+    )
+    db.add(round_)
+    db.flush()
+    return round_
+
+
+def judgements_since_last_round(db: Session, *, line: str = "main") -> int:
+    """Judgements newer than the last snapshot a round of `line` took."""
+    cutoffs = db.scalars(
+        select(Round.config).where(Round.line == line, Round.snapshot_sha256.is_not(None))
+    )
+    last = max((config["snapshot"].get("up_to_judgement_id", 0) for config in cutoffs), default=0)
+    return db.scalar(select(func.count()).select_from(Judgement).where(Judgement.id > last))
+
+
+def active_round(db: Session, *, line: str) -> Round | None:
+    return db.scalar(select(Round).where(Round.line == line, Round.status.in_(ACTIVE)).limit(1))
+
+
+def dispatch(celery: Celery, round_id: int, *, from_stage: RoundStage = STAGES[0]) -> bool:
+    """Send the round's chain of stages (from `from_stage` on); call after the round's row is
+    committed. With the broker down the round stays waiting and is re-sent later."""
+    start = STAGES.index(from_stage) if from_stage in STAGES else 0
+    stages = [
+        celery.signature(RUN_STAGE_TASK, args=(round_id, stage.value), immutable=True)
+        for stage in STAGES[start:]
+    ]
+    try:
+        chain(*stages).apply_async()
+    except BrokerUnavailable as exc:
+        log.warning("round %s not sent, the broker is unavailable (%s)", round_id, exc)
+        return False
+    return True
+
+
+def send(db: Session, celery: Celery, round_id: int) -> None:
+    """Dispatch a committed round, and note in the database that its message is on its way
+    (so reclaim leaves it alone for a while)."""
+    if dispatch(celery, round_id):
+        _mark_sent(db, round_id)
+        db.commit()
+
+
+def _mark_sent(db: Session, round_id: int) -> None:
+    db.execute(
+        update(Round)
+        .where(Round.id == round_id, Round.lease_owner.is_(None))
+        .values(lease_expires_at=utcnow() + REDISPATCH_AFTER)
+    )
+
+
+def get_round(db: Session, round_id: int) -> Round:
+    round_ = db.get(Round, round_id)
+    if round_ is None:
+        raise NotFound("No round has this id")
+    return round_
+
+
+def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -> Round | None:
+    """Take the round's lease to run `stage`: None when the round is not waiting for that
+    stage, is finished or cancelled, or a live worker holds it. One compare-and-set update."""
+    now = utcnow()
+    waiting_for = [stage, RoundStage.PENDING] if stage == STAGES[0] else [stage]
+    claimed = db.execute(
+        update(Round)
+        .where(
+            Round.id == round_id,
+            Round.status.in_(ACTIVE),
+            Round.cancel_requested.is_(False),
+            Round.stage.in_(waiting_for),
+            or_(Round.lease_owner.is_(None), Round.lease_expires_at < now),
+        )
+        .values(
+            status=RunStatus.RUNNING,
+            stage=stage,
+            progress=0.0,
+            lease_owner=worker,
+            lease_expires_at=now + LEASE,
+            attempts=Round.attempts + 1,
+        )
+        .returning(Round.id)
+    ).first()
+    if claimed is None:
+        return None
+    round_ = db.get(Round, round_id)
+    db.refresh(round_)
+    round_.started_at = round_.started_at or now
+    return round_
+
+
+def renew_lease(db: Session, *, round_id: int, worker: str, progress: float) -> bool:
+    """Extend the lease; False when the worker no longer holds it or a cancel was asked."""
+    renewed = db.execute(
+        update(Round)
+        .where(
+            Round.id == round_id,
+            Round.lease_owner == worker,
+            Round.status == RunStatus.RUNNING,
+            Round.cancel_requested.is_(False),
+        )
+        .values(lease_expires_at=utcnow() + LEASE, progress=progress)
+        .returning(Round.id)
+    ).first()
+    return renewed is not None
+
+
+def complete_stage(
+    db: Session, *, round_id: int, worker: str, seconds: float, **fields: Any
+) -> Round | None:
+    """Record the finished stage (its time, and `fields` such as the snapshot hash), move the
+    round on to the next stage, and give up the lease. None if the lease was lost meanwhile."""
+    round_ = db.get(Round, round_id, with_for_update=True, populate_existing=True)
+    if round_ is None or round_.lease_owner != worker or round_.status != RunStatus.RUNNING:
+        return None
+    index = STAGES.index(round_.stage)
+    round_.timings = {**round_.timings, round_.stage.value: round(seconds, 2)}
+    for name, value in fields.items():
+        setattr(round_, name, value)
+    round_.lease_owner = None
+    round_.lease_expires_at = utcnow() + REDISPATCH_AFTER  # the next stage's message is due
+    round_.progress = 0.0
+    if round_.cancel_requested:
+        round_.status, round_.error = RunStatus.CANCELLED, "cancelled by an admin"
+        round_.finished_at = utcnow()
+    elif index + 1 < len(STAGES):
+        round_.stage = STAGES[index + 1]
+    else:
+        round_.stage, round_.status = RoundStage.DONE, RunStatus.SUCCEEDED
+        round_.progress, round_.finished_at = 1.0, utcnow()
+    return round_
+
+
+def record_points(
+    db: Session, *, round_id: int, stage: RoundStage, step: int, values: dict[str, float]
+) -> None:
+    """One step of a training curve: a `round_metrics` row per finite number."""
+    db.add_all(
+        RoundMetric(round_id=round_id, stage=stage, step=step, name=name, value=float(value))
+        for name, value in values.items()
+        if isinstance(value, int | float) and value == value and abs(value) != float("inf")
+    )
+
+
+def fail_round(
+    db: Session, *, round_id: int, error: str, status: RunStatus = RunStatus.FAILED
+) -> None:
+    """End an active round with `error`; a finished round is left as it is."""
+    db.execute(
+        update(Round)
+        .where(Round.id == round_id, Round.status.in_(ACTIVE))
+        .values(
+            status=status,
+            error=error[:2000],
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=utcnow(),
+        )
+    )
+
+
+def cancel_round(db: Session, *, round_id: int) -> Round:
+    """Ask a round to stop: a queued one (or one between stages) ends at once, a running
+    stage stops at its next heartbeat."""
+    round_ = get_round(db, round_id)
+    if round_.status not in ACTIVE:
+        raise Conflict(f"Round {round_id} has already ended ({round_.status.value})")
+    round_.cancel_requested = True
+    if round_.lease_owner is None:
+        fail_round(db, round_id=round_id, error="cancelled by an admin", status=RunStatus.CANCELLED)
+        db.refresh(round_)
+    return round_
+
+
+def fail_lost_rounds(db: Session, *, after_restart: bool = False) -> int:
+    """Fail running rounds whose worker died inside a stage (its lease expired; after a
+    restart of the embedded default, any stage that was running), naming the stage."""
+    condition = (Round.status == RunStatus.RUNNING) & Round.lease_owner.is_not(None)
+    if not after_restart:
+        condition &= Round.lease_expires_at < utcnow()
+    lost = list(db.scalars(select(Round).where(condition)))
+    for round_ in lost:
+        fail_round(
+            db,
+            round_id=round_.id,
+            error=f"{round_.stage.value}: the worker ({round_.lease_owner}) stopped during this "
+            "stage; start a new round",
+        )
+    return len(lost)
+
+
+def rounds_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Round]:
+    """Rounds waiting for a stage whose message may be lost: never sent, or waiting (queued,
+    or between two stages) longer than `REDISPATCH_AFTER`; after a restart of the embedded
+    default, all of them.
+    Re-sending is safe: a stage runs only for the worker that claims it."""
+    now = utcnow()
+    waiting = (
+        Round.status.in_(ACTIVE) & Round.lease_owner.is_(None) & Round.cancel_requested.is_(False)
+    )
+    if not after_restart:  # never sent (None), or sent long ago and not taken up
+        waiting &= or_(Round.lease_expires_at.is_(None), Round.lease_expires_at < now)
+    found = list(db.scalars(select(Round).where(waiting).order_by(Round.id)))
+    for round_ in found:
+        round_.lease_expires_at = now + REDISPATCH_AFTER
+    return found

@@ -1,0 +1,35 @@
+"""`/api/export/preferences`: the collected preferences as a JSON Lines download (admins)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from app.deps import AdminUser, DbSession, SettingsDep
+from app.export import FORMATS, export_lines
+
+router = APIRouter(prefix="/api/export", tags=["export"])
+
+
+@router.get("/preferences")
+def export_preferences(
+    db: DbSession,
+    settings: SettingsDep,
+    admin: AdminUser,
+    file_format: Annotated[
+        str, Query(alias="format", description=f"one of {', '.join(FORMATS)}")
+    ] = "trl",
+    round_id: Annotated[int | None, Query(alias="round", ge=1)] = None,
+) -> StreamingResponse:
+    """Streamed; with `round`, exactly the data that round trained on."""
+    lines = export_lines(
+        db, file_format=file_format, round_id=round_id, snapshots_dir=settings.snapshots_dir
+    )
+    name = f"alignloop-{file_format}{f'-round-{round_id}' if round_id else ''}.jsonl"
+    return StreamingResponse(
+        lines,
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

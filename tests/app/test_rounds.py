@@ -1,0 +1,187 @@
+"""Training rounds in the database: the API, one round per line, stage leases, reclaiming."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from app import rounds
+from app.errors import InvalidInput
+from app.models import Algorithm, Round, RoundStage, RunStatus, utcnow
+from tests.helpers import api_key_for
+
+
+def test_admins_start_follow_and_cancel_a_round(client, db, admin):
+    headers = api_key_for(db, admin)
+    accepted = client.post(
+        "/api/rounds",
+        json={"algorithm": "rloo", "overrides": {"policy": {"steps": 2}}},
+        headers=headers,
+    )
+    assert accepted.status_code == 202
+    round_id = accepted.json()["round_id"]
+    shown = client.get(f"/api/rounds/{round_id}", headers=headers).json()
+    assert shown["status"] == "queued" and shown["stage"] == "pending"
+    assert shown["algorithm"] == "rloo" and shown["preset"] == "quick"
+    assert shown["config"]["policy"]["steps"] == 2
+    assert shown["config"]["policy"]["samples_per_prompt"] == 2  # RLOO's own default
+    assert [r["id"] for r in client.get("/api/rounds", headers=headers).json()] == [round_id]
+    busy = client.post("/api/rounds", json={}, headers=headers)
+    assert busy.status_code == 409 and "already queued or running" in busy.json()["detail"]
+    other_line = client.post("/api/rounds", json={"line": "experiment"}, headers=headers)
+    assert other_line.status_code == 202
+    cancelled = client.post(f"/api/rounds/{round_id}/cancel", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert client.post(f"/api/rounds/{round_id}/cancel", headers=headers).status_code == 409
+    assert client.post("/api/rounds", json={}, headers=headers).status_code == 202
+
+
+def test_bad_round_requests_are_refused(client, db, admin, rater):
+    headers = api_key_for(db, admin)
+    post = lambda body: client.post("/api/rounds", json=body, headers=headers)  # noqa: E731
+    assert post({"algorithm": "a2c"}).status_code == 422
+    assert post({"preset": "huge"}).status_code == 422
+    unknown_section = post({"overrides": {"optimiser": {"lr": 1}}})
+    assert unknown_section.status_code == 422 and "optimiser" in unknown_section.json()["detail"]
+    unknown_setting = post({"algorithm": "dpo", "overrides": {"policy": {"steps": 3}}})
+    assert unknown_setting.status_code == 422 and "steps" in unknown_setting.json()["detail"]
+    assert post({"overrides": {"promotion": {"sometimes": True}}}).status_code == 422
+    assert client.get("/api/rounds/999", headers=headers).status_code == 404
+    assert client.get("/api/rounds/999/metrics", headers=headers).status_code == 404
+    assert client.post("/api/rounds", json={}, headers=api_key_for(db, rater)).status_code == 403
+
+
+def test_the_config_is_the_preset_with_the_overrides():
+    config = rounds.round_config(
+        Algorithm.PPO, "quick", {"reward_model": {"epochs": 3}, "promotion": {"auto": True}}
+    )
+    assert config["reward_model"]["epochs"] == 3
+    assert (
+        config["reward_model"]["batch_pairs"]
+        == rounds.PRESETS["quick"]["reward_model"]["batch_pairs"]
+    )
+    assert config["promotion"]["auto"] is True
+    assert "samples_per_prompt" not in config["policy"]
+    assert rounds.round_config(Algorithm.DPO, "quick", {})["policy"] == {
+        "epochs": 1,
+        "batch_pairs": 8,
+    }
+    with pytest.raises(InvalidInput, match="ppo_epochs"):
+        rounds.round_config(Algorithm.RLOO, "quick", {"policy": {"ppo_epochs": 2}})
+
+
+def queued(db, **fields) -> Round:
+    round_ = rounds.start_round(
+        db, algorithm=Algorithm.PPO, preset="quick", overrides={}, created_by=None, **fields
+    )
+    db.commit()
+    return round_
+
+
+def test_a_stage_runs_once_in_order_under_a_lease(db):
+    round_ = queued(db)
+    claim = lambda stage, worker="w1": rounds.claim_stage(  # noqa: E731
+        db, round_id=round_.id, stage=stage, worker=worker
+    )
+    assert claim(RoundStage.SFT) is None  # not its turn
+    assert claim(RoundStage.SNAPSHOT).status == RunStatus.RUNNING
+    assert claim(RoundStage.SNAPSHOT, "w2") is None  # a duplicate delivery: held
+    assert rounds.renew_lease(db, round_id=round_.id, worker="w1", progress=0.5)
+    assert not rounds.renew_lease(db, round_id=round_.id, worker="w2", progress=0.5)
+    assert rounds.complete_stage(db, round_id=round_.id, worker="w2", seconds=1) is None
+    done = rounds.complete_stage(
+        db, round_id=round_.id, worker="w1", seconds=1.234, snapshot_sha256="ab" * 32
+    )
+    assert done.stage == RoundStage.SFT and done.lease_owner is None
+    assert done.timings == {"snapshot": 1.23} and done.snapshot_sha256 == "ab" * 32
+    assert claim(RoundStage.SNAPSHOT) is None  # a late duplicate of a finished stage
+    assert claim(RoundStage.SFT, "w2").lease_owner == "w2"
+    db.commit()
+    for stage in rounds.STAGES[1:]:
+        claim(stage, "w2")
+        rounds.complete_stage(db, round_id=round_.id, worker="w2", seconds=0)
+    db.flush()
+    db.refresh(round_)
+    assert round_.status == RunStatus.SUCCEEDED and round_.stage == RoundStage.DONE
+
+
+def test_a_cancel_stops_the_running_stage_at_its_next_heartbeat(db):
+    round_ = queued(db)
+    rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
+    assert rounds.cancel_round(db, round_id=round_.id).status == RunStatus.RUNNING
+    assert not rounds.renew_lease(db, round_id=round_.id, worker="w1", progress=0.1)
+    rounds.complete_stage(db, round_id=round_.id, worker="w1", seconds=1)
+    db.flush()
+    db.refresh(round_)
+    assert round_.status == RunStatus.CANCELLED
+
+
+def test_a_dead_worker_fails_its_round_with_the_stage_named(db):
+    round_ = queued(db)
+    rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
+    assert rounds.fail_lost_rounds(db) == 0  # the lease is alive
+    round_.lease_expires_at = utcnow() - timedelta(seconds=1)
+    db.flush()
+    assert rounds.fail_lost_rounds(db) == 1
+    db.refresh(round_)
+    assert round_.status == RunStatus.FAILED and round_.error.startswith("snapshot: the worker")
+    assert rounds.active_round(db, line="main") is None
+
+
+def test_rounds_whose_message_was_lost_are_sent_again(db):
+    never_sent = queued(db)
+    assert [r.id for r in rounds.rounds_to_redispatch(db)] == [never_sent.id]
+    assert rounds.rounds_to_redispatch(db) == []  # marked as sent
+    between = queued(db, line="other")
+    rounds.claim_stage(db, round_id=between.id, stage=RoundStage.SNAPSHOT, worker="w1")
+    rounds.complete_stage(db, round_id=between.id, worker="w1", seconds=1)
+    assert rounds.rounds_to_redispatch(db) == []  # the next stage's message is on its way
+    between.lease_expires_at = utcnow() - timedelta(seconds=1)
+    db.flush()
+    assert [r.id for r in rounds.rounds_to_redispatch(db)] == [between.id]
+    assert {r.id for r in rounds.rounds_to_redispatch(db, after_restart=True)} == {
+        never_sent.id,
+        between.id,
+    }
+
+
+def test_curve_points_skip_values_that_are_not_finite_numbers(db):
+    round_ = queued(db)
+    rounds.record_points(
+        db,
+        round_id=round_.id,
+        stage=RoundStage.POLICY,
+        step=1,
+        values={"reward": 0.5, "kl": float("nan"), "note": "text", "steps": 3},
+    )
+    db.flush()
+    assert sorted((p.name, p.value) for p in db.query(rounds.RoundMetric)) == [
+        ("reward", 0.5),
+        ("steps", 3.0),
+    ]
+
+
+def test_promotion_and_rollback_switch_the_current_version(client, db, admin):
+    from app.models import ModelKind, ModelStatus, ModelVersion
+
+    versions = {
+        name: ModelVersion(name=name, kind=ModelKind.POLICY, status=ModelStatus.READY, path=name)
+        for name in ("base", "round-1", "round-2")
+    }
+    db.add_all(versions.values())
+    db.commit()
+    headers = api_key_for(db, admin)
+
+    def current() -> str:
+        listed = client.get("/api/models", headers=headers).json()
+        return next(version["name"] for version in listed if version["current"])
+
+    assert client.post("/api/models/rollback", headers=headers).status_code == 409
+    for name in ("round-1", "round-2"):
+        promoted = client.post(f"/api/models/{versions[name].id}/promote", headers=headers)
+        assert promoted.status_code == 200
+    assert current() == "round-2"
+    assert client.post("/api/models/rollback", headers=headers).json()["name"] == "round-1"
+    assert client.post("/api/models/rollback", headers=headers).json()["name"] == "base"
+    assert current() == "base"

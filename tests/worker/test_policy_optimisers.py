@@ -1,0 +1,124 @@
+"""PPO, RLOO and DPO on the tiny model: the layout is right, losses are finite, weights move."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from app.preferences import Pair
+from worker.dpo import train_dpo
+from worker.policy import Policy, answer_logprobs, answer_values
+from worker.ppo import train_ppo
+from worker.reward_model import RewardReport, load_reward_model, save_reward_model
+from worker.rl_math import token_logprobs
+from worker.rloo import train_rloo
+from worker.training_config import DPOConfig, PolicyConfig, PPOConfig, RLOOConfig
+
+PROMPTS = [
+    [{"role": "user", "content": f"Tell me something about the number {n}."}] for n in range(6)
+]
+SMALL = {"max_new_tokens": 8, "device": "cpu", "learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model_dir, tmp_path_factory):
+    """A reward model with a fresh head on the tiny policy: arbitrary but fixed rewards."""
+    torch.manual_seed(0)
+    model, tokenizer = load_reward_model(tiny_model_dir, torch.device("cpu"))
+    report = RewardReport(train_pairs=0, eval_pairs=0, reward_mean=0.1, reward_std=2.0)
+    return save_reward_model(model, tokenizer, report, tmp_path_factory.mktemp("rm") / "rm")
+
+
+def parameters(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.named_parameters()}
+
+
+def unchanged(before: dict[str, torch.Tensor], model) -> list[str]:
+    return [
+        name
+        for name, tensor in model.named_parameters()
+        if tensor.requires_grad and torch.equal(before[name], tensor.detach())
+    ]
+
+
+def test_answer_logprobs_and_values_read_the_right_columns(tiny_model_dir, tiny_reward_model):
+    policy = Policy(tiny_model_dir, PolicyConfig(**SMALL))
+    try:
+        rollout = policy.rollout(PROMPTS[:3], samples=2, seed=1)
+    finally:
+        policy.close()
+    assert len(rollout) == 6 and rollout.conversation == [0, 0, 1, 1, 2, 2]
+    batched, _ = answer_logprobs(policy.model, rollout)
+    for row in range(len(rollout)):  # each row alone, unpadded, as one plain sequence
+        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row].bool()]
+        answer = rollout.response_ids[row][rollout.response_mask[row].bool()]
+        logits = policy.model(torch.cat([prompt, answer]).unsqueeze(0)).logits[0]
+        expected = token_logprobs(logits[len(prompt) - 1 : -1], answer)
+        torch.testing.assert_close(batched[row, : len(answer)], expected, atol=1e-4, rtol=0)
+    critic, _ = load_reward_model(tiny_reward_model, torch.device("cpu"))
+    values = answer_values(critic, rollout)
+    assert values.shape == rollout.response_ids.shape and torch.isfinite(values).all()
+
+
+def test_ppo_updates_policy_and_critic_and_records_kl(tiny_model_dir, tiny_reward_model):
+    config = PPOConfig(**SMALL, steps=2, prompts_per_step=4, minibatch_size=2, ppo_epochs=2)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy, curve = train_ppo(PROMPTS, tiny_model_dir, tiny_reward_model, config)
+    assert [point["step"] for point in curve] == [1, 2]
+    for point in curve:
+        for name in ("reward", "kl", "entropy", "policy_loss", "value_loss", "clip_fraction"):
+            assert math.isfinite(point[name]), name
+    assert curve[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference
+    assert curve[1]["kl"] != pytest.approx(0.0, abs=1e-4)
+    assert unchanged(parameters(start), policy.model) == []
+
+
+def test_rloo_updates_the_policy_and_records_kl(tiny_model_dir, tiny_reward_model):
+    config = RLOOConfig(**SMALL, steps=2, prompts_per_step=3, samples_per_prompt=2)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy, curve = train_rloo(PROMPTS, tiny_model_dir, tiny_reward_model, config)
+    assert all(math.isfinite(point["policy_loss"]) for point in curve)
+    assert curve[1]["kl"] != pytest.approx(0.0, abs=1e-6) and curve[1]["generated_tokens"] > 0
+    assert unchanged(parameters(start), policy.model) == []
+
+
+def dpo_pairs() -> list[Pair]:
+    return [
+        Pair(
+            prompt_id=index,
+            messages=prompt,
+            chosen_id=2 * index,
+            chosen="A kind and careful answer.",
+            rejected_id=2 * index + 1,
+            rejected="Go away.",
+            group=f"g{index}",
+        )
+        for index, prompt in enumerate(PROMPTS)
+    ]
+
+
+def test_dpo_learns_to_prefer_the_chosen_answers(tiny_model_dir):
+    config = DPOConfig(**{**SMALL, "learning_rate": 1e-2}, epochs=3, batch_pairs=3)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy, curve = train_dpo(dpo_pairs(), tiny_model_dir, config)
+    assert all(math.isfinite(point["loss"]) for point in curve)
+    assert curve[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference
+    assert curve[-1]["loss"] < curve[0]["loss"] and curve[-1]["reward_margin"] > 0
+    assert unchanged(parameters(start), policy.model) == []
+
+
+def test_lora_keeps_one_copy_and_its_reference_is_the_base(tiny_model_dir, tiny_reward_model):
+    config = RLOOConfig(**SMALL, steps=2, prompts_per_step=2, lora=True, lora_rank=4)
+    policy, curve = train_rloo(PROMPTS, tiny_model_dir, tiny_reward_model, config)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad(), policy.reference() as reference:
+        torch.testing.assert_close(reference(ids).logits, base(ids).logits)
+    trainable = [name for name, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    with torch.no_grad():
+        assert not torch.allclose(policy.merged()(ids).logits, base(ids).logits)
+    assert curve[-1]["kl"] != pytest.approx(0.0, abs=1e-6)

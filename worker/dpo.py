@@ -1,0 +1,127 @@
+"""DPO (Rafailov et al. 2023): the policy learns straight from a snapshot's pairs, offline.
+
+No reward model and no sampling: the loss raises the policy's log-likelihood ratio (against
+the reference) of the chosen answer over the rejected one. The reference's log-probabilities
+are computed once, before training, and each prompt and answer is encoded once. Ties (0.5
+targets) say nothing about which answer to prefer and are left out; rater trust weighs pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from app.preferences import Pair
+from worker.data import PreferenceBatch, PreferenceBatcher
+from worker.policy import Policy, Rollout, StepCallback, answer_logprobs
+from worker.rl_math import dpo_loss
+from worker.training_config import DPOConfig
+
+
+def train_dpo(
+    pairs: Sequence[Pair],
+    base: str | Path,
+    config: DPOConfig,
+    *,
+    on_step: StepCallback | None = None,
+) -> tuple[Policy, list[dict[str, float]]]:
+    """Optimise the policy on the strict `train` pairs; the policy and its curve."""
+    train = [pair for pair in pairs if pair.split == "train" and pair.target == 1.0]
+    if not train:
+        raise ValueError("no strict training pairs for DPO")
+    policy = Policy(base, config)
+    try:
+        batcher = PreferenceBatcher(train, policy.tokenizer, max_length=config.max_length)
+        reference = _reference_logps(policy, batcher, config)
+        optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=config.learning_rate)
+        curve: list[dict[str, float]] = []
+        for epoch in range(config.epochs):
+            for batch in batcher.batches(
+                config.batch_pairs, shuffle=True, seed=config.seed + epoch
+            ):
+                started = time.perf_counter()
+                policy.model.train()
+                chosen, rejected = _pair_logps(policy.model, policy, batch)
+                ref_chosen, ref_rejected = (
+                    torch.stack([reference[key] for key in keys]) for keys in _pair_keys(batch)
+                )
+                result = dpo_loss(
+                    chosen,
+                    rejected,
+                    ref_chosen,
+                    ref_rejected,
+                    beta=config.beta,
+                    label_smoothing=config.label_smoothing,
+                    weight=torch.tensor(batch.weight, device=policy.device),
+                )
+                result.loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                metrics = {
+                    "step": len(curve) + 1,
+                    "loss": result.loss.item(),
+                    "accuracy": result.accuracy,
+                    "reward_margin": (result.chosen_reward - result.rejected_reward).mean().item(),
+                    "kl": ((chosen - ref_chosen) + (rejected - ref_rejected)).mean().item() / 2,
+                    "seconds": time.perf_counter() - started,
+                }
+                curve.append(metrics)
+                if on_step is not None:
+                    on_step(metrics)
+    finally:
+        policy.close()
+    return policy, curve
+
+
+def _rollout(policy: Policy, batch: PreferenceBatch) -> Rollout:
+    """The batch's distinct answers, each after its prompt, in the policy's layout."""
+    return Rollout.from_tokens(
+        [batch.prompt_ids[index] for index in batch.response_prompt],
+        batch.response_ids,
+        pad_id=policy.pad_id,
+        device=policy.device,
+    )
+
+
+def _answer_logps(model, policy: Policy, batch: PreferenceBatch) -> torch.Tensor:
+    """Summed log-probability of each distinct answer of the batch."""
+    rollout = _rollout(policy, batch)
+    logprobs, _ = answer_logprobs(model, rollout)
+    return (logprobs * rollout.response_mask).sum(1)
+
+
+def _pair_logps(model, policy: Policy, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    answers = _answer_logps(model, policy, batch)
+    return answers[batch.chosen], answers[batch.rejected]
+
+
+def _pair_keys(batch: PreferenceBatch) -> tuple[list[tuple], list[tuple]]:
+    """A stable key for each pair's chosen and rejected answer (prompt and answer tokens)."""
+    keys = [
+        (tuple(batch.prompt_ids[batch.response_prompt[index]]), tuple(answer))
+        for index, answer in enumerate(batch.response_ids)
+    ]
+    return [keys[index] for index in batch.chosen], [keys[index] for index in batch.rejected]
+
+
+@torch.no_grad()
+def _reference_logps(
+    policy: Policy, batcher: PreferenceBatcher, config: DPOConfig
+) -> dict[tuple, torch.Tensor]:
+    """The reference's summed log-probability of every answer, once, keyed by tokens."""
+    table: dict[tuple, torch.Tensor] = {}
+    with policy.reference() as reference:
+        reference.eval()
+        for batch in batcher.batches(config.batch_pairs, shuffle=False):
+            answers = _answer_logps(reference, policy, batch)
+            chosen_keys, rejected_keys = _pair_keys(batch)
+            for keys, values in (
+                (chosen_keys, answers[batch.chosen]),
+                (rejected_keys, answers[batch.rejected]),
+            ):
+                table.update(zip(keys, values, strict=True))
+    return table

@@ -1,0 +1,259 @@
+"""The policy under optimisation: loading it with its frozen reference, rollouts through the
+generation engine, and per-token log-probabilities and values of the answers it wrote.
+
+Shared by PPO, RLOO and DPO. Sequences use one layout throughout, the engine's: prompts
+left-padded to a common width P, answers right-padded to a common width L, so that the logits
+that predict answer tokens are always the columns P-1 .. P+L-2, whatever the row.
+
+With LoRA the reference is the same model with its adapters switched off, so the weights are
+held once; with full fine-tuning the reference is a frozen copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from worker.data import Messages, pad_rows
+from worker.engine import GenerationEngine, Sampling
+from worker.model_store import atomic_directory, resolve_device, with_lora
+from worker.reward_model import autocast, model_parts
+from worker.rl_math import entropy, token_logprobs
+from worker.training_config import PolicyConfig
+
+StepCallback = Callable[[dict[str, float]], None]
+"""Hears each optimisation step's metrics."""
+
+
+@dataclass
+class Rollout:
+    """Answers sampled from the policy, as token tensors in the shared layout."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor  # (B, L) right-padded, end-of-turn token included when sampled
+    response_mask: torch.Tensor
+    texts: list[str]
+    conversation: list[int]
+    """Index of the conversation each row answers."""
+    ended: torch.Tensor
+    """(B,) bool: the answer ended by itself rather than at the token limit."""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def rows(self, index: torch.Tensor) -> Rollout:
+        """The rollout restricted to rows `index`."""
+        picked = index.tolist()
+        return Rollout(
+            self.prompt_ids[index],
+            self.prompt_mask[index],
+            self.response_ids[index],
+            self.response_mask[index],
+            [self.texts[i] for i in picked],
+            [self.conversation[i] for i in picked],
+            self.ended[index],
+        )
+
+    @classmethod
+    def from_tokens(
+        cls,
+        prompts: Sequence[list[int]],
+        responses: Sequence[list[int]],
+        *,
+        pad_id: int,
+        device: torch.device,
+        texts: Sequence[str] | None = None,
+        conversation: Sequence[int] | None = None,
+        ended: Sequence[bool] | None = None,
+    ) -> Rollout:
+        prompt_ids, prompt_mask = pad_rows(list(prompts), pad_id, left=True)
+        response_ids, response_mask = pad_rows(
+            [list(r) or [pad_id] for r in responses], pad_id, left=False
+        )
+        for row, response in enumerate(responses):
+            response_mask[row, len(response) :] = 0  # an empty answer keeps one masked slot
+        return cls(
+            prompt_ids.to(device),
+            prompt_mask.to(device),
+            response_ids.to(device),
+            response_mask.to(device),
+            list(texts or [""] * len(prompts)),
+            list(conversation if conversation is not None else range(len(prompts))),
+            torch.tensor(list(ended or [True] * len(prompts)), device=device),
+        )
+
+
+class Policy:
+    """The model being optimised, its reference, and the engine that samples from it."""
+
+    def __init__(self, base: str | Path, config: PolicyConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self.device)
+        model.generation_config.pad_token_id = self.pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        if config.lora:
+            self.model = with_lora(model, task_type="CAUSAL_LM", rank=config.lora_rank)
+            self._frozen_reference = None
+        else:
+            self.model = model
+            self._frozen_reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.engine = GenerationEngine(self.model, self.tokenizer, name="policy")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+
+    @contextmanager
+    def reference(self) -> Iterator[PreTrainedModel]:
+        """The frozen reference policy (the LoRA model with its adapters off)."""
+        if self._frozen_reference is not None:
+            yield self._frozen_reference
+            return
+        with self.model.disable_adapter():
+            yield self.model
+
+    def rollout(self, conversations: Sequence[Messages], *, samples: int, seed: int) -> Rollout:
+        """`samples` answers per conversation from the current weights, batched by the engine."""
+        self.model.eval()
+        sampling = Sampling(
+            max_new_tokens=self.config.max_new_tokens,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            seed=seed,
+        )
+        prompts = [
+            self.engine.encode_chat(conversation)[-self.config.max_prompt_tokens :]
+            for conversation in conversations
+        ]
+        return sample_answers(self.engine, prompts, sampling, samples=samples)
+
+    def close(self) -> None:
+        self.engine.close(drain=False)
+
+    def merged(self) -> PreTrainedModel:
+        """The trained policy as a plain model (LoRA adapters merged in)."""
+        return self.model.merge_and_unload() if self.config.lora else self.model
+
+    def save(self, path: Path) -> Path:
+        with atomic_directory(path) as tmp:
+            self.merged().save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+        return path
+
+
+def sample_answers(
+    engine: GenerationEngine, prompts: Sequence[list[int]], sampling: Sampling, *, samples: int
+) -> Rollout:
+    """`samples` answers to each prompt (token ids), all submitted at once so that the engine
+    batches them; sample j of a prompt uses seed `sampling.seed + j`."""
+    generations = [
+        engine.submit(
+            prompt,
+            sampling
+            if sampling.seed is None
+            else Sampling(**{**sampling.__dict__, "seed": sampling.seed + sample}),
+        )
+        for prompt in prompts
+        for sample in range(samples)
+    ]
+    completions = [generation.wait() for generation in generations]
+    return Rollout.from_tokens(
+        [prompt for prompt in prompts for _ in range(samples)],
+        [list(completion.token_ids) for completion in completions],
+        pad_id=engine.pad_id,
+        device=engine.device,
+        texts=[completion.text for completion in completions],
+        conversation=[index for index in range(len(prompts)) for _ in range(samples)],
+        ended=[completion.finish_reason == "stop" for completion in completions],
+    )
+
+
+def answer_logprobs(
+    model: PreTrainedModel, rollout: Rollout, *, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(answer token) for every answer position `(B, L)`, and optionally the entropy of
+    each position's distribution. Only the answer's logits are computed."""
+    width = rollout.response_ids.shape[1]
+    with autocast(rollout.response_ids.device):
+        logits = model(**_inputs(rollout), logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
+    logprobs = token_logprobs(logits, rollout.response_ids)
+    return logprobs, (entropy(logits).detach() if with_entropy else None)
+
+
+def answer_values(critic: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    """The critic's value of each answer position `(B, L)`: its head applied to the hidden
+    state that predicts that token."""
+    backbone, head = model_parts(critic)
+    width = rollout.response_ids.shape[1]
+    with autocast(rollout.response_ids.device):
+        hidden = backbone(**_inputs(rollout), use_cache=False).last_hidden_state
+        return head(hidden[:, -width - 1 : -1]).squeeze(-1).float()
+
+
+def _inputs(rollout: Rollout) -> dict[str, torch.Tensor]:
+    mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
+    return {
+        "input_ids": torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1),
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    }
+
+
+def minibatches(size: int, minibatch: int, *, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled row indices in chunks of `minibatch`."""
+    order = torch.randperm(size, generator=generator)
+    yield from order.split(minibatch)
+
+
+def prompt_batches(
+    conversations: Sequence[Messages], steps: int, per_step: int, seed: int
+) -> list[list[Messages]]:
+    """`steps` batches of `per_step` prompts, going through a seeded shuffle of all prompts
+    before repeating any."""
+    if not conversations:
+        raise ValueError("no prompts to train on")
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < steps * per_step:
+        order += torch.randperm(len(conversations), generator=generator).tolist()
+    return [
+        [conversations[index] for index in order[step * per_step : (step + 1) * per_step]]
+        for step in range(steps)
+    ]
+
+
+def run_steps(
+    policy: Policy,
+    step: Callable[..., dict[str, float]],
+    conversations: Sequence[Messages],
+    *,
+    steps: int,
+    prompts_per_step: int,
+    on_step: StepCallback | None = None,
+) -> list[dict[str, float]]:
+    """Call `step(prompts, seed=...)` on `steps` batches of prompts; the curve of metrics.
+    The policy's engine is closed at the end, whatever happens."""
+    seed = policy.config.seed
+    curve = []
+    try:
+        batches = prompt_batches(conversations, steps, prompts_per_step, seed)
+        for number, batch in enumerate(batches, start=1):
+            metrics = {"step": number, **step(batch, seed=seed + number)}
+            curve.append(metrics)
+            if on_step is not None:
+                on_step(metrics)
+    finally:
+        policy.close()
+    return curve

@@ -1,0 +1,443 @@
+"""A training round's stages, run on a worker: snapshot → SFT → reward model → policy →
+evaluate → register.
+
+Each stage is one Celery task in the round's chain (`app.rounds.dispatch`). A stage runs only
+while its worker holds the round's lease in the database (renewed by a heartbeat thread); it
+writes its progress and curve points as it goes, and on success records its results on the
+round and moves it to the next stage. A cancel, or a lost lease, stops a stage at its next
+training step. Models are written into the store atomically; the new policy becomes a model
+version only in the last stage, so a round that dies never leaves a registered half-model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from celery import Celery
+from sqlalchemy import select
+
+from app import crud, jobs, rounds
+from app.db import session_scope
+from app.models import (
+    Algorithm,
+    Job,
+    ModelKind,
+    ModelVersion,
+    Prompt,
+    PromptSplit,
+    Round,
+    RoundStage,
+    RunStatus,
+)
+from app.preferences import build_snapshot, collect_demonstrations, read_pairs, write_snapshot
+from worker.celery_app import WorkerContext
+from worker.data import Demonstration
+from worker.engine import GenerationEngine, Sampling
+from worker.job_runner import WORKER_ID, Progress, keep_lease
+from worker.model_store import ModelStore
+from worker.policy import Rollout, answer_logprobs, sample_answers
+from worker.reward_model import RewardScorer
+from worker.training_config import (
+    RewardConfig,
+    SFTConfig,
+    build_config,
+)
+from worker.training_jobs import fit_reward_model
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 20.0
+SAMPLES_SHOWN = 3
+
+
+class StageStopped(Exception):
+    """The stage lost its lease or was cancelled; it stops without recording anything."""
+
+
+class RoundError(Exception):
+    """A stage cannot go on, for a reason the admin should read."""
+
+
+@dataclass
+class Stage:
+    """What a running stage knows and how it reports."""
+
+    context: WorkerContext
+    celery: Celery
+    round_id: int
+    stage: RoundStage
+    algorithm: Algorithm
+    config: dict[str, dict[str, Any]]
+    metrics: dict[str, Any]
+    parent: ModelVersion | None
+    snapshot_sha256: str | None
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def store(self) -> ModelStore:
+        return ModelStore(self.context.settings)
+
+    @property
+    def device(self) -> str:
+        return self.context.settings.device
+
+    def report(self, fraction: float) -> None:
+        """Progress within the stage; raises `StageStopped` once the lease is gone."""
+        if self.progress.lost.is_set():
+            raise StageStopped
+        self.progress(min(1.0, fraction))
+
+    def curve_point(self, step: int, values: dict[str, Any], *, total: int) -> None:
+        self.report(step / max(1, total))
+        with session_scope(self.context.session_factory) as db:
+            rounds.record_points(
+                db, round_id=self.round_id, stage=self.stage, step=step, values=values
+            )
+
+    def policy_path(self) -> str:
+        """The store folder the policy stage starts from: the SFT result, else the parent."""
+        return self.metrics.get("sft", {}).get("path") or self.parent.path
+
+
+def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name: str) -> str:
+    """Claim `stage_name` of round `round_id` and run it; returns what happened."""
+    stage = RoundStage(stage_name)
+    worker = f"{WORKER_ID}:{threading.get_ident()}"
+    with session_scope(context.session_factory) as db:
+        round_ = rounds.claim_stage(db, round_id=round_id, stage=stage, worker=worker)
+        if round_ is None:
+            log.info("round %s: stage %s is not claimable here", round_id, stage_name)
+            return "skipped"
+        running = Stage(
+            context=context,
+            celery=celery,
+            round_id=round_id,
+            stage=stage,
+            algorithm=round_.algorithm,
+            config=round_.config,
+            metrics=dict(round_.metrics),
+            parent=db.get(ModelVersion, round_.parent_version_id)
+            if round_.parent_version_id
+            else None,
+            snapshot_sha256=round_.snapshot_sha256,
+        )
+    started = time.perf_counter()
+    try:
+        with keep_lease(
+            lambda fraction: _renew(context, round_id, worker, fraction),
+            running.progress,
+            interval=HEARTBEAT_INTERVAL_S,
+        ):
+            fields = STAGES[stage](running)
+    except StageStopped:
+        return _stopped(context, round_id)
+    except Exception as exc:
+        log.exception("round %s failed in stage %s", round_id, stage_name)
+        detail = str(exc) if isinstance(exc, RoundError) else f"{type(exc).__name__}: {exc}"
+        with session_scope(context.session_factory) as db:
+            rounds.fail_round(db, round_id=round_id, error=f"{stage_name}: {detail}")
+        return "failed"
+    with session_scope(context.session_factory) as db:
+        done = rounds.complete_stage(
+            db,
+            round_id=round_id,
+            worker=worker,
+            seconds=time.perf_counter() - started,
+            **fields,
+        )
+    return "done" if done is not None else _stopped(context, round_id)
+
+
+def _renew(context: WorkerContext, round_id: int, worker: str, fraction: float) -> bool:
+    with session_scope(context.session_factory) as db:
+        return rounds.renew_lease(db, round_id=round_id, worker=worker, progress=fraction)
+
+
+def _stopped(context: WorkerContext, round_id: int) -> str:
+    with session_scope(context.session_factory) as db:
+        round_ = db.get(Round, round_id)
+        if round_.cancel_requested:
+            rounds.fail_round(
+                db, round_id=round_id, error="cancelled by an admin", status=RunStatus.CANCELLED
+            )
+            return "cancelled"
+    return "lost"
+
+
+def _with_metrics(stage: Stage, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {"metrics": {**stage.metrics, section: values}}
+
+
+# --- the stages ----------------------------------------------------------------------------------
+
+
+def snapshot_stage(stage: Stage) -> dict[str, Any]:
+    """Freeze the judgements so far; the round trains on exactly this file."""
+    options = stage.config["snapshot"]
+    with session_scope(stage.context.session_factory) as db:
+        parent = crud.current_policy(db)
+        if parent is None:
+            raise RoundError("there is no policy yet: run `alignloop models pull-default`")
+        snapshot = build_snapshot(db, ties=options.get("ties", "skip"))
+    train, held_out = snapshot.split("train"), snapshot.split("eval")
+    if not train:
+        raise RoundError("no judgements to train on yet: rate some tasks first")
+    write_snapshot(snapshot, stage.context.settings.snapshots_dir)
+    return {
+        "snapshot_sha256": snapshot.sha256,
+        "judgement_count": snapshot.judgement_count,
+        "rater_count": snapshot.rater_count,
+        "parent_version_id": parent.id,
+        "config": {
+            **stage.config,
+            "snapshot": {**options, "up_to_judgement_id": snapshot.up_to_judgement_id},
+        },
+        **_with_metrics(
+            stage,
+            "snapshot",
+            {"train_pairs": len(train), "eval_pairs": len(held_out), "parent": parent.name},
+        ),
+    }
+
+
+def sft_stage(stage: Stage) -> dict[str, Any]:
+    """Fine-tune on the raters' own answers, when enough new ones have come in."""
+    from worker.sft import save_policy, train_sft
+
+    options = dict(stage.config["sft"])
+    minimum = options.pop("min_demonstrations", 16)
+    with session_scope(stage.context.session_factory) as db:
+        demonstrations = collect_demonstrations(db)
+        used = _demonstrations_used(db)
+    fresh = [item for item in demonstrations if item["response_id"] > used]
+    if len(fresh) < minimum:
+        reason = f"{len(fresh)} new demonstrations, fewer than {minimum}"
+        return _with_metrics(stage, "sft", {"skipped": reason})
+    config = build_config(SFTConfig, options, device=stage.device)
+    examples = [Demonstration(item["messages"], item["answer"]) for item in demonstrations]
+    total = max(1, config.epochs * math.ceil(len(examples) / config.batch_size))
+    model, tokenizer, report = train_sft(
+        examples,
+        stage.store.path_for(stage.parent.path),
+        config,
+        on_step=lambda point: stage.curve_point(point["step"], point, total=total),
+    )
+    name = f"round-{stage.round_id}-sft"
+    save_policy(model, tokenizer, stage.store.path_for(name))
+    return _with_metrics(
+        stage,
+        "sft",
+        {
+            "path": name,
+            "examples": report.examples,
+            "final_loss": report.final_loss,
+            "up_to_response_id": max(item["response_id"] for item in demonstrations),
+        },
+    )
+
+
+def _demonstrations_used(db) -> int:
+    """The newest demonstration an earlier successful round fine-tuned on (0 if none)."""
+    finished = db.scalars(select(Round.metrics).where(Round.status == RunStatus.SUCCEEDED))
+    return max(
+        (metrics.get("sft", {}).get("up_to_response_id", 0) for metrics in finished), default=0
+    )
+
+
+def reward_model_stage(stage: Stage) -> dict[str, Any]:
+    """Train and register the round's reward model on the snapshot's pairs."""
+    pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
+    config = build_config(RewardConfig, stage.config["reward_model"], device=stage.device)
+    total = max(
+        1,
+        config.epochs
+        * math.ceil(len([p for p in pairs if p.split == "train"]) / config.batch_pairs),
+    )
+    version, report = fit_reward_model(
+        stage.context,
+        pairs=pairs,
+        base=stage.parent,
+        config=config,
+        name=f"reward-r{stage.round_id}",
+        snapshot_sha256=stage.snapshot_sha256,
+        round_id=stage.round_id,
+        on_step=lambda point: stage.curve_point(point["step"], point, total=total),
+    )
+    return _with_metrics(
+        stage,
+        "reward_model",
+        {
+            "version": version.name,
+            "path": version.path,
+            "eval_accuracy": report.eval_accuracy,
+            "calibration_error": report.calibration_error,
+            "accuracy_by_agreement": report.accuracy_by_agreement,
+        },
+    )
+
+
+def policy_stage(stage: Stage) -> dict[str, Any]:
+    """Optimise the policy with the round's algorithm; save it, unregistered, to the store."""
+    from worker.dpo import train_dpo
+    from worker.ppo import train_ppo
+    from worker.rloo import train_rloo
+
+    kind = rounds.trainer_config("policy", stage.algorithm)
+    config = build_config(kind, stage.config["policy"], device=stage.device, seed=stage.round_id)
+    start = stage.store.path_for(stage.policy_path())
+    if stage.algorithm == Algorithm.DPO:
+        pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
+        total = config.epochs * math.ceil(len(pairs) / config.batch_pairs)
+        run = lambda on_step: train_dpo(pairs, start, config, on_step=on_step)  # noqa: E731
+    else:
+        train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo
+        prompts = _prompts(stage, PromptSplit.TRAIN)
+        reward_model = stage.store.path_for(stage.metrics["reward_model"]["path"])
+        total = config.steps
+        run = lambda on_step: train(prompts, start, reward_model, config, on_step=on_step)  # noqa: E731
+    policy, curve = run(lambda point: stage.curve_point(point["step"], point, total=total))
+    name = f"round-{stage.round_id}"
+    policy.save(stage.store.path_for(name))
+    return _with_metrics(stage, "policy", {"path": name, "steps": len(curve), "last": curve[-1]})
+
+
+def _prompts(stage: Stage, split: PromptSplit, limit: int | None = None) -> list[list[dict]]:
+    with session_scope(stage.context.session_factory) as db:
+        query = select(Prompt.messages).where(Prompt.split == split).order_by(Prompt.id)
+        prompts = list(db.scalars(query.limit(limit) if limit else query))
+    if not prompts:
+        raise RoundError(f"no {split.value} prompts: import some with `alignloop prompts import`")
+    return prompts
+
+
+def evaluate_stage(stage: Stage) -> dict[str, Any]:
+    """The new policy against its parent on held-out prompts, judged by the reward model."""
+    options = stage.config["evaluation"]
+    prompts = _prompts(stage, PromptSplit.EVAL, limit=options.get("prompts", 8))
+    store, device = stage.store, torch.device(stage.store.device)
+    sampling = Sampling(max_new_tokens=options.get("max_new_tokens", 48), temperature=0.0)
+    new_model, tokenizer = store.load(stage.metrics["policy"]["path"], device)
+    parent_model, _ = store.load(stage.parent.path, device)
+    new = _answers(new_model, tokenizer, prompts, sampling)
+    stage.report(0.4)
+    old = _answers(parent_model, tokenizer, prompts, sampling)
+    stage.report(0.7)
+    with torch.no_grad():
+        new_logprobs, _ = answer_logprobs(new_model, new)
+        parent_logprobs, _ = answer_logprobs(parent_model, new)
+    kl = ((new_logprobs - parent_logprobs) * new.response_mask).sum(1).mean().item()
+    scorer = RewardScorer(store.path_for(stage.metrics["reward_model"]["path"]), device)
+    new_scores = scorer.score(prompts, new.texts)
+    old_scores = scorer.score(prompts, old.texts)
+    wins = (new_scores > old_scores).float() + 0.5 * (new_scores == old_scores).float()
+    evaluation = {
+        "prompts": len(prompts),
+        "reward": new_scores.mean().item(),
+        "parent_reward": old_scores.mean().item(),
+        "win_rate": wins.mean().item(),
+        "kl_to_parent": kl,
+        "response_length": new.response_mask.sum(1).float().mean().item(),
+        "parent_response_length": old.response_mask.sum(1).float().mean().item(),
+        "samples": [
+            {"prompt": prompt[-1]["content"], "new": answer, "parent": parent_answer}
+            for prompt, answer, parent_answer in list(
+                zip(prompts, new.texts, old.texts, strict=True)
+            )[:SAMPLES_SHOWN]
+        ],
+    }
+    return _with_metrics(stage, "evaluation", evaluation)
+
+
+def _answers(model, tokenizer, prompts: list, sampling: Sampling) -> Rollout:
+    engine = GenerationEngine(model, tokenizer, name="evaluation")
+    try:
+        return sample_answers(
+            engine, [engine.encode_chat(prompt) for prompt in prompts], sampling, samples=1
+        )
+    finally:
+        engine.close(drain=False)
+
+
+def register_stage(stage: Stage) -> dict[str, Any]:
+    """Register the new policy; promote it when the evaluation passes the configured gates;
+    send blind A/B tasks (new against parent) to the raters."""
+    gates = stage.config.get("promotion", {})
+    evaluation = stage.metrics.get("evaluation", {})
+    with session_scope(stage.context.session_factory) as db:
+        round_ = db.get(Round, stage.round_id)
+        version = crud.register_model_version(
+            db,
+            name=f"round-{stage.round_id}",
+            kind=ModelKind.POLICY,
+            path=stage.metrics["policy"]["path"],
+            parent=db.get(ModelVersion, stage.parent.id),
+            config={"algorithm": stage.algorithm.value, "preset": round_.preset, **stage.config},
+            metrics={"evaluation": evaluation, "policy": stage.metrics["policy"]},
+            snapshot_sha256=stage.snapshot_sha256,
+            rater_count=round_.rater_count,
+            round_id=stage.round_id,
+        )
+        promoted = bool(gates.get("auto")) and _passes(evaluation, gates)
+        if promoted:
+            crud.promote(db, version_id=version.id)
+        ab_job = _ab_tasks(db, stage, version)
+    if ab_job is not None:
+        with session_scope(stage.context.session_factory) as db:
+            jobs.dispatch(db, stage.celery, db.get(Job, ab_job.id))
+    return _with_metrics(
+        stage,
+        "register",
+        {"version": version.name, "promoted": promoted, "ab_job": ab_job.id if ab_job else None},
+    )
+
+
+def _passes(evaluation: dict[str, Any], gates: dict[str, Any]) -> bool:
+    win_rate_ok = evaluation.get("win_rate", 0.0) >= gates.get("min_win_rate", 0.5)
+    max_kl = gates.get("max_kl")
+    return win_rate_ok and (max_kl is None or evaluation.get("kl_to_parent", 0.0) <= max_kl)
+
+
+def _ab_tasks(db, stage: Stage, version: ModelVersion) -> Job | None:
+    """A candidate-generation job that pairs the new policy with its parent, blind."""
+    count = stage.config["evaluation"].get("ab_prompts", 0)
+    if not count:
+        return None
+    prompt_ids = list(
+        db.scalars(
+            select(Prompt.id)
+            .where(Prompt.split == PromptSplit.EVAL)
+            .order_by(Prompt.id)
+            .limit(count)
+        )
+    )
+    if not prompt_ids:
+        return None
+    return jobs.create_job(
+        db,
+        kind=jobs.GENERATE_CANDIDATES,
+        params={
+            "prompt_ids": prompt_ids,
+            "per_prompt": 2,
+            "overlap": stage.context.settings.default_overlap,
+            "model_versions": [version.name, stage.parent.name],
+            "sampling": {"max_new_tokens": stage.config["evaluation"].get("max_new_tokens", 48)},
+        },
+        created_by=None,
+    )
+
+
+STAGES: dict[RoundStage, Callable[[Stage], dict[str, Any]]] = {
+    RoundStage.SNAPSHOT: snapshot_stage,
+    RoundStage.SFT: sft_stage,
+    RoundStage.REWARD_MODEL: reward_model_stage,
+    RoundStage.POLICY: policy_stage,
+    RoundStage.EVALUATE: evaluate_stage,
+    RoundStage.REGISTER: register_stage,
+}

@@ -1,0 +1,134 @@
+"""Supervised fine-tuning of the policy on raters' rewritten answers.
+
+The loss counts the answer's tokens only: the prompt is context, not something to imitate
+(InstructGPT's SFT stage, on the demonstrations raters wrote while rating).
+
+    python -m worker.sft --data demonstrations.jsonl --base models/base --out models/sft-1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
+
+from worker.data import Demonstration, demonstration_batches
+from worker.model_store import atomic_directory, resolve_device
+from worker.training_config import SFTConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTReport:
+    examples: int
+    steps: int = 0
+    seconds: float = 0.0
+    final_loss: float | None = None
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_sft(
+    demonstrations: Sequence[Demonstration],
+    base: str | Path,
+    config: SFTConfig,
+    *,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SFTReport]:
+    if not demonstrations:
+        raise ValueError("no demonstrations to learn from")
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    steps_per_epoch = math.ceil(len(demonstrations) / config.batch_size)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    total = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    report = SFTReport(examples=len(demonstrations))
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(config.epochs):
+        for batch in demonstration_batches(
+            demonstrations,
+            tokenizer,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            pad_id=pad_id,
+            shuffle=True,
+            seed=config.seed + epoch,
+        ):
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(**batch).loss  # labels are -100 outside the answers
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            report.steps += 1
+            point = {"step": report.steps, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+            report.curve.append(point)
+            if on_step is not None:
+                on_step(point)
+    report.seconds = time.perf_counter() - started
+    report.final_loss = report.curve[-1]["loss"]
+    model.eval()
+    return model, tokenizer, report
+
+
+def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return path
+
+
+def read_demonstrations(path: Path) -> list[Demonstration]:
+    """JSON Lines of `{"messages": [...], "answer": "..."}`."""
+    with path.open() as lines:
+        return [Demonstration(**json.loads(line)) for line in lines if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fine-tune a policy on demonstrations.")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    for name, default in asdict(SFTConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    args = parser.parse_args(argv)
+    config = SFTConfig(**{name: getattr(args, name) for name in asdict(SFTConfig())})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    model, tokenizer, report = train_sft(
+        read_demonstrations(args.data),
+        args.base,
+        config,
+        on_step=lambda point: log.info("step %(step)d loss %(loss).4f", point),
+    )
+    save_policy(model, tokenizer, args.out)
+    print(json.dumps({key: value for key, value in asdict(report).items() if key != "curve"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

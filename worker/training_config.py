@@ -1,0 +1,124 @@
+"""What each trainer can be told: its settings as plain dataclasses, with their defaults.
+
+Kept free of torch, so that the web tier can check an admin's overrides (and answer 422 for an
+unknown one) without loading a model library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from app.errors import InvalidInput
+
+
+@dataclass
+class RewardConfig:
+    epochs: int = 2
+    """Passes over the training pairs (early stopping may end sooner)."""
+    batch_pairs: int = 8
+    """Pairs per optimiser micro-batch; a ranking's pairs are never split across batches."""
+    gradient_accumulation: int = 1
+    """Micro-batches per optimiser step."""
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming the learning rate up (then it decays linearly)."""
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    """Tokens of prompt plus answer; the prompt's start is dropped first."""
+    margin: bool = True
+    """Use the pairs' margins (from the rater's strength) in the loss."""
+    center_coefficient: float = 0.0
+    """Weight of the penalty on (r_chosen + r_rejected)^2 that keeps rewards near zero."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; merged into the saved model."""
+    lora_rank: int = 16
+    early_stopping_patience: int = 2
+    """Held-out evaluations without a better accuracy before training stops."""
+    evaluations_per_epoch: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 2
+    batch_size: int = 4
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    """Tokens of prompt plus answer; the prompt's start is dropped first."""
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class PolicyConfig:
+    """Settings every policy optimiser shares."""
+
+    learning_rate: float = 1e-6
+    beta: float = 0.05
+    """Weight of the KL penalty (the starting value when PPO adapts it)."""
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompt_tokens: int = 512
+    """Longer prompts lose their start."""
+    max_grad_norm: float = 1.0
+    lora: bool = False
+    lora_rank: int = 16
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class OnlineConfig(PolicyConfig):
+    """Settings of the optimisers that sample from the policy as they go (PPO, RLOO)."""
+
+    steps: int = 8
+    prompts_per_step: int = 8
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the score of an answer cut off at `max_new_tokens`."""
+
+
+@dataclass
+class PPOConfig(OnlineConfig):
+    ppo_epochs: int = 2
+    minibatch_size: int = 4
+    clip: float = 0.2
+    value_clip: float = 0.2
+    value_learning_rate: float = 1e-5
+    value_coefficient: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_target: float | None = 6.0
+    """Summed KL per answer that beta steers towards; None keeps beta fixed."""
+    kl_horizon: int = 10_000
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    samples_per_prompt: int = 2
+
+
+@dataclass
+class DPOConfig(PolicyConfig):
+    learning_rate: float = 5e-7
+    beta: float = 0.1
+    epochs: int = 1
+    batch_pairs: int = 8
+    label_smoothing: float = 0.0
+    max_length: int = 512
+    """Tokens of prompt plus answer; the prompt's start is dropped first."""
+
+
+def build_config(kind: type, values: dict[str, Any], **defaults: Any):
+    """`kind(**defaults, **values)`, refusing settings that `kind` does not have."""
+    names = {field.name for field in fields(kind)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InvalidInput(f"Unknown {kind.__name__} settings: {unknown}")
+    return kind(**{**defaults, **values})
