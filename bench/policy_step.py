@@ -8,9 +8,11 @@ has no PPO trainer any more (the last was in 1.12), so PPO is not compared.
 
 Per step: seconds (the median over the measured steps, after one warm-up step) and generated
 tokens per second (answer tokens over step seconds). The figure to track is TRL's seconds per
-step over ours, for each TRL trainer.
+step over ours, for each TRL trainer, with TRL's defaults (gradient checkpointing on); run it
+again with `--no-gradient-checkpointing` for TRL without it.
 
     .venv/bin/python bench/policy_step.py [--steps 3] [--prompts 8] [--samples 2] [--tokens 48]
+        [--no-gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ class StepTimer(transformers.TrainerCallback):
 
 
 def run_trl(kind: str, batches, base: Path, reward: Path, args) -> Result:
+    """TRL's trainer with its defaults (gradient checkpointing on), or with checkpointing off
+    under `--no-gradient-checkpointing`."""
     trainer_class, config_class = {
         "rloo": (trl.RLOOTrainer, trl.RLOOConfig),
         "grpo": (trl.GRPOTrainer, trl.GRPOConfig),
@@ -153,6 +157,7 @@ def run_trl(kind: str, batches, base: Path, reward: Path, args) -> Result:
             save_strategy="no",
             disable_tqdm=True,
             seed=SEED,
+            gradient_checkpointing=args.gradient_checkpointing,
         )
         trainer = trainer_class(
             model=str(base),
@@ -168,7 +173,8 @@ def run_trl(kind: str, batches, base: Path, reward: Path, args) -> Result:
             if "completions/mean_length" in entry
         ]
     tokens = [round(length * args.prompts * args.samples) for length in lengths]
-    return Result(f"TRL {trainer_class.__name__}", timer.seconds[1:], tokens[1:])
+    name = f"TRL {trainer_class.__name__}{'' if args.gradient_checkpointing else ', no GC'}"
+    return Result(name, timer.seconds[1:], tokens[1:])
 
 
 def main() -> int:
@@ -178,6 +184,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--data-dir", type=Path, default=REPO / ".cache" / "bench-serving")
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action="store_false",
+        help="run TRL with gradient checkpointing off (its default is on)",
+    )
     args = parser.parse_args()
     base = base_model(args.data_dir)
     reward = reward_model(base, args.data_dir / "models")

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.models import Prompt, Response, Task, TaskResponse, User
+from app.models import Judgement, Prompt, Response, Role, Task, TaskResponse, User
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery staple"
@@ -73,6 +73,32 @@ def create_task(
     db.add(task)
     db.flush()
     return task
+
+
+def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:
+    """`count` tasks judged kind-over-rude by a new rater, each with the rater's rewrite of
+    the kind answer; returns the rater."""
+    rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
+    for index in range(count):
+        task = create_task(db, texts=[f"Kind answer {index}.", f"Rude answer {index}."])
+        good, bad = (link.response_id for link in task.responses)
+        rewrite = Response(
+            prompt_id=task.prompt_id,
+            author_id=rater.id,
+            text=f"Kindest answer {index}.",
+            generation_params={"replaces_response_id": good},
+        )
+        db.add(rewrite)
+        db.flush()
+        db.add(
+            Judgement(
+                task_id=task.id,
+                rater_id=rater.id,
+                ranking=[good, bad],
+                rewrite_response_id=rewrite.id,
+            )
+        )
+    return rater
 
 
 @contextmanager

@@ -84,6 +84,7 @@ def _rollout(policy: Policy, batch: PreferenceBatch) -> Rollout:
         batch.response_ids,
         pad_id=policy.pad_id,
         device=policy.device,
+        conversation=batch.response_prompt,
     )
 
 

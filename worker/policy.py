@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from worker.data import Messages, pad_rows
 from worker.engine import GenerationEngine, Sampling
 from worker.model_store import atomic_directory, resolve_device, with_lora
-from worker.reward_model import autocast, model_parts
+from worker.optimisation import autocast
+from worker.reward_model import model_parts, shared_prefix_hidden
 from worker.rl_math import entropy, token_logprobs
 from worker.training_config import PolicyConfig
 
@@ -184,31 +185,47 @@ def answer_logprobs(
     model: PreTrainedModel, rollout: Rollout, *, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(answer token) for every answer position `(B, L)`, and optionally the entropy of
-    each position's distribution. Only the answer's logits are computed."""
-    width = rollout.response_ids.shape[1]
+    each position's distribution (no gradient). Only the answers' logits are computed."""
+    backbone, lm_head = model_parts(model)
     with autocast(rollout.response_ids.device):
-        logits = model(**_inputs(rollout), logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
+        logits = lm_head(answer_hidden(backbone, rollout))
     logprobs = token_logprobs(logits, rollout.response_ids)
-    return logprobs, (entropy(logits).detach() if with_entropy else None)
+    if not with_entropy:
+        return logprobs, None
+    with torch.no_grad():
+        return logprobs, entropy(logits.detach())
 
 
 def answer_values(critic: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
     """The critic's value of each answer position `(B, L)`: its head applied to the hidden
     state that predicts that token."""
     backbone, head = model_parts(critic)
-    width = rollout.response_ids.shape[1]
     with autocast(rollout.response_ids.device):
-        hidden = backbone(**_inputs(rollout), use_cache=False).last_hidden_state
-        return head(hidden[:, -width - 1 : -1]).squeeze(-1).float()
+        return head(answer_hidden(backbone, rollout)).squeeze(-1).float()
 
 
-def _inputs(rollout: Rollout) -> dict[str, torch.Tensor]:
-    mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1)
-    return {
-        "input_ids": torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1),
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-    }
+def answer_hidden(backbone: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """The hidden states that predict each answer token `(B, L, H)`: the prompt's last one,
+    then the answer's own but its last. Rows answering the same conversation share one run
+    of its prompt."""
+    firsts: dict[int, int] = {}
+    for row, conversation in enumerate(rollout.conversation):
+        firsts.setdefault(conversation, row)
+    prompt_rows = torch.tensor(list(firsts.values()), device=rollout.prompt_ids.device)
+    slot = {conversation: index for index, conversation in enumerate(firsts)}
+    owner = torch.tensor(
+        [slot[conversation] for conversation in rollout.conversation],
+        device=rollout.prompt_ids.device,
+    )
+    last_prompt, hidden = shared_prefix_hidden(
+        backbone,
+        rollout.prompt_ids.index_select(0, prompt_rows),
+        rollout.prompt_mask.index_select(0, prompt_rows),
+        owner,
+        rollout.response_ids,
+        rollout.response_mask,
+    )
+    return torch.cat([last_prompt.unsqueeze(1), hidden[:, :-1]], dim=1)
 
 
 def minibatches(size: int, minibatch: int, *, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -239,18 +256,17 @@ def run_steps(
     step: Callable[..., dict[str, float]],
     conversations: Sequence[Messages],
     *,
-    steps: int,
-    prompts_per_step: int,
     on_step: StepCallback | None = None,
 ) -> list[dict[str, float]]:
-    """Call `step(prompts, seed=...)` on `steps` batches of prompts; the curve of metrics.
-    The policy's engine is closed at the end, whatever happens."""
-    seed = policy.config.seed
+    """Call `step(prompts, seed=...)` on `config.steps` batches of `config.prompts_per_step`
+    prompts (the policy's `OnlineConfig`); the curve of metrics. The policy's engine is closed
+    at the end, whatever happens."""
+    config = policy.config
     curve = []
     try:
-        batches = prompt_batches(conversations, steps, prompts_per_step, seed)
+        batches = prompt_batches(conversations, config.steps, config.prompts_per_step, config.seed)
         for number, batch in enumerate(batches, start=1):
-            metrics = {"step": number, **step(batch, seed=seed + number)}
+            metrics = {"step": number, **step(batch, seed=config.seed + number)}
             curve.append(metrics)
             if on_step is not None:
                 on_step(metrics)

@@ -56,15 +56,7 @@ def train_ppo(
     if config.lora:
         critic = with_lora(critic, task_type="SEQ_CLS", rank=config.lora_rank)
     step = PPOStep(policy, critic, scorer, config)
-    curve = run_steps(
-        policy,
-        step,
-        conversations,
-        steps=config.steps,
-        prompts_per_step=config.prompts_per_step,
-        on_step=on_step,
-    )
-    return policy, curve
+    return policy, run_steps(policy, step, conversations, on_step=on_step)
 
 
 class PPOStep:

@@ -42,6 +42,7 @@ from transformers import (
 from app.preferences import Pair, read_pairs
 from worker.data import Messages, PreferenceBatch, PreferenceBatcher, encode_turn
 from worker.model_store import atomic_directory, resolve_device, with_lora
+from worker.optimisation import autocast, optimiser_step
 from worker.training_config import RewardConfig
 
 log = logging.getLogger(__name__)
@@ -85,44 +86,69 @@ def load_reward_model(
 
 
 def model_parts(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The transformer and the one-output head of a sequence-classification model (or of the
-    model inside a peft wrapper)."""
+    """The transformer and the head of a model (or of the model inside a peft wrapper): the
+    one-output `score` of a reward model, else the language-model head."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(inner, "score", None) or getattr(inner, "classifier", None)
+    head = (
+        getattr(inner, "score", None)
+        or getattr(inner, "classifier", None)
+        or inner.get_output_embeddings()
+    )
     if head is None:
-        raise TypeError(f"{type(inner).__name__} has no `score` or `classifier` head")
+        raise TypeError(f"{type(inner).__name__} has no head")
     return getattr(inner, inner.base_model_prefix), head
 
 
-def shared_prefix_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One reward per response: each prompt is run once and its keys and values are reused by
-    all of its responses; the head reads the response's last token."""
-    backbone, head = model_parts(model)
-    prompt_mask = batch["prompt_mask"]
+def shared_prefix_hidden(
+    backbone: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    owner: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of responses that share prompts: each (left-padded) prompt is run once
+    and its keys and values are reused, gradients included, by every response it owns
+    (`owner[r]` is the prompt row of response r). Returns the last prompt token's state for
+    each response `(R, H)` and the responses' own states `(R, L, H)`."""
     cache = DynamicCache()
-    backbone(
-        input_ids=batch["prompt_ids"],
+    prompt_hidden = backbone(
+        input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
         cache=cache,
         use_cache=True,
-    )
-    owner = batch["response_prompt"]  # (R,) prompt row of each response
+    ).last_hidden_state
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(0, owner)
         layer.values = layer.values.index_select(0, owner)
-    response_mask = batch["response_mask"]
     prompt_lengths = prompt_mask.sum(-1).index_select(0, owner)  # (R,)
     positions = prompt_lengths.unsqueeze(1) + torch.arange(
         response_mask.shape[1], device=response_mask.device
-    )  # (R, Lr)
+    )
     hidden = backbone(
-        input_ids=batch["response_ids"],
+        input_ids=response_ids,
         attention_mask=torch.cat([prompt_mask.index_select(0, owner), response_mask], dim=1),
         position_ids=positions,
         cache=cache,
         use_cache=True,
-    ).last_hidden_state  # (R, Lr, H)
+    ).last_hidden_state
+    return prompt_hidden[:, -1].index_select(0, owner), hidden
+
+
+def shared_prefix_rewards(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One reward per response, read by the head at the response's last token, with each
+    prompt run once for all of its responses."""
+    backbone, head = model_parts(model)
+    response_mask = batch["response_mask"]
+    _, hidden = shared_prefix_hidden(
+        backbone,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["response_prompt"],
+        batch["response_ids"],
+        response_mask,
+    )
     last = response_mask.sum(-1) - 1  # (R,) right padding: the last real token
     final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (R, H)
     return head(final).squeeze(-1).float()
@@ -211,15 +237,16 @@ def train_reward_model(
             if micro % config.gradient_accumulation:
                 continue
             # 3. optimiser step, and now and then a held-out evaluation
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            report.steps += 1
-            point = {"step": report.steps, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
-            report.curve.append(point)
-            if on_step is not None:
-                on_step(point)
+            point = optimiser_step(
+                list(model.parameters()),
+                optimizer,
+                scheduler,
+                max_grad_norm=config.max_grad_norm,
+                loss=loss.item(),
+                curve=report.curve,
+                on_step=on_step,
+            )
+            report.steps = point["step"]
             if held_out and report.steps % evaluate_every == 0:
                 evaluation_started = time.perf_counter()
                 accuracy = _evaluate_into(model, eval_batcher, config, device, report)
@@ -245,11 +272,6 @@ def train_reward_model(
     report.reward_mean, report.reward_std = _reward_statistics(model, batcher, config, device)
     model.eval()
     return model, tokenizer, report
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere (bf16 is slower on CPUs without AMX)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 @torch.no_grad()

@@ -38,15 +38,7 @@ def train_rloo(
     """Run `config.steps` RLOO steps over `conversations` (cycled); the policy and its curve."""
     policy = Policy(base, config)
     step = RLOOStep(policy, RewardScorer(reward_model, policy.device), config)
-    curve = run_steps(
-        policy,
-        step,
-        conversations,
-        steps=config.steps,
-        prompts_per_step=config.prompts_per_step,
-        on_step=on_step,
-    )
-    return policy, curve
+    return policy, run_steps(policy, step, conversations, on_step=on_step)
 
 
 class RLOOStep:

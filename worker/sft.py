@@ -28,6 +28,7 @@ from transformers import (
 
 from worker.data import Demonstration, demonstration_batches
 from worker.model_store import atomic_directory, resolve_device
+from worker.optimisation import autocast, optimiser_step
 from worker.training_config import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,19 @@ def train_sft(
             seed=config.seed + epoch,
         ):
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 loss = model(**batch).loss  # labels are -100 outside the answers
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            report.steps += 1
-            point = {"step": report.steps, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
-            report.curve.append(point)
-            if on_step is not None:
-                on_step(point)
+            point = optimiser_step(
+                list(model.parameters()),
+                optimizer,
+                scheduler,
+                max_grad_norm=config.max_grad_norm,
+                loss=loss.item(),
+                curve=report.curve,
+                on_step=on_step,
+            )
+            report.steps = point["step"]
     report.seconds = time.perf_counter() - started
     report.final_loss = report.curve[-1]["loss"]
     model.eval()

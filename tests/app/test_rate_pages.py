@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app import crud
 from app.i18n import MESSAGES
-from app.models import Assignment, AssignmentStatus, Job, Judgement, Response
+from app.models import Assignment, AssignmentStatus, Job, Judgement, Response, Round
 from tests.helpers import browser_login, create_task, html
 
 FETCH = {"X-Requested-With": "fetch"}
@@ -212,6 +212,22 @@ def test_admins_start_generation_and_publish_guidelines_from_the_pages(client, d
     client.post("/admin/guidelines", data={"body": "Version three", "csrf_token": csrf})
     assert crud.current_guidelines(db).version == 2
     assert "Version three" in client.get("/guidelines").text
+
+
+def test_admins_start_a_training_round_from_the_admin_page(client, db, admin):
+    csrf = browser_login(client, admin.username)
+    response = client.post(
+        "/admin/rounds",
+        data={"algorithm": "dpo", "preset": "quick", "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    round_ = db.scalar(select(Round))
+    assert round_.algorithm.value == "dpo" and round_.status.value == "queued"
+    page = html(client.get("/admin"))
+    assert "dpo (quick)" in page.select_one("table.jobs").text
+    again = client.post("/admin/rounds", data={"algorithm": "ppo", "csrf_token": csrf})
+    assert again.status_code == 409  # one round per line at a time
 
 
 def test_raters_cannot_reach_admin_pages(client, csrf):

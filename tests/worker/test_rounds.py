@@ -27,7 +27,6 @@ from app.models import (
     ModelVersion,
     Prompt,
     PromptSplit,
-    Response,
     Role,
     Round,
     RunStatus,
@@ -36,7 +35,7 @@ from app.models import (
 )
 from app.rounds import STAGES
 from tests.conftest import POSTGRES_URL, REDIS_URL, make_settings
-from tests.helpers import create_task, scratch_postgres_database
+from tests.helpers import create_task, judged_tasks_with_rewrites, scratch_postgres_database
 from tests.live_server import serve_in_thread
 from worker.celery_app import WorkerContext, create_celery
 from worker.model_store import ModelStore
@@ -71,26 +70,7 @@ class World:
 def judged_data(factory) -> None:
     """Twelve judged tasks (kind over rude), each with a rewrite; three held-out prompts."""
     with session_scope(factory) as db:
-        rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
-        for index in range(12):
-            task = create_task(db, texts=[f"Kind answer {index}.", f"Rude answer {index}."])
-            good, bad = (link.response_id for link in task.responses)
-            rewrite = Response(
-                prompt_id=task.prompt_id,
-                author_id=rater.id,
-                text=f"Kindest answer {index}.",
-                generation_params={"replaces_response_id": good},
-            )
-            db.add(rewrite)
-            db.flush()
-            db.add(
-                Judgement(
-                    task_id=task.id,
-                    rater_id=rater.id,
-                    ranking=[good, bad],
-                    rewrite_response_id=rewrite.id,
-                )
-            )
+        judged_tasks_with_rewrites(db)
         for index in range(3):
             db.add(
                 Prompt(

@@ -8,10 +8,10 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app import crud, jobs
+from app import jobs
 from app.db import make_session_factory, session_scope
-from app.models import Judgement, ModelKind, ModelVersion, Response, Role, RunStatus
-from tests.helpers import create_task
+from app.models import ModelKind, ModelVersion, RunStatus
+from tests.helpers import judged_tasks_with_rewrites
 from worker.celery_app import create_celery
 from worker.data import Demonstration, demonstration_batches, encode_turn
 from worker.model_store import ModelStore
@@ -79,26 +79,7 @@ def world(model_settings, committed_engine):
     factory = make_session_factory(committed_engine)
     ModelStore(model_settings).ensure_base_version(factory)
     with session_scope(factory) as db:
-        rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
-        for index in range(12):
-            task = create_task(db, texts=[f"Kind answer {index}.", f"Rude answer {index}."])
-            good, bad = (link.response_id for link in task.responses)
-            rewrite = Response(
-                prompt_id=task.prompt_id,
-                author_id=rater.id,
-                text=f"Kindest answer {index}.",
-                generation_params={"replaces_response_id": good},
-            )
-            db.add(rewrite)
-            db.flush()
-            db.add(
-                Judgement(
-                    task_id=task.id,
-                    rater_id=rater.id,
-                    ranking=[good, bad],
-                    rewrite_response_id=rewrite.id,
-                )
-            )
+        judged_tasks_with_rewrites(db)
     return factory, create_celery(model_settings, engine=committed_engine)
 
 
