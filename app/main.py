@@ -30,6 +30,7 @@ from app.routes import (
     playground,
     rate,
     rounds,
+    stats,
     tasks,
     users,
 )
@@ -51,6 +52,7 @@ ROUTERS = (
     feedback,
     export,
     rounds,
+    stats,
     openai,
 )
 
