@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
 from app.inference import Inference
+from app.metrics import AppMetrics, RequestMetricsMiddleware
 from app.middleware import SecurityHeadersMiddleware
 from app.ratelimit import KeyLimiter
 from app.routes import (
@@ -94,6 +95,9 @@ def create_app(
         per_minute=settings.v1_requests_per_minute,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    # the session factory is read at each scrape (tests swap it for a rolled-back one)
+    app.state.metrics = AppMetrics(lambda: app.state.session_factory())
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in ROUTERS:

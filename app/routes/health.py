@@ -1,4 +1,5 @@
-"""`/healthz` (the process answers) and `/readyz` (its dependencies answer too)."""
+"""`/healthz` (the process answers), `/readyz` (its dependencies answer too) and `/metrics`
+(Prometheus)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 import os
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import db as database
 from app.deps import PublicRoute
@@ -55,3 +57,12 @@ def _check_model_store(models_dir) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(models_dir, os.W_OK):
         raise PermissionError(f"{models_dir} is not writable")
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus's text format: request latencies of this process, collection figures from
+    the database."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
