@@ -34,6 +34,8 @@ INFER = inference_client.INFER
 TRAIN_REWARD_MODEL = jobs.CELERY_TASKS[jobs.TRAIN_REWARD_MODEL]
 TRAIN_SFT = jobs.CELERY_TASKS[jobs.TRAIN_SFT]
 ROUND_STAGE = rounds.RUN_STAGE_TASK
+TRAINING_LIMITS = {"time_limit": TRAIN_TIME_LIMIT_S, "soft_time_limit": TRAIN_TIME_LIMIT_S - 60}
+"""Time limits of the tasks that train a model."""
 
 
 def register_tasks(celery: Celery, context: WorkerContext) -> None:
@@ -67,8 +69,7 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
     @celery.task(
         shared=False,
         name=TRAIN_REWARD_MODEL,
-        time_limit=TRAIN_TIME_LIMIT_S,
-        soft_time_limit=TRAIN_TIME_LIMIT_S - 60,
+        **TRAINING_LIMITS,
     )
     def train_reward_model(job_id: int) -> str:
         from worker.training_jobs import train_reward_model_job
@@ -78,8 +79,7 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
     @celery.task(
         shared=False,
         name=TRAIN_SFT,
-        time_limit=TRAIN_TIME_LIMIT_S,
-        soft_time_limit=TRAIN_TIME_LIMIT_S - 60,
+        **TRAINING_LIMITS,
     )
     def train_sft(job_id: int) -> str:
         from worker.training_jobs import train_sft_job
@@ -89,8 +89,7 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
     @celery.task(
         shared=False,
         name=ROUND_STAGE,
-        time_limit=TRAIN_TIME_LIMIT_S,
-        soft_time_limit=TRAIN_TIME_LIMIT_S - 60,
+        **TRAINING_LIMITS,
     )
     def round_stage(round_id: int, stage: str) -> str:
         """Run one stage of a training round (the round's chain sends them in order)."""
