@@ -100,11 +100,6 @@ class Policy:
         torch.manual_seed(config.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self.device)
-        model.generation_config.pad_token_id = self.pad_id = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
         if config.lora:
             self.model = with_lora(model, task_type="CAUSAL_LM", rank=config.lora_rank)
             self._frozen_reference = None
@@ -112,6 +107,11 @@ class Policy:
             self.model = model
             self._frozen_reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.engine = GenerationEngine(self.model, self.tokenizer, name="policy")
+
+    @property
+    def pad_id(self) -> int:
+        """The padding token of every tensor layout, the engine's."""
+        return self.engine.pad_id
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [parameter for parameter in self.model.parameters() if parameter.requires_grad]

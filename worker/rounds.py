@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ class Stage:
     snapshot_sha256: str | None
     progress: Progress = field(default_factory=Progress)
 
-    @property
+    @cached_property
     def store(self) -> ModelStore:
         return ModelStore(self.context.settings)
 
@@ -321,7 +322,7 @@ def evaluate_stage(stage: Stage) -> dict[str, Any]:
     """The new policy against its parent on held-out prompts, judged by the reward model."""
     options = stage.config["evaluation"]
     prompts = _prompts(stage, PromptSplit.EVAL, limit=options.get("prompts", 8))
-    store, device = stage.store, torch.device(stage.store.device)
+    store, device = stage.store, stage.store.device
     sampling = Sampling(max_new_tokens=options.get("max_new_tokens", 48), temperature=0.0)
     new_model, tokenizer = store.load(stage.metrics["policy"]["path"], device)
     parent_model, _ = store.load(stage.parent.path, device)
