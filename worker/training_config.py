@@ -6,7 +6,7 @@ unknown one) without loading a model library.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from typing import Any
 
 from app.errors import InvalidInput
@@ -116,9 +116,25 @@ class DPOConfig(PolicyConfig):
 
 
 def build_config(kind: type, values: dict[str, Any], **defaults: Any):
-    """`kind(**defaults, **values)`, refusing settings that `kind` does not have."""
-    names = {field.name for field in fields(kind)}
-    unknown = sorted(set(values) - names)
+    """`kind(**defaults, **values)`, refusing settings that `kind` does not have and values
+    of another type than the setting's default (an int does for a float)."""
+    known = {field.name: field for field in fields(kind)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise InvalidInput(f"Unknown {kind.__name__} settings: {unknown}")
+    for name, value in values.items():
+        if not _fits(value, known[name]):
+            expected = type(known[name].default).__name__
+            raise InvalidInput(f"{kind.__name__} setting {name!r} must be of type {expected}")
     return kind(**{**defaults, **values})
+
+
+def _fits(value: Any, setting: Field) -> bool:
+    default = setting.default
+    if value is None:
+        return "None" in str(setting.type)  # optional settings, such as a KL target
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))

@@ -47,6 +47,9 @@ def test_bad_round_requests_are_refused(client, db, admin, rater):
     unknown_setting = post({"algorithm": "dpo", "overrides": {"policy": {"steps": 3}}})
     assert unknown_setting.status_code == 422 and "steps" in unknown_setting.json()["detail"]
     assert post({"overrides": {"promotion": {"sometimes": True}}}).status_code == 422
+    wrong_type = post({"overrides": {"policy": {"steps": "many"}}})
+    assert wrong_type.status_code == 422
+    assert "'steps' must be of type int" in wrong_type.json()["detail"]
     assert client.get("/api/rounds/999", headers=headers).status_code == 404
     assert client.get("/api/rounds/999/metrics", headers=headers).status_code == 404
     assert client.post("/api/rounds", json={}, headers=api_key_for(db, rater)).status_code == 403
