@@ -99,6 +99,22 @@ class Settings(BaseSettings):
     round_preset: Literal["quick", "standard"] = "quick"
     """The preset of scheduled rounds."""
 
+    gold_rate: float = Field(default=0.1, ge=0, le=1)
+    """Share of the tasks handed to a rater that are gold tasks (known answers), while the rater
+    has gold tasks left to do."""
+    low_agreement_threshold: float = Field(default=0.5, ge=0, le=1)
+    """A completed task whose raters agree on fewer of its pairs than this gets one more rater."""
+    max_extra_judgements: int = Field(default=2, ge=0, le=20)
+    """Raters added to one task for low agreement, at most."""
+    trust_min_judgements: int = Field(default=20, ge=1)
+    """Judgements a rater needs before their trust score counts (for weights and pausing)."""
+    trust_pause_below: float = Field(default=0.0, ge=0, le=1)
+    """Pause raters whose trust score falls below this; 0 switches automatic pausing off."""
+    invitation_hours: float = Field(default=72.0, gt=0)
+    """How long an invitation link stays valid."""
+    password_reset_hours: float = Field(default=24.0, gt=0)
+    """How long a password-reset link stays valid."""
+
     @model_validator(mode="after")
     def _secret_key_is_not_a_placeholder(self) -> Settings:
         if self.secret_key is None or self.dev_mode:

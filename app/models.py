@@ -136,6 +136,11 @@ class Algorithm(enum.StrEnum):
     DPO = "dpo"
 
 
+class LinkPurpose(enum.StrEnum):
+    INVITATION = "invitation"
+    PASSWORD_RESET = "password_reset"
+
+
 class RoundStage(enum.StrEnum):
     PENDING = "pending"
     SNAPSHOT = "snapshot"
@@ -162,6 +167,9 @@ class User(Base):
     locale: Mapped[str] = mapped_column(String(8), default="en")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
+    paused_at: Mapped[datetime | None]
+    """A paused rater can sign in but gets no tasks (set by an admin or by the trust score)."""
+    pause_reason: Mapped[str | None] = mapped_column(Text)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user", passive_deletes=True)
 
@@ -199,6 +207,34 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(back_populates="api_keys")
+
+
+class AccessLink(Base):
+    """A one-time link an admin hands out: an invitation to create an account with a role, or a
+    password reset for one user. The URL holds a random token; only its hash is stored."""
+
+    __tablename__ = "access_links"
+    __table_args__ = (
+        CheckConstraint(
+            "(purpose = 'invitation' AND role IS NOT NULL) OR "
+            "(purpose = 'password_reset' AND user_id IS NOT NULL)",
+            name="purpose_has_its_target",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[LinkPurpose] = mapped_column(string_enum(LinkPurpose))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role | None] = mapped_column(string_enum(Role))
+    """The role an invitation grants."""
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    """The account a reset is for, or the account an invitation created."""
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class LoginThrottle(Base):
@@ -329,6 +365,10 @@ class Task(Base):
     reclaimed. Kept on the row so that a locked task can be re-checked without counting."""
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_ranking: Mapped[list[Any] | None]
+    """A gold task's known answer (a ranking); gold tasks measure raters and stay out of
+    snapshots."""
+    extra_judgements: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Raters added to `required_judgements` because the first ones disagreed."""
     generation_job_id: Mapped[int | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL")
     )
@@ -414,6 +454,7 @@ class Judgement(Base):
         ),
         UniqueConstraint("rater_id", "idempotency_key"),
         Index("ix_judgements_created_at", "created_at"),
+        Index("ix_judgements_rater_created", "rater_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -437,6 +478,41 @@ class Judgement(Base):
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- quality control ---------------------------------------------------------------------------
+
+
+class RaterQuality(Base):
+    """One rater's quality figures, recomputed in the background so that pages read one row."""
+
+    __tablename__ = "rater_quality"
+
+    rater_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    judgements: Mapped[int] = mapped_column(default=0)
+    consensus_tau: Mapped[float | None] = mapped_column(Float)
+    """Mean Kendall tau-b between the rater's rankings and the other raters' consensus."""
+    consensus_tasks: Mapped[int] = mapped_column(default=0)
+    gold_answered: Mapped[int] = mapped_column(default=0)
+    gold_correct: Mapped[int] = mapped_column(default=0)
+    first_shown_rate: Mapped[float | None] = mapped_column(Float)
+    """How often the rater put whichever response was shown first on top (0.5 is unbiased
+    with two responses)."""
+    median_seconds: Mapped[float | None] = mapped_column(Float)
+    trust: Mapped[float | None] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QualityReport(Base):
+    """The agreement report at one moment (Krippendorff's alpha overall, per aspect, per tag)."""
+
+    __tablename__ = "quality_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report: Mapped[dict[str, Any]]
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 # --- training ----------------------------------------------------------------------------------

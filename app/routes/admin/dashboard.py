@@ -17,8 +17,6 @@ from app.templating import render
 
 router = APIRouter(prefix="/admin")
 
-MAX_GUIDELINES_CHARS = 100_000
-
 
 @router.get("", response_class=HTMLResponse)
 def dashboard(
@@ -51,35 +49,3 @@ def start_generation(
     db.commit()
     jobs.dispatch(db, request.app.state.celery, job)
     return RedirectResponse("/admin", status_code=303)
-
-
-@router.post("/rounds")
-def start_round(
-    request: Request,
-    db: DbSession,
-    admin: PageAdmin,
-    algorithm: Annotated[Algorithm, Form()] = Algorithm.PPO,
-    preset: Annotated[str, Form(max_length=32)] = "quick",
-) -> RedirectResponse:
-    round_ = rounds.start_round(
-        db, algorithm=algorithm, preset=preset, overrides={}, created_by=admin
-    )
-    db.commit()
-    rounds.send(db, request.app.state.celery, round_.id)
-    return RedirectResponse("/admin", status_code=303)
-
-
-@router.get("/guidelines", response_class=HTMLResponse)
-def edit_guidelines(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
-    return render(request, "admin/guidelines.html", {"guidelines": crud.current_guidelines(db)})
-
-
-@router.post("/guidelines")
-def publish_guidelines(
-    db: DbSession,
-    admin: PageAdmin,
-    body: Annotated[str, Form(min_length=1, max_length=MAX_GUIDELINES_CHARS)],
-) -> RedirectResponse:
-    crud.publish_guidelines(db, body=body, author=admin)
-    db.commit()
-    return RedirectResponse("/guidelines", status_code=303)

@@ -1,0 +1,7 @@
+"""Admin pages: users (to be written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/admin")
