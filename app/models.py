@@ -455,6 +455,7 @@ class Judgement(Base):
         UniqueConstraint("rater_id", "idempotency_key"),
         Index("ix_judgements_created_at", "created_at"),
         Index("ix_judgements_rater_created", "rater_id", "created_at"),
+        Index("ix_judgements_task_id", "task_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -515,6 +516,16 @@ class QualityReport(Base):
     computed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class StoredLeaderboard(Base):
+    """The Bradley-Terry leaderboard at one moment, so that the models page reads one row."""
+
+    __tablename__ = "leaderboards"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    standings: Mapped[list[Any]]
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -562,6 +573,20 @@ class RoundMetric(Base):
     step: Mapped[int]
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)
+
+
+class RoundLog(Base):
+    """One line of a round's log: stage starts and ends, the trainers' messages, errors."""
+
+    __tablename__ = "round_logs"
+    __table_args__ = (Index("ix_round_logs_round_id_id", "round_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    stage: Mapped[RoundStage] = mapped_column(string_enum(RoundStage))
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- serving -----------------------------------------------------------------------------------

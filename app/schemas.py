@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    computed_field,
     field_validator,
     model_validator,
 )
 
-from app.models import Algorithm, PromptSplit, Role
+from app.errors import InvalidInput
+from app.models import Algorithm, ApiKey, PromptSplit, RaterQuality, Role, RoundStage, User
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGES = 64
@@ -73,6 +76,10 @@ class ApiKeyOut(BaseModel):
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The key itself; shown this once and never again.")
 
+    @classmethod
+    def shown_once(cls, api_key: ApiKey, key: str) -> ApiKeyCreated:
+        return cls.model_validate({**ApiKeyOut.model_validate(api_key).model_dump(), "key": key})
+
 
 class ChatMessage(InputModel):
     role: Literal["system", "user", "assistant"]
@@ -95,13 +102,35 @@ class PromptIn(InputModel):
 
 class SkippedRow(BaseModel):
     line: int
+    """The line in JSON Lines and CSV files; the item's place in the list (from 1) in JSON."""
     reason: str
 
 
+class PromptImportOptions(InputModel):
+    """What an import does to every row: adds tags, and replaces the split and source if given."""
+
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = []
+    split: PromptSplit | None = None
+    source: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+
+
 class PromptImportReport(BaseModel):
+    file_format: str
     created: int
-    duplicates: int
-    skipped: list[SkippedRow] = []
+    already_stored: int
+    repeated_in_file: int
+    skipped: list[SkippedRow]
+
+    @computed_field
+    @property
+    def duplicates(self) -> int:
+        """Valid rows not added because the same conversation is stored or came earlier."""
+        return self.already_stored + self.repeated_in_file
+
+    @property
+    def row_name(self) -> str:
+        """What `SkippedRow.line` counts in this file."""
+        return "item" if self.file_format == "json" else "line"
 
 
 class UserCreate(InputModel):
@@ -176,6 +205,65 @@ class SkipIn(InputModel):
 class SkipOut(BaseModel):
     task_id: int
     status: Literal["skipped"] = "skipped"
+
+
+# --- quality control -------------------------------------------------------------------------
+
+
+class GoldIn(InputModel):
+    ranking: Annotated[list[RankingEntry], Field(min_length=1, max_length=MAX_RESPONSES_PER_TASK)]
+    """The known answer: the task's response ids best first, ties as inner lists."""
+
+
+class GoldOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    is_gold: bool
+    gold_ranking: list[RankingEntry] | None
+
+
+class PauseIn(InputModel):
+    reason: Annotated[
+        str, StringConstraints(strip_whitespace=True, max_length=MAX_REASON_CHARS)
+    ] = ""
+
+
+class PauseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    paused_at: datetime | None
+    pause_reason: str | None
+
+
+class RaterQualityOut(BaseModel):
+    """One rater's stored quality figures (see `app.quality` for their definitions)."""
+
+    rater_id: int
+    username: str
+    paused: bool
+    judgements: int
+    consensus_tau: float | None
+    consensus_tasks: int
+    gold_answered: int
+    gold_correct: int
+    first_shown_rate: float | None
+    median_seconds: float | None
+    trust: float | None
+    computed_at: datetime
+
+    @computed_field
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_correct / self.gold_answered if self.gold_answered else None
+
+    @classmethod
+    def of(cls, rater: User, figures: RaterQuality) -> RaterQualityOut:
+        person = {"username": rater.username, "paused": rater.paused_at is not None}
+        stored = {name: getattr(figures, name) for name in cls.model_fields.keys() - person}
+        return cls(**stored, **person)
 
 
 # --- background jobs -------------------------------------------------------------------------
@@ -277,6 +365,16 @@ class MetricPoint(BaseModel):
     value: float
 
 
+class LogLine(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    stage: RoundStage
+    level: str
+    message: str
+    created_at: datetime
+
+
 # --- serving ---------------------------------------------------------------------------------
 
 
@@ -329,3 +427,81 @@ class TrainingRequest(InputModel):
     """Reward model only: leave tied responses out, or train on them as 0.5 targets."""
     config: dict[str, int | float | bool] = {}
     """Trainer settings (`RewardConfig` or `SFTConfig` fields) that differ from the defaults."""
+
+
+# --- user management -----------------------------------------------------------------------------
+
+
+class UserAccountOut(UserOut):
+    """An account as admins see it: whether it may sign in, whether it gets tasks, activity."""
+
+    is_active: bool
+    paused_at: datetime | None
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class UserUpdate(InputModel):
+    is_active: bool | None = None
+    role: Role | None = None
+
+
+InvitationNote = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+
+
+class InvitationCreate(InputModel):
+    role: Role
+    note: InvitationNote = ""
+
+
+class InvitationOut(BaseModel):
+    """A pending invitation; its token is never stored, so it cannot be listed."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    role: Role
+    note: str
+    created_by_id: int | None
+    created_at: datetime
+    expires_at: datetime
+
+
+class LinkIssued(BaseModel):
+    url: str = Field(description="The one-time link; shown this once and never again.")
+    expires_at: datetime
+
+
+class InvitationIssued(LinkIssued):
+    id: int
+
+
+class PasswordForm(InputModel):
+    """A new password, typed twice (the invitation and password-reset pages)."""
+
+    password: Password
+    password_again: str
+
+    @model_validator(mode="after")
+    def _typed_alike_twice(self) -> PasswordForm:
+        if self.password != self.password_again:
+            raise ValueError("the two passwords differ")
+        return self
+
+
+class AccountForm(PasswordForm):
+    username: Username
+
+
+FormT = TypeVar("FormT", bound=BaseModel)
+
+
+def form_input(model: type[FormT], **fields: object) -> FormT:
+    """Form fields checked as `model`; the first problem becomes `InvalidInput` naming its field."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidInput(f"{where}: {message}" if where else message) from None

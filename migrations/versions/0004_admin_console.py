@@ -84,6 +84,50 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_access_links_token_hash")),
     )
     op.create_table(
+        "leaderboards",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("standings", JSONValue, nullable=False),
+        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_leaderboards")),
+    )
+    op.create_index(
+        op.f("ix_leaderboards_computed_at"), "leaderboards", ["computed_at"], unique=False
+    )
+    op.create_table(
+        "round_logs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("round_id", sa.Integer(), nullable=False),
+        sa.Column(
+            "stage",
+            sa.Enum(
+                "pending",
+                "snapshot",
+                "sft",
+                "reward_model",
+                "policy",
+                "evaluate",
+                "register",
+                "done",
+                name="roundstage",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("level", sa.String(length=16), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["round_id"],
+            ["rounds.id"],
+            name=op.f("fk_round_logs_round_id_rounds"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_round_logs")),
+    )
+    op.create_index("ix_round_logs_round_id_id", "round_logs", ["round_id", "id"], unique=False)
+    op.create_table(
         "rater_quality",
         sa.Column("rater_id", sa.Integer(), nullable=False),
         sa.Column("judgements", sa.Integer(), nullable=False),
@@ -107,6 +151,8 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_judgements_rater_created", ["rater_id", "created_at"], unique=False
         )
+        # all of a task's judgements, corrections included (the admin task page, the filters)
+        batch_op.create_index("ix_judgements_task_id", ["task_id"], unique=False)
 
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(
@@ -136,9 +182,14 @@ def downgrade() -> None:
     )
 
     with op.batch_alter_table("judgements", schema=None) as batch_op:
+        batch_op.drop_index("ix_judgements_task_id")
         batch_op.drop_index("ix_judgements_rater_created")
 
     op.drop_table("rater_quality")
+    op.drop_index(op.f("ix_leaderboards_computed_at"), table_name="leaderboards")
+    op.drop_table("leaderboards")
+    op.drop_index("ix_round_logs_round_id_id", table_name="round_logs")
+    op.drop_table("round_logs")
     op.drop_table("access_links")
     with op.batch_alter_table("quality_reports", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_quality_reports_computed_at"))
