@@ -11,8 +11,9 @@ import hashlib
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -48,6 +49,35 @@ def create_user(db: Session, *, username: str, password: str, role: Role) -> Use
             db.add(user)
     except IntegrityError:
         raise Conflict(f"User {username!r} already exists") from None
+    return user
+
+
+def get_user(db: Session, *, user_id: int) -> User:
+    user = db.get(User, user_id)
+    if user is None:
+        raise NotFound("User not found")
+    return user
+
+
+def update_user(
+    db: Session,
+    *,
+    user: User,
+    acting: User | None,
+    is_active: bool | None = None,
+    role: Role | None = None,
+) -> User:
+    """Disable, enable or change the role of an account; `acting` (the admin, or None from the
+    CLI) may not disable or demote themselves, so that the console cannot lock itself out."""
+    disabling, changing_role = is_active is False, role is not None and role != user.role
+    if acting is not None and acting.id == user.id and (disabling or changing_role):
+        raise Conflict("You cannot disable your own account or change your own role")
+    if role is not None:
+        user.role = role
+    if is_active is not None:
+        user.is_active = is_active
+    if disabling:
+        end_user_sessions(db, user=user)
     return user
 
 
@@ -110,6 +140,11 @@ def end_web_session(db: Session, *, token: str) -> None:
     db.execute(delete(WebSession).where(WebSession.token_hash == security.token_digest(token)))
 
 
+def end_user_sessions(db: Session, *, user: User) -> int:
+    """Sign `user` out of every browser; returns how many sessions ended."""
+    return db.execute(delete(WebSession).where(WebSession.user_id == user.id)).rowcount or 0
+
+
 # --- API keys ------------------------------------------------------------------------------------
 
 
@@ -151,14 +186,25 @@ def get_api_key(db: Session, *, key: str) -> ApiKey | None:
     return api_key
 
 
-def list_api_keys(db: Session, *, user: User) -> list[ApiKey]:
-    return list(
-        db.scalars(
-            select(ApiKey)
-            .where(ApiKey.user_id == user.id, ApiKey.expires_at.is_(None))
-            .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
-        )
+def _keys_made_on_purpose() -> Select[tuple[ApiKey]]:
+    """Keys people created (login tokens from `/api/auth/token` expire and are left out)."""
+    return (
+        select(ApiKey)
+        .where(ApiKey.expires_at.is_(None))
+        .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
     )
+
+
+def list_api_keys(db: Session, *, user: User) -> list[ApiKey]:
+    return list(db.scalars(_keys_made_on_purpose().where(ApiKey.user_id == user.id)))
+
+
+def api_keys_by_user(db: Session) -> dict[int, list[ApiKey]]:
+    """Everyone's keys in one query, by user id, for the admin console."""
+    keys: dict[int, list[ApiKey]] = {}
+    for api_key in db.scalars(_keys_made_on_purpose()):
+        keys.setdefault(api_key.user_id, []).append(api_key)
+    return keys
 
 
 def revoke_api_key(db: Session, *, user: User, key_id: int) -> ApiKey:
@@ -244,15 +290,22 @@ def prompt_dedup_hash(prompt: PromptIn) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
+class PromptCounts(NamedTuple):
+    created: int
+    already_stored: int
+    repeated: int
+    """Copies of a prompt that came earlier in the same batch."""
+
+
 def add_prompts(
     db: Session, *, prompts: Iterable[PromptIn], created_by: User | None
-) -> tuple[int, int]:
-    """Insert the prompts not seen before; returns (created, duplicates)."""
+) -> PromptCounts:
+    """Insert the prompts not seen before; a duplicate keeps the stored prompt's tags."""
     by_hash: dict[str, PromptIn] = {}
-    duplicates = 0
+    repeated = 0
     for prompt in prompts:
         digest = prompt_dedup_hash(prompt)
-        duplicates += digest in by_hash
+        repeated += digest in by_hash
         by_hash.setdefault(digest, prompt)
     existing = set(
         db.scalars(select(Prompt.dedup_hash).where(Prompt.dedup_hash.in_(list(by_hash))))
@@ -271,7 +324,7 @@ def add_prompts(
             )
         )
     db.flush()
-    return len(by_hash) - len(existing), duplicates + len(existing)
+    return PromptCounts(len(by_hash) - len(existing), len(existing), repeated)
 
 
 def count_prompts(db: Session) -> int:

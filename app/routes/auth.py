@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from app import crud, security
+from app import crud
 from app.config import Settings
 from app.deps import (
     SESSION_COOKIE,
@@ -22,14 +22,19 @@ from app.deps import (
 )
 from app.errors import RateLimited, Unauthenticated
 from app.models import User, utcnow
+from app.public_forms import PublicForm, is_https
 from app.schemas import TokenRequest, TokenResponse, UserOut
-from app.templating import render
 
 router = APIRouter()
 
 INVALID_CREDENTIALS = "Incorrect username or password"
-LOGIN_NONCE_COOKIE = "alignloop_login"
-LOGIN_FORM_MAX_AGE_S = 2 * 3600
+LOGIN_FORM = PublicForm(purpose="login", path="/login", field="login_token")
+LOGIN_NOTICES = {
+    "account-created": "Your account is ready: sign in with your new password.",
+    "password-reset": "Your password was changed and all your sessions were signed out: "
+    "sign in with the new password.",
+}
+"""What `/login?notice=...` may say; a fixed list, so that a link cannot put words on the page."""
 
 
 def verify_login(
@@ -63,55 +68,33 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _login_signer(settings: Settings) -> security.FormSigner:
-    return security.FormSigner(settings.require_secret_key(), purpose="login")
-
-
-def _is_https(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
 def _login_form(
     request: Request,
     settings: Settings,
     *,
     next_path: str,
     error: str | None = None,
+    notice: str | None = None,
     status_code: int = 200,
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    # Login CSRF: the form carries a signed copy of a random value that is also in a cookie.
-    nonce = security.new_token()
-    response = render(
-        request,
-        "login.html",
-        {
-            "next_path": safe_next_path(next_path),
-            "error": error,
-            "login_token": _login_signer(settings).sign(nonce),
-        },
-        status_code=status_code,
-        headers=headers,
+    context = {"next_path": safe_next_path(next_path), "error": error, "notice": notice}
+    return LOGIN_FORM.render(
+        request, settings, "login.html", context, status_code=status_code, headers=headers
     )
-    response.set_cookie(
-        LOGIN_NONCE_COOKIE,
-        nonce,
-        max_age=LOGIN_FORM_MAX_AGE_S,
-        path="/login",
-        httponly=True,
-        samesite="lax",
-        secure=_is_https(request),
-    )
-    return response
 
 
 @router.get("/login", dependencies=[PublicRoute], response_class=HTMLResponse)
 def login_page(
-    request: Request, settings: SettingsDep, principal: OptionalPagePrincipal, next: str = "/"
+    request: Request,
+    settings: SettingsDep,
+    principal: OptionalPagePrincipal,
+    next: str = "/",
+    notice: str = "",
 ) -> Response:
     if principal is not None:
         return RedirectResponse(safe_next_path(next), status_code=303)
-    return _login_form(request, settings, next_path=next)
+    return _login_form(request, settings, next_path=next, notice=LOGIN_NOTICES.get(notice))
 
 
 @router.post("/login", dependencies=[PublicRoute], response_class=HTMLResponse)
@@ -124,9 +107,7 @@ def login(
     login_token: Annotated[str, Form(max_length=500)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
-    if not _login_signer(settings).verify(
-        login_token, request.cookies.get(LOGIN_NONCE_COOKIE), LOGIN_FORM_MAX_AGE_S
-    ):
+    if not LOGIN_FORM.verify(request, settings, login_token):
         error = "The login form expired or was not sent by this site; please sign in again."
         return _login_form(request, settings, next_path=next, error=error, status_code=403)
     try:
@@ -158,9 +139,9 @@ def login(
         max_age=int(settings.session_hours * 3600),
         httponly=True,
         samesite="lax",
-        secure=_is_https(request),
+        secure=is_https(request),
     )
-    response.delete_cookie(LOGIN_NONCE_COOKIE, path="/login")
+    LOGIN_FORM.forget(response)
     return response
 
 

@@ -20,9 +20,7 @@ def list_keys(db: DbSession, user: CurrentUser) -> list[ApiKeyOut]:
 def create_key(body: ApiKeyCreate, db: DbSession, user: CurrentUser) -> ApiKeyCreated:
     api_key, key = crud.create_api_key(db, user=user, name=body.name)
     db.commit()
-    return ApiKeyCreated.model_validate(
-        {**ApiKeyOut.model_validate(api_key).model_dump(), "key": key}
-    )
+    return ApiKeyCreated.shown_once(api_key, key)
 
 
 @router.delete("/{key_id}", status_code=204)
