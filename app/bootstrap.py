@@ -33,8 +33,7 @@ def load_demo_prompts(db: Session) -> int:
         raise RuntimeError(f"{DEMO_PROMPTS} has invalid rows: {skipped}")
     for prompt in prompts:
         prompt.source = prompt.source or "alignloop demo"
-    created, _ = crud.add_prompts(db, prompts=prompts, created_by=None)
-    return created
+    return crud.add_prompts(db, prompts=prompts, created_by=None).created
 
 
 def publish_default_guidelines(db: Session) -> bool:

@@ -16,10 +16,11 @@ rejected format and are left out there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
@@ -32,6 +33,7 @@ from app.models import (
     Response,
     Round,
     Task,
+    TaskResponse,
 )
 from app.preferences import Pair, build_snapshot, canonical_line, pair_line, read_pairs
 
@@ -62,6 +64,12 @@ def export_lines(
     if file_format == "raw":
         return raw_lines(db, up_to_judgement_id=cutoff)
     return pair_lines(pairs if pairs is not None else build_snapshot(db).pairs, file_format)
+
+
+def exportable_rounds(db: Session, *, limit: int = 100) -> list[Round]:
+    """The latest rounds that took a snapshot, the ones `export_lines` accepts as `round_id`."""
+    query = select(Round).where(Round.snapshot_sha256.is_not(None)).order_by(Round.id.desc())
+    return list(db.scalars(query.limit(limit)))
 
 
 def pair_lines(pairs: Iterable[Pair], file_format: str) -> Iterator[bytes]:
@@ -117,51 +125,96 @@ def _plain(messages: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{ROLE_NAMES[m['role']]}: {m['content']}" for m in messages)
 
 
+RAW_BATCH_SIZE = 500
+"""Judgements read at a time by `raw_lines`, with what they refer to in four more queries."""
+
+
 def raw_lines(db: Session, *, up_to_judgement_id: int | None = None) -> Iterator[bytes]:
-    """Every judgement with what its rater saw and said, oldest first."""
-    query = select(Judgement).order_by(Judgement.id)
-    if up_to_judgement_id is not None:
-        query = query.where(Judgement.id <= up_to_judgement_id)
+    """Every judgement with what its rater saw and said, oldest first, read in batches: the
+    number of queries grows with the batches, not with the judgements."""
     versions = dict(db.execute(select(ModelVersion.id, ModelVersion.name)).all())
     guidelines = dict(db.execute(select(GuidelineVersion.id, GuidelineVersion.version)).all())
-    for judgement in db.scalars(query):
-        task = db.get(Task, judgement.task_id)
-        assignment = (
-            db.get(Assignment, judgement.assignment_id) if judgement.assignment_id else None
+    query = select(Judgement).order_by(Judgement.id).limit(RAW_BATCH_SIZE)
+    if up_to_judgement_id is not None:
+        query = query.where(Judgement.id <= up_to_judgement_id)
+    last_id = 0
+    while batch := db.scalars(query.where(Judgement.id > last_id)).all():
+        seen = _RawContext.load(db, batch, versions)
+        for judgement in batch:
+            yield canonical_line(seen.record(judgement, guidelines))
+        last_id = batch[-1].id
+
+
+@dataclass(frozen=True)
+class _RawContext:
+    """What a batch of judgements refers to: tasks with their prompts and responses, the
+    orders raters were shown, and the raters' rewrites."""
+
+    tasks: dict[int, Row]
+    responses: dict[int, list[dict]]
+    shown_orders: dict[int, list]
+    rewrites: dict[int, str]
+
+    @classmethod
+    def load(cls, db: Session, batch: Sequence[Judgement], versions: dict[int, str]) -> _RawContext:
+        task_ids = {judgement.task_id for judgement in batch}
+        tasks = db.execute(
+            select(Task.id, Task.kind, Prompt.messages)
+            .join(Prompt, Prompt.id == Task.prompt_id)
+            .where(Task.id.in_(task_ids))
         )
-        responses = [db.get(Response, link.response_id) for link in task.responses]
-        rewrite = (
-            db.get(Response, judgement.rewrite_response_id)
-            if judgement.rewrite_response_id
-            else None
+        linked = db.execute(
+            select(
+                TaskResponse.task_id,
+                Response.id,
+                Response.text,
+                Response.model_version_id,
+                Response.author_id,
+            )
+            .join(Response, Response.id == TaskResponse.response_id)
+            .where(TaskResponse.task_id.in_(task_ids))
+            .order_by(TaskResponse.task_id, TaskResponse.position)
         )
-        yield canonical_line(
-            {
-                "judgement_id": judgement.id,
-                "supersedes_id": judgement.supersedes_id,
-                "task_id": task.id,
-                "task_kind": task.kind.value,
-                "rater_id": judgement.rater_id,
-                "prompt": db.get(Prompt, task.prompt_id).messages,
-                "responses": [
-                    {
-                        "id": response.id,
-                        "text": response.text,
-                        "model_version": versions.get(response.model_version_id),
-                        "human": response.author_id is not None,
-                    }
-                    for response in responses
-                ],
-                "shown_order": assignment.response_order if assignment else None,
-                "ranking": judgement.ranking,
-                "strength": judgement.strength,
-                "all_bad": judgement.all_bad,
-                "ratings": judgement.ratings,
-                "flags": judgement.flags,
-                "critique": judgement.critique,
-                "rewrite": rewrite.text if rewrite else None,
-                "time_spent_ms": judgement.time_spent_ms,
-                "guideline_version": guidelines.get(judgement.guideline_version_id),
-                "created_at": judgement.created_at.isoformat(),
-            }
+        responses: dict[int, list[dict]] = {}
+        for task_id, response_id, text, version_id, author_id in linked:
+            responses.setdefault(task_id, []).append(
+                {
+                    "id": response_id,
+                    "text": text,
+                    "model_version": versions.get(version_id),
+                    "human": author_id is not None,
+                }
+            )
+        assignment_ids = {j.assignment_id for j in batch if j.assignment_id}
+        rewrite_ids = {j.rewrite_response_id for j in batch if j.rewrite_response_id}
+        shown = select(Assignment.id, Assignment.response_order)
+        rewrites = select(Response.id, Response.text)
+        return cls(
+            tasks={row.id: row for row in tasks},
+            responses=responses,
+            shown_orders=dict(db.execute(shown.where(Assignment.id.in_(assignment_ids))).all()),
+            rewrites=dict(db.execute(rewrites.where(Response.id.in_(rewrite_ids))).all()),
         )
+
+    def record(self, judgement: Judgement, guidelines: dict[int, int]) -> dict:
+        task = self.tasks[judgement.task_id]
+        return {
+            "judgement_id": judgement.id,
+            "supersedes_id": judgement.supersedes_id,
+            "task_id": task.id,
+            "task_kind": task.kind.value,
+            "rater_id": judgement.rater_id,
+            "prompt": task.messages,
+            "responses": self.responses.get(task.id, []),
+            "shown_order": self.shown_orders.get(judgement.assignment_id),
+            "ranking": judgement.ranking,
+            "strength": judgement.strength,
+            "all_bad": judgement.all_bad,
+            "ratings": judgement.ratings,
+            "flags": judgement.flags,
+            "critique": judgement.critique,
+            "rewrite": self.rewrites.get(judgement.rewrite_response_id),
+            "time_spent_ms": judgement.time_spent_ms,
+            "guideline_version": guidelines.get(judgement.guideline_version_id),
+            "created_at": judgement.created_at.isoformat(),
+        }

@@ -6,11 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator, Field
 
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.export import FORMATS, export_lines
 
 router = APIRouter(prefix="/api/export", tags=["export"])
+
+RoundId = Annotated[
+    Annotated[int, Field(ge=1)] | None,
+    # the admin page's form sends its "everything so far" choice as `round=`
+    BeforeValidator(lambda value: None if value == "" else value),
+]
 
 
 @router.get("/preferences")
@@ -21,7 +28,7 @@ def export_preferences(
     file_format: Annotated[
         str, Query(alias="format", description=f"one of {', '.join(FORMATS)}")
     ] = "trl",
-    round_id: Annotated[int | None, Query(alias="round", ge=1)] = None,
+    round_id: Annotated[RoundId, Query(alias="round")] = None,
 ) -> StreamingResponse:
     """Streamed; with `round`, exactly the data that round trained on."""
     lines = export_lines(

@@ -13,9 +13,8 @@ from app import crud
 from app.cli import main
 from app.db import make_session_factory, session_scope
 from app.export import FORMATS
-from app.models import Judgement, Role, Round
-from app.preferences import build_snapshot, write_snapshot
-from tests.helpers import TEST_SECRET, api_key_for, create_task
+from app.models import Judgement, Role
+from tests.helpers import TEST_SECRET, api_key_for, create_task, snapshot_round
 
 
 @pytest.fixture
@@ -100,14 +99,7 @@ def test_exporting_the_same_data_twice_gives_identical_bytes(client, judged, adm
 
 
 def test_a_rounds_export_is_its_snapshot(client, judged, admin, settings):
-    snapshot = build_snapshot(judged)
-    write_snapshot(snapshot, settings.snapshots_dir)
-    round_ = Round(
-        snapshot_sha256=snapshot.sha256,
-        config={"snapshot": {"up_to_judgement_id": snapshot.up_to_judgement_id}},
-    )
-    judged.add(round_)
-    judged.commit()
+    round_ = snapshot_round(judged, settings.snapshots_dir)
     before = download(client, judged, admin, format="trl", round=round_.id)
     task = create_task(judged)  # newer data does not change the round's export
     judged.add(
@@ -122,7 +114,7 @@ def test_a_rounds_export_is_its_snapshot(client, judged, admin, settings):
     assert download(client, judged, admin, format="trl") != before
     assert len(rows(download(client, judged, admin, format="raw", round=round_.id))) == 3
     pairs = download(client, judged, admin, format="pairs", round=round_.id)
-    assert pairs == (settings.snapshots_dir / f"{snapshot.sha256}.jsonl").read_bytes()
+    assert pairs == (settings.snapshots_dir / f"{round_.snapshot_sha256}.jsonl").read_bytes()
 
 
 def test_bad_export_requests_are_refused(client, judged, admin, rater):

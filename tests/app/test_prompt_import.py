@@ -71,8 +71,8 @@ def test_duplicates_are_detected_across_whitespace_and_imports(db):
         jsonl({"prompt": "What is  RLHF?"}, {"prompt": "What is RLHF? "}, {"prompt": "Other"}),
         "jsonl",
     )
-    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (2, 1)
-    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (0, 3)
+    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (2, 0, 1)
+    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (0, 2, 1)
     assert crud.count_prompts(db) == 2
 
 
