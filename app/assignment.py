@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.errors import RateLimited
+from app.errors import PermissionDenied, RateLimited
 from app.models import (
     Assignment,
     AssignmentStatus,
@@ -33,6 +33,15 @@ from app.schemas import MessageOut, PromptOut, ResponseOut, TaskOut
 
 FINISHED = (AssignmentStatus.SUBMITTED, AssignmentStatus.SKIPPED)
 REMAINING = Task.required_judgements - Task.judgement_count - Task.lease_count
+
+
+class RaterPaused(PermissionDenied):
+    """The rater is paused (by an admin or by their trust score) and gets no tasks."""
+
+    def __init__(self, reason: str | None) -> None:
+        self.reason = reason
+        because = f": {reason}" if reason else ""
+        super().__init__(f"Your rating is paused{because}. An admin can resume it.")
 
 
 def _is_live(now: datetime):
@@ -69,21 +78,28 @@ def assign_next_task(
     rater: User,
     lease_minutes: float,
     max_open_leases: int,
+    gold_rate: float = 0.0,
     rng: random.Random | None = None,
 ) -> Assignment | None:
     """Lease the open task closest to completion that this rater may judge, or None.
 
-    Raises RateLimited when the rater already holds `max_open_leases` live leases.
+    With probability `gold_rate` it is a gold task the rater has not done yet (while one is
+    left), otherwise an ordinary task.
+    Raises RaterPaused for a paused rater, and RateLimited when the rater already holds
+    `max_open_leases` live leases.
     """
+    if rater.paused_at is not None:
+        raise RaterPaused(rater.pause_reason)
     now = utcnow()
     active = _active_assignments(db, rater_id=rater.id)
     held = [assignment for assignment in active if assignment.expires_at > now]
     if len(held) >= max_open_leases:
         retry_after = (held[0].expires_at - now).total_seconds()
         raise RateLimited("Finish or skip the tasks you hold before taking more.", int(retry_after))
-    task = db.scalar(
-        _candidates(rater_id=rater.id, now=now).limit(1).with_for_update(skip_locked=True, of=Task)
-    )
+    task = None
+    if gold_rate > 0 and (rng or random).random() < gold_rate:
+        task = _first_unlocked(db, _gold_candidates(rater_id=rater.id, now=now))
+    task = task or _first_unlocked(db, _candidates(rater_id=rater.id, now=now))
     if task is None:
         return None
     # A lease of this rater's on this task that ran out is still "active" until reclaimed;
@@ -95,28 +111,51 @@ def assign_next_task(
     return _lease(db, task, rater_id=rater.id, now=now, minutes=lease_minutes, rng=rng)
 
 
-def _active_assignments(db: Session, *, rater_id: int) -> list[Assignment]:
-    """The rater's assignments marked active, live or run out, oldest first."""
-    return list(
-        db.scalars(
-            select(Assignment)
-            .where(Assignment.rater_id == rater_id, Assignment.status == AssignmentStatus.ACTIVE)
-            .order_by(Assignment.leased_at, Assignment.id)
-        )
+def _active_assignments(
+    db: Session, *, rater_id: int, task_id: int | None = None
+) -> list[Assignment]:
+    """The rater's assignments marked active, live or run out (on one task, if given), oldest
+    first, as the database holds them now."""
+    query = select(Assignment).where(
+        Assignment.rater_id == rater_id, Assignment.status == AssignmentStatus.ACTIVE
     )
+    if task_id is not None:
+        query = query.where(Assignment.task_id == task_id)
+    query = query.order_by(Assignment.leased_at, Assignment.id)
+    return list(db.scalars(query.execution_options(populate_existing=True)))
+
+
+def _first_unlocked(db: Session, candidates) -> Task | None:
+    """The first of the candidate tasks that nobody else is leasing right now, locked."""
+    return db.scalar(candidates.limit(1).with_for_update(skip_locked=True, of=Task))
 
 
 def _candidates(*, rater_id: int, now: datetime):
     """Open tasks with a free slot that the rater has not judged, skipped or leased, the ones
-    closest to completion first."""
+    closest to completion first (gold tasks apart)."""
     return (
         select(Task)
         .where(
             Task.status == TaskStatus.OPEN,
+            ~Task.is_gold,
             REMAINING > 0,
             ~_touched_by_rater(Task.id, rater_id=rater_id, now=now),
         )
         .order_by(REMAINING, Task.id)
+    )
+
+
+def _gold_candidates(*, rater_id: int, now: datetime):
+    """Gold tasks the rater has not judged, skipped or leased. Every rater may do each one, so
+    their slots are not counted."""
+    return (
+        select(Task)
+        .where(
+            Task.status == TaskStatus.OPEN,
+            Task.is_gold,
+            ~_touched_by_rater(Task.id, rater_id=rater_id, now=now),
+        )
+        .order_by(Task.id)
     )
 
 
@@ -163,9 +202,31 @@ def _lease(
 
 
 def release_lease(task: Task, assignment: Assignment, status: AssignmentStatus) -> None:
-    """End a lease as submitted or skipped; the caller holds the task's lock."""
+    """End a lease as submitted, skipped or expired; the caller holds the task's lock."""
     assignment.status, assignment.finished_at = status, utcnow()
     task.lease_count -= 1
+
+
+def release_rater_leases(db: Session, *, rater_id: int) -> int:
+    """End every lease the rater holds, freeing the slots for others; returns how many.
+
+    Tasks are locked in id order (the same order for every caller, so no deadlock), and each
+    lease is re-read under its task's lock: it may have been submitted meanwhile.
+    """
+    task_ids = db.scalars(
+        select(Assignment.task_id)
+        .where(Assignment.rater_id == rater_id, Assignment.status == AssignmentStatus.ACTIVE)
+        .distinct()
+        .order_by(Assignment.task_id)
+    ).all()
+    released = 0
+    for task_id in task_ids:
+        task = lock_task(db, task_id)
+        for assignment in _active_assignments(db, rater_id=rater_id, task_id=task_id):
+            release_lease(task, assignment, AssignmentStatus.EXPIRED)
+            released += 1
+    db.flush()
+    return released
 
 
 def expire_stale_leases(db: Session) -> int:
@@ -201,13 +262,17 @@ def expire_stale_leases(db: Session) -> int:
 
 
 def current_or_next(
-    db: Session, *, rater: User, lease_minutes: float, max_open_leases: int
+    db: Session, *, rater: User, lease_minutes: float, max_open_leases: int, gold_rate: float = 0.0
 ) -> Assignment | None:
     """The rater's oldest live lease (a reload shows the same task), else a new one."""
     if held := open_leases(db, rater_id=rater.id):
         return held[0]
     return assign_next_task(
-        db, rater=rater, lease_minutes=lease_minutes, max_open_leases=max_open_leases
+        db,
+        rater=rater,
+        lease_minutes=lease_minutes,
+        max_open_leases=max_open_leases,
+        gold_rate=gold_rate,
     )
 
 

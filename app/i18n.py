@@ -68,6 +68,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.empty_title": "Nothing to rate right now",
         "rate.empty_body": "There are no tasks waiting for you. New ones appear when an admin "
         "generates candidates; check back later.",
+        "rate.paused_title": "Your rating is paused",
+        "rate.paused_body": "An admin has paused your rating, so no new tasks come to you until "
+        "they resume it. The judgements you made are kept.",
+        "rate.paused_reason": "Reason: {reason}",
         "rate.saved": "Saved. Here is the next task.",
         "rate.skipped": "Skipped. Here is the next task.",
         "rate.keys": "Keys",
@@ -152,6 +156,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.lease": "为你保留至 {time}（UTC）",
         "rate.empty_title": "暂时没有可评的任务",
         "rate.empty_body": "目前没有等待你的任务。管理员生成候选回答后会出现新任务，请稍后再来。",
+        "rate.paused_title": "你的评分已暂停",
+        "rate.paused_body": "管理员暂停了你的评分，在恢复之前不会再分配新任务给你。"
+        "你已做的评判会保留。",
+        "rate.paused_reason": "原因：{reason}",
         "rate.saved": "已保存。下面是下一个任务。",
         "rate.skipped": "已跳过。下面是下一个任务。",
         "rate.keys": "快捷键",

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app import crud
 from app.assignment import live_assignment, lock_task, release_lease
 from app.errors import Conflict, InvalidInput, NotFound
+from app.escalation import Escalation, escalate_if_disagreed
 from app.models import (
     Assignment,
     AssignmentStatus,
@@ -36,8 +37,12 @@ def submit_judgement(
     body: JudgementIn,
     aspects: list[str],
     idempotency_key: str | None = None,
+    escalation: Escalation | None = None,
 ) -> tuple[Judgement, bool]:
-    """Store a judgement; returns it and whether it is new (False for an idempotent replay)."""
+    """Store a judgement; returns it and whether it is new (False for an idempotent replay).
+
+    With `escalation`, a task whose raters disagree gets one more slot instead of completing.
+    """
     task = _locked_task(db, task_id)
     previous = _previous_judgement(db, rater=rater, task_id=task_id, key=idempotency_key)
     if previous is not None:
@@ -70,10 +75,18 @@ def submit_judgement(
     db.add(judgement)
     release_lease(task, assignment, AssignmentStatus.SUBMITTED)
     task.judgement_count += 1
-    if task.judgement_count >= task.required_judgements:
+    if _completes(db, task, escalation):
         task.status, task.completed_at = TaskStatus.COMPLETE, utcnow()
     db.flush()
     return judgement, True
+
+
+def _completes(db: Session, task: Task, escalation: Escalation | None) -> bool:
+    """Whether the judgement just added completes the task: gold tasks stay open for every
+    rater, and a full task whose raters disagree may get one more slot instead."""
+    if task.is_gold or task.judgement_count < task.required_judgements:
+        return False
+    return escalation is None or not escalate_if_disagreed(db, task, escalation)
 
 
 def skip_task(db: Session, *, rater: User, task_id: int, reason: str | None) -> Assignment:

@@ -21,7 +21,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from app.models import Judgement, Prompt, Response, Task
@@ -125,12 +125,16 @@ def build_snapshot(
     margins: bool = True,
     rater_weights: dict[int, float] | None = None,
 ) -> Snapshot:
-    """Freeze the current judgements (ids up to the cut-off, by default all) into pairs.
+    """Freeze the current judgements (ids up to the cut-off, by default all) into pairs,
+    leaving out gold tasks.
 
     `rater_weights` (a trust score per rater id; 1.0 when absent) becomes each pair's weight.
     """
     cutoff = up_to_judgement_id or db.scalar(select(func.max(Judgement.id))) or 0
-    judgements = list(current_judgements(db, cutoff))
+    gold = set(db.scalars(select(Task.id).where(Task.is_gold)))  # they measure raters
+    judgements = [
+        judgement for judgement in current_judgements(db, cutoff) if judgement.task_id not in gold
+    ]
     context = _Context.load(db, judgements)
     pairs: list[Pair] = []
     for judgement in judgements:
@@ -153,11 +157,17 @@ def build_snapshot(
 def current_judgements(db: Session, cutoff: int | None = None) -> Iterator[Judgement]:
     """The last judgement of every correction chain, with ids up to `cutoff` (default: all)."""
     cutoff = cutoff if cutoff is not None else db.scalar(select(func.max(Judgement.id))) or 0
+    yield from db.scalars(select(Judgement).where(is_current(cutoff)).order_by(Judgement.id))
+
+
+def is_current(cutoff: int | None = None) -> ColumnElement[bool]:
+    """SQL condition: the judgement is the last of its correction chain, counting only ids up
+    to `cutoff` (default: all)."""
     newer = aliased(Judgement)
+    if cutoff is None:
+        return ~exists().where(newer.supersedes_id == Judgement.id)
     superseded = exists().where(newer.supersedes_id == Judgement.id, newer.id <= cutoff)
-    yield from db.scalars(
-        select(Judgement).where(Judgement.id <= cutoff, ~superseded).order_by(Judgement.id)
-    )
+    return and_(Judgement.id <= cutoff, ~superseded)
 
 
 @dataclass

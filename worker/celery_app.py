@@ -31,6 +31,7 @@ REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
 PURGE_INTERVAL_S = 60 * 60
 RECLAIM_INTERVAL_S = 60
 JUDGEMENT_CHECK_INTERVAL_S = 300
+QUALITY_REFRESH_INTERVAL_S = 600
 # The in-memory transport polls its queues; kombu's default of 1 s adds that much latency.
 EMBEDDED_POLLING_INTERVAL_S = 0.1
 
@@ -51,6 +52,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
             "schedule": PURGE_INTERVAL_S,
         },
         "reclaim": {"task": "alignloop.reclaim", "schedule": RECLAIM_INTERVAL_S},
+        "refresh-quality": {
+            "task": "alignloop.refresh_quality",
+            "schedule": QUALITY_REFRESH_INTERVAL_S,
+        },
     }
     if settings.generation_interval_hours > 0:
         schedule["generate-candidates"] = {

@@ -11,6 +11,7 @@ from app import crud
 from app.db import session_scope
 from app.models import Job, ModelKind, ModelVersion
 from app.preferences import Pair, build_snapshot, collect_demonstrations, write_snapshot
+from app.quality import snapshot_weights
 from worker.celery_app import WorkerContext
 from worker.data import Demonstration
 from worker.job_runner import Progress
@@ -32,7 +33,8 @@ def train_reward_model_job(context: WorkerContext, job: Job, progress: Progress)
     )
     with session_scope(context.session_factory) as db:
         base = _base_policy(db, job.params.get("base"))
-        snapshot = build_snapshot(db, ties=job.params.get("ties", "skip"))
+        weights = snapshot_weights(db, context.settings)
+        snapshot = build_snapshot(db, ties=job.params.get("ties", "skip"), rater_weights=weights)
     write_snapshot(snapshot, context.settings.snapshots_dir)
     expected_steps = max(1, config.epochs * len(snapshot.split("train")) // config.batch_pairs)
     version, report = fit_reward_model(

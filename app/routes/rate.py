@@ -16,6 +16,7 @@ from starlette.datastructures import FormData
 
 from app import crud
 from app.assignment import (
+    RaterPaused,
     current_or_next,
     live_assignment,
     open_leases,
@@ -25,6 +26,7 @@ from app.assignment import (
 from app.config import Settings
 from app.deps import DbSession, Form, PageRater, PageUser, SettingsDep
 from app.errors import Conflict, InvalidInput, NotFound
+from app.escalation import Escalation
 from app.i18n import translate
 from app.judgements import skip_task, submit_judgement
 from app.models import Task, User
@@ -72,6 +74,7 @@ def judge(
             body=body,
             aspects=settings.aspects,
             idempotency_key=form.get("idempotency_key") or None,
+            escalation=Escalation.from_settings(settings),
         )
     except InvalidInput as exc:
         db.rollback()
@@ -142,16 +145,27 @@ def _task_page(
     values: FormData | None = None,
     status: int = 200,
 ) -> Response:
-    """The given task if the rater still holds it, else their current or next task."""
-    assignment = (task_id and live_assignment(db, task_id=task_id, rater_id=rater.id)) or (
-        current_or_next(
-            db,
-            rater=rater,
-            lease_minutes=settings.lease_minutes,
-            max_open_leases=settings.max_open_leases,
+    """The given task if the rater still holds it, else their current or next task (or why
+    a paused rater gets none)."""
+    context = {
+        "task": None,
+        "paused": None,
+        "error": error,
+        "notice": notice,
+        "values": values or FormData(),
+    }
+    try:
+        assignment = (task_id and live_assignment(db, task_id=task_id, rater_id=rater.id)) or (
+            current_or_next(
+                db,
+                rater=rater,
+                lease_minutes=settings.lease_minutes,
+                max_open_leases=settings.max_open_leases,
+                gold_rate=settings.gold_rate,
+            )
         )
-    )
-    context = {"task": None, "error": error, "notice": notice, "values": values or FormData()}
+    except RaterPaused as paused:
+        assignment, context["paused"] = None, paused
     if assignment is not None:
         view = task_view(db, assignment)
         guideline = crud.current_guidelines(db)

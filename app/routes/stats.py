@@ -1,4 +1,6 @@
-"""`/api/stats`: what has been collected, and how much the raters agree (admins)."""
+"""`/api/stats`: what has been collected, how much the raters agree, and each rater's quality
+(admins). Agreement and quality are read from the figures `app.quality` stores in the
+background, so the answer stays fast however many judgements there are."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from app import crud
-from app.agreement import agreement_report
+from app import crud, quality
 from app.deps import AdminUser, DbSession
 from app.models import Judgement, Task, TaskStatus, utcnow
+from app.schemas import RaterQualityOut
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
@@ -19,7 +22,8 @@ ACTIVE_WINDOW = timedelta(days=7)
 
 @router.get("")
 def stats(db: DbSession, admin: AdminUser) -> dict:
-    """Counts, active raters (judged in the last 7 days) and Krippendorff's alpha."""
+    """Counts, active raters (judged in the last 7 days), Krippendorff's alpha as last computed
+    (null before the first computation) and the raters' quality figures."""
     by_status = dict(db.execute(select(Task.status, func.count()).group_by(Task.status)).all())
     active = db.scalar(
         select(func.count(func.distinct(Judgement.rater_id))).where(
@@ -34,5 +38,17 @@ def stats(db: DbSession, admin: AdminUser) -> dict:
         },
         "judgements": db.scalar(select(func.count()).select_from(Judgement)),
         "active_raters": active,
-        "agreement": agreement_report(db),
+        "agreement": _stored_agreement(db),
+        "raters": [
+            RaterQualityOut.of(rater, figures).model_dump(mode="json")
+            for rater, figures in quality.rater_rows(db)
+            if figures is not None
+        ],
     }
+
+
+def _stored_agreement(db: Session) -> dict | None:
+    report = quality.latest_report(db)
+    if report is None:
+        return None
+    return {**report.report, "computed_at": report.computed_at.isoformat()}

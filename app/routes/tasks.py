@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Response
 
 from app.assignment import assign_next_task, task_view
 from app.deps import DbSession, RaterUser, SettingsDep
+from app.escalation import Escalation
 from app.judgements import skip_task, submit_judgement
 from app.schemas import JudgementIn, JudgementOut, SkipIn, SkipOut, TaskOut
 
@@ -18,12 +19,14 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 @router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
 def next_task(db: DbSession, settings: SettingsDep, rater: RaterUser) -> TaskOut | Response:
-    """Lease the next task to judge; 204 when there is none, 429 when holding too many."""
+    """Lease the next task to judge; 204 when there is none, 429 when holding too many, 403
+    when the rater is paused."""
     assignment = assign_next_task(
         db,
         rater=rater,
         lease_minutes=settings.lease_minutes,
         max_open_leases=settings.max_open_leases,
+        gold_rate=settings.gold_rate,
     )
     if assignment is None:
         return Response(status_code=204)
@@ -48,6 +51,7 @@ def judge(
         body=body,
         aspects=settings.aspects,
         idempotency_key=idempotency_key,
+        escalation=Escalation.from_settings(settings),
     )
     db.commit()
     return JudgementOut(id=judgement.id, task_id=task_id, created_at=judgement.created_at)

@@ -10,6 +10,7 @@ import pytest
 
 from app.agreement import agreement_report, krippendorff_alpha
 from app.models import Judgement, Prompt
+from app.quality import refresh_quality
 from tests.helpers import api_key_for, create_task
 
 
@@ -59,7 +60,7 @@ def test_perfect_agreement_is_one_and_no_pairable_unit_is_nan():
     assert math.isnan(krippendorff_alpha([[1], [2]], "nominal"))
 
 
-def test_the_report_reads_preferences_ratings_and_tags(client, db, admin, make_user):
+def test_the_report_reads_preferences_ratings_and_tags(client, db, settings, admin, make_user):
     raters = [make_user(username=f"r{n}") for n in range(3)]
     for number in range(4):
         task = create_task(db, overlap=3)
@@ -85,6 +86,8 @@ def test_the_report_reads_preferences_ratings_and_tags(client, db, admin, make_u
     assert report["by_tag"]["chat"]["alpha"] == pytest.approx(chat, abs=1e-4)
     honesty = reference_alpha([[7, 6, 6], [2, 2, 2]] * 4, "interval")
     assert report["aspects"]["honesty"]["alpha"] == pytest.approx(honesty, abs=1e-4)
+    refresh_quality(db, settings)  # /api/stats reads the report stored by the last refresh
+    db.commit()
     stats = client.get("/api/stats", headers=api_key_for(db, admin)).json()
     assert stats["judgements"] == 12 and stats["tasks"] == {"open": 4, "complete": 0}
     assert stats["agreement"]["preferences"]["units"] == 4
