@@ -15,14 +15,14 @@ import click
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import bootstrap, crud, migrate, rounds
+from app import access_links, bootstrap, crud, migrate, rounds
 from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
 from app.export import FORMATS, export_lines
-from app.models import Algorithm, Role, User
-from app.prompt_import import UnreadableFile, detect_format, parse_prompts
-from app.schemas import Password, Username
+from app.models import Algorithm, PromptSplit, Role, User
+from app.prompt_import import import_prompts, options_from_text
+from app.schemas import InvitationNote, Password, Username
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -55,7 +55,7 @@ class AlignloopGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (AppError, ConfigurationError, UnreadableFile) as exc:
+        except (AppError, ConfigurationError) as exc:
             raise click.ClickException(getattr(exc, "detail", None) or str(exc)) from None
 
 
@@ -230,6 +230,61 @@ def users_create(settings: Settings, username: str, password: str, role: str) ->
     click.echo(f"created {role} {username}")
 
 
+@users.command("invite")
+@click.option("--role", type=click.Choice([role.value for role in Role]), required=True)
+@click.option("--note", default="", help="Who the invitation is for (shown to admins only).")
+@click.pass_obj
+def users_invite(settings: Settings, role: str, note: str) -> None:
+    """Print a one-time invitation link path (append it to the site's address)."""
+    note = _validated(InvitationNote, note, "--note")
+    with session_scope(_session_factory(settings)) as session:
+        issued = access_links.create_invitation(
+            session, role=Role(role), note=note, created_by=None, settings=settings
+        )
+    _print_link(issued)
+
+
+@users.command("reset-link")
+@click.option("--username", required=True)
+@click.pass_obj
+def users_reset_link(settings: Settings, username: str) -> None:
+    """Print a one-time password-reset link path for USERNAME."""
+    with session_scope(_session_factory(settings)) as session:
+        user = _existing_user(session, username)
+        issued = access_links.create_password_reset(
+            session, user=user, created_by=None, settings=settings
+        )
+    _print_link(issued)
+
+
+def _print_link(issued: access_links.IssuedLink) -> None:
+    click.echo(issued.path)
+    click.echo(f"valid once, until {issued.link.expires_at:%Y-%m-%d %H:%M} UTC", err=True)
+
+
+@users.command("disable")
+@click.option("--username", required=True)
+@click.pass_obj
+def users_disable(settings: Settings, username: str) -> None:
+    """Stop USERNAME signing in; their sessions end and their API keys stop working at once."""
+    _set_active(settings, username, is_active=False)
+
+
+@users.command("enable")
+@click.option("--username", required=True)
+@click.pass_obj
+def users_enable(settings: Settings, username: str) -> None:
+    """Let a disabled USERNAME sign in again."""
+    _set_active(settings, username, is_active=True)
+
+
+def _set_active(settings: Settings, username: str, *, is_active: bool) -> None:
+    with session_scope(_session_factory(settings)) as session:
+        user = _existing_user(session, username)
+        crud.update_user(session, user=user, acting=None, is_active=is_active)
+    click.echo(f"{'enabled' if is_active else 'disabled'} {user.username}")
+
+
 @main.group()
 def keys() -> None:
     """API keys for scripts."""
@@ -312,15 +367,32 @@ def prompts() -> None:
 
 @prompts.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tags", default="", help="Comma-separated tags added to every prompt.")
+@click.option(
+    "--split",
+    type=click.Choice([split.value for split in PromptSplit]),
+    help="Put every prompt in this split (default: as the file says, else train).",
+)
+@click.option("--source", default="", help="Source label for every prompt.")
 @click.pass_obj
-def prompts_import(settings: Settings, file: Path) -> None:
+def prompts_import(
+    settings: Settings, file: Path, tags: str, split: str | None, source: str
+) -> None:
     """Import prompts from a JSONL, JSON or CSV FILE, skipping duplicates and invalid rows."""
-    parsed, skipped = parse_prompts(file.read_bytes(), detect_format(file.name))
+    options = options_from_text(tags=tags, split=split or "", source=source)
     with session_scope(_session_factory(settings)) as session:
-        created, duplicates = crud.add_prompts(session, prompts=parsed, created_by=None)
-    click.echo(f"created {created}, duplicates {duplicates}, skipped {len(skipped)}")
-    for row in skipped:
-        click.echo(f"  line {row.line}: {row.reason}", err=True)
+        report = import_prompts(
+            session, content=file.read_bytes(), filename=file.name, options=options, created_by=None
+        )
+    click.echo(
+        f"created {report.created}, duplicates {report.duplicates}, skipped {len(report.skipped)}"
+    )
+    click.echo(
+        f"  duplicates: {report.already_stored} already stored, "
+        f"{report.repeated_in_file} repeated in the file"
+    )
+    for row in report.skipped:
+        click.echo(f"  skipped {report.row_name} {row.line}: {row.reason}", err=True)
 
 
 @main.group(name="rounds")

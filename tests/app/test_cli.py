@@ -9,11 +9,12 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from app import migrate
+from app import access_links, crud, migrate
 from app.cli import main
 from app.db import make_engine, make_session_factory
-from app.models import ApiKey, Prompt, User
-from app.security import token_digest
+from app.errors import NotFound
+from app.models import AccessLink, ApiKey, Prompt, Role, User
+from app.security import token_digest, verify_password
 from tests.helpers import TEST_SECRET
 
 
@@ -72,6 +73,10 @@ def test_keys_revoke_by_prefix(cli, db):
         (create_user(password="short"), "--password"),
         (create_user(role="owner"), "--role"),
         (["keys", "create", "--username", "ghost"], "no user named 'ghost'"),
+        (["users", "invite", "--role", "owner"], "--role"),
+        (["users", "invite", "--role", "rater", "--note", "x" * 201], "--note"),
+        (["users", "reset-link", "--username", "ghost"], "no user named 'ghost'"),
+        (["users", "disable", "--username", "ghost"], "no user named 'ghost'"),
         (["prompts", "import", "missing.jsonl"], "does not exist"),
     ],
 )
@@ -101,6 +106,18 @@ def test_prompts_import_reports_created_duplicates_and_skipped(cli, db, tmp_path
     assert len(db.scalars(select(Prompt)).all()) == 2
 
 
+def test_prompts_import_adds_tags_and_split_and_says_why_rows_were_skipped(cli, db, tmp_path):
+    file = tmp_path / "prompts.json"
+    file.write_text(json.dumps([{"prompt": "One", "tags": ["own"]}, {"messages": []}]))
+    result = cli("prompts", "import", str(file), "--tags", "cli, batch", "--split", "eval")
+    assert result.exit_code == 0, result.output
+    assert "0 already stored, 0 repeated in the file" in result.output
+    assert "skipped item 2: messages: List should have at least 1 item" in result.output
+    prompt = db.scalars(select(Prompt)).one()
+    assert (prompt.tags, prompt.split) == (["own", "cli", "batch"], "eval")
+    assert cli("prompts", "import", str(file), "--tags", "x" * 65).exit_code == 1
+
+
 def test_a_placeholder_secret_stops_every_command():
     result = CliRunner().invoke(main, ["db", "upgrade"], env={"ALIGNLOOP_SECRET_KEY": "changeme"})
     assert result.exit_code == 1
@@ -128,3 +145,40 @@ def test_production_processes_refuse_to_start_without_what_they_need(tmp_path):
     assert worker.exit_code == 1 and "ALIGNLOOP_REDIS_URL is not set" in worker.output
     web = CliRunner().invoke(main, ["web"], env=env)
     assert web.exit_code == 1 and "ALIGNLOOP_SECRET_KEY is not set" in web.output
+
+
+# --- user management -----------------------------------------------------------------------------
+
+
+def test_users_invite_prints_a_one_time_path_that_grants_the_role(cli, db):
+    result = cli("users", "invite", "--role", "admin", "--note", "for Bo")
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    assert path.startswith("/invite/")
+    token = path.removeprefix("/invite/")
+    link = db.scalar(select(AccessLink))
+    assert (link.token_hash, link.note) == (token_digest(token), "for Bo")
+    bo = access_links.accept_invitation(db, token=token, username="bo", password="long enough pw")
+    assert bo.role == Role.ADMIN
+
+
+def test_users_disable_and_enable_take_effect_at_once(cli, db):
+    cli(*create_user("rita"))
+    key = cli("keys", "create", "--username", "rita").stdout.strip()
+    assert cli("users", "disable", "--username", "Rita").stdout.strip() == "disabled rita"
+    assert crud.get_api_key(db, key=key) is None
+    db.rollback()  # end the read, so the next command can write (SQLite)
+    assert cli("users", "enable", "--username", "rita").exit_code == 0
+    assert crud.get_api_key(db, key=key) is not None
+
+
+def test_users_reset_link_replaces_the_previous_one(cli, db):
+    cli(*create_user("rita"))
+    first, second = (
+        cli("users", "reset-link", "--username", "rita").stdout.strip().removeprefix("/reset/")
+        for _ in range(2)
+    )
+    with pytest.raises(NotFound):
+        access_links.reset_password(db, token=first, password="another long pw")
+    rita = access_links.reset_password(db, token=second, password="another long pw")
+    assert verify_password("another long pw", rita.password_hash)
