@@ -20,7 +20,17 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import Algorithm, Judgement, Round, RoundMetric, RoundStage, RunStatus, User, utcnow
+from app.models import (
+    Algorithm,
+    Judgement,
+    Round,
+    RoundLog,
+    RoundMetric,
+    RoundStage,
+    RunStatus,
+    User,
+    utcnow,
+)
 from worker.training_config import (
     DPOConfig,
     PPOConfig,
@@ -44,6 +54,7 @@ RUN_STAGE_TASK = "alignloop.round_stage"
 LEASE = timedelta(minutes=2)
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 REDISPATCH_AFTER = timedelta(minutes=30)
+MAX_LOG_CHARS = 8000
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A whole round on SmolLM2-135M within about 15 minutes on 2 CPU cores.
@@ -221,6 +232,7 @@ def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -
     round_ = db.get(Round, round_id)
     db.refresh(round_)
     round_.started_at = round_.started_at or now
+    add_log(db, round_id=round_id, stage=stage, message=f"started on {worker}")
     return round_
 
 
@@ -249,6 +261,7 @@ def complete_stage(
     if round_ is None or round_.lease_owner != worker or round_.status != RunStatus.RUNNING:
         return None
     index = STAGES.index(round_.stage)
+    add_log(db, round_id=round_id, stage=round_.stage, message=f"finished in {seconds:.1f} s")
     round_.timings = {**round_.timings, round_.stage.value: round(seconds, 2)}
     for name, value in fields.items():
         setattr(round_, name, value)
@@ -277,11 +290,24 @@ def record_points(
     )
 
 
+def add_log(
+    db: Session, *, round_id: int, stage: RoundStage, message: str, level: str = "INFO"
+) -> None:
+    """One line of the round's log, shown on its admin page."""
+    db.add(RoundLog(round_id=round_id, stage=stage, level=level, message=message[:MAX_LOG_CHARS]))
+
+
+def read_log(db: Session, *, round_id: int, after_id: int = 0, limit: int = 500) -> list[RoundLog]:
+    """The round's log lines after `after_id`, oldest first (a page polls with its last id)."""
+    query = select(RoundLog).where(RoundLog.round_id == round_id, RoundLog.id > after_id)
+    return list(db.scalars(query.order_by(RoundLog.id).limit(limit)))
+
+
 def fail_round(
     db: Session, *, round_id: int, error: str, status: RunStatus = RunStatus.FAILED
 ) -> None:
     """End an active round with `error`; a finished round is left as it is."""
-    db.execute(
+    ended = db.execute(
         update(Round)
         .where(Round.id == round_id, Round.status.in_(ACTIVE))
         .values(
@@ -291,7 +317,11 @@ def fail_round(
             lease_expires_at=None,
             finished_at=utcnow(),
         )
-    )
+        .returning(Round.stage)
+    ).first()
+    if ended is not None:
+        level = "ERROR" if status == RunStatus.FAILED else "WARNING"
+        add_log(db, round_id=round_id, stage=ended.stage, message=error, level=level)
 
 
 def cancel_round(db: Session, *, round_id: int) -> Round:
@@ -301,6 +331,7 @@ def cancel_round(db: Session, *, round_id: int) -> Round:
     if round_.status not in ACTIVE:
         raise Conflict(f"Round {round_id} has already ended ({round_.status.value})")
     round_.cancel_requested = True
+    add_log(db, round_id=round_id, stage=round_.stage, message="an admin asked to cancel")
     if round_.lease_owner is None:
         fail_round(db, round_id=round_id, error="cancelled by an admin", status=RunStatus.CANCELLED)
         db.refresh(round_)

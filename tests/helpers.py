@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
@@ -12,7 +14,8 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.models import Judgement, Prompt, Response, Role, Task, TaskResponse, User
+from app.models import Judgement, Prompt, Response, Role, Round, Task, TaskResponse, User
+from app.preferences import build_snapshot, split_of, write_snapshot
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery staple"
@@ -54,10 +57,15 @@ def create_task(
     overlap: int = 2,
     prompt: str | None = None,
     texts: list[str] | None = None,
+    dedup_hash: str | None = None,
 ) -> Task:
-    """A prompt with `responses` answers as an open task needing `overlap` judgements."""
+    """A prompt with `responses` answers as an open task needing `overlap` judgements (the
+    prompt's `dedup_hash`, which decides its train/held-out split, is random unless given)."""
     content = prompt or f"prompt {uuid.uuid4().hex[:8]}"
-    row = Prompt(messages=[{"role": "user", "content": content}], dedup_hash=uuid.uuid4().hex)
+    row = Prompt(
+        messages=[{"role": "user", "content": content}],
+        dedup_hash=dedup_hash or uuid.uuid4().hex,
+    )
     db.add(row)
     db.flush()
     answers = [
@@ -77,10 +85,11 @@ def create_task(
 
 def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:
     """`count` tasks judged kind-over-rude by a new rater, each with the rater's rewrite of
-    the kind answer; returns the rater."""
+    the kind answer; returns the rater. The first task's prompt is held out, the others train."""
     rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
-    for index in range(count):
-        task = create_task(db, texts=[f"Kind answer {index}.", f"Rude answer {index}."])
+    for index, key in enumerate(prompt_keys(count, held_out=1)):
+        texts = [f"Kind answer {index}.", f"Rude answer {index}."]
+        task = create_task(db, texts=texts, dedup_hash=key)
         good, bad = (link.response_id for link in task.responses)
         rewrite = Response(
             prompt_id=task.prompt_id,
@@ -99,6 +108,26 @@ def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:
             )
         )
     return rater
+
+
+def prompt_keys(count: int, *, held_out: int) -> list[str]:
+    """`count` prompt dedup keys, the first `held_out` of them in the held-out split."""
+    keys = (uuid.uuid4().hex for _ in itertools.count())
+    wanted = ["eval"] * held_out + ["train"] * (count - held_out)
+    return [next(key for key in keys if split_of(key) == split) for split in wanted]
+
+
+def snapshot_round(db: Session, snapshots_dir: Path) -> Round:
+    """A committed round whose snapshot (written to `snapshots_dir`) holds today's data."""
+    snapshot = build_snapshot(db)
+    write_snapshot(snapshot, snapshots_dir)
+    round_ = Round(
+        snapshot_sha256=snapshot.sha256,
+        config={"snapshot": {"up_to_judgement_id": snapshot.up_to_judgement_id}},
+    )
+    db.add(round_)
+    db.commit()
+    return round_
 
 
 @contextmanager

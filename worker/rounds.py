@@ -15,7 +15,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -38,6 +39,7 @@ from app.models import (
     RunStatus,
 )
 from app.preferences import build_snapshot, collect_demonstrations, read_pairs, write_snapshot
+from app.quality import snapshot_weights
 from worker.celery_app import WorkerContext
 from worker.data import Demonstration
 from worker.engine import GenerationEngine, Sampling
@@ -131,10 +133,13 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
         )
     started = time.perf_counter()
     try:
-        with keep_lease(
-            lambda fraction: _renew(context, round_id, worker, fraction),
-            running.progress,
-            interval=HEARTBEAT_INTERVAL_S,
+        with (
+            keep_lease(
+                lambda fraction: _renew(context, round_id, worker, fraction),
+                running.progress,
+                interval=HEARTBEAT_INTERVAL_S,
+            ),
+            RoundLogHandler.attached(context, round_id, stage),
         ):
             fields = STAGES[stage](running)
     except StageStopped:
@@ -146,6 +151,8 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
             rounds.fail_round(db, round_id=round_id, error=f"{stage_name}: {detail}")
         return "failed"
     with session_scope(context.session_factory) as db:
+        results = fields.get("metrics", {}).get(SECTIONS[stage], {})
+        rounds.add_log(db, round_id=round_id, stage=stage, message=_summary(results))
         done = rounds.complete_stage(
             db,
             round_id=round_id,
@@ -154,6 +161,56 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
             **fields,
         )
     return "done" if done is not None else _stopped(context, round_id)
+
+
+class RoundLogHandler(logging.Handler):
+    """Copies what the worker's modules log while a stage runs (at the configured log level),
+    in the stage's own thread, into the round's log, so that admins read it on the round page
+    without access to the worker."""
+
+    def __init__(self, context: WorkerContext, round_id: int, stage: RoundStage) -> None:
+        super().__init__(level=logging.INFO)
+        self.context, self.round_id, self.stage = context, round_id, stage
+        self.thread = threading.get_ident()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with session_scope(self.context.session_factory) as db:
+                rounds.add_log(
+                    db,
+                    round_id=self.round_id,
+                    stage=self.stage,
+                    message=self.format(record),
+                    level=record.levelname,
+                )
+        except Exception:  # a log line must never take the stage down with it
+            self.handleError(record)
+
+    @classmethod
+    @contextmanager
+    def attached(cls, context: WorkerContext, round_id: int, stage: RoundStage) -> Iterator[None]:
+        handler = cls(context, round_id, stage)
+        package = logging.getLogger("worker")
+        package.addHandler(handler)
+        try:
+            yield
+        finally:
+            package.removeHandler(handler)
+
+
+def _summary(results: dict[str, Any]) -> str:
+    """The stage's plain results on one line (`eval_accuracy=0.91 version=reward-r3`)."""
+    shown = []
+    for name, value in results.items():
+        if isinstance(value, float):
+            shown.append(f"{name}={value:.4g}")
+        elif isinstance(value, int | str | bool):
+            shown.append(f"{name}={value}")
+    return "results: " + (" ".join(shown) or "none")
 
 
 def _renew(context: WorkerContext, round_id: int, worker: str, fraction: float) -> bool:
@@ -186,7 +243,8 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
         parent = crud.current_policy(db)
         if parent is None:
             raise RoundError("there is no policy yet: run `alignloop models pull-default`")
-        snapshot = build_snapshot(db, ties=options.get("ties", "skip"))
+        weights = snapshot_weights(db, stage.context.settings)
+        snapshot = build_snapshot(db, ties=options.get("ties", "skip"), rater_weights=weights)
     train, held_out = snapshot.split("train"), snapshot.split("eval")
     if not train:
         raise RoundError("no judgements to train on yet: rate some tasks first")
@@ -442,3 +500,5 @@ STAGES: dict[RoundStage, Callable[[Stage], dict[str, Any]]] = {
     RoundStage.EVALUATE: evaluate_stage,
     RoundStage.REGISTER: register_stage,
 }
+SECTIONS = {stage: stage.value for stage in STAGES} | {RoundStage.EVALUATE: "evaluation"}
+"""The key of each stage's results in `Round.metrics`."""

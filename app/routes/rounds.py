@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app import rounds
 from app.deps import AdminUser, DbSession
 from app.models import Round, RoundMetric
-from app.schemas import MetricPoint, RoundAccepted, RoundOut, RoundRequest
+from app.schemas import LogLine, MetricPoint, RoundAccepted, RoundOut, RoundRequest
 
 router = APIRouter(prefix="/api/rounds", tags=["rounds"])
 
@@ -61,6 +61,23 @@ def round_metrics(
     points = db.scalars(query.order_by(RoundMetric.stage, RoundMetric.name, RoundMetric.step))
     return [
         MetricPoint(stage=p.stage.value, step=p.step, name=p.name, value=p.value) for p in points
+    ]
+
+
+@router.get("/{round_id}/log")
+def round_log(
+    round_id: int,
+    db: DbSession,
+    admin: AdminUser,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> list[LogLine]:
+    """The round's log after line id `after`, oldest first: stage starts and ends, the
+    trainers' messages, errors with their tracebacks."""
+    rounds.get_round(db, round_id)
+    return [
+        LogLine.model_validate(line)
+        for line in rounds.read_log(db, round_id=round_id, after_id=after, limit=limit)
     ]
 
 

@@ -165,6 +165,11 @@ def test_a_round_ends_in_a_registered_policy_that_the_api_serves(world):
         f"{world.api}/api/rounds/{round_id}/metrics?name=kl", headers=world.headers
     ).json()
     assert [point["step"] for point in curve] == [1, 2] and curve[0]["stage"] == "policy"
+    lines = httpx.get(f"{world.api}/api/rounds/{round_id}/log", headers=world.headers).json()
+    for stage in STAGES:
+        said = [line["message"] for line in lines if line["stage"] == stage.value]
+        assert said[0].startswith("started on") and said[-1].startswith("finished in"), said
+    assert any("eval_accuracy=" in line["message"] for line in lines)
     promoted = httpx.post(f"{world.api}/api/models/{version.id}/promote", headers=world.headers)
     assert promoted.status_code == 200
     raw = world.openai.chat.completions.with_raw_response.create(
