@@ -1,23 +1,37 @@
 """A Bradley-Terry leaderboard of policy versions, from raters' blind comparisons.
 
-Every current judgement that ranked answers written by two different versions counts as one
+Every current judgement of an A/B task (candidate generation makes one whenever it samples
+answers from two versions) that ranked answers written by two different versions counts as one
 or more comparisons between them (ties as half a win each). Strengths are fitted with Hunter's
 minorisation-maximisation updates (Hunter 2004), with one tied pseudo-comparison between every
 pair of versions that met, so that a version that never won keeps a finite rating. Ratings are
 on the Elo scale (400 log10 strength) around 1000, with percentile bootstrap confidence
 intervals from resampling whole judgements.
+
+`GET /api/models/leaderboard` fits it on request; the models page shows the one stored by
+`store` (with the quality figures, in the background), so that it renders in constant time
+however many comparisons there are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import ModelVersion, Response, TaskResponse
-from app.preferences import current_judgements, expand_ranking
+from app.models import (
+    Judgement,
+    ModelVersion,
+    Response,
+    StoredLeaderboard,
+    Task,
+    TaskKind,
+    TaskResponse,
+    utcnow,
+)
+from app.preferences import expand_ranking, is_current
 
 ELO_SCALE = 400 / np.log(10)
 PRIOR_TIES = 1.0
@@ -47,21 +61,26 @@ class Comparisons:
 
 def collect(db: Session) -> Comparisons:
     """The comparisons between versions that the current judgements make."""
-    judgements = list(current_judgements(db))
-    task_ids = {judgement.task_id for judgement in judgements}
+    rankings = db.scalars(
+        select(Judgement.ranking)
+        .join(Task, Task.id == Judgement.task_id)
+        .where(Task.kind == TaskKind.AB_EVAL, is_current())
+        .order_by(Judgement.id)
+    ).all()
     version_of = dict(
         db.execute(
             select(Response.id, ModelVersion.name)
             .join(TaskResponse, TaskResponse.response_id == Response.id)
+            .join(Task, Task.id == TaskResponse.task_id)
             .join(ModelVersion, ModelVersion.id == Response.model_version_id)
-            .where(TaskResponse.task_id.in_(task_ids))
+            .where(Task.kind == TaskKind.AB_EVAL)
         ).all()
     )
     names = sorted(set(version_of.values()))
     index = {name: number for number, name in enumerate(names)}
     rows: list[tuple[int, int, float, int]] = []
-    for number, judgement in enumerate(judgements):
-        for better, worse, target in expand_ranking(judgement.ranking, ties="half"):
+    for number, ranking in enumerate(rankings):
+        for better, worse, target in expand_ranking(ranking, ties="half"):
             first, second = version_of.get(better), version_of.get(worse)
             if first is None or second is None or first == second:
                 continue
@@ -81,16 +100,17 @@ def collect(db: Session) -> Comparisons:
 
 
 def fit(wins: np.ndarray) -> np.ndarray:
-    """Bradley-Terry log-strengths from a wins matrix (`wins[i, j]`: i beat j), centred."""
-    met = (wins + wins.T) > 0
+    """Bradley-Terry log-strengths from a wins matrix (`wins[..., i, j]`: i beat j), centred;
+    a stack of matrices (such as bootstrap samples) is fitted all at once."""
+    met = (wins + np.swapaxes(wins, -1, -2)) > 0
     wins = wins + PRIOR_TIES / 2 * met
-    games = wins + wins.T
-    total_wins = wins.sum(1)
-    strength = np.ones(len(wins))
+    games = wins + np.swapaxes(wins, -1, -2)
+    total_wins = wins.sum(-1)
+    strength = np.ones(wins.shape[:-1])
     for _ in range(ITERATIONS):
-        denominator = (games / (strength[:, None] + strength[None, :])).sum(1)
+        denominator = (games / (strength[..., :, None] + strength[..., None, :])).sum(-1)
         updated = np.where(denominator > 0, total_wins / np.maximum(denominator, 1e-12), 1.0)
-        updated /= np.exp(np.log(updated).mean())
+        updated /= np.exp(np.log(updated).mean(-1, keepdims=True))
         if np.allclose(updated, strength, rtol=1e-9):
             break
         strength = updated
@@ -103,25 +123,18 @@ def leaderboard(db: Session, *, bootstrap: int = 200, seed: int = 0) -> list[Sta
     count = len(comparisons.versions)
     if count < 2 or not len(comparisons.amount):
         return []
-
-    def ratings(weight: np.ndarray) -> np.ndarray:
-        wins = np.zeros((count, count))
-        np.add.at(wins, (comparisons.winner, comparisons.loser), comparisons.amount * weight)
-        return 1000 + ELO_SCALE * fit(wins)
-
+    # What each judgement adds to the wins matrix. Judgements that add the same are one kind:
+    # drawing judgements with replacement is drawing kinds in proportion to their counts, so a
+    # bootstrap sample is one multinomial draw over the few kinds, however many judgements.
     judgements = comparisons.judgement.max() + 1
-    point = ratings(np.ones(len(comparisons.amount)))
+    per_judgement = np.zeros((judgements, count * count))
+    cell = comparisons.winner * count + comparisons.loser
+    np.add.at(per_judgement, (comparisons.judgement, cell), comparisons.amount)
+    kinds, sizes = np.unique(per_judgement, axis=0, return_counts=True)
     rng = np.random.default_rng(seed)
-    samples = np.array(
-        [
-            ratings(
-                np.bincount(rng.integers(0, judgements, judgements), minlength=judgements)[
-                    comparisons.judgement
-                ]
-            )
-            for _ in range(bootstrap)
-        ]
-    )
+    draws = rng.multinomial(judgements, sizes / judgements, size=bootstrap)
+    point = 1000 + ELO_SCALE * fit((sizes @ kinds).reshape(count, count))
+    samples = 1000 + ELO_SCALE * fit((draws @ kinds).reshape(-1, count, count))
     low, high = np.percentile(samples, [2.5, 97.5], axis=0)
     played = np.bincount(comparisons.winner, comparisons.amount, count) + np.bincount(
         comparisons.loser, comparisons.amount, count
@@ -139,3 +152,16 @@ def leaderboard(db: Session, *, bootstrap: int = 200, seed: int = 0) -> list[Sta
         for i, name in enumerate(comparisons.versions)
     ]
     return sorted(standings, key=lambda standing: -standing.rating)
+
+
+def store(db: Session, *, bootstrap: int = 200) -> StoredLeaderboard:
+    """Fit the leaderboard now and keep it for the models page."""
+    standings = [asdict(standing) for standing in leaderboard(db, bootstrap=bootstrap)]
+    stored = StoredLeaderboard(standings=standings, computed_at=utcnow())
+    db.add(stored)
+    return stored
+
+
+def latest(db: Session) -> StoredLeaderboard | None:
+    query = select(StoredLeaderboard).order_by(StoredLeaderboard.id.desc()).limit(1)
+    return db.scalar(query)

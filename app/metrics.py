@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.dashboard import status_counts
 from app.models import Job, Judgement, Round, RunStatus, ServedCompletion, Task
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -113,6 +114,6 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 def _by_status(db: Session, column, name: str, documentation: str) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=["status"])
-    for status, count in db.execute(select(column, func.count()).group_by(column)):
-        family.add_metric([status.value], count)
+    for status, count in status_counts(db, column).items():
+        family.add_metric([status], count)
     return family

@@ -12,7 +12,7 @@ from functools import partial
 from celery import Celery
 from sqlalchemy import select
 
-from app import crud, jobs, rounds
+from app import crud, jobs, leaderboard, quality, rounds
 from app.assignment import expire_stale_leases
 from app.db import session_scope
 from app.inference import ChatJob
@@ -27,6 +27,7 @@ PING = "alignloop.ping"
 PURGE_EXPIRED_CREDENTIALS = "alignloop.purge_expired_credentials"
 PULL_BASE_MODEL = "alignloop.pull_base_model"
 RECLAIM = "alignloop.reclaim"
+REFRESH_QUALITY = quality.REFRESH_TASK
 SCHEDULE_GENERATION = "alignloop.schedule_generation"
 SCHEDULE_ROUND = "alignloop.schedule_round"
 GENERATE_CANDIDATES = jobs.CELERY_TASKS[jobs.GENERATE_CANDIDATES]
@@ -115,6 +116,15 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
     def reclaim(after_restart: bool = False) -> dict[str, int]:
         """Expire stale rater leases and re-send jobs whose message or worker was lost."""
         return reclaim_work(celery, context, after_restart=after_restart)
+
+    @celery.task(shared=False, name=REFRESH_QUALITY)
+    def refresh_quality() -> dict[str, int]:
+        """Recompute the raters' quality figures, the agreement report and the leaderboard;
+        pause raters whose trust fell below the threshold."""
+        with session_scope(context.session_factory) as db:
+            refreshed = quality.refresh_quality(db, context.settings)
+            leaderboard.store(db)
+        return refreshed
 
     @celery.task(shared=False, name=SCHEDULE_GENERATION)
     def schedule_generation() -> int | None:

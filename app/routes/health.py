@@ -30,7 +30,7 @@ def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks = {
         "database": lambda: database.ping(state.engine),
-        "broker": lambda: _ping_broker(state.celery),
+        "broker": lambda: ping_broker(state.celery),
         "model_store": lambda: _check_model_store(state.settings.models_dir),
     }
     results = {name: _run_check(name, check) for name, check in checks.items()}
@@ -48,7 +48,7 @@ def _run_check(name: str, check) -> str:
     return "ok"
 
 
-def _ping_broker(celery) -> None:
+def ping_broker(celery) -> None:
     with celery.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.leaderboard import fit
-from app.models import Judgement, ModelKind, ModelStatus, ModelVersion, Response
+from app.models import Judgement, ModelKind, ModelStatus, ModelVersion, Response, TaskKind
 from tests.helpers import api_key_for, create_task
 
 
@@ -39,6 +39,7 @@ def versions(db, *names: str) -> dict[str, ModelVersion]:
 
 def judge(db, rater, made, first: str, second: str, *, prefer: str | None) -> None:
     task = create_task(db)
+    task.kind = TaskKind.AB_EVAL
     first_id, second_id = (link.response_id for link in task.responses)
     db.get(Response, first_id).model_version_id = made[first].id
     db.get(Response, second_id).model_version_id = made[second].id

@@ -1,5 +1,5 @@
-"""Admin pages (`/admin`): candidate generation with its jobs, training rounds, and the
-guidelines editor."""
+"""Admin pages: the dashboard (collection figures, queue and worker health) and candidate
+generation."""
 
 from __future__ import annotations
 
@@ -9,29 +9,40 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
-from app import crud, jobs, rounds
+from app import dashboard, jobs
 from app.deps import DbSession, PageAdmin, SettingsDep
-from app.models import Algorithm, Round
+from app.models import Round
+from app.routes.health import ping_broker
 from app.schemas import MAX_RESPONSES_PER_TASK, GenerationRequest
 from app.templating import render
 
 router = APIRouter(prefix="/admin")
 
+RECENT = 8
+
 
 @router.get("", response_class=HTMLResponse)
-def dashboard(
+def dashboard_page(
     request: Request, db: DbSession, settings: SettingsDep, admin: PageAdmin
 ) -> HTMLResponse:
     context = {
-        "jobs": jobs.recent_jobs(db),
-        "prompt_count": crud.count_prompts(db),
+        "collection": dashboard.collection(db),
+        "health": dashboard.queue_health(db),
+        "broker_ok": _broker_answers(request),
+        "jobs": jobs.recent_jobs(db, limit=RECENT),
+        "rounds": db.scalars(select(Round).order_by(Round.id.desc()).limit(RECENT)).all(),
         "default_overlap": settings.default_overlap,
         "max_per_prompt": MAX_RESPONSES_PER_TASK,
-        "rounds": db.scalars(select(Round).order_by(Round.id.desc()).limit(10)).all(),
-        "algorithms": [algorithm.value for algorithm in Algorithm],
-        "presets": list(rounds.PRESETS),
     }
     return render(request, "admin/index.html", context)
+
+
+def _broker_answers(request: Request) -> bool:
+    try:
+        ping_broker(request.app.state.celery)
+    except Exception:  # any failure to reach the broker is shown, not raised
+        return False
+    return True
 
 
 @router.post("/generations")

@@ -1,17 +1,41 @@
-"""Admin pages: training rounds (to be written)."""
+"""Admin pages: training rounds: the list with a form to start one, and each round's page with
+its live stage, progress, curves and log, and a cancel button."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
 
 from app import rounds
 from app.deps import DbSession, PageAdmin
-from app.models import Algorithm
+from app.models import Algorithm, ModelVersion, Round
+from app.templating import render
 
 router = APIRouter(prefix="/admin")
+
+PAGE_SIZE = 50
+
+
+@router.get("/rounds", response_class=HTMLResponse)
+def round_list(
+    request: Request,
+    db: DbSession,
+    admin: PageAdmin,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> HTMLResponse:
+    """Newest first, `PAGE_SIZE` at a time (`before` is the last id of the previous page)."""
+    query = select(Round).order_by(Round.id.desc()).limit(PAGE_SIZE + 1)
+    found = list(db.scalars(query.where(Round.id < before) if before else query))
+    context = {
+        "rounds": found[:PAGE_SIZE],
+        "older": found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None,
+        "algorithms": [algorithm.value for algorithm in Algorithm],
+        "presets": list(rounds.PRESETS),
+    }
+    return render(request, "admin/rounds.html", context)
 
 
 @router.post("/rounds")
@@ -27,4 +51,27 @@ def start_round(
     )
     db.commit()
     rounds.send(db, request.app.state.celery, round_.id)
-    return RedirectResponse("/admin", status_code=303)
+    return RedirectResponse(f"/admin/rounds/{round_.id}", status_code=303)
+
+
+@router.get("/rounds/{round_id}", response_class=HTMLResponse)
+def round_page(request: Request, round_id: int, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    round_ = rounds.get_round(db, round_id)
+    versions = db.scalars(select(ModelVersion).where(ModelVersion.round_id == round_id)).all()
+    parent = db.get(ModelVersion, round_.parent_version_id) if round_.parent_version_id else None
+    context = {
+        "round": round_,
+        "stages": [stage.value for stage in rounds.STAGES],
+        "active": round_.status in rounds.ACTIVE,
+        "versions": versions,
+        "parent": parent,
+        "log": rounds.read_log(db, round_id=round_id),
+    }
+    return render(request, "admin/round.html", context)
+
+
+@router.post("/rounds/{round_id}/cancel")
+def cancel_round(round_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    rounds.cancel_round(db, round_id=round_id)
+    db.commit()
+    return RedirectResponse(f"/admin/rounds/{round_id}", status_code=303)

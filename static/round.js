@@ -1,0 +1,118 @@
+// A round's admin page: while the round is queued or running, follow its status, stage and
+// progress, append new log lines, and redraw the training curves from the stored metric points
+// (/api/rounds/{id}, /log, /metrics). Every value is inserted as text, never as HTML.
+"use strict";
+
+(function () {
+  const root = document.getElementById("round");
+  if (!root) return;
+  const id = root.dataset.round;
+  const POLL_MS = 2000;
+  const SVG = "http://www.w3.org/2000/svg";
+  const WIDTH = 320, HEIGHT = 120, PAD = 4;
+  const HIDDEN = new Set(["step", "seconds"]); // bookkeeping, not training signals
+  let lastLog = Number(root.dataset.lastLog);
+
+  async function getJSON(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(`${url}: ${response.status}`);
+    return response.json();
+  }
+
+  function svg(name, attributes) {
+    const element = document.createElementNS(SVG, name);
+    Object.entries(attributes).forEach(([key, value]) => element.setAttribute(key, value));
+    return element;
+  }
+
+  function chart(title, points) {
+    const values = points.map((point) => point.value);
+    const steps = points.map((point) => point.step);
+    const [low, high] = [Math.min(...values), Math.max(...values)];
+    const [first, last] = [Math.min(...steps), Math.max(...steps)];
+    const x = (step) => PAD + ((step - first) / Math.max(1, last - first)) * (WIDTH - 2 * PAD);
+    const y = (value) => HEIGHT - PAD - ((value - low) / (high - low || 1)) * (HEIGHT - 2 * PAD);
+    const figure = document.createElement("figure");
+    figure.className = "curve";
+    figure.dataset.name = title;
+    const drawing = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": title });
+    const path = points.map((point) => `${x(point.step).toFixed(1)},${y(point.value).toFixed(1)}`);
+    drawing.appendChild(svg("polyline", { points: path.join(" ") }));
+    if (points.length === 1) drawing.appendChild(svg("circle", { cx: x(steps[0]), cy: y(values[0]), r: 3 }));
+    const caption = document.createElement("figcaption");
+    const latest = values[values.length - 1];
+    caption.textContent = `${title}: ${format(latest)} (range ${format(low)} … ${format(high)}, steps ${first}–${last})`;
+    figure.append(drawing, caption);
+    return figure;
+  }
+
+  function format(value) {
+    return Math.abs(value) >= 1000 || (value !== 0 && Math.abs(value) < 0.01)
+      ? value.toExponential(2) : value.toFixed(3);
+  }
+
+  function drawCurves(points) {
+    if (!points.length) return;
+    const series = new Map();
+    points.filter((point) => !HIDDEN.has(point.name)).forEach((point) => {
+      const key = `${point.stage} · ${point.name}`;
+      if (!series.has(key)) series.set(key, []);
+      series.get(key).push(point);
+    });
+    const area = document.getElementById("curves");
+    area.replaceChildren(...[...series].map(([key, line]) => chart(key, line.sort((a, b) => a.step - b.step))));
+  }
+
+  function appendLog(lines) {
+    const log = document.getElementById("log");
+    if (lines.length) log.querySelector(".empty")?.remove();
+    lines.forEach((line) => {
+      const item = document.createElement("li");
+      item.className = `level-${line.level.toLowerCase()}`;
+      const time = document.createElement("time");
+      time.textContent = new Date(line.created_at).toISOString().slice(11, 19);
+      const stage = document.createElement("b");
+      stage.textContent = line.stage;
+      const message = document.createElement("span");
+      message.textContent = line.message;
+      item.append(time, " ", stage, " ", message);
+      log.appendChild(item);
+      lastLog = line.id;
+    });
+  }
+
+  function showState(round) {
+    const status = document.getElementById("round-status");
+    status.textContent = round.status;
+    status.className = `status-${round.status}`;
+    document.getElementById("round-stage").textContent = round.stage;
+    document.getElementById("round-progress").textContent = Math.round(round.progress * 100);
+    document.getElementById("round-bar").value = round.progress;
+    let passed = true;
+    document.querySelectorAll("#pipeline li").forEach((item) => {
+      const stage = item.dataset.stage;
+      if (stage === round.stage) passed = false;
+      item.classList.toggle("current", stage === round.stage);
+      item.classList.toggle("done", passed || stage in round.timings);
+    });
+  }
+
+  async function refresh() {
+    try {
+      const round = await getJSON(`/api/rounds/${id}`);
+      showState(round);
+      appendLog(await getJSON(`/api/rounds/${id}/log?after=${lastLog}`));
+      drawCurves(await getJSON(`/api/rounds/${id}/metrics`));
+      if (round.status !== "queued" && round.status !== "running") {
+        window.location.reload(); // the finished page shows the results
+        return;
+      }
+    } catch (error) {
+      console.warn("round refresh failed", error);
+    }
+    window.setTimeout(refresh, POLL_MS);
+  }
+
+  getJSON(`/api/rounds/${id}/metrics`).then(drawCurves).catch(() => {});
+  if (root.dataset.active === "true") window.setTimeout(refresh, POLL_MS);
+})();
