@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +27,7 @@ from app.config import Settings
 from app.db import make_engine
 from app.main import create_app
 from app.models import Role, User
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import PASSWORD, TEST_SECRET, scratch_postgres_database
 
 # The test server's own configuration (not alignloop's): where the local PostgreSQL runs.
@@ -184,3 +186,22 @@ def model_settings(tmp_path, bundled_tokenizer_dir) -> Settings:
     settings = make_settings(tmp_path / "data")
     shutil.copytree(bundled_tokenizer_dir, settings.models_dir / bundled_tokenizer_dir.name)
     return settings
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium; browser test modules use it first (`pytestmark`) to skip fast."""
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    reason = f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it"
+    if os.environ.get("ALIGNLOOP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and ALIGNLOOP_REQUIRE_BROWSER=1")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(chromium: Path) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

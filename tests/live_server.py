@@ -45,14 +45,17 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str) -> T:
 
 
 @contextmanager
-def alignloop_run(data_dir: Path, output: Path) -> Iterator[LiveServer]:
-    """`alignloop run` on the tiny model over `data_dir`, answering /healthz; on leaving, it is
-    stopped with Ctrl+C and must exit cleanly."""
+def alignloop_run(
+    data_dir: Path, output: Path, settings: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
+    """`alignloop run` on the tiny model over `data_dir` (with `ALIGNLOOP_` `settings` on top),
+    answering /healthz; on leaving, it is stopped with Ctrl+C and must exit cleanly."""
     port = free_port()
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("ALIGNLOOP_")},
         "ALIGNLOOP_DATA_DIR": str(data_dir),
         "ALIGNLOOP_BASE_MODEL": "tiny-random",
+        **{f"ALIGNLOOP_{name.upper()}": value for name, value in (settings or {}).items()},
     }
     with open(output, "wb") as log:
         process = subprocess.Popen(

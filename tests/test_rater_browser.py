@@ -1,31 +1,23 @@
 """The rater page in a real browser: a rater works through tasks with the keyboard alone.
 
-Headless Chromium from Debian (`/usr/bin/chromium`; never a browser downloaded by Playwright)
-drives a real `alignloop run` process over a seeded SQLite database. The rater judges three
-tasks (a pairwise choice with a strength, a ranking with a tie), rates, flags, critiques and
-rewrites with shortcut keys, skips a task with a reason, and uses the help overlay; the test
-then reads back from the database exactly what those keys meant. It also saves screenshots
-(desktop and phone width) to `ALIGNLOOP_TEST_ARTIFACTS` (default `test-artifacts/`).
-
-Without Chromium the test is skipped, unless `ALIGNLOOP_REQUIRE_BROWSER=1` (set by `.ci/run`).
+Headless Chromium (see `tests/browser.py`) drives a real `alignloop run` process over a seeded
+SQLite database. The rater judges three tasks (a pairwise choice with a strength, a ranking
+with a tie), rates, flags, critiques and rewrites with shortcut keys, skips a task with a
+reason, and uses the help overlay; the test then reads back from the database exactly what
+those keys meant. It also saves screenshots (desktop and phone width).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import (
     Browser,
-    BrowserContext,
-    ConsoleMessage,
     Page,
     expect,
-    sync_playwright,
 )
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,27 +26,16 @@ from app import crud, migrate
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
 from app.models import Assignment, AssignmentStatus, Judgement, Response, Role
+from tests.browser import (
+    SCREENS,
+    database,
+    log_in,
+    new_context,
+    record_errors,
+    save_screenshot,
+)
 from tests.helpers import PASSWORD, create_task
 from tests.live_server import alignloop_run
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(
-    os.environ.get("ALIGNLOOP_TEST_ARTIFACTS")
-    or Path(__file__).resolve().parents[1] / "test-artifacts"
-)
-# No `is_mobile` for the phone: a mobile viewport zooms out to fit content that is too wide,
-# and innerWidth grows with it, which would hide the very overflow the test looks for.
-SCREENS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
-TIMEOUT_MS = 10_000
 
 RATER = "rita"
 TASK_SIZES = (2, 2, 3, 3, 3)  # responses per task: two pairwise tasks, three to rank
@@ -119,22 +100,14 @@ class Verdict:
 
 # --- fixtures --------------------------------------------------------------------------------
 
+pytestmark = pytest.mark.usefixtures("chromium")  # before the other fixtures: skip fast
+
 
 @dataclass(frozen=True)
 class Seeded:
     database_url: str
     rater_id: int
     texts: dict[int, str]  # response text by id
-
-
-@pytest.fixture(scope="session", autouse=True)  # before the other session fixtures: skip fast
-def chromium() -> Path:
-    if CHROMIUM.is_file():
-        return CHROMIUM
-    reason = f"{CHROMIUM} is missing (apt-get install chromium); the browser test needs it"
-    if os.environ.get("ALIGNLOOP_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and ALIGNLOOP_REQUIRE_BROWSER=1")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -161,6 +134,13 @@ def seeded(model_settings: Settings) -> Seeded:
 
 
 @pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    context = new_context(browser, base_url, SCREENS["desktop"])
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
 def base_url(
     chromium: Path, seeded: Seeded, model_settings: Settings, tmp_path: Path
 ) -> Iterator[str]:
@@ -168,62 +148,7 @@ def base_url(
         yield server.base_url
 
 
-@pytest.fixture
-def browser(chromium: Path) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    context = new_context(browser, base_url, SCREENS["desktop"])
-    yield context.new_page()
-    context.close()
-
-
-@contextmanager
-def database(url: str) -> Iterator[Session]:
-    """A session of our own on the server's database, to read back what the browser did."""
-    engine = make_engine(url)
-    try:
-        with Session(engine) as db:
-            yield db
-    finally:
-        engine.dispose()
-
-
 # --- page helpers ----------------------------------------------------------------------------
-
-
-def new_context(
-    browser: Browser, base_url: str, viewport: dict[str, int], signed_in: dict | None = None
-) -> BrowserContext:
-    context = browser.new_context(base_url=base_url, viewport=viewport, storage_state=signed_in)
-    context.set_default_timeout(TIMEOUT_MS)
-    return context
-
-
-def record_errors(page: Page) -> list[str]:
-    """Uncaught script errors and console errors from now on (a missing favicon is fine)."""
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
-            errors.append(f"console: {message.text} at {message.location}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
-    return errors
-
-
-def log_in(page: Page, username: str, password: str) -> None:
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    expect(page.locator(".whoami")).to_contain_text(username)
 
 
 def press(page: Page, *keys: str) -> None:
@@ -262,11 +187,6 @@ def wait_for_next_task(page: Page, previous: ShownTask) -> ShownTask:
 def focused(page: Page, script: str) -> str:
     """`script` evaluated on the focused element (`element`)."""
     return page.evaluate(f"(element => {script})(document.activeElement)")
-
-
-def save_screenshot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / name, full_page=True)
 
 
 # --- the rater's actions (keyboard only) -----------------------------------------------------
