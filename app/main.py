@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -80,8 +81,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # What is alive at start-up (modules, the app) lives as long as the app: keep it out
+        # of the garbage collector's full passes, which otherwise walk it all and stall a
+        # request for hundreds of milliseconds every few pages (bench/admin_pages.py).
+        gc.freeze()
         yield
         await inference.close()
+        gc.unfreeze()  # an app that ends before its process (tests) can be collected
 
     app = FastAPI(
         title="alignloop",
