@@ -63,7 +63,10 @@ class QueueHealth:
             found.append(f"{self.lost_leases} running job(s) or round(s) lost their worker")
         running = self.jobs.get("running", 0) + self.rounds.get("running", 0)
         if self.oldest_queued and not running and utcnow() - self.oldest_queued > STALLED_QUEUE:
-            found.append("work has waited in the queue for over 10 minutes: is a worker running?")
+            minutes = STALLED_QUEUE.seconds // 60
+            found.append(
+                f"work has waited in the queue for over {minutes} minutes: is a worker running?"
+            )
         return found
 
 

@@ -88,12 +88,10 @@
     document.getElementById("round-stage").textContent = round.stage;
     document.getElementById("round-progress").textContent = Math.round(round.progress * 100);
     document.getElementById("round-bar").value = round.progress;
-    let passed = true;
     document.querySelectorAll("#pipeline li").forEach((item) => {
-      const stage = item.dataset.stage;
-      if (stage === round.stage) passed = false;
-      item.classList.toggle("current", stage === round.stage);
-      item.classList.toggle("done", passed || stage in round.timings);
+      const done = item.dataset.stage in round.timings;
+      item.classList.toggle("done", done);
+      item.classList.toggle("current", !done && item.dataset.stage === round.stage);
     });
   }
 
