@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -32,6 +33,8 @@ from app.openai_schemas import (
     Usage,
 )
 from app.ratelimit import KeyLimiter
+
+log = logging.getLogger(__name__)
 
 VERSION_HEADER = "X-Model-Version"
 DISCONNECT_POLL_S = 0.25
@@ -160,17 +163,26 @@ async def _collect_unless_disconnected(request: Request, answer: Answer) -> None
 async def _sse(
     request: Request, answer: Answer, user: User, release: Callable[[], None]
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. A generation
+    that fails midway is reported in the stream as an `error` event (as vLLM does), since the
+    status line has already gone out."""
     finished = False
     try:
         for index in range(answer.body.n):
             yield answer.chunk(index, {"role": "assistant", "content": ""})
-        async for event in answer.stream:
-            if isinstance(event, TextDelta):
-                yield answer.chunk(event.index, {"content": event.text})
-            else:
-                answer.done[event.index] = event
-                yield answer.chunk(event.index, {}, event.finish_reason)
+        try:
+            async for event in answer.stream:
+                if isinstance(event, TextDelta):
+                    yield answer.chunk(event.index, {"content": event.text})
+                else:
+                    answer.done[event.index] = event
+                    yield answer.chunk(event.index, {}, event.finish_reason)
+        except Exception as exc:
+            log.warning("stream %s failed: %s", answer.public_id, exc)
+            error = {"message": "The generation failed on the server.", "type": "server_error"}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         if answer.body.stream_options and answer.body.stream_options.include_usage:
             usage = {
                 "id": answer.public_id,

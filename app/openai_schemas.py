@@ -15,6 +15,8 @@ MAX_MESSAGES = 256
 MAX_MESSAGE_CHARS = 32_000
 MAX_STOP = 4
 DEFAULT_MAX_TOKENS = 512
+MAX_TOKENS = 1 << 20
+"""Beyond any model's context; the engine refuses what exceeds the served model's own."""
 
 
 class TextPart(BaseModel):
@@ -52,8 +54,8 @@ class ChatCompletionRequest(BaseModel):
 
     model: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=MAX_MESSAGES)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
@@ -65,8 +67,9 @@ class ChatCompletionRequest(BaseModel):
         ]
         | None
     ) = None
-    seed: int | None = None
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
+    """A 64-bit integer, as vLLM bounds it; each choice `i` samples with `seed + i`."""
+    min_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = 0
     """vLLM's extension: no end of turn before this many tokens (for benchmarks, mostly)."""
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -10,6 +10,12 @@ dropped and trimmed by editing its tensors.
 Sampling is per request: temperature, top-p, top-k, stop strings, a token limit and a seed.
 The random draws come from the request's own generator (Gumbel-max), so a seeded request gets
 the same tokens whatever else shares its batch, up to floating-point noise.
+
+One request never fails another. A request is checked whole in `submit` (its sampling, its
+seed, its token ids) before it can join a batch. Arrivals that fail their prefill together are
+prefilled again one by one, so only the one that fails alone is failed; a row whose own
+bookkeeping fails (decoding, its text callback) leaves the batch alone. Only an error in the
+batch's shared decoding step, which no single request can be blamed for, fails the batch.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-MAX_STOP_STRINGS = 4
 IDLE_WAIT_S = 0.5
 
 
@@ -62,11 +67,17 @@ class Generation:
     """A submitted request. Thread-safe: wait for it, cancel it, or read `completion`."""
 
     def __init__(
-        self, prompt_ids: list[int], sampling: Sampling, on_text: Callable[[str], None] | None
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        on_text: Callable[[str], None] | None,
+        generator: torch.Generator,
     ) -> None:
         self.prompt_ids = prompt_ids
         self.sampling = sampling
         self.on_text = on_text
+        self.generator = generator
+        """The request's own random numbers, seeded (or not) when it was submitted."""
         self.completion: Completion | None = None
         self.error: BaseException | None = None
         self._cancelled = threading.Event()
@@ -118,7 +129,6 @@ class _Row:
     """One running sequence of the batch."""
 
     generation: Generation
-    generator: torch.Generator
     position: int  # position id of the token fed at the next step (the last one sampled)
     tokens: list[int] = field(default_factory=list)
     generated: int = 0  # tokens sampled, the end-of-turn token included
@@ -143,6 +153,7 @@ class GenerationEngine:
         self.max_batch_size = max_batch_size
         self.device = model.device
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.vocab_size = model.get_input_embeddings().num_embeddings
         eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = (
@@ -175,22 +186,30 @@ class GenerationEngine:
         sampling: Sampling,
         on_text: Callable[[str], None] | None = None,
     ) -> Generation:
-        """Queue a request; `on_text` receives text deltas on the engine's thread."""
+        """Queue a request; `on_text` receives text deltas on the engine's thread. A request
+        that cannot run raises `ValueError` here, before it can join (and harm) a batch."""
         if self._closing.is_set():
             raise RuntimeError(f"engine {self.name} is closed")
-        if not prompt_ids:
-            raise ValueError("empty prompt")
-        if len(prompt_ids) + sampling.max_new_tokens > self.context_length:
-            raise ValueError(
-                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_new_tokens}) "
-                f"exceeds the model's context of {self.context_length} tokens"
-            )
-        generation = Generation(list(prompt_ids), sampling, on_text)
+        self._check_prompt(prompt_ids, sampling)
+        generation = Generation(
+            list(prompt_ids), sampling, on_text, _generator(sampling, self.device)
+        )
         with self._count_lock:
             self._unfinished += 1
         generation.add_done_callback(self._count_finished)
         self._waiting.put(generation)
         return generation
+
+    def _check_prompt(self, prompt_ids: list[int], sampling: Sampling) -> None:
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if not all(isinstance(token, int) and 0 <= token < self.vocab_size for token in prompt_ids):
+            raise ValueError(f"prompt token ids must lie in 0..{self.vocab_size - 1}")
+        if len(prompt_ids) + sampling.max_new_tokens > self.context_length:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_new_tokens}) "
+                f"exceeds the model's context of {self.context_length} tokens"
+            )
 
     def _count_finished(self, _: Generation) -> None:
         with self._count_lock:
@@ -250,9 +269,9 @@ class GenerationEngine:
                     return
                 else:
                     self._wait_for_work()
-            except Exception as exc:  # a failed step fails its requests, not the engine
-                log.exception("engine %s: generation step failed", self.name)
-                self._fail_all(exc)
+            except Exception as exc:  # the shared decoding step: no one request is to blame
+                log.exception("engine %s: decoding step failed", self.name)
+                self._fail_batch(exc)
 
     def _wait_for_work(self) -> None:
         try:
@@ -274,10 +293,31 @@ class GenerationEngine:
             else:
                 arrivals.append(generation)
         if arrivals:
+            self._prefill_isolating_failures(arrivals)
+
+    def _prefill_isolating_failures(self, arrivals: list[Generation]) -> None:
+        """Prefill `arrivals` together; if that fails, one by one, failing only the requests
+        that fail on their own. The running batch is untouched by a failed prefill."""
+        try:
             self._prefill(arrivals)
+        except Exception as exc:
+            if len(arrivals) > 1:
+                log.warning(
+                    "engine %s: prefill of %d failed, retrying one by one: %s",
+                    self.name,
+                    len(arrivals),
+                    exc,
+                )
+                for generation in arrivals:
+                    self._prefill_isolating_failures([generation])
+                return
+            log.exception("engine %s: a request failed its prefill", self.name)
+            arrivals[0]._finish(None, exc)
 
     @torch.inference_mode()
     def _prefill(self, arrivals: list[Generation]) -> None:
+        """Run the arrivals' prompts and sample their first tokens, then join them to the batch
+        (nothing of the batch changes before the last step that can fail)."""
         length = max(len(generation.prompt_ids) for generation in arrivals)
         ids = torch.full((len(arrivals), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(arrivals), length), dtype=torch.long)
@@ -297,15 +337,12 @@ class GenerationEngine:
             logits_to_keep=1,
         )
         rows = [
-            _Row(
-                generation=generation,
-                generator=_generator(generation.sampling.seed, self.device),
-                position=len(generation.prompt_ids),
-            )
+            _Row(generation=generation, position=len(generation.prompt_ids))
             for generation in arrivals
         ]
+        tokens = self._sample(output.logits[:, -1, :], rows)
         self._merge(rows, cache, mask)
-        self._sample_and_advance(output.logits[:, -1, :], first_row=len(self._rows) - len(rows))
+        self._advance_rows(tokens, first_row=len(self._rows) - len(rows))
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -318,23 +355,28 @@ class GenerationEngine:
             cache=self._cache,
             use_cache=True,
         )
+        tokens = self._sample(output.logits[:, -1, :], self._rows)
         self._mask = mask
         for row in self._rows:
             row.position += 1
-        self._sample_and_advance(output.logits[:, -1, :], first_row=0)
+        self._advance_rows(tokens, first_row=0)
 
-    def _sample_and_advance(self, logits: torch.Tensor, *, first_row: int) -> None:
-        """Pick the next token for rows `first_row..`, emit text, retire finished rows."""
-        rows = self._rows[first_row:]
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """The next token (B,) of each of `rows`, from their last logits (B, V)."""
         logits = logits.float()
         for index, row in enumerate(rows):
             if row.generated < row.generation.sampling.min_new_tokens:
                 logits[index, list(self.eos_ids)] = float("-inf")
-        tokens = sample_tokens(
+        return sample_tokens(
             logits,
             [row.generation.sampling for row in rows],
-            [row.generator for row in rows],
+            [row.generation.generator for row in rows],
         )
+
+    def _advance_rows(self, tokens: torch.Tensor, *, first_row: int) -> None:
+        """Record the sampled `tokens` of rows `first_row..`, emit text, retire finished rows.
+        A row whose own bookkeeping raises is failed alone."""
+        rows = self._rows[first_row:]
         now = time.perf_counter()
         new_last = tokens.view(-1, 1)
         if first_row == 0:
@@ -345,7 +387,14 @@ class GenerationEngine:
         for offset, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             row.first_token_at = row.first_token_at or now
             row.generated += 1
-            if self._advance(row, token):
+            try:
+                done = self._advance(row, token)
+            except Exception as exc:
+                log.exception("engine %s: a request failed while emitting its text", self.name)
+                if not row.generation.done:
+                    row.generation._finish(None, exc)
+                done = True
+            if done:
                 finished.append(first_row + offset)
         for index, row in enumerate(self._rows):
             if row.generation.cancelled and index not in finished:
@@ -432,9 +481,10 @@ class GenerationEngine:
             layer.keys = layer.keys[keep_tensor, :, start:]
             layer.values = layer.values[keep_tensor, :, start:]
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail_batch(self, error: BaseException) -> None:
         for row in self._rows:
-            row.generation._finish(None, error)
+            if not row.generation.done:
+                row.generation._finish(None, error)
         self._rows, self._cache, self._mask, self._last_tokens = [], None, None, None
 
 
@@ -447,13 +497,16 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+def _generator(sampling: Sampling, device: torch.device) -> torch.Generator:
+    """The request's generator; a seed torch cannot take is the request's `ValueError`."""
     generator = torch.Generator(device=device)
-    if seed is None:
+    if sampling.seed is None:
         generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
+        return generator
+    try:
+        return generator.manual_seed(sampling.seed)
+    except (ValueError, RuntimeError, OverflowError, TypeError) as exc:
+        raise ValueError(f"seed {sampling.seed} is out of range: {exc}") from None
 
 
 def sample_tokens(

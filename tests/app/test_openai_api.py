@@ -99,6 +99,55 @@ def test_the_stream_ends_with_done(world):
     assert response.text.rstrip().endswith("data: [DONE]")
 
 
+def test_a_seed_out_of_range_is_refused_and_harms_no_other_request(world):
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    url = world["url"] + "/v1/chat/completions"
+    body = {"model": "base", "messages": HELLO, "max_tokens": 40, "min_tokens": 40}
+    with httpx.stream("POST", url, json={**body, "stream": True}, headers=headers) as streaming:
+        lines = streaming.iter_lines()
+        first = next(lines)
+        for bad in ({"seed": 2**70}, {"seed": -(2**70)}, {"min_tokens": 2**70}):
+            refused = httpx.post(url, json={**body, **bad}, headers=headers, timeout=10)
+            assert refused.status_code == 400, bad
+            assert refused.json()["error"]["param"] in {"seed", "min_tokens"}
+        rest = [line for line in lines if line]
+    assert first.startswith("data: {") and rest[-1] == "data: [DONE]"
+    assert not any('"error"' in line for line in rest)
+    edge = httpx.post(url, json={**body, "seed": 2**63 - 1, "n": 2}, headers=headers, timeout=30)
+    assert edge.status_code == 200 and len(edge.json()["choices"]) == 2
+
+
+def test_a_generation_that_fails_midstream_ends_with_an_error_event_and_done(world):
+    engine = world["app"].state.inference.server.engine("base", _base_path(world))
+    original = engine._advance
+
+    def failing(row, token):
+        if row.generated > 2:
+            raise RuntimeError("injected")
+        return original(row, token)
+
+    engine._advance = failing
+    try:
+        body = {"model": "base", "messages": HELLO, "max_tokens": 20, "min_tokens": 10}
+        headers = {"Authorization": f"Bearer {world['key']}"}
+        response = httpx.post(
+            world["url"] + "/v1/chat/completions",
+            json={**body, "stream": True},
+            headers=headers,
+            timeout=30,
+        )
+    finally:
+        engine._advance = original
+    lines = [line for line in response.text.splitlines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert '"type": "server_error"' in lines[-2]
+
+
+def _base_path(world) -> str:
+    with session_scope(world["factory"]) as db:
+        return crud.served_policy(db, name="base").path
+
+
 def test_n_gives_several_choices_and_a_seed_repeats_them(client):
     ask = {"model": "base", "messages": HELLO, "max_tokens": 10, "n": 2, "seed": 7}
     first = client.chat.completions.create(**ask)

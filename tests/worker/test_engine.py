@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from tests.conftest import make_settings
-from worker.engine import GenerationEngine, Sampling, sample_tokens
+from worker.engine import Generation, GenerationEngine, Sampling, sample_tokens
 from worker.model_store import ModelStore, tiny_random_config
 
 PROMPTS = ["Hello there", "Tell me a story about a fox", "2 + 2 =", "Name three colours"]
@@ -158,3 +158,39 @@ def test_min_new_tokens_holds_back_the_end_of_turn(engine):
         assert held.completion_tokens == 5 and held.finish_reason == "stop"
     finally:
         engine.model.lm_head.weight.data[eos] -= 50.0
+
+
+def test_a_seed_torch_cannot_take_is_refused_before_it_joins_a_batch(engine):
+    running = engine.submit(chat(engine, PROMPTS[1]), Sampling(max_new_tokens=20, seed=1))
+    for seed in (2**70, -(2**70)):
+        with pytest.raises(ValueError, match="seed"):
+            engine.submit(chat(engine, PROMPTS[0]), Sampling(max_new_tokens=4, seed=seed))
+    with pytest.raises(ValueError, match="token ids"):
+        engine.submit([engine.vocab_size], GREEDY)
+    assert running.wait(30).finish_reason in {"stop", "length"}
+    assert engine.busy == 0
+
+
+def test_a_request_that_fails_its_prefill_fails_alone(engine):
+    """Arrivals prefilled together are retried one by one when their prefill fails."""
+    healthy = [engine.submit(chat(engine, text), GREEDY) for text in PROMPTS[:2]]
+    broken = Generation([engine.vocab_size + 5], GREEDY, None, torch.Generator())
+    engine._waiting.put(broken)  # past `submit`'s checks, as a bug there would let it
+    late = engine.submit(chat(engine, PROMPTS[2]), GREEDY)
+    with pytest.raises(RuntimeError, match="failed"):
+        broken.wait(30)
+    assert all(g.wait(30).finish_reason in {"stop", "length"} for g in [*healthy, late])
+
+
+def test_a_request_whose_text_callback_raises_leaves_the_batch_running(engine):
+    def explode(_: str) -> None:
+        raise RuntimeError("the client's event loop is gone")
+
+    neighbour = engine.submit(chat(engine, PROMPTS[1]), Sampling(max_new_tokens=16, seed=2))
+    doomed = engine.submit(
+        chat(engine, PROMPTS[0]), Sampling(max_new_tokens=16, min_new_tokens=4, seed=2), explode
+    )
+    with pytest.raises(RuntimeError):
+        doomed.wait(30)
+    assert neighbour.wait(30).finish_reason in {"stop", "length"}
+    assert engine.submit(chat(engine, PROMPTS[2]), GREEDY).wait(30).text is not None
