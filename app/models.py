@@ -533,7 +533,17 @@ class Round(Base):
     """One training round: snapshot, reward model, policy optimisation, evaluation, register."""
 
     __tablename__ = "rounds"
-    __table_args__ = (Index("ix_rounds_line_status", "line", "status"),)
+    __table_args__ = (
+        Index("ix_rounds_line_status", "line", "status"),
+        # At most one queued or running round per line, enforced where no race can pass it.
+        Index(
+            "uq_rounds_one_active_per_line",
+            "line",
+            unique=True,
+            sqlite_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     line: Mapped[str] = mapped_column(String(100), default="main")

@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery, chain
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound
@@ -135,10 +136,14 @@ def start_round(
     created_by: User | None,
     line: str = "main",
 ) -> Round:
-    """Queue a round; a line that already has a queued or running round refuses with 409."""
+    """Queue a round; a line that already has a queued or running round refuses with 409.
+
+    The check up front gives the usual answer; the partial unique index on active rounds per
+    line is what holds when two starts race past it."""
     config = round_config(algorithm, preset, overrides)
+    busy = Conflict(f"A round is already queued or running on line {line!r}")
     if active_round(db, line=line) is not None:
-        raise Conflict(f"A round is already queued or running on line {line!r}")
+        raise busy
     round_ = Round(
         line=line,
         algorithm=algorithm,
@@ -146,8 +151,11 @@ def start_round(
         config=config,
         created_by_id=created_by.id if created_by else None,
     )
-    db.add(round_)
-    db.flush()
+    try:
+        with db.begin_nested():
+            db.add(round_)
+    except IntegrityError:
+        raise busy from None
     return round_
 
 

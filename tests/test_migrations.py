@@ -90,3 +90,28 @@ SEED_0001 = [
     "INSERT INTO judgements (id, task_id, rater_id, assignment_id, ranking, flags, created_at) "
     "VALUES (1, 1, 1, 1, '[1, 2]', '[]', CURRENT_TIMESTAMP)",
 ]
+
+
+def test_the_round_line_migration_keeps_one_active_round_per_line_and_every_row(empty_engine):
+    migrate.upgrade(empty_engine, "0004")
+    with empty_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO rounds (id, line, algorithm, preset, status, stage, progress, config,"
+                " metrics, timings, attempts, cancel_requested, created_at) VALUES "
+                + ", ".join(
+                    f"({id_}, '{line}', 'ppo', 'quick', '{status}', 'pending', 0, '{{}}', '{{}}',"
+                    " '{}', 0, false, CURRENT_TIMESTAMP)"
+                    for id_, line, status in [
+                        (1, "main", "running"),
+                        (2, "main", "queued"),
+                        (3, "main", "succeeded"),
+                        (4, "other", "queued"),
+                    ]
+                )
+            )
+        )
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as connection:
+        statuses = dict(connection.execute(text("SELECT id, status FROM rounds")).all())
+    assert statuses == {1: "running", 2: "failed", 3: "succeeded", 4: "queued"}

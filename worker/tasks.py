@@ -15,6 +15,7 @@ from sqlalchemy import select
 from app import crud, jobs, leaderboard, quality, rounds
 from app.assignment import expire_stale_leases
 from app.db import session_scope
+from app.errors import Conflict
 from app.inference import ChatJob
 from app.models import Algorithm, Job, RunStatus
 from worker import inference_client
@@ -157,13 +158,16 @@ def start_scheduled_round(celery: Celery, context: WorkerContext, *, reason: str
         fresh = rounds.judgements_since_last_round(db)
         if fresh == 0 or (reason == "judgements" and fresh < settings.round_after_judgements):
             return None
-        round_ = rounds.start_round(
-            db,
-            algorithm=Algorithm(settings.round_algorithm),
-            preset=settings.round_preset,
-            overrides={},
-            created_by=None,
-        )
+        try:
+            round_ = rounds.start_round(
+                db,
+                algorithm=Algorithm(settings.round_algorithm),
+                preset=settings.round_preset,
+                overrides={},
+                created_by=None,
+            )
+        except Conflict:  # an admin's start won the race
+            return None
         db.commit()
         rounds.send(db, celery, round_.id)
         log.info("started round %d (%s, %d new judgements)", round_.id, reason, fresh)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from app import rounds
-from app.errors import InvalidInput
+from app.db import make_session_factory
+from app.errors import Conflict, InvalidInput
 from app.models import Algorithm, Round, RoundStage, RunStatus, utcnow
 from tests.helpers import api_key_for
 
@@ -53,6 +57,30 @@ def test_bad_round_requests_are_refused(client, db, admin, rater):
     assert client.get("/api/rounds/999", headers=headers).status_code == 404
     assert client.get("/api/rounds/999/metrics", headers=headers).status_code == 404
     assert client.post("/api/rounds", json={}, headers=api_key_for(db, rater)).status_code == 403
+
+
+def test_concurrent_starts_on_one_line_queue_exactly_one_round(committed_engine):
+    factory = make_session_factory(committed_engine)
+    starters = 10
+    barrier = threading.Barrier(starters)
+
+    def start(_: int) -> str:
+        with factory() as db:
+            barrier.wait()
+            try:
+                rounds.start_round(
+                    db, algorithm=Algorithm.PPO, preset="quick", overrides={}, created_by=None
+                )
+                db.commit()
+            except Conflict:
+                return "409"
+            return "202"
+
+    with ThreadPoolExecutor(max_workers=starters) as pool:
+        answers = list(pool.map(start, range(starters)))
+    assert sorted(answers) == ["202"] + ["409"] * (starters - 1)
+    with factory() as db:
+        assert db.scalar(select(func.count()).select_from(Round)) == 1
 
 
 def test_the_config_is_the_preset_with_the_overrides():
