@@ -12,7 +12,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.templating import render_error_page
@@ -81,6 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
@@ -171,6 +172,13 @@ async def _integrity_error(request: Request, exc: IntegrityError) -> Response:
     # requests); the data is intact and the request can be corrected or retried.
     log.info("integrity error on %s %s: %s", request.method, request.url.path, exc.orig)
     return error_response(request, 409, "The request conflicts with existing data.")
+
+
+async def _data_error(request: Request, exc: DataError) -> Response:
+    # The database refused a value (out of range, not storable) that the schemas let through:
+    # the request's fault, and nothing was written.
+    log.warning("data error on %s %s: %s", request.method, request.url.path, exc.orig)
+    return error_response(request, 422, "A value in the request cannot be stored.")
 
 
 async def _database_error(request: Request, exc: DBAPIError) -> Response:

@@ -16,7 +16,7 @@ from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
 from app.inference import Inference
 from app.metrics import AppMetrics, RequestMetricsMiddleware
-from app.middleware import SecurityHeadersMiddleware
+from app.middleware import RejectNulMiddleware, SecurityHeadersMiddleware
 from app.ratelimit import KeyLimiter
 from app.routes import (
     account,
@@ -106,6 +106,7 @@ def create_app(
         max_concurrent=settings.v1_max_concurrent_per_key,
         per_minute=settings.v1_requests_per_minute,
     )
+    app.add_middleware(RejectNulMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     # the session factory is read at each scrape (tests swap it for a rolled-back one)
     app.state.metrics = AppMetrics(lambda: app.state.session_factory())

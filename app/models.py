@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -43,6 +43,12 @@ JSONValue = JSON().with_variant(JSONB(), "postgresql")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def without_nul(text: str) -> str:
+    """Model output as PostgreSQL can store it: text columns and JSONB refuse NUL characters,
+    which a model may emit (people's input with NUL is refused at the door instead)."""
+    return text.replace("\x00", "")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -304,6 +310,10 @@ class Response(Base):
     text: Mapped[str] = mapped_column(Text)
     generation_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @validates("text")
+    def _storable_text(self, _key: str, text: str) -> str:
+        return without_nul(text)
 
 
 # --- rating ------------------------------------------------------------------------------------
@@ -624,6 +634,10 @@ class ServedCompletion(Base):
     prompt_tokens: Mapped[int]
     completion_tokens: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @validates("choices")
+    def _storable_choices(self, _key: str, choices: list[Any]) -> list[Any]:
+        return [{**choice, "text": without_nul(choice["text"])} for choice in choices]
 
 
 class Feedback(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal, TypeVar, get_args
 
+from annotated_types import Interval
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +23,15 @@ from app.models import Algorithm, ApiKey, PromptSplit, RaterQuality, Role, Round
 MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGES = 64
 MAX_TAGS = 32
+INT64_MAX = 2**63 - 1
+
+# Every integer a client sends is one of these (or narrower), so that a number no column can
+# hold is a 422 here, never an overflow in the database driver (tests/app/test_input_bounds.py
+# walks the OpenAPI description to hold every route to it).
+RowId = Annotated[int, Interval(ge=1, le=INT64_MAX)]
+"""A database id, in a path, a query or a body."""
+Int64 = Annotated[int, Interval(ge=-INT64_MAX - 1, le=INT64_MAX)]
+"""Any other integer that is stored or handed to torch (seeds, settings)."""
 
 Username = Annotated[
     str,
@@ -149,7 +159,9 @@ MAX_RESPONSES_PER_TASK = 4
 Flag = Literal["unsafe", "factually_wrong", "off_topic", "broken"]
 FLAGS: tuple[str, ...] = get_args(Flag)
 Rating = Annotated[int, Field(ge=1, le=7)]
-RankingEntry = int | Annotated[list[int], Field(min_length=2, max_length=MAX_RESPONSES_PER_TASK)]
+RankingEntry = (
+    RowId | Annotated[list[RowId], Field(min_length=2, max_length=MAX_RESPONSES_PER_TASK)]
+)
 
 
 class MessageOut(BaseModel):
@@ -182,14 +194,14 @@ class JudgementIn(InputModel):
     strength: Annotated[int, Field(ge=1, le=3)] | None = None
     """For two responses: 1 slightly, 2 clearly, 3 much better."""
     all_bad: bool = False
-    ratings: dict[int, dict[str, Rating]] | None = None
+    ratings: dict[RowId, dict[str, Rating]] | None = None
     critique: Annotated[str, StringConstraints(max_length=MAX_CRITIQUE_CHARS)] | None = None
     rewrite: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
-    rewrite_of: int | None = None
+    rewrite_of: RowId | None = None
     """The response the rewrite started from and replaces; default: the top-ranked one."""
-    flags: dict[int, Annotated[list[Flag], Field(max_length=len(FLAGS))]] | None = None
+    flags: dict[RowId, Annotated[list[Flag], Field(max_length=len(FLAGS))]] | None = None
     time_spent_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] | None = None
-    guideline_version: int | None = None
+    guideline_version: RowId | None = None
 
 
 class JudgementOut(BaseModel):
@@ -272,7 +284,7 @@ class RaterQualityOut(BaseModel):
 class GenerationRequest(InputModel):
     """Candidate generation: sample responses for prompts and make rating tasks of them."""
 
-    prompt_ids: Annotated[list[int], Field(min_length=1, max_length=10_000)] | None = None
+    prompt_ids: Annotated[list[RowId], Field(min_length=1, max_length=10_000)] | None = None
     """Default: every training prompt without an open task."""
     per_prompt: Annotated[int, Field(ge=2, le=MAX_RESPONSES_PER_TASK)] = 2
     overlap: Annotated[int, Field(ge=1, le=20)] | None = None
@@ -282,7 +294,7 @@ class GenerationRequest(InputModel):
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
 
 
 class JobAccepted(BaseModel):
@@ -308,7 +320,7 @@ class JobOut(BaseModel):
 # --- training rounds ---------------------------------------------------------------------------
 
 
-Scalar = int | float | bool | str | None
+Scalar = Int64 | float | bool | str | None
 
 
 class RoundRequest(InputModel):
@@ -425,7 +437,7 @@ class TrainingRequest(InputModel):
     """The policy version to start from; default: the current one."""
     ties: Literal["skip", "half"] = "skip"
     """Reward model only: leave tied responses out, or train on them as 0.5 targets."""
-    config: dict[str, int | float | bool] = {}
+    config: dict[str, Int64 | float | bool] = {}
     """Trainer settings (`RewardConfig` or `SFTConfig` fields) that differ from the defaults."""
 
 

@@ -13,6 +13,7 @@ from app.deps import DbSession, PageUser
 from app.errors import InvalidInput
 from app.i18n import LANGUAGES
 from app.models import User
+from app.schemas import RowId
 from app.templating import render
 
 router = APIRouter()
@@ -63,7 +64,7 @@ def set_language(
 
 
 @router.post("/account/keys/{key_id}/revoke")
-def revoke_key(key_id: int, db: DbSession, user: PageUser) -> RedirectResponse:
+def revoke_key(key_id: RowId, db: DbSession, user: PageUser) -> RedirectResponse:
     crud.revoke_api_key(db, user=user, key_id=key_id)
     db.commit()
     return RedirectResponse("/account", status_code=303)

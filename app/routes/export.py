@@ -6,15 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator
 
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.export import FORMATS, export_lines
+from app.schemas import RowId
 
 router = APIRouter(prefix="/api/export", tags=["export"])
 
 RoundId = Annotated[
-    Annotated[int, Field(ge=1)] | None,
+    RowId | None,
     # the admin page's form sends its "everything so far" choice as `round=`
     BeforeValidator(lambda value: None if value == "" else value),
 ]

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 
 from app import crud, jobs
 from app.deps import AdminUser, DbSession, SettingsDep
-from app.schemas import GenerationRequest, JobAccepted, JobOut, TrainingRequest
+from app.schemas import GenerationRequest, JobAccepted, JobOut, RowId, TrainingRequest
 from worker.training_config import RewardConfig, SFTConfig, build_config
 
 router = APIRouter(tags=["jobs"])
@@ -51,5 +51,5 @@ def list_jobs(db: DbSession, admin: AdminUser) -> list[JobOut]:
 
 
 @router.get("/api/jobs/{job_id}")
-def show_job(job_id: int, db: DbSession, admin: AdminUser) -> JobOut:
+def show_job(job_id: RowId, db: DbSession, admin: AdminUser) -> JobOut:
     return JobOut.model_validate(jobs.get_job(db, job_id))

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from app import crud
 from app.deps import CurrentUser, DbSession
-from app.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from app.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, RowId
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
@@ -24,7 +24,7 @@ def create_key(body: ApiKeyCreate, db: DbSession, user: CurrentUser) -> ApiKeyCr
 
 
 @router.delete("/{key_id}", status_code=204)
-def revoke_key(key_id: int, db: DbSession, user: CurrentUser) -> Response:
+def revoke_key(key_id: RowId, db: DbSession, user: CurrentUser) -> Response:
     crud.revoke_api_key(db, user=user, key_id=key_id)
     db.commit()
     return Response(status_code=204)

@@ -11,7 +11,7 @@ from app import crud
 from app import leaderboard as ranking
 from app.deps import AdminUser, DbSession
 from app.leaderboard import Standing
-from app.schemas import ModelVersionOut
+from app.schemas import ModelVersionOut, RowId
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -37,7 +37,7 @@ def leaderboard(
 
 
 @router.post("/{version_id}/promote")
-def promote(version_id: int, db: DbSession, admin: AdminUser) -> ModelVersionOut:
+def promote(version_id: RowId, db: DbSession, admin: AdminUser) -> ModelVersionOut:
     """Serve this version as `current` from the next request on; running requests finish on
     the version they started with."""
     version = crud.promote(db, version_id=version_id)

@@ -10,13 +10,13 @@ from fastapi import APIRouter
 
 from app import crud, quality
 from app.deps import AdminUser, DbSession
-from app.schemas import GoldIn, GoldOut, PauseIn, PauseOut
+from app.schemas import GoldIn, GoldOut, PauseIn, PauseOut, RowId
 
 router = APIRouter(prefix="/api", tags=["quality"])
 
 
 @router.post("/tasks/{task_id}/gold")
-def mark_gold(task_id: int, body: GoldIn, db: DbSession, admin: AdminUser) -> GoldOut:
+def mark_gold(task_id: RowId, body: GoldIn, db: DbSession, admin: AdminUser) -> GoldOut:
     """Make the task a gold task whose known answer is `ranking`; raters get it at the
     configured gold rate, and it stays out of snapshots."""
     task = quality.mark_gold(db, task_id=task_id, ranking=body.ranking)
@@ -25,14 +25,14 @@ def mark_gold(task_id: int, body: GoldIn, db: DbSession, admin: AdminUser) -> Go
 
 
 @router.delete("/tasks/{task_id}/gold")
-def unmark_gold(task_id: int, db: DbSession, admin: AdminUser) -> GoldOut:
+def unmark_gold(task_id: RowId, db: DbSession, admin: AdminUser) -> GoldOut:
     task = quality.unmark_gold(db, task_id=task_id)
     db.commit()
     return GoldOut.model_validate(task)
 
 
 @router.post("/users/{user_id}/pause")
-def pause(user_id: int, db: DbSession, admin: AdminUser, body: PauseIn | None = None) -> PauseOut:
+def pause(user_id: RowId, db: DbSession, admin: AdminUser, body: PauseIn | None = None) -> PauseOut:
     """Stop giving the rater tasks (their held tasks go back to the pool) until resumed."""
     rater = crud.get_user(db, user_id=user_id)
     reason = (body.reason if body else "") or f"paused by {admin.username}"
@@ -42,7 +42,7 @@ def pause(user_id: int, db: DbSession, admin: AdminUser, body: PauseIn | None = 
 
 
 @router.post("/users/{user_id}/resume")
-def resume(user_id: int, db: DbSession, admin: AdminUser) -> PauseOut:
+def resume(user_id: RowId, db: DbSession, admin: AdminUser) -> PauseOut:
     rater = crud.get_user(db, user_id=user_id)
     quality.resume_rater(rater)
     db.commit()

@@ -31,7 +31,7 @@ from app.i18n import translate
 from app.judgements import skip_task, submit_judgement
 from app.models import Task, User
 from app.rating_form import FormProblem, judgement_from_form
-from app.schemas import FLAGS, MAX_REASON_CHARS
+from app.schemas import FLAGS, MAX_REASON_CHARS, RowId
 from app.templating import render
 
 router = APIRouter()
@@ -56,7 +56,7 @@ def rate(request: Request, db: DbSession, settings: SettingsDep, rater: PageRate
 
 @router.post("/rate/tasks/{task_id}/judgement", response_class=HTMLResponse)
 def judge(
-    task_id: int,
+    task_id: RowId,
     request: Request,
     db: DbSession,
     settings: SettingsDep,
@@ -91,7 +91,7 @@ def judge(
 
 @router.post("/rate/tasks/{task_id}/skip", response_class=HTMLResponse)
 def skip(
-    task_id: int,
+    task_id: RowId,
     request: Request,
     db: DbSession,
     settings: SettingsDep,

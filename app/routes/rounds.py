@@ -10,7 +10,15 @@ from sqlalchemy import select
 from app import rounds
 from app.deps import AdminUser, DbSession
 from app.models import Round, RoundMetric
-from app.schemas import LogLine, MetricPoint, RoundAccepted, RoundOut, RoundRequest
+from app.schemas import (
+    INT64_MAX,
+    LogLine,
+    MetricPoint,
+    RoundAccepted,
+    RoundOut,
+    RoundRequest,
+    RowId,
+)
 
 router = APIRouter(prefix="/api/rounds", tags=["rounds"])
 
@@ -42,13 +50,13 @@ def list_rounds(
 
 
 @router.get("/{round_id}")
-def get_round(round_id: int, db: DbSession, admin: AdminUser) -> RoundOut:
+def get_round(round_id: RowId, db: DbSession, admin: AdminUser) -> RoundOut:
     return RoundOut.of(rounds.get_round(db, round_id))
 
 
 @router.get("/{round_id}/metrics")
 def round_metrics(
-    round_id: int,
+    round_id: RowId,
     db: DbSession,
     admin: AdminUser,
     name: Annotated[str | None, Query(max_length=64)] = None,
@@ -66,10 +74,10 @@ def round_metrics(
 
 @router.get("/{round_id}/log")
 def round_log(
-    round_id: int,
+    round_id: RowId,
     db: DbSession,
     admin: AdminUser,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> list[LogLine]:
     """The round's log after line id `after`, oldest first: stage starts and ends, the
@@ -82,7 +90,7 @@ def round_log(
 
 
 @router.post("/{round_id}/cancel")
-def cancel_round(round_id: int, db: DbSession, admin: AdminUser) -> RoundOut:
+def cancel_round(round_id: RowId, db: DbSession, admin: AdminUser) -> RoundOut:
     """Stop the round: at once when it waits, at the next training step when it runs."""
     round_ = rounds.cancel_round(db, round_id=round_id)
     db.commit()

@@ -10,7 +10,7 @@ from app.assignment import assign_next_task, task_view
 from app.deps import DbSession, RaterUser, SettingsDep
 from app.escalation import Escalation
 from app.judgements import skip_task, submit_judgement
-from app.schemas import JudgementIn, JudgementOut, SkipIn, SkipOut, TaskOut
+from app.schemas import JudgementIn, JudgementOut, RowId, SkipIn, SkipOut, TaskOut
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -37,7 +37,7 @@ def next_task(db: DbSession, settings: SettingsDep, rater: RaterUser) -> TaskOut
 
 @router.post("/{task_id}/judgement", status_code=201)
 def judge(
-    task_id: int,
+    task_id: RowId,
     body: JudgementIn,
     db: DbSession,
     settings: SettingsDep,
@@ -58,7 +58,7 @@ def judge(
 
 
 @router.post("/{task_id}/skip")
-def skip(task_id: int, body: SkipIn, db: DbSession, rater: RaterUser) -> SkipOut:
+def skip(task_id: RowId, body: SkipIn, db: DbSession, rater: RaterUser) -> SkipOut:
     skip_task(db, rater=rater, task_id=task_id, reason=body.reason)
     db.commit()
     return SkipOut(task_id=task_id)

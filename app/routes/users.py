@@ -14,6 +14,7 @@ from app.schemas import (
     InvitationIssued,
     InvitationOut,
     LinkIssued,
+    RowId,
     UserAccountOut,
     UserCreate,
     UserUpdate,
@@ -36,7 +37,9 @@ def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> UserAccoun
 
 
 @users.patch("/{user_id}")
-def update_user(user_id: int, body: UserUpdate, db: DbSession, admin: AdminUser) -> UserAccountOut:
+def update_user(
+    user_id: RowId, body: UserUpdate, db: DbSession, admin: AdminUser
+) -> UserAccountOut:
     """Disable (which signs the account out at once), enable, or change the role."""
     user = crud.get_user(db, user_id=user_id)
     crud.update_user(db, user=user, acting=admin, is_active=body.is_active, role=body.role)
@@ -46,7 +49,7 @@ def update_user(user_id: int, body: UserUpdate, db: DbSession, admin: AdminUser)
 
 @users.post("/{user_id}/password-reset", status_code=201)
 def create_password_reset(
-    user_id: int, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
+    user_id: RowId, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> LinkIssued:
     """A one-time link to hand to the user; earlier reset links for them stop working."""
     user = crud.get_user(db, user_id=user_id)
@@ -56,14 +59,14 @@ def create_password_reset(
 
 
 @users.get("/{user_id}/keys")
-def list_user_keys(user_id: int, db: DbSession, admin: AdminUser) -> list[ApiKeyOut]:
+def list_user_keys(user_id: RowId, db: DbSession, admin: AdminUser) -> list[ApiKeyOut]:
     user = crud.get_user(db, user_id=user_id)
     return [ApiKeyOut.model_validate(key) for key in crud.list_api_keys(db, user=user)]
 
 
 @users.post("/{user_id}/keys", status_code=201)
 def create_user_key(
-    user_id: int, body: ApiKeyCreate, db: DbSession, admin: AdminUser
+    user_id: RowId, body: ApiKeyCreate, db: DbSession, admin: AdminUser
 ) -> ApiKeyCreated:
     user = crud.get_user(db, user_id=user_id)
     api_key, key = crud.create_api_key(db, user=user, name=body.name)
@@ -72,7 +75,7 @@ def create_user_key(
 
 
 @users.delete("/{user_id}/keys/{key_id}", status_code=204)
-def revoke_user_key(user_id: int, key_id: int, db: DbSession, admin: AdminUser) -> Response:
+def revoke_user_key(user_id: RowId, key_id: RowId, db: DbSession, admin: AdminUser) -> Response:
     crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
     db.commit()
     return Response(status_code=204)
@@ -100,7 +103,7 @@ def create_invitation(
 
 
 @invitations.delete("/{invitation_id}", status_code=204)
-def revoke_invitation(invitation_id: int, db: DbSession, admin: AdminUser) -> Response:
+def revoke_invitation(invitation_id: RowId, db: DbSession, admin: AdminUser) -> Response:
     access_links.revoke_invitation(db, link_id=invitation_id)
     db.commit()
     return Response(status_code=204)

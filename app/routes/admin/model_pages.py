@@ -10,6 +10,7 @@ from app import crud, quality
 from app import leaderboard as ranking
 from app.deps import DbSession, PageAdmin
 from app.models import ModelVersion
+from app.schemas import RowId
 from app.templating import render
 
 router = APIRouter(prefix="/admin")
@@ -43,7 +44,7 @@ def _lineage(versions: list[ModelVersion]) -> dict[int, list[str]]:
 
 
 @router.post("/models/{version_id}/promote")
-def promote(version_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+def promote(version_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     crud.promote(db, version_id=version_id)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)

@@ -18,7 +18,7 @@ from app import crud, quality
 from app.config import Settings
 from app.deps import DbSession, PageAdmin, SettingsDep
 from app.errors import AppError, InvalidInput
-from app.schemas import MAX_REASON_CHARS
+from app.schemas import MAX_REASON_CHARS, RowId
 from app.templating import render
 
 router = APIRouter(prefix="/admin/quality")
@@ -47,7 +47,7 @@ def recompute(request: Request, admin: PageAdmin) -> RedirectResponse:
 
 @router.post("/raters/{user_id}/pause")
 def pause(
-    user_id: int,
+    user_id: RowId,
     db: DbSession,
     admin: PageAdmin,
     reason: Annotated[str, Form(max_length=MAX_REASON_CHARS)] = "",
@@ -59,7 +59,7 @@ def pause(
 
 
 @router.post("/raters/{user_id}/resume")
-def resume(user_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+def resume(user_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     quality.resume_rater(crud.get_user(db, user_id=user_id))
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
@@ -71,7 +71,7 @@ def mark_gold(
     db: DbSession,
     settings: SettingsDep,
     admin: PageAdmin,
-    task_id: Annotated[int, Form(ge=1)],
+    task_id: Annotated[RowId, Form()],
     ranking: Annotated[str, Form(max_length=200)],
 ) -> Response:
     try:
@@ -85,7 +85,7 @@ def mark_gold(
 
 
 @router.post("/gold/{task_id}/unmark")
-def unmark_gold(task_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+def unmark_gold(task_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     quality.unmark_gold(db, task_id=task_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from app import rounds
 from app.deps import DbSession, PageAdmin
 from app.models import Algorithm, ModelVersion, Round
+from app.schemas import RowId
 from app.templating import render
 
 router = APIRouter(prefix="/admin")
@@ -24,7 +25,7 @@ def round_list(
     request: Request,
     db: DbSession,
     admin: PageAdmin,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[RowId | None, Query()] = None,
 ) -> HTMLResponse:
     """Newest first, `PAGE_SIZE` at a time (`before` is the last id of the previous page)."""
     query = select(Round).order_by(Round.id.desc()).limit(PAGE_SIZE + 1)
@@ -55,7 +56,7 @@ def start_round(
 
 
 @router.get("/rounds/{round_id}", response_class=HTMLResponse)
-def round_page(request: Request, round_id: int, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmin) -> HTMLResponse:
     round_ = rounds.get_round(db, round_id)
     versions = db.scalars(select(ModelVersion).where(ModelVersion.round_id == round_id)).all()
     parent = db.get(ModelVersion, round_.parent_version_id) if round_.parent_version_id else None
@@ -71,7 +72,7 @@ def round_page(request: Request, round_id: int, db: DbSession, admin: PageAdmin)
 
 
 @router.post("/rounds/{round_id}/cancel")
-def cancel_round(round_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+def cancel_round(round_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     rounds.cancel_round(db, round_id=round_id)
     db.commit()
     return RedirectResponse(f"/admin/rounds/{round_id}", status_code=303)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app import access_links, crud
 from app.deps import DbSession, PageAdmin, SettingsDep
 from app.models import Role
-from app.schemas import ApiKeyCreate, InvitationCreate, UserCreate, form_input
+from app.schemas import ApiKeyCreate, InvitationCreate, RowId, UserCreate, form_input
 from app.templating import render
 
 router = APIRouter(prefix="/admin")
@@ -52,7 +52,7 @@ def create_user(
 
 @router.post("/users/{user_id}/status")
 def set_user_status(
-    user_id: int, db: DbSession, admin: PageAdmin, is_active: Annotated[bool, Form()]
+    user_id: RowId, db: DbSession, admin: PageAdmin, is_active: Annotated[bool, Form()]
 ) -> RedirectResponse:
     """Disable (signing the account out at once) or enable an account."""
     user = crud.get_user(db, user_id=user_id)
@@ -63,7 +63,7 @@ def set_user_status(
 
 @router.post("/users/{user_id}/reset-link", response_class=HTMLResponse)
 def create_reset_link(
-    request: Request, user_id: int, db: DbSession, settings: SettingsDep, admin: PageAdmin
+    request: Request, user_id: RowId, db: DbSession, settings: SettingsDep, admin: PageAdmin
 ) -> HTMLResponse:
     user = crud.get_user(db, user_id=user_id)
     issued = access_links.create_password_reset(db, user=user, created_by=admin, settings=settings)
@@ -74,7 +74,7 @@ def create_reset_link(
 
 @router.post("/users/{user_id}/keys", response_class=HTMLResponse)
 def create_key(
-    request: Request, user_id: int, db: DbSession, admin: PageAdmin, name: ShortText = ""
+    request: Request, user_id: RowId, db: DbSession, admin: PageAdmin, name: ShortText = ""
 ) -> HTMLResponse:
     user = crud.get_user(db, user_id=user_id)
     api_key, key = crud.create_api_key(db, user=user, name=form_input(ApiKeyCreate, name=name).name)
@@ -83,7 +83,7 @@ def create_key(
 
 
 @router.post("/users/{user_id}/keys/{key_id}/revoke")
-def revoke_key(user_id: int, key_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+def revoke_key(user_id: RowId, key_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
@@ -108,7 +108,7 @@ def create_invitation(
 
 
 @router.post("/invitations/{invitation_id}/revoke")
-def revoke_invitation(invitation_id: int, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+def revoke_invitation(invitation_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     access_links.revoke_invitation(db, link_id=invitation_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
