@@ -292,8 +292,8 @@ class GenerationEngine:
                 generation._finish(Completion("", "cancelled", len(generation.prompt_ids), 0))
             else:
                 arrivals.append(generation)
-        if arrivals:
-            self._prefill_isolating_failures(arrivals)
+        for group in length_groups(arrivals):
+            self._prefill_isolating_failures(group)
 
     def _prefill_isolating_failures(self, arrivals: list[Generation]) -> None:
         """Prefill `arrivals` together; if that fails, one by one, failing only the requests
@@ -318,11 +318,17 @@ class GenerationEngine:
     def _prefill(self, arrivals: list[Generation]) -> None:
         """Run the arrivals' prompts and sample their first tokens, then join them to the batch
         (nothing of the batch changes before the last step that can fail)."""
-        length = max(len(generation.prompt_ids) for generation in arrivals)
-        ids = torch.full((len(arrivals), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(arrivals), length), dtype=torch.long)
-        for index, generation in enumerate(arrivals):
-            prompt = generation.prompt_ids
+        # Arrivals with the same prompt (several answers to one question) share one run of it.
+        unique: dict[tuple[int, ...], int] = {}
+        for generation in arrivals:
+            unique.setdefault(tuple(generation.prompt_ids), len(unique))
+        owner = torch.tensor(
+            [unique[tuple(generation.prompt_ids)] for generation in arrivals], device=self.device
+        )
+        length = max(len(prompt) for prompt in unique)
+        ids = torch.full((len(unique), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(unique), length), dtype=torch.long)
+        for index, prompt in enumerate(unique):
             ids[index, length - len(prompt) :] = torch.tensor(prompt)
             mask[index, length - len(prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -336,12 +342,15 @@ class GenerationEngine:
             use_cache=True,
             logits_to_keep=1,
         )
+        for layer in cache.layers:  # (U, ...) -> (A, ...): each arrival gets its prompt's rows
+            layer.keys = layer.keys.index_select(0, owner)
+            layer.values = layer.values.index_select(0, owner)
         rows = [
             _Row(generation=generation, position=len(generation.prompt_ids))
             for generation in arrivals
         ]
-        tokens = self._sample(output.logits[:, -1, :], rows)
-        self._merge(rows, cache, mask)
+        tokens = self._sample(output.logits[:, -1, :].index_select(0, owner), rows)
+        self._merge(rows, cache, mask.index_select(0, owner))
         self._advance_rows(tokens, first_row=len(self._rows) - len(rows))
 
     @torch.inference_mode()
@@ -509,34 +518,76 @@ def _generator(sampling: Sampling, device: torch.device) -> torch.Generator:
         raise ValueError(f"seed {sampling.seed} is out of range: {exc}") from None
 
 
+def length_groups(arrivals: list[Generation], *, slack: float = 1.25) -> list[list[Generation]]:
+    """Arrivals split into groups of similar prompt length (the longest at most `slack` times
+    the shortest), so that a prefill spends little on left padding."""
+    groups: list[list[Generation]] = []
+    for generation in sorted(arrivals, key=lambda generation: len(generation.prompt_ids)):
+        if groups and len(generation.prompt_ids) <= slack * len(groups[-1][0].prompt_ids):
+            groups[-1].append(generation)
+        else:
+            groups.append([generation])
+    return groups
+
+
+NUCLEUS_CANDIDATES = 1024
+"""Tokens examined for a top-p or top-k cut before falling back to a full sort (a nucleus is
+rarely wider; sorting a 50k vocabulary would be most of a decoding step's time on a CPU)."""
+
+
 def sample_tokens(
     logits: torch.Tensor, samplings: Sequence[Sampling], generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
     """One token per row of `logits` (B, V): greedy, or temperature / top-k / top-p sampling
-    with each row's own generator (Gumbel-max over the filtered log-probabilities)."""
-    greedy = torch.tensor(
-        [sampling.temperature <= 0 for sampling in samplings], device=logits.device
-    )
+    by the inverse of the (cut) distribution's CDF at one uniform draw from the row's own
+    generator, so that a seeded request samples the same token whatever shares its batch."""
+    device = logits.device
     temperature = torch.tensor(
-        [max(sampling.temperature, 1e-5) for sampling in samplings], device=logits.device
+        [max(sampling.temperature, 1e-5) for sampling in samplings], device=device
     ).unsqueeze(1)
-    scaled = logits / temperature
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    top_p = torch.tensor([sampling.top_p for sampling in samplings], device=logits.device)
-    outside_p = (probs.cumsum(-1) - probs) > top_p.unsqueeze(1)  # keeps at least the best token
-    top_k = torch.tensor(
-        [sampling.top_k or logits.shape[-1] for sampling in samplings], device=logits.device
-    )
-    outside_k = torch.arange(logits.shape[-1], device=logits.device) >= top_k.unsqueeze(1)
-    sorted_logits = sorted_logits.masked_fill(outside_p | outside_k, float("-inf"))
-    noise = torch.stack(
-        [
-            torch.rand(logits.shape[-1], generator=generator, device=logits.device)
-            for generator in generators
-        ]
-    )
-    gumbel = -torch.log(-torch.log(noise.clamp(1e-10, 1.0)))
-    choice = (sorted_logits.log_softmax(-1) + gumbel).argmax(-1)
-    sampled = order.gather(1, choice.unsqueeze(1)).squeeze(1)
+    logprobs = (logits.float() / temperature).log_softmax(-1)  # (B, V)
+    uniform = torch.cat([torch.rand(1, generator=g, device=device) for g in generators])  # (B,)
+    sampled = torch.empty(len(samplings), dtype=torch.long, device=device)
+    cut = [
+        index for index, sampling in enumerate(samplings) if sampling.top_p < 1 or sampling.top_k
+    ]
+    whole = [index for index in range(len(samplings)) if index not in set(cut)]
+    if whole:
+        rows = torch.tensor(whole, device=device)
+        sampled[rows] = _inverse_cdf(logprobs[rows].exp(), uniform[rows])
+    if cut:
+        rows = torch.tensor(cut, device=device)
+        probs, ids = _nucleus(logprobs[rows], [samplings[index] for index in cut])
+        picked = _inverse_cdf(probs, uniform[rows])
+        sampled[rows] = ids.gather(1, picked.unsqueeze(1)).squeeze(1)
+    greedy = torch.tensor([sampling.temperature <= 0 for sampling in samplings], device=device)
     return torch.where(greedy, logits.argmax(-1), sampled)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The column (B,) where each row's cumulative `probs` (B, W), unnormalised, passes
+    `uniform` (B,) times its total."""
+    cdf = probs.cumsum(-1)
+    target = (uniform * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, target).squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+def _nucleus(
+    logprobs: torch.Tensor, samplings: Sequence[Sampling]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' most likely tokens, best first, as probabilities (B, W) that are 0 outside
+    each row's top-k and top-p cut (the best token is always in), and their ids (B, W)."""
+    vocabulary = logprobs.shape[-1]
+    top_p = torch.tensor([sampling.top_p for sampling in samplings], device=logprobs.device)
+    top_k = torch.tensor(
+        [sampling.top_k or vocabulary for sampling in samplings], device=logprobs.device
+    )
+    widest_k = max((sampling.top_k for sampling in samplings), default=0)
+    width = min(vocabulary, max(NUCLEUS_CANDIDATES, widest_k))
+    best, ids = logprobs.topk(width, dim=-1)
+    if width < vocabulary and ((best.exp().sum(-1) < top_p) & (top_k > width)).any():
+        best, ids = logprobs.sort(dim=-1, descending=True)  # a nucleus wider than the candidates
+    probs = best.exp()
+    outside_p = (probs.cumsum(-1) - probs) > top_p.unsqueeze(1)
+    outside_k = torch.arange(probs.shape[-1], device=probs.device) >= top_k.unsqueeze(1)
+    return probs.masked_fill(outside_p | outside_k, 0.0), ids

@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from tests.conftest import make_settings
-from worker.engine import Generation, GenerationEngine, Sampling, sample_tokens
+from worker.engine import Generation, GenerationEngine, Sampling, length_groups, sample_tokens
 from worker.model_store import ModelStore, tiny_random_config
 
 PROMPTS = ["Hello there", "Tell me a story about a fox", "2 + 2 =", "Name three colours"]
@@ -194,3 +194,19 @@ def test_a_request_whose_text_callback_raises_leaves_the_batch_running(engine):
         doomed.wait(30)
     assert neighbour.wait(30).finish_reason in {"stop", "length"}
     assert engine.submit(chat(engine, PROMPTS[2]), GREEDY).wait(30).text is not None
+
+
+def test_answers_to_one_prompt_share_its_prefill_and_match_answering_it_alone(engine):
+    prompt = chat(engine, PROMPTS[1])
+    alone = engine.submit(prompt, Sampling(max_new_tokens=10, seed=5)).wait(30)
+    together = [engine.submit(prompt, Sampling(max_new_tokens=10, seed=seed)) for seed in (5, 5, 6)]
+    first, second, other = (generation.wait(30) for generation in together)
+    assert first.token_ids == second.token_ids == alone.token_ids
+    assert other.token_ids != first.token_ids
+
+
+def test_prefill_groups_hold_prompts_of_similar_length():
+    lengths = [3, 40, 4, 100, 45, 5]
+    arrivals = [Generation([1] * n, GREEDY, None, torch.Generator()) for n in lengths]
+    groups = [[len(g.prompt_ids) for g in group] for group in length_groups(arrivals)]
+    assert groups == [[3], [4, 5], [40, 45], [100]]
