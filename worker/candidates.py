@@ -63,6 +63,7 @@ def generate_candidates(context: WorkerContext, job: Job, progress: Progress) ->
         **{
             **CANDIDATE_SAMPLING,
             "max_new_tokens": context.settings.max_new_tokens,
+            "seed": job.id,  # unless asked otherwise, the same job samples the same answers
             **request.sampling,
         }
     )

@@ -42,32 +42,9 @@ def train_dpo(
             for batch in batcher.batches(
                 config.batch_pairs, shuffle=True, seed=config.seed + epoch
             ):
-                started = time.perf_counter()
-                policy.model.train()
-                chosen, rejected = _pair_logps(policy.model, policy, batch)
-                ref_chosen, ref_rejected = (
-                    torch.stack([reference[key] for key in keys]) for keys in _pair_keys(batch)
-                )
-                result = dpo_loss(
-                    chosen,
-                    rejected,
-                    ref_chosen,
-                    ref_rejected,
-                    beta=config.beta,
-                    label_smoothing=config.label_smoothing,
-                    weight=torch.tensor(batch.weight, device=policy.device),
-                )
-                result.loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
                 metrics = {
                     "step": len(curve) + 1,
-                    "loss": result.loss.item(),
-                    "accuracy": result.accuracy,
-                    "reward_margin": (result.chosen_reward - result.rejected_reward).mean().item(),
-                    "kl": ((chosen - ref_chosen) + (rejected - ref_rejected)).mean().item() / 2,
-                    "seconds": time.perf_counter() - started,
+                    **dpo_update(policy, optimizer, batch, reference, config),
                 }
                 curve.append(metrics)
                 if on_step is not None:
@@ -75,6 +52,55 @@ def train_dpo(
     finally:
         policy.close()
     return policy, curve
+
+
+def dpo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: PreferenceBatch,
+    reference: dict[tuple, torch.Tensor],
+    config: DPOConfig,
+) -> dict[str, float]:
+    """One optimiser step on `batch`, whose answers' reference log-probs are in `reference`."""
+    started = time.perf_counter()
+    policy.model.train()
+    chosen, rejected = _pair_logps(policy.model, policy, batch)
+    ref_chosen, ref_rejected = (
+        torch.stack([reference[key] for key in keys]) for keys in _pair_keys(batch)
+    )
+    result = dpo_loss(
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        beta=config.beta,
+        label_smoothing=config.label_smoothing,
+        weight=torch.tensor(batch.weight, device=policy.device),
+    )
+    result.loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": result.loss.item(),
+        "accuracy": result.accuracy,
+        "reward_margin": (result.chosen_reward - result.rejected_reward).mean().item(),
+        "kl": ((chosen - ref_chosen) + (rejected - ref_rejected)).mean().item() / 2,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def dpo_steps_on_pairs(
+    policy: Policy, optimizer: torch.optim.Optimizer, pairs: Sequence[Pair], config: DPOConfig
+) -> list[dict[str, float]]:
+    """One pass of updates over freshly made `pairs` (online DPO): their reference log-probs
+    first, then one step per batch."""
+    batcher = PreferenceBatcher(list(pairs), policy.tokenizer, max_length=config.max_length)
+    reference = _reference_logps(policy, batcher, config)
+    return [
+        dpo_update(policy, optimizer, batch, reference, config)
+        for batch in batcher.batches(config.batch_pairs, shuffle=True, seed=config.seed)
+    ]
 
 
 def _rollout(policy: Policy, batch: PreferenceBatch) -> Rollout:

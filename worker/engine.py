@@ -160,6 +160,7 @@ class GenerationEngine:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         )
         self._waiting: queue.Queue[Generation] = queue.Queue()
+        self._admission = threading.Lock()  # held while a group is queued or admitted
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (B, T): 1 for real tokens, 0 for left padding
@@ -200,6 +201,21 @@ class GenerationEngine:
         self._waiting.put(generation)
         return generation
 
+    def submit_many(self, requests: Sequence[tuple[list[int], Sampling]]) -> list[Generation]:
+        """Queue `(prompt ids, sampling)` requests as one arrival, admitted in this order
+        whatever the engine is doing meanwhile (so a seeded batch job is repeatable). If one
+        is refused, none of them runs."""
+        generations: list[Generation] = []
+        with self._admission:
+            try:
+                for prompt_ids, sampling in requests:
+                    generations.append(self.submit(prompt_ids, sampling))
+            except ValueError:
+                for generation in generations:
+                    generation.cancel()
+                raise
+        return generations
+
     def _check_prompt(self, prompt_ids: list[int], sampling: Sampling) -> None:
         if not prompt_ids:
             raise ValueError("empty prompt")
@@ -224,19 +240,18 @@ class GenerationEngine:
         on_progress: Callable[[float], None] | None = None,
     ) -> list[list[Completion]]:
         """`n` completions per conversation, blocking; all are submitted at once to batch.
-        `on_progress` hears the finished fraction as conversations complete, in order."""
-        generations = [
+        With a seed, completion j of conversation i samples with seed `seed + i * n + j`, so
+        the whole call is repeatable. `on_progress` hears the finished fraction as
+        conversations complete, in order."""
+        prompts = [self.encode_chat(conversation) for conversation in conversations]
+        submitted = self.submit_many(
             [
-                self.submit(
-                    self.encode_chat(conversation),
-                    sampling
-                    if sampling.seed is None
-                    else Sampling(**{**sampling.__dict__, "seed": sampling.seed + index}),
-                )
-                for index in range(n)
+                (prompt, seeded(sampling, index * n + sample))
+                for index, prompt in enumerate(prompts)
+                for sample in range(n)
             ]
-            for conversation in conversations
-        ]
+        )
+        generations = [submitted[index * n : (index + 1) * n] for index in range(len(prompts))]
         results = []
         for index, group in enumerate(generations, start=1):
             results.append([generation.wait() for generation in group])
@@ -283,15 +298,16 @@ class GenerationEngine:
     def _admit(self) -> None:
         room = self.max_batch_size - len(self._rows)
         arrivals: list[Generation] = []
-        while room > len(arrivals):
-            try:
-                generation = self._waiting.get_nowait()
-            except queue.Empty:
-                break
-            if generation.cancelled:
-                generation._finish(Completion("", "cancelled", len(generation.prompt_ids), 0))
-            else:
-                arrivals.append(generation)
+        with self._admission:
+            while room > len(arrivals):
+                try:
+                    generation = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if generation.cancelled:
+                    generation._finish(Completion("", "cancelled", len(generation.prompt_ids), 0))
+                else:
+                    arrivals.append(generation)
         for group in length_groups(arrivals):
             self._prefill_isolating_failures(group)
 
@@ -495,6 +511,13 @@ class GenerationEngine:
             if not row.generation.done:
                 row.generation._finish(None, error)
         self._rows, self._cache, self._mask, self._last_tokens = [], None, None, None
+
+
+def seeded(sampling: Sampling, offset: int) -> Sampling:
+    """`sampling` with its seed moved on by `offset` (unseeded stays unseeded)."""
+    if sampling.seed is None:
+        return sampling
+    return Sampling(**{**sampling.__dict__, "seed": sampling.seed + offset})
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

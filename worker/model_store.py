@@ -7,6 +7,9 @@ the bundled SmolLM2 GGUF file, a built-in tiny random model, a Hugging Face id o
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import importlib.util
 import logging
 import os
@@ -72,6 +75,17 @@ def with_lora(model: PreTrainedModel, *, task_type: str, rank: int) -> PreTraine
         task_type=task_type, r=rank, lora_alpha=2 * rank, target_modules="all-linear"
     )
     return get_peft_model(model, config)
+
+
+def release_memory() -> None:
+    """Give the memory of models that are gone back to the system: collect them, empty
+    CUDA's cache, and ask glibc to return freed heap pages (it keeps them otherwise, and an
+    idle worker would go on holding a stage's peak)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def bundled_gguf_path() -> Path:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from worker.data import Messages, pad_rows
-from worker.engine import GenerationEngine, Sampling
+from worker.engine import GenerationEngine, Sampling, seeded
 from worker.model_store import atomic_directory, resolve_device, with_lora
 from worker.optimisation import autocast
 from worker.reward_model import model_parts, shared_prefix_hidden
@@ -158,17 +159,14 @@ def sample_answers(
     engine: GenerationEngine, prompts: Sequence[list[int]], sampling: Sampling, *, samples: int
 ) -> Rollout:
     """`samples` answers to each prompt (token ids), all submitted at once so that the engine
-    batches them; sample j of a prompt uses seed `sampling.seed + j`."""
-    generations = [
-        engine.submit(
-            prompt,
-            sampling
-            if sampling.seed is None
-            else Sampling(**{**sampling.__dict__, "seed": sampling.seed + sample}),
-        )
-        for prompt in prompts
-        for sample in range(samples)
-    ]
+    batches them; sample j of prompt i uses seed `sampling.seed + i * samples + j`."""
+    generations = engine.submit_many(
+        [
+            (prompt, seeded(sampling, index * samples + sample))
+            for index, prompt in enumerate(prompts)
+            for sample in range(samples)
+        ]
+    )
     completions = [generation.wait() for generation in generations]
     return Rollout.from_tokens(
         [prompt for prompt in prompts for _ in range(samples)],
@@ -185,15 +183,51 @@ def answer_logprobs(
     model: PreTrainedModel, rollout: Rollout, *, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(answer token) for every answer position `(B, L)`, and optionally the entropy of
-    each position's distribution (no gradient). Only the answers' logits are computed."""
+    each position's distribution (no gradient). Only the answers' logits are computed, a chunk
+    of positions at a time (`LOGIT_CHUNK`): the full `(B, L, V)` logits of a 50k vocabulary
+    would be most of a step's memory. With gradients, each chunk's logits are recomputed in
+    the backward pass instead of being kept."""
     backbone, lm_head = model_parts(model)
     with autocast(rollout.response_ids.device):
-        logits = lm_head(answer_hidden(backbone, rollout))
-    logprobs = token_logprobs(logits, rollout.response_ids)
+        hidden = answer_hidden(backbone, rollout)  # (B, L, H)
+    rows, length = rollout.response_ids.shape
+    flat_hidden = hidden.reshape(rows * length, -1)
+    flat_tokens = rollout.response_ids.reshape(-1)
+    recompute = torch.is_grad_enabled()
+    parts = []
+    for start in range(0, rows * length, LOGIT_CHUNK):
+        chunk = (
+            lm_head,
+            flat_hidden[start : start + LOGIT_CHUNK],
+            flat_tokens[start : start + LOGIT_CHUNK],
+            with_entropy,
+        )
+        parts.append(
+            checkpoint(_chunk_logprobs, *chunk, use_reentrant=False)
+            if recompute
+            else _chunk_logprobs(*chunk)
+        )
+    logprobs = torch.cat([part for part, _ in parts]).view(rows, length)
     if not with_entropy:
         return logprobs, None
+    return logprobs, torch.cat([part for _, part in parts]).view(rows, length)
+
+
+LOGIT_CHUNK = 1024
+"""Answer positions whose logits exist at once: 1024 x 49152 fp32 is 200 MB."""
+
+
+def _chunk_logprobs(
+    lm_head: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, entropies without gradient) of one chunk of positions."""
+    with autocast(hidden.device):
+        logits = lm_head(hidden)
+    if not with_entropy:
+        return token_logprobs(logits, tokens), logits.new_empty(0)
     with torch.no_grad():
-        return logprobs, entropy(logits.detach())
+        entropies = entropy(logits.detach())
+    return token_logprobs(logits, tokens), entropies
 
 
 def answer_values(critic: PreTrainedModel, rollout: Rollout) -> torch.Tensor:

@@ -19,7 +19,6 @@ model (`alignloop_reward.json`), so the policy step sees rewards of about zero m
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -251,7 +250,7 @@ def train_reward_model(
                 evaluation_started = time.perf_counter()
                 accuracy = _evaluate_into(model, eval_batcher, config, device, report)
                 if best is None or accuracy > best[0]:
-                    best = (accuracy, copy.deepcopy(model.state_dict()))
+                    best = (accuracy, _trainable_state(model))
                     patience = config.early_stopping_patience
                 else:
                     patience -= 1
@@ -264,7 +263,7 @@ def train_reward_model(
     report.seconds = time.perf_counter() - started - report.eval_seconds
     report.pairs_per_second = trained_pairs / report.seconds
     if best is not None:
-        model.load_state_dict(best[1])
+        model.load_state_dict(best[1], strict=False)
     if held_out:
         _evaluate_into(model, eval_batcher, config, device, report)
     if config.lora:
@@ -272,6 +271,16 @@ def train_reward_model(
     report.reward_mean, report.reward_std = _reward_statistics(model, batcher, config, device)
     model.eval()
     return model, tokenizer, report
+
+
+def _trainable_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A copy of the weights that train (with LoRA, the adapters and head only: a few MB
+    rather than a second copy of the model)."""
+    return {
+        name: parameter.detach().clone()
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from worker.celery_app import WorkerContext
 from worker.data import Demonstration
 from worker.engine import GenerationEngine, Sampling
 from worker.job_runner import WORKER_ID, Progress, keep_lease
-from worker.model_store import ModelStore
+from worker.model_store import ModelStore, release_memory
 from worker.policy import Rollout, answer_logprobs, sample_answers
 from worker.reward_model import RewardScorer
 from worker.training_config import (
@@ -140,6 +140,7 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
                 interval=HEARTBEAT_INTERVAL_S,
             ),
             RoundLogHandler.attached(context, round_id, stage),
+            _releasing_memory(),
         ):
             fields = STAGES[stage](running)
     except StageStopped:
@@ -161,6 +162,15 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
             **fields,
         )
     return "done" if done is not None else _stopped(context, round_id)
+
+
+@contextmanager
+def _releasing_memory() -> Iterator[None]:
+    """A stage's models are freed when it ends, however it ends."""
+    try:
+        yield
+    finally:
+        release_memory()
 
 
 class RoundLogHandler(logging.Handler):

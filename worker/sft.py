@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from worker.data import Demonstration, demonstration_batches
-from worker.model_store import atomic_directory, resolve_device
+from worker.model_store import atomic_directory, resolve_device, with_lora
 from worker.optimisation import autocast, optimiser_step
 from worker.training_config import SFTConfig
 
@@ -56,12 +56,15 @@ def train_sft(
     device = resolve_device(config.device)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
+    if config.lora:
+        model = with_lora(model, task_type="CAUSAL_LM", rank=config.lora_rank)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     steps_per_epoch = math.ceil(len(demonstrations) / config.batch_size)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
     )
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
@@ -83,7 +86,7 @@ def train_sft(
                 loss = model(**batch).loss  # labels are -100 outside the answers
             loss.backward()
             point = optimiser_step(
-                list(model.parameters()),
+                trainable,
                 optimizer,
                 scheduler,
                 max_grad_norm=config.max_grad_norm,
@@ -94,6 +97,8 @@ def train_sft(
             report.steps = point["step"]
     report.seconds = time.perf_counter() - started
     report.final_loss = report.curve[-1]["loss"]
+    if config.lora:
+        model = model.merge_and_unload()
     model.eval()
     return model, tokenizer, report
 

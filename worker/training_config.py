@@ -51,6 +51,9 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     """Tokens of prompt plus answer; the prompt's start is dropped first."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; merged into the saved model."""
+    lora_rank: int = 16
     seed: int = 0
     device: str = "auto"
 
