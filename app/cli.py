@@ -98,7 +98,7 @@ def run(settings: Settings, host: str, port: int) -> None:
     migrate.upgrade(engine)
     with session_scope(make_session_factory(engine)) as db:
         admin_password = bootstrap.create_first_admin(db)
-        demo_prompts = bootstrap.load_demo_prompts(db)
+        demo_prompts = bootstrap.load_demo_prompts(db) if settings.demo_prompts else 0
         bootstrap.publish_default_guidelines(db)
     celery = create_celery(settings, engine=engine)
     # The app imports torch and transformers; do it before worker threads start importing the

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     """Comma-separated aspects that raters score from 1 to 7 per response."""
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
     """Length limit of candidate responses."""
+    demo_prompts: bool = True
+    """`alignloop run` loads the shipped demo prompts into an empty database; switch it off
+    to start with your own prompts only."""
     v1_max_concurrent_per_key: int = Field(default=32, ge=1)
     """`/v1` requests one API key may have running at once (429 beyond)."""
     v1_requests_per_minute: int = Field(default=600, ge=1)

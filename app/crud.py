@@ -295,6 +295,8 @@ class PromptCounts(NamedTuple):
     already_stored: int
     repeated: int
     """Copies of a prompt that came earlier in the same batch."""
+    created_ids: list[int]
+    """The new prompts' ids, in the order they came."""
 
 
 def add_prompts(
@@ -310,21 +312,21 @@ def add_prompts(
     existing = set(
         db.scalars(select(Prompt.dedup_hash).where(Prompt.dedup_hash.in_(list(by_hash))))
     )
-    for digest, prompt in by_hash.items():
-        if digest in existing:
-            continue
-        db.add(
-            Prompt(
-                messages=[message.model_dump() for message in prompt.messages],
-                source=prompt.source,
-                tags=prompt.tags,
-                split=prompt.split,
-                dedup_hash=digest,
-                created_by_id=created_by.id if created_by else None,
-            )
+    created = [
+        Prompt(
+            messages=[message.model_dump() for message in prompt.messages],
+            source=prompt.source,
+            tags=prompt.tags,
+            split=prompt.split,
+            dedup_hash=digest,
+            created_by_id=created_by.id if created_by else None,
         )
+        for digest, prompt in by_hash.items()
+        if digest not in existing
+    ]
+    db.add_all(created)
     db.flush()
-    return PromptCounts(len(by_hash) - len(existing), len(existing), repeated)
+    return PromptCounts(len(created), len(existing), repeated, [row.id for row in created])
 
 
 def count_prompts(db: Session) -> int:

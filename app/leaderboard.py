@@ -8,6 +8,10 @@ pair of versions that met, so that a version that never won keeps a finite ratin
 on the Elo scale (400 log10 strength) around 1000, with percentile bootstrap confidence
 intervals from resampling whole judgements.
 
+`head_to_head` reads the same comparisons for two versions only (a round's new policy against
+its parent): the raters' win rate with a Wilson interval, which the round page shows and the
+human promotion gate reads.
+
 `GET /api/models/leaderboard` fits it on request; the models page shows the one stored by
 `store` (with the quality figures, in the background), so that it renders in constant time
 however many comparisons there are.
@@ -152,6 +156,44 @@ def leaderboard(db: Session, *, bootstrap: int = 200, seed: int = 0) -> list[Sta
         for i, name in enumerate(comparisons.versions)
     ]
     return sorted(standings, key=lambda standing: -standing.rating)
+
+
+@dataclass
+class HeadToHead:
+    """How often raters preferred `version` over `opponent` (ties count one half)."""
+
+    win_rate: float | None
+    low: float | None
+    high: float | None
+    n: float
+    """Comparisons between the two (a tie counts once, as two halves)."""
+
+
+def head_to_head(db: Session, version: str, opponent: str) -> HeadToHead:
+    """The raters' blind verdicts between two versions, with a 95% Wilson interval."""
+    comparisons = collect(db)
+    if version not in comparisons.versions or opponent not in comparisons.versions:
+        return HeadToHead(None, None, None, 0.0)
+    mine, theirs = comparisons.versions.index(version), comparisons.versions.index(opponent)
+    won = comparisons.amount[(comparisons.winner == mine) & (comparisons.loser == theirs)].sum()
+    lost = comparisons.amount[(comparisons.winner == theirs) & (comparisons.loser == mine)].sum()
+    n = float(won + lost)
+    if not n:
+        return HeadToHead(None, None, None, 0.0)
+    low, high = wilson_interval(float(won), n)
+    return HeadToHead(float(won) / n, low, high, n)
+
+
+def wilson_interval(successes: float, n: float, *, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (Wilson 1927), 95% by default: unlike the
+    normal approximation it stays inside 0..1 and is honest for small n. Half successes (ties)
+    are allowed."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - spread)), float(min(1.0, centre + spread))
 
 
 def store(db: Session, *, bootstrap: int = 200) -> StoredLeaderboard:

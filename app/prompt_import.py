@@ -53,6 +53,7 @@ def import_prompts(
     return PromptImportReport(
         file_format=file_format,
         created=counts.created,
+        created_ids=counts.created_ids,
         already_stored=counts.already_stored,
         repeated_in_file=counts.repeated,
         skipped=skipped,

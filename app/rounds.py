@@ -20,10 +20,13 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import crud
 from app.errors import Conflict, InvalidInput, NotFound
+from app.leaderboard import HeadToHead, head_to_head
 from app.models import (
     Algorithm,
     Judgement,
+    ModelVersion,
     Round,
     RoundLog,
     RoundMetric,
@@ -83,8 +86,16 @@ POLICY_DEFAULTS = {
 }
 PLAIN_SECTIONS = {
     "snapshot": {"ties", "up_to_judgement_id"},
-    "evaluation": {"prompts", "max_new_tokens", "ab_prompts"},
-    "promotion": {"auto", "min_win_rate", "max_kl"},
+    "evaluation": {
+        "prompts",
+        "samples",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "ab_prompts",
+    },
+    "promotion": {"auto", "min_win_rate", "max_kl", "min_human_win_rate", "min_human_judgements"},
 }
 """Sections read by the round itself; the others configure a trainer (`trainer_config`)."""
 
@@ -378,3 +389,67 @@ def rounds_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Ro
     for round_ in found:
         round_.lease_expires_at = now + REDISPATCH_AFTER
     return found
+
+
+# --- the raters' verdict on a round's policy ------------------------------------------------------
+
+MIN_HUMAN_JUDGEMENTS = 20
+"""Blind A/B comparisons the human gate waits for unless `promotion.min_human_judgements`."""
+
+
+def human_verdict(db: Session, round_: Round) -> HeadToHead | None:
+    """The raters' blind A/B win rate of the round's policy against its parent, once the
+    policy is registered."""
+    version = round_.metrics.get("register", {}).get("version")
+    parent = db.get(ModelVersion, round_.parent_version_id) if round_.parent_version_id else None
+    if version is None or parent is None:
+        return None
+    return head_to_head(db, version, parent.name)
+
+
+def promote_on_human_verdicts(db: Session) -> list[int]:
+    """Promote the policies whose auto-promotion waits for the raters (the gate
+    `promotion.min_human_win_rate`) once enough blind A/B verdicts exist and the lower bound
+    of their win rate passes it; stop waiting when the upper bound falls below it, or when
+    the parent is no longer the current version. Returns the rounds promoted."""
+    promoted = []
+    for round_ in _rounds_awaiting_raters(db):
+        gates = round_.config.get("promotion", {})
+        verdict = human_verdict(db, round_)
+        if verdict is None or verdict.n < gates.get("min_human_judgements", MIN_HUMAN_JUDGEMENTS):
+            continue
+        register = dict(round_.metrics["register"])
+        current = crud.current_policy(db)
+        threshold = gates["min_human_win_rate"]
+        if current is None or current.id != round_.parent_version_id:
+            outcome = "a newer version is current; not promoted"
+        elif verdict.low >= threshold:
+            version = crud.get_model_version(db, name=register["version"])
+            crud.promote(db, version_id=version.id)
+            register["promoted"] = True
+            promoted.append(round_.id)
+            outcome = "promoted"
+        elif verdict.high < threshold:
+            outcome = "raters do not prefer it; not promoted"
+        else:
+            continue  # undecided: wait for more verdicts
+        register["awaiting_raters"] = False
+        round_.metrics = {**round_.metrics, "register": register}
+        add_log(
+            db,
+            round_id=round_.id,
+            stage=RoundStage.REGISTER,
+            message=f"human win rate {verdict.win_rate:.2f} [{verdict.low:.2f}, "
+            f"{verdict.high:.2f}] over {verdict.n:g} A/B judgements, gate {threshold}: {outcome}",
+        )
+    return promoted
+
+
+def _rounds_awaiting_raters(db: Session, *, recent: int = 50) -> list[Round]:
+    finished = db.scalars(
+        select(Round)
+        .where(Round.status == RunStatus.SUCCEEDED)
+        .order_by(Round.id.desc())
+        .limit(recent)
+    )
+    return [r for r in finished if r.metrics.get("register", {}).get("awaiting_raters")]

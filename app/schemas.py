@@ -127,6 +127,8 @@ class PromptImportOptions(InputModel):
 class PromptImportReport(BaseModel):
     file_format: str
     created: int
+    created_ids: list[int] = []
+    """The new prompts' ids in file order, for a script's next call (`/api/generations`)."""
     already_stored: int
     repeated_in_file: int
     skipped: list[SkippedRow]
@@ -337,6 +339,16 @@ class RoundAccepted(BaseModel):
     round_id: int
 
 
+class HumanVerdictOut(BaseModel):
+    """Raters' blind A/B verdicts: how often the new policy beat its parent (ties as half)."""
+
+    win_rate: float
+    low: float
+    high: float
+    """The 95% Wilson interval."""
+    n: float
+
+
 class RoundOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -357,16 +369,20 @@ class RoundOut(BaseModel):
     parent_version_id: int | None
     reward_model_version: str | None = None
     policy_version: str | None = None
+    human: HumanVerdictOut | None = None
+    """The raters' blind A/B verdict on the new policy against its parent, once it exists."""
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, round_: object) -> RoundOut:
+    def of(cls, round_: object, human: object | None = None) -> RoundOut:
         out = cls.model_validate(round_)
         out.reward_model_version = out.metrics.get("reward_model", {}).get("version")
         out.policy_version = out.metrics.get("register", {}).get("version")
+        if human is not None and human.n:
+            out.human = HumanVerdictOut.model_validate(human, from_attributes=True)
         return out
 
 

@@ -48,107 +48,75 @@ CANDIDATE_TOKENS = 192
 SERVED_TOKENS = 192
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
-# Each setting: an algorithm and its trainer settings (the LoRA rank is 16 throughout).
+# Each setting: an algorithm and its trainer settings. LoRA adapts the top 8 of the model's 30
+# blocks (rank 16) unless the name says otherwise.
+TOP = {"lora": True, "lora_layers": 8}
+ONLINE = {**TOP, "learning_rate": 1e-4, "steps": 8, "prompts_per_step": 8, "max_new_tokens": 128}
 VARIANTS: dict[str, dict] = {
-    "dpo": {"algorithm": "dpo", "policy": {"lora": True, "learning_rate": 5e-5, "epochs": 2}},
-    "dpo_full": {"algorithm": "dpo", "policy": {"lora": False, "learning_rate": 5e-7, "epochs": 2}},
-    "dpo_lr2e-4": {
+    "dpo": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 2}},
+    "dpo_lr3e-5": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-5, "epochs": 2}},
+    "dpo_lr3e-4": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-4, "epochs": 2}},
+    "dpo_1ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 1}},
+    "dpo_4ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 4}},
+    "dpo_all_layers": {
         "algorithm": "dpo",
-        "policy": {"lora": True, "learning_rate": 2e-4, "epochs": 2},
+        "policy": {"lora": True, "learning_rate": 1e-4, "epochs": 2},
     },
-    "dpo_4ep": {"algorithm": "dpo", "policy": {"lora": True, "learning_rate": 5e-5, "epochs": 4}},
-    "rloo2": {
-        "algorithm": "rloo",
-        "policy": {
-            "lora": True,
-            "learning_rate": 5e-5,
-            "steps": 8,
-            "prompts_per_step": 8,
-            "samples_per_prompt": 2,
-            "max_new_tokens": 128,
-        },
-    },
+    "dpo_full": {"algorithm": "dpo", "policy": {"lora": False, "learning_rate": 1e-6, "epochs": 2}},
+    "rloo2": {"algorithm": "rloo", "policy": {**ONLINE, "samples_per_prompt": 2}},
     "rloo4": {
         "algorithm": "rloo",
-        "policy": {
-            "lora": True,
-            "learning_rate": 5e-5,
-            "steps": 8,
-            "prompts_per_step": 4,
-            "samples_per_prompt": 4,
-            "max_new_tokens": 128,
-        },
+        "policy": {**ONLINE, "prompts_per_step": 4, "samples_per_prompt": 4},
     },
-    "rloo2_full": {
+    "rloo2_no_eos_penalty": {
         "algorithm": "rloo",
-        "policy": {
-            "lora": False,
-            "learning_rate": 1e-6,
-            "steps": 8,
-            "prompts_per_step": 8,
-            "samples_per_prompt": 2,
-            "max_new_tokens": 128,
-        },
+        "policy": {**ONLINE, "samples_per_prompt": 2, "missing_eos_penalty": 0.0},
     },
-    "rloo2_noeos": {
+    "rloo2_48_tokens": {
         "algorithm": "rloo",
-        "policy": {
-            "lora": True,
-            "learning_rate": 5e-5,
-            "steps": 8,
-            "prompts_per_step": 8,
-            "samples_per_prompt": 2,
-            "max_new_tokens": 128,
-            "missing_eos_penalty": 0.0,
-        },
+        "policy": {**ONLINE, "samples_per_prompt": 2, "max_new_tokens": 48},
     },
-    "rloo2_48tok": {
+    "rloo2_16_steps": {
         "algorithm": "rloo",
-        "policy": {
-            "lora": True,
-            "learning_rate": 5e-5,
-            "steps": 8,
-            "prompts_per_step": 8,
-            "samples_per_prompt": 2,
-            "max_new_tokens": 48,
-        },
+        "policy": {**ONLINE, "samples_per_prompt": 2, "steps": 16},
     },
-    "ppo": {
-        "algorithm": "ppo",
-        "policy": {
-            "lora": True,
-            "learning_rate": 5e-5,
-            "steps": 8,
-            "prompts_per_step": 8,
-            "max_new_tokens": 128,
-        },
-    },
-    "online_dpo": {
-        "algorithm": "online_dpo",
-        "policy": {
-            "lora": True,
-            "learning_rate": 5e-5,
-            "steps": 8,
-            "prompts_per_step": 8,
-            "max_new_tokens": 128,
-        },
-    },
+    "ppo": {"algorithm": "ppo", "policy": {**ONLINE}},
+    "online_dpo": {"algorithm": "online_dpo", "policy": {**ONLINE}},
     "rsft": {
         "algorithm": "rsft",
         "samples": 4,
-        "sft": {"lora": True, "learning_rate": 2e-4, "epochs": 2, "batch_size": 4},
+        "sft": {**TOP, "learning_rate": 2e-4, "epochs": 2, "batch_size": 4},
     },
 }
 REWARD_MODELS = {
-    "lora": {"lora": True, "learning_rate": 1e-4, "epochs": 2, "batch_pairs": 8},
-    "full": {"lora": False, "learning_rate": 3e-5, "epochs": 2, "batch_pairs": 8},
+    "lora": {
+        **TOP,
+        "learning_rate": 1e-4,
+        "epochs": 1,
+        "batch_pairs": 4,
+        "gradient_accumulation": 2,
+    },
+    "lora_2ep": {
+        **TOP,
+        "learning_rate": 1e-4,
+        "epochs": 2,
+        "batch_pairs": 4,
+        "gradient_accumulation": 2,
+    },
+    "lora_all_layers": {
+        "lora": True,
+        "learning_rate": 1e-4,
+        "epochs": 1,
+        "batch_pairs": 2,
+        "gradient_accumulation": 4,
+    },
 }
 
 
 # --- the data every setting shares ---------------------------------------------------------------
 
 
-def split_prompts(rule: Rule) -> tuple[list[dict], list[dict]]:
+def split_prompts(rule: Rule, train: int = TRAIN_PROMPTS) -> tuple[list[dict], list[dict]]:
     """(training prompts, held-out prompts): a seeded shuffle, with the held-out ones chosen
     among those the rule judges (plus half as many others, which are answered but not judged)."""
     prompts = rule.prompts()
@@ -157,7 +125,7 @@ def split_prompts(rule: Rule) -> tuple[list[dict], list[dict]]:
     others = [p for p in prompts if not rule.judged(p["tags"])]
     held_out = judged[:HELD_OUT] + others[: HELD_OUT // 2]
     chosen = {id(p) for p in held_out}
-    return [p for p in prompts if id(p) not in chosen][:TRAIN_PROMPTS], held_out
+    return [p for p in prompts if id(p) not in chosen][:train], held_out
 
 
 def base_answers(rule: Rule, folder: Path) -> dict:

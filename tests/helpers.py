@@ -14,7 +14,20 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.models import Judgement, Prompt, Response, Role, Round, Task, TaskResponse, User
+from app.models import (
+    Judgement,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    Prompt,
+    Response,
+    Role,
+    Round,
+    Task,
+    TaskKind,
+    TaskResponse,
+    User,
+)
 from app.preferences import build_snapshot, split_of, write_snapshot
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -81,6 +94,34 @@ def create_task(
     db.add(task)
     db.flush()
     return task
+
+
+def policy_versions(db: Session, *names: str) -> dict[str, ModelVersion]:
+    """Ready policy versions by name."""
+    made = {
+        name: ModelVersion(name=name, kind=ModelKind.POLICY, status=ModelStatus.READY, path=name)
+        for name in names
+    }
+    db.add_all(made.values())
+    db.flush()
+    return made
+
+
+def ab_judgement(
+    db: Session, rater: User, made: dict, first: str, second: str, *, prefer: str | None
+) -> None:
+    """A blind A/B task between two versions' answers, judged by `rater` (None: a tie)."""
+    task = create_task(db)
+    task.kind = TaskKind.AB_EVAL
+    first_id, second_id = (link.response_id for link in task.responses)
+    db.get(Response, first_id).model_version_id = made[first].id
+    db.get(Response, second_id).model_version_id = made[second].id
+    if prefer is None:
+        ranking = [[first_id, second_id]]
+    else:
+        ranking = [first_id, second_id] if prefer == first else [second_id, first_id]
+    db.add(Judgement(task_id=task.id, rater_id=rater.id, ranking=ranking))
+    db.flush()
 
 
 def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:

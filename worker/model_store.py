@@ -67,12 +67,39 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def with_lora(model: PreTrainedModel, *, task_type: str, rank: int) -> PreTrainedModel:
-    """`model` with LoRA adapters (peft) on all its linear layers; only they train."""
+def with_lora(
+    model: PreTrainedModel, *, task_type: str, rank: int, top_layers: int = 0
+) -> PreTrainedModel:
+    """`model` with LoRA adapters (peft) on the linear layers of its top `top_layers`
+    transformer blocks (0: all of them); only they (and a reward model's head) train.
+
+    Adapting only the top blocks is what makes training affordable on a CPU: autograd keeps
+    no activations and runs no backward pass below the lowest adapted block, so a step costs
+    little more than a forward pass, and its memory is that of the top blocks only."""
     from peft import LoraConfig, get_peft_model
 
+    blocks = model.config.num_hidden_layers
+    if not 0 < top_layers < blocks:
+        targets: str | list[str] = "all-linear"
+        layers = None
+    else:  # peft picks blocks only by module name, so name the blocks' linear layers
+        head = model.get_output_embeddings()
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+                and module is not head
+                and not name.endswith(("score", "classifier"))
+            }
+        )
+        layers = list(range(blocks - top_layers, blocks))
     config = LoraConfig(
-        task_type=task_type, r=rank, lora_alpha=2 * rank, target_modules="all-linear"
+        task_type=task_type,
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=targets,
+        layers_to_transform=layers,
     )
     return get_peft_model(model, config)
 

@@ -102,7 +102,9 @@ class Policy:
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(self.device)
         if config.lora:
-            self.model = with_lora(model, task_type="CAUSAL_LM", rank=config.lora_rank)
+            self.model = with_lora(
+                model, task_type="CAUSAL_LM", rank=config.lora_rank, top_layers=config.lora_layers
+            )
             self._frozen_reference = None
         else:
             self.model = model

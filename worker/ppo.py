@@ -54,7 +54,9 @@ def train_ppo(
     scorer = RewardScorer(reward_model, policy.device)
     critic, _ = load_reward_model(reward_model, policy.device)
     if config.lora:
-        critic = with_lora(critic, task_type="SEQ_CLS", rank=config.lora_rank)
+        critic = with_lora(
+            critic, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers
+        )
     step = PPOStep(policy, critic, scorer, config)
     return policy, run_steps(policy, step, conversations, on_step=on_step)
 

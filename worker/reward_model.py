@@ -187,7 +187,9 @@ def train_reward_model(
     device = resolve_device(config.device)
     model, tokenizer = load_reward_model(base, device)
     if config.lora:
-        model = with_lora(model, task_type="SEQ_CLS", rank=config.lora_rank)
+        model = with_lora(
+            model, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers
+        )
     train = [pair for pair in pairs if pair.split == "train"]
     held_out = [pair for pair in pairs if pair.split == "eval"]
     report = RewardReport(train_pairs=len(train), eval_pairs=len(held_out))

@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from app import crud, jobs, rounds
 from app.db import session_scope
+from app.leaderboard import wilson_interval
 from app.models import (
     Algorithm,
     Job,
@@ -387,51 +388,89 @@ def _prompts(stage: Stage, split: PromptSplit, limit: int | None = None) -> list
 
 
 def evaluate_stage(stage: Stage) -> dict[str, Any]:
-    """The new policy against its parent on held-out prompts, judged by the reward model."""
+    """The new policy against its parent on held-out prompts, judged by the reward model.
+
+    Both answer every prompt `samples` times with the served sampling settings (seeded, so a
+    rerun gives the same figures). The win rate counts ties as half and carries a 95% Wilson
+    interval over its n comparisons; KL(new || parent) is the mean summed log-ratio on the new
+    policy's own answers. One model is in memory at a time."""
     options = stage.config["evaluation"]
     prompts = _prompts(stage, PromptSplit.EVAL, limit=options.get("prompts", 8))
-    store, device = stage.store, stage.store.device
-    sampling = Sampling(max_new_tokens=options.get("max_new_tokens", 48), temperature=0.0)
-    new_model, tokenizer = store.load(stage.metrics["policy"]["path"], device)
-    parent_model, _ = store.load(stage.parent.path, device)
-    new = _answers(new_model, tokenizer, prompts, sampling)
-    stage.report(0.4)
-    old = _answers(parent_model, tokenizer, prompts, sampling)
-    stage.report(0.7)
-    with torch.no_grad():
-        new_logprobs, _ = answer_logprobs(new_model, new)
-        parent_logprobs, _ = answer_logprobs(parent_model, new)
+    samples = options.get("samples", 1)
+    sampling = Sampling(
+        max_new_tokens=options.get("max_new_tokens", 48),
+        temperature=options.get("temperature", 0.0),
+        top_p=options.get("top_p", 1.0),
+        seed=options.get("seed", stage.round_id),
+    )
+    new, new_logprobs = _answers_and_logprobs(
+        stage, stage.metrics["policy"]["path"], prompts, sampling, samples
+    )
+    stage.report(0.45)
+    old, parent_logprobs = _answers_and_logprobs(
+        stage, stage.parent.path, prompts, sampling, samples, score=new
+    )
+    stage.report(0.9)
     kl = ((new_logprobs - parent_logprobs) * new.response_mask).sum(1).mean().item()
-    scorer = RewardScorer(store.path_for(stage.metrics["reward_model"]["path"]), device)
-    new_scores = scorer.score(prompts, new.texts)
-    old_scores = scorer.score(prompts, old.texts)
+    conversations = [prompts[index] for index in new.conversation]
+    scorer = RewardScorer(
+        stage.store.path_for(stage.metrics["reward_model"]["path"]), stage.store.device
+    )
+    new_scores = scorer.score(conversations, new.texts)
+    old_scores = scorer.score(conversations, old.texts)
+    del scorer
     wins = (new_scores > old_scores).float() + 0.5 * (new_scores == old_scores).float()
+    low, high = wilson_interval(wins.sum().item(), len(wins))
     evaluation = {
         "prompts": len(prompts),
+        "n": len(wins),
         "reward": new_scores.mean().item(),
         "parent_reward": old_scores.mean().item(),
         "win_rate": wins.mean().item(),
+        "win_rate_low": low,
+        "win_rate_high": high,
         "kl_to_parent": kl,
         "response_length": new.response_mask.sum(1).float().mean().item(),
         "parent_response_length": old.response_mask.sum(1).float().mean().item(),
         "samples": [
-            {"prompt": prompt[-1]["content"], "new": answer, "parent": parent_answer}
-            for prompt, answer, parent_answer in list(
-                zip(prompts, new.texts, old.texts, strict=True)
-            )[:SAMPLES_SHOWN]
+            {"prompt": prompts[index][-1]["content"], "new": answer, "parent": parent_answer}
+            for index, answer, parent_answer in list(
+                zip(new.conversation, new.texts, old.texts, strict=True)
+            )[: SAMPLES_SHOWN * samples : samples]
         ],
     }
     return _with_metrics(stage, "evaluation", evaluation)
 
 
-def _answers(model, tokenizer, prompts: list, sampling: Sampling) -> Rollout:
-    engine = GenerationEngine(model, tokenizer, name="evaluation")
+def _answers_and_logprobs(
+    stage: Stage,
+    path: str,
+    prompts: list,
+    sampling: Sampling,
+    samples: int,
+    *,
+    score: Rollout | None = None,
+) -> tuple[Rollout, torch.Tensor]:
+    """The answers of the model stored at `path`, and its token log-probs `(B, L)` of the
+    answers in `score` (default: its own); the model is freed before this returns."""
+    model, tokenizer = stage.store.load(path, stage.store.device)
     try:
-        return sample_answers(
-            engine, [engine.encode_chat(prompt) for prompt in prompts], sampling, samples=1
-        )
+        engine = GenerationEngine(model, tokenizer, name="evaluation", max_batch_size=64)
+        try:
+            answers = sample_answers(
+                engine,
+                [engine.encode_chat(prompt) for prompt in prompts],
+                sampling,
+                samples=samples,
+            )
+        finally:
+            engine.close(drain=False)
+        with torch.no_grad():
+            logprobs, _ = answer_logprobs(model, score if score is not None else answers)
+        return answers, logprobs
     finally:
-        engine.close(drain=False)
+        del model
+        release_memory()
 
 
 def register_stage(stage: Stage) -> dict[str, Any]:
@@ -453,7 +492,9 @@ def register_stage(stage: Stage) -> dict[str, Any]:
             rater_count=round_.rater_count,
             round_id=stage.round_id,
         )
-        promoted = bool(gates.get("auto")) and _passes(evaluation, gates)
+        passes = bool(gates.get("auto")) and _passes(evaluation, gates)
+        awaiting_raters = passes and gates.get("min_human_win_rate") is not None
+        promoted = passes and not awaiting_raters
         if promoted:
             crud.promote(db, version_id=version.id)
         ab_job = _ab_tasks(db, stage, version)
@@ -463,7 +504,12 @@ def register_stage(stage: Stage) -> dict[str, Any]:
     return _with_metrics(
         stage,
         "register",
-        {"version": version.name, "promoted": promoted, "ab_job": ab_job.id if ab_job else None},
+        {
+            "version": version.name,
+            "promoted": promoted,
+            "awaiting_raters": awaiting_raters,
+            "ab_job": ab_job.id if ab_job else None,
+        },
     )
 
 

@@ -57,7 +57,9 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     if config.lora:
-        model = with_lora(model, task_type="CAUSAL_LM", rank=config.lora_rank)
+        model = with_lora(
+            model, task_type="CAUSAL_LM", rank=config.lora_rank, top_layers=config.lora_layers
+        )
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )

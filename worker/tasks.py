@@ -175,14 +175,16 @@ def start_scheduled_round(celery: Celery, context: WorkerContext, *, reason: str
 
 
 def reclaim_work(celery: Celery, context: WorkerContext, *, after_restart: bool) -> dict[str, int]:
-    """Free expired leases, re-send lost jobs and queued rounds, and fail rounds whose worker
-    died; `after_restart` treats every unfinished job and round as lost (the embedded
-    default's in-memory queue does not survive a restart)."""
+    """Free expired leases, re-send lost jobs and queued rounds, fail rounds whose worker
+    died, and promote policies that waited for the raters' verdict; `after_restart` treats
+    every unfinished job and round as lost (the embedded default's in-memory queue does not
+    survive a restart)."""
     with context.session_factory() as db:
         expired = expire_stale_leases(db)
         lost = jobs.jobs_to_redispatch(db, after_restart=after_restart)
         failed_rounds = rounds.fail_lost_rounds(db, after_restart=after_restart)
         resent_rounds = rounds.rounds_to_redispatch(db, after_restart=after_restart)
+        promoted = rounds.promote_on_human_verdicts(db)
         db.commit()
         for job in lost:
             jobs.dispatch(db, celery, job)
@@ -201,4 +203,5 @@ def reclaim_work(celery: Celery, context: WorkerContext, *, after_restart: bool)
         "resent_jobs": len(lost),
         "resent_rounds": len(resent_rounds),
         "failed_rounds": failed_rounds,
+        "promoted_rounds": len(promoted),
     }

@@ -34,6 +34,9 @@ class RewardConfig:
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; merged into the saved model."""
     lora_rank: int = 16
+    lora_layers: int = 0
+    """Adapt only the top this many transformer blocks (0: all): nothing below them runs
+    backward, which makes a step far cheaper in time and memory."""
     early_stopping_patience: int = 2
     """Held-out evaluations without a better accuracy before training stops."""
     evaluations_per_epoch: int = 1
@@ -54,6 +57,9 @@ class SFTConfig:
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; merged into the saved model."""
     lora_rank: int = 16
+    lora_layers: int = 0
+    """Adapt only the top this many transformer blocks (0: all): nothing below them runs
+    backward, which makes a step far cheaper in time and memory."""
     seed: int = 0
     device: str = "auto"
 
@@ -73,6 +79,9 @@ class PolicyConfig:
     max_grad_norm: float = 1.0
     lora: bool = False
     lora_rank: int = 16
+    lora_layers: int = 0
+    """Adapt only the top this many transformer blocks (0: all): nothing below them runs
+    backward, which makes a step far cheaper in time and memory."""
     seed: int = 0
     device: str = "auto"
 

@@ -51,7 +51,8 @@ def list_rounds(
 
 @router.get("/{round_id}")
 def get_round(round_id: RowId, db: DbSession, admin: AdminUser) -> RoundOut:
-    return RoundOut.of(rounds.get_round(db, round_id))
+    round_ = rounds.get_round(db, round_id)
+    return RoundOut.of(round_, human=rounds.human_verdict(db, round_))
 
 
 @router.get("/{round_id}/metrics")

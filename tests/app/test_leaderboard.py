@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from app.leaderboard import fit
-from app.models import Judgement, ModelKind, ModelStatus, ModelVersion, Response, TaskKind
-from tests.helpers import api_key_for, create_task
+from app.leaderboard import fit, head_to_head, wilson_interval
+from tests.helpers import ab_judgement, api_key_for, policy_versions
 
 
 def test_two_versions_fit_the_odds_of_their_record_with_the_prior():
@@ -27,38 +26,14 @@ def test_a_version_that_never_won_keeps_a_finite_rating_below_the_others():
     assert strength[0] > strength[1] > strength[2]
 
 
-def versions(db, *names: str) -> dict[str, ModelVersion]:
-    made = {
-        name: ModelVersion(name=name, kind=ModelKind.POLICY, status=ModelStatus.READY, path=name)
-        for name in names
-    }
-    db.add_all(made.values())
-    db.flush()
-    return made
-
-
-def judge(db, rater, made, first: str, second: str, *, prefer: str | None) -> None:
-    task = create_task(db)
-    task.kind = TaskKind.AB_EVAL
-    first_id, second_id = (link.response_id for link in task.responses)
-    db.get(Response, first_id).model_version_id = made[first].id
-    db.get(Response, second_id).model_version_id = made[second].id
-    if prefer is None:
-        ranking = [[first_id, second_id]]
-    else:
-        ranking = [first_id, second_id] if prefer == first else [second_id, first_id]
-    db.add(Judgement(task_id=task.id, rater_id=rater.id, ranking=ranking))
-    db.flush()
-
-
 def test_the_api_ranks_versions_by_blind_judgements(client, db, admin, rater):
-    made = versions(db, "base", "round-1", "round-2")
+    made = policy_versions(db, "base", "round-1", "round-2")
     for _ in range(8):
-        judge(db, rater, made, "round-1", "base", prefer="round-1")
-        judge(db, rater, made, "round-2", "round-1", prefer="round-2")
+        ab_judgement(db, rater, made, "round-1", "base", prefer="round-1")
+        ab_judgement(db, rater, made, "round-2", "round-1", prefer="round-2")
     for _ in range(2):
-        judge(db, rater, made, "base", "round-1", prefer="base")
-        judge(db, rater, made, "round-2", "base", prefer=None)
+        ab_judgement(db, rater, made, "base", "round-1", prefer="base")
+        ab_judgement(db, rater, made, "round-2", "base", prefer=None)
     db.commit()
     headers = api_key_for(db, admin)
     board = client.get("/api/models/leaderboard?bootstrap=100", headers=headers).json()
@@ -73,3 +48,22 @@ def test_the_api_ranks_versions_by_blind_judgements(client, db, admin, rater):
 
 def test_no_comparisons_between_versions_give_an_empty_board(client, db, admin):
     assert client.get("/api/models/leaderboard", headers=api_key_for(db, admin)).json() == []
+
+
+def test_the_wilson_interval_matches_its_formula_and_stays_inside_0_and_1():
+    low, high = wilson_interval(8, 10)
+    # p = 0.8, z = 1.96: centre (0.8 + 0.19208) / 1.38416, half-width computed by hand
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_head_to_head_counts_two_versions_only_with_ties_as_halves(db, rater):
+    made = policy_versions(db, "base", "round-1", "other")
+    for prefer in ("round-1", "round-1", "round-1", "base", None):
+        ab_judgement(db, rater, made, "round-1", "base", prefer=prefer)
+    ab_judgement(db, rater, made, "other", "round-1", prefer="other")  # not between the two
+    verdict = head_to_head(db, "round-1", "base")
+    assert verdict.n == 5 and verdict.win_rate == pytest.approx(3.5 / 5)
+    assert (verdict.low, verdict.high) == pytest.approx(wilson_interval(3.5, 5))
+    assert head_to_head(db, "round-1", "nobody").n == 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import select
 
 from app import bootstrap, crud
+from app.models import Prompt
 from app.prompt_import import UnreadableFile, detect_format, parse_prompts
 
 
@@ -71,8 +73,11 @@ def test_duplicates_are_detected_across_whitespace_and_imports(db):
         jsonl({"prompt": "What is  RLHF?"}, {"prompt": "What is RLHF? "}, {"prompt": "Other"}),
         "jsonl",
     )
-    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (2, 0, 1)
-    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (0, 2, 1)
+    first = crud.add_prompts(db, prompts=prompts, created_by=None)
+    assert first[:3] == (2, 0, 1)
+    stored = db.scalars(select(Prompt.id).order_by(Prompt.id)).all()
+    assert first.created_ids == stored
+    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (0, 2, 1, [])
     assert crud.count_prompts(db) == 2
 
 

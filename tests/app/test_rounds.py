@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app import rounds
+from app import crud, rounds
 from app.db import make_session_factory
 from app.errors import Conflict, InvalidInput
 from app.models import Algorithm, Round, RoundStage, RunStatus, utcnow
-from tests.helpers import api_key_for
+from tests.helpers import ab_judgement, api_key_for, policy_versions
 
 
 def test_admins_start_follow_and_cancel_a_round(client, db, admin):
@@ -216,3 +216,50 @@ def test_promotion_and_rollback_switch_the_current_version(client, db, admin):
     assert client.post("/api/models/rollback", headers=headers).json()["name"] == "round-1"
     assert client.post("/api/models/rollback", headers=headers).json()["name"] == "base"
     assert current() == "base"
+
+
+def round_awaiting_raters(db, made, *, min_human_win_rate: float = 0.5) -> Round:
+    crud.promote(db, version_id=made["base"].id)
+    round_ = Round(
+        status=RunStatus.SUCCEEDED,
+        stage=RoundStage.DONE,
+        parent_version_id=made["base"].id,
+        config={
+            "promotion": {
+                "auto": True,
+                "min_human_win_rate": min_human_win_rate,
+                "min_human_judgements": 6,
+            }
+        },
+        metrics={"register": {"version": "round-1", "promoted": False, "awaiting_raters": True}},
+    )
+    db.add(round_)
+    db.flush()
+    return round_
+
+
+def test_auto_promotion_waits_for_enough_blind_verdicts_then_promotes(client, db, admin, rater):
+    made = policy_versions(db, "base", "round-1")
+    round_ = round_awaiting_raters(db, made, min_human_win_rate=0.3)
+    for _ in range(5):
+        ab_judgement(db, rater, made, "round-1", "base", prefer="round-1")
+    assert rounds.promote_on_human_verdicts(db) == []  # 5 of the 6 verdicts it waits for
+    ab_judgement(db, rater, made, "round-1", "base", prefer="round-1")
+    assert rounds.promote_on_human_verdicts(db) == [round_.id]
+    assert crud.current_policy(db).name == "round-1"
+    assert not round_.metrics["register"]["awaiting_raters"]
+    db.commit()
+    shown = client.get(f"/api/rounds/{round_.id}", headers=api_key_for(db, admin)).json()
+    assert shown["human"]["n"] == 6 and shown["human"]["win_rate"] == 1.0
+    assert shown["human"]["low"] == pytest.approx(0.6097, abs=1e-3)  # Wilson, 6 of 6
+
+
+def test_a_policy_raters_do_not_prefer_is_never_promoted(db, rater):
+    made = policy_versions(db, "base", "round-1")
+    round_ = round_awaiting_raters(db, made, min_human_win_rate=0.6)
+    for prefer in ["base"] * 7 + ["round-1"]:
+        ab_judgement(db, rater, made, "round-1", "base", prefer=prefer)
+    assert rounds.promote_on_human_verdicts(db) == []
+    assert crud.current_policy(db).name == "base"
+    assert not round_.metrics["register"]["awaiting_raters"]
+    assert "do not prefer" in rounds.read_log(db, round_id=round_.id)[-1].message

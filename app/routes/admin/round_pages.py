@@ -67,6 +67,7 @@ def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmi
         "versions": versions,
         "parent": parent,
         "log": rounds.read_log(db, round_id=round_id),
+        "human": rounds.human_verdict(db, round_),
     }
     return render(request, "admin/round.html", context)
 
