@@ -56,6 +56,11 @@ VARIANTS: dict[str, dict] = {
     "dpo": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 2}},
     "dpo_lr3e-5": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-5, "epochs": 2}},
     "dpo_lr3e-4": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-4, "epochs": 2}},
+    "dpo_lr1e-3": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2}},
+    "sft_chosen": {
+        "algorithm": "sft_chosen",
+        "sft": {**TOP, "learning_rate": 5e-4, "epochs": 2, "batch_size": 4},
+    },
     "dpo_1ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 1}},
     "dpo_4ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 4}},
     "dpo_all_layers": {
@@ -319,6 +324,8 @@ def _trained_policy(spec: dict, pairs: list, data: dict, folder: Path):
         return online_dpo(conversations, reward, spec["policy"])
     if algorithm == "rsft":
         return rejection_sampling(conversations, reward, spec)
+    if algorithm == "sft_chosen":
+        return sft_on_chosen(pairs, spec)
     raise ValueError(algorithm)
 
 
@@ -389,6 +396,27 @@ def rejection_sampling(conversations: list, reward: Path, spec: dict):
         scores = scorer.score([conversation] * n, texts)
         best.append(Demonstration(conversation, texts[int(scores.argmax())]))
     del scorer, model
+    trained, tokenizer, _ = train_sft(best, base_path(), SFTConfig(device="cpu", **spec["sft"]))
+    return trained, tokenizer
+
+
+def sft_on_chosen(pairs: list, spec: dict):
+    """Supervised fine-tuning on the answers raters preferred (each task's majority choice):
+    best-of-two by people rather than by a reward model."""
+    from collections import Counter
+
+    from worker.data import Demonstration
+    from worker.sft import train_sft
+    from worker.training_config import SFTConfig
+
+    votes: dict[int, Counter] = {}
+    for pair in pairs:
+        if pair.split == "train":
+            votes.setdefault(pair.task_id, Counter())[pair.chosen] += 1
+    messages = {pair.task_id: pair.messages for pair in pairs}
+    best = [
+        Demonstration(messages[task], count.most_common(1)[0][0]) for task, count in votes.items()
+    ]
     trained, tokenizer, _ = train_sft(best, base_path(), SFTConfig(device="cpu", **spec["sft"]))
     return trained, tokenizer
 

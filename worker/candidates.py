@@ -30,7 +30,7 @@ from app.models import (
 from worker.celery_app import WorkerContext
 from worker.engine import GenerationEngine, Sampling
 from worker.job_runner import Progress
-from worker.model_store import ModelStore
+from worker.model_store import ModelStore, release_memory
 
 CANDIDATE_SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
@@ -82,6 +82,8 @@ def generate_candidates(context: WorkerContext, job: Job, progress: Progress) ->
             completions = engine.generate(conversations, sampling, n=count, on_progress=report)
         finally:
             engine.close(drain=False)
+            del engine
+            release_memory()  # the next version, or an idle worker, starts from a clean heap
         samples.append((version_id, [[done.text for done in group] for group in completions]))
     with session_scope(context.session_factory) as db:
         created = _create_tasks(db, job, request, prompts, samples, sampling)

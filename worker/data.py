@@ -121,11 +121,16 @@ class PreferenceBatcher:
     def batches(
         self, batch_pairs: int, *, shuffle: bool, seed: int = 0
     ) -> Iterator[PreferenceBatch]:
-        """Whole ranking groups, shuffled (or in order), cut into batches of ~`batch_pairs`;
-        groups of similar length go together, which keeps padding low."""
-        groups: dict[str, list[Pair]] = {}
+        """All the pairs of one prompt together (every ranking of it, by every rater),
+        shuffled (or in order), cut into batches of ~`batch_pairs`; prompts of similar length
+        go together, which keeps padding low.
+
+        Keeping a prompt's pairs together means each distinct answer is run once for all of
+        them: with three raters judging the same answers, a third of the work, and exactly the
+        same loss as taking the pairs one at a time."""
+        groups: dict[tuple, list[Pair]] = {}
         for pair in self.pairs:
-            groups.setdefault(pair.group or f"pair-{id(pair)}", []).append(pair)
+            groups.setdefault(_prompt_key(pair), []).append(pair)
         ordered = list(groups.values())
         if shuffle:
             random.Random(seed).shuffle(ordered)

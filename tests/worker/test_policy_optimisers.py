@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from app.preferences import Pair
 from worker.dpo import train_dpo
-from worker.policy import Policy, answer_logprobs, answer_values
+from worker.policy import Policy, Rollout, answer_logprobs, answer_values
 from worker.ppo import train_ppo
 from worker.reward_model import RewardReport, load_reward_model, save_reward_model
 from worker.rl_math import token_logprobs
@@ -122,3 +122,24 @@ def test_lora_keeps_one_copy_and_its_reference_is_the_base(tiny_model_dir, tiny_
     with torch.no_grad():
         assert not torch.allclose(policy.merged()(ids).logits, base(ids).logits)
     assert curve[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
+
+
+def test_lora_on_the_top_blocks_trains_only_them_and_runs_no_backward_below(tiny_model_dir):
+    config = DPOConfig(
+        **{**SMALL, "learning_rate": 1e-2},
+        lora=True,
+        lora_rank=4,
+        lora_layers=1,
+        epochs=1,
+        batch_pairs=3,
+    )
+    trained, curve = train_dpo(dpo_pairs(), tiny_model_dir, config)
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    trainable = [name for name, p in trained.model.named_parameters() if p.requires_grad]
+    assert trainable and all("layers.1." in name and "lora_" in name for name in trainable)
+    tracked = []
+    lowest_block = trained.model.get_base_model().model.layers[0]
+    lowest_block.register_forward_hook(lambda _m, _i, out: tracked.append(out[0].requires_grad))
+    rollout = Rollout.from_tokens([[1, 2, 3]], [[4, 5]], pad_id=0, device=torch.device("cpu"))
+    logprobs, _ = answer_logprobs(trained.model, rollout)
+    assert logprobs.requires_grad and tracked == [False, False]  # prompt and answer passes
