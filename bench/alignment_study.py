@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict] = {
     "dpo_lr3e-5": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-5, "epochs": 2}},
     "dpo_lr3e-4": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-4, "epochs": 2}},
     "dpo_lr1e-3": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2}},
+    "dpo_lr3e-3": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-3, "epochs": 2}},
     "sft_chosen": {
         "algorithm": "sft_chosen",
         "sft": {**TOP, "learning_rate": 5e-4, "epochs": 2, "batch_size": 4},
@@ -69,6 +70,10 @@ VARIANTS: dict[str, dict] = {
     },
     "dpo_full": {"algorithm": "dpo", "policy": {"lora": False, "learning_rate": 1e-6, "epochs": 2}},
     "rloo2": {"algorithm": "rloo", "policy": {**ONLINE, "samples_per_prompt": 2}},
+    "rloo2_lr1e-3": {
+        "algorithm": "rloo",
+        "policy": {**ONLINE, "samples_per_prompt": 2, "learning_rate": 1e-3},
+    },
     "rloo4": {
         "algorithm": "rloo",
         "policy": {**ONLINE, "prompts_per_step": 4, "samples_per_prompt": 4},
