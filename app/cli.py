@@ -20,7 +20,7 @@ from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
 from app.export import FORMATS, export_lines
-from app.models import Algorithm, PromptSplit, Role, User
+from app.models import DEFAULT_ALGORITHM, Algorithm, PromptSplit, Role, User
 from app.prompt_import import import_prompts, options_from_text
 from app.schemas import InvitationNote, Password, Username
 
@@ -402,7 +402,10 @@ def rounds_group() -> None:
 
 @rounds_group.command("start")
 @click.option(
-    "--algorithm", type=click.Choice([a.value for a in Algorithm]), default="ppo", show_default=True
+    "--algorithm",
+    type=click.Choice([a.value for a in Algorithm]),
+    default=DEFAULT_ALGORITHM.value,
+    show_default=True,
 )
 @click.option(
     "--preset", type=click.Choice(list(rounds.PRESETS)), default="quick", show_default=True

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     round_after_judgements: int = Field(default=0, ge=0)
     """Start a training round once this many judgements arrived after the last round's
     snapshot; 0 switches it off."""
-    round_algorithm: Literal["ppo", "rloo", "dpo"] = "ppo"
+    round_algorithm: Literal["ppo", "rloo", "dpo"] = "dpo"  # app.models.DEFAULT_ALGORITHM
     """The algorithm of scheduled rounds."""
     round_preset: Literal["quick", "standard"] = "quick"
     """The preset of scheduled rounds."""

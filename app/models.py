@@ -142,6 +142,11 @@ class Algorithm(enum.StrEnum):
     DPO = "dpo"
 
 
+DEFAULT_ALGORITHM = Algorithm.DPO
+"""What a round runs unless told otherwise: offline DPO on the raters' pairs won the most per
+CPU-minute in bench/alignment_study.py (bench/RESULTS.md); it needs no sampling while it trains."""
+
+
 class LinkPurpose(enum.StrEnum):
     INVITATION = "invitation"
     PASSWORD_RESET = "password_reset"

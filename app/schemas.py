@@ -18,7 +18,16 @@ from pydantic import (
 )
 
 from app.errors import InvalidInput
-from app.models import Algorithm, ApiKey, PromptSplit, RaterQuality, Role, RoundStage, User
+from app.models import (
+    DEFAULT_ALGORITHM,
+    Algorithm,
+    ApiKey,
+    PromptSplit,
+    RaterQuality,
+    Role,
+    RoundStage,
+    User,
+)
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_MESSAGES = 64
@@ -329,7 +338,7 @@ class RoundRequest(InputModel):
     """A training round to queue; `overrides` change the preset's settings, per section
     (`snapshot`, `sft`, `reward_model`, `policy`, `evaluation`, `promotion`)."""
 
-    algorithm: Algorithm = Algorithm.PPO
+    algorithm: Algorithm = DEFAULT_ALGORITHM
     preset: Literal["quick", "standard"] = "quick"
     line: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "main"
     overrides: dict[str, dict[str, Scalar]] = {}

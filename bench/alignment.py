@@ -118,10 +118,10 @@ class TreeMemory:
 
 
 @contextlib.contextmanager
-def embedded_server(data_dir: Path):
+def embedded_server(data_dir: Path, base: Path):
     """`alignloop run` on a fresh data folder whose model store already holds the converted
     base model (converting it is the same for every rule); yields (base URL, memory meter)."""
-    shutil.copytree(base_path(), data_dir / "models" / "base")
+    shutil.copytree(base, data_dir / "models" / "base")
     port = _free_port()
     env = {
         **os.environ,
@@ -266,7 +266,7 @@ def run_rule(rule: Rule, args: argparse.Namespace) -> RuleResult:
     train, held_out = split_prompts(rule, EVAL_PROMPTS + args.rounds * per_round)
     eval_prompts, train = train[:EVAL_PROMPTS], train[EVAL_PROMPTS:]
     with tempfile.TemporaryDirectory(prefix=f"alignment-{rule.name}-") as folder:
-        with embedded_server(Path(folder)) as (url, memory):
+        with embedded_server(Path(folder), args.base or base_path()) as (url, memory):
             admin = Api(url, *ADMIN)
             _wait_until(
                 lambda: any(m["name"] == "base" for m in admin.call("GET", "/api/models")),
@@ -274,9 +274,12 @@ def run_rule(rule: Rule, args: argparse.Namespace) -> RuleResult:
                 "the base model",
             )
             started = time.perf_counter()
-            import_prompts(admin, eval_prompts, "eval")
+            eval_ids = import_prompts(admin, eval_prompts, "eval")
             raters = make_raters(admin)
-            tags: dict[int, list[str]] = {}
+            # The rounds' own A/B tasks (on the eval prompts) are rated too, as raters would.
+            tags = {
+                prompt_id: p["tags"] for prompt_id, p in zip(eval_ids, eval_prompts, strict=True)
+            }
             for number in range(args.rounds):
                 chunk = train[number * per_round : (number + 1) * per_round]
                 ids = import_prompts(admin, chunk, "train")
@@ -450,6 +453,12 @@ def main() -> int:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--prompts-per-round", type=int, default=48)
     parser.add_argument("--overrides", default="{}", help="JSON, as POST /api/rounds takes it")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a converted model folder to start from "
+        "(default: the bundled model); for a quick check of the machinery",
+    )
     args = parser.parse_args()
     load_base()  # convert the bundled model once, outside any measurement
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -460,8 +469,8 @@ def main() -> int:
         results.append(result)
         record = {"args": vars(args), "date": stamp, **result.__dict__}
         with (RESULTS / f"{stamp}.jsonl").open("a") as out:
-            out.write(json.dumps(record) + "\n")
-        print(json.dumps(record), flush=True)
+            out.write(json.dumps(record, default=str) + "\n")
+        print(json.dumps(record, default=str), flush=True)
     print(table(results))
     return 0
 

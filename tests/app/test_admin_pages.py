@@ -19,8 +19,7 @@ from app.models import (
     RunStatus,
     utcnow,
 )
-from tests.app.test_leaderboard import judge, versions
-from tests.helpers import browser_login, create_task, html
+from tests.helpers import ab_judgement, browser_login, create_task, html, policy_versions
 
 ADMIN_PAGES = ["/admin", "/admin/rounds", "/admin/models"]
 
@@ -137,6 +136,28 @@ def test_a_round_page_shows_its_stages_curves_and_log_and_cancels(client, db, ad
     assert client.post(f"/admin/rounds/{round_.id}/cancel").status_code == 403  # no CSRF token
 
 
+def test_a_round_page_shows_both_win_rates_with_their_intervals(client, db, admin, rater):
+    made = policy_versions(db, "base", "round-1")
+    evaluation = {"win_rate": 0.75, "win_rate_low": 0.55, "win_rate_high": 0.88, "n": 24}
+    round_ = a_round(
+        db,
+        status=RunStatus.SUCCEEDED,
+        stage=RoundStage.DONE,
+        parent_version_id=made["base"].id,
+        metrics={"evaluation": evaluation, "register": {"version": "round-1"}},
+    )
+    for prefer in ("round-1", "round-1", "base"):
+        ab_judgement(db, rater, made, "round-1", "base", prefer=prefer)
+    db.commit()
+    browser_login(client, admin.username)
+    tiles = {
+        div.dt.text: " ".join(div.dd.text.split())
+        for div in html(client.get(f"/admin/rounds/{round_.id}")).select("dl.tiles div")
+    }
+    assert tiles["Win rate against the parent (reward model)"] == "0.75 [0.55, 0.88], n = 24"
+    assert tiles["Win rate against the parent (raters, blind A/B)"] == "0.67 [0.21, 0.94], n = 3"
+
+
 def test_a_failed_round_shows_its_error_in_the_page_and_the_log(client, db, admin):
     partial = {"evaluation": {"win_rate": 0.6}, "reward_model": {"version": "reward-r1"}}
     round_ = a_round(db, status=RunStatus.RUNNING, stage=RoundStage.POLICY, metrics=partial)
@@ -148,7 +169,7 @@ def test_a_failed_round_shows_its_error_in_the_page_and_the_log(client, db, admi
     assert page.select_one("#log li.level-error span").text == "policy: out of memory"
     assert not page.select("#round form")  # nothing left to cancel
     shown = [div.dt.text for div in page.select("dl.tiles div")]
-    assert shown == ["Win rate against the parent"]  # what a partial result has, no more
+    assert shown == ["Win rate against the parent (reward model)"]  # a partial result: no more
     assert client.get("/admin/rounds/999999").status_code == 404
 
 
@@ -180,7 +201,7 @@ def test_the_round_list_pages_and_its_form_starts_a_round(client, db, admin):
 
 
 def test_the_models_page_shows_lineage_leaderboard_and_promotes(client, db, admin, rater):
-    made = versions(db, "base", "round-1", "round-2")
+    made = policy_versions(db, "base", "round-1", "round-2")
     made["round-1"].parent_id = made["base"].id
     made["round-2"].parent_id = made["round-1"].id
     made["round-2"].snapshot_sha256 = "ab" * 32
@@ -189,8 +210,8 @@ def test_the_models_page_shows_lineage_leaderboard_and_promotes(client, db, admi
     )
     db.add(reward)
     for _ in range(6):
-        judge(db, rater, made, "round-2", "base", prefer="round-2")
-        judge(db, rater, made, "round-1", "base", prefer="base")
+        ab_judgement(db, rater, made, "round-2", "base", prefer="round-2")
+        ab_judgement(db, rater, made, "round-1", "base", prefer="base")
     db.commit()
 
     csrf = browser_login(client, admin.username)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from app import crud, rounds
 from app.db import make_session_factory
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict
 from app.models import Algorithm, Round, RoundStage, RunStatus, utcnow
 from tests.helpers import ab_judgement, api_key_for, policy_versions
 
@@ -51,7 +51,7 @@ def test_bad_round_requests_are_refused(client, db, admin, rater):
     unknown_setting = post({"algorithm": "dpo", "overrides": {"policy": {"steps": 3}}})
     assert unknown_setting.status_code == 422 and "steps" in unknown_setting.json()["detail"]
     assert post({"overrides": {"promotion": {"sometimes": True}}}).status_code == 422
-    wrong_type = post({"overrides": {"policy": {"steps": "many"}}})
+    wrong_type = post({"algorithm": "rloo", "overrides": {"policy": {"steps": "many"}}})
     assert wrong_type.status_code == 422
     assert "'steps' must be of type int" in wrong_type.json()["detail"]
     assert client.get("/api/rounds/999", headers=headers).status_code == 404
@@ -93,13 +93,17 @@ def test_the_config_is_the_preset_with_the_overrides():
         == rounds.PRESETS["quick"]["reward_model"]["batch_pairs"]
     )
     assert config["promotion"]["auto"] is True
+    assert config["policy"] == rounds.POLICY_PRESETS["quick"][Algorithm.PPO]
     assert "samples_per_prompt" not in config["policy"]
-    assert rounds.round_config(Algorithm.DPO, "quick", {})["policy"] == {
-        "epochs": 1,
-        "batch_pairs": 8,
-    }
-    with pytest.raises(InvalidInput, match="ppo_epochs"):
-        rounds.round_config(Algorithm.RLOO, "quick", {"policy": {"ppo_epochs": 2}})
+    dpo = rounds.round_config(Algorithm.DPO, "quick", {"policy": {"epochs": 3}})
+    assert dpo["policy"] == {**rounds.POLICY_PRESETS["quick"][Algorithm.DPO], "epochs": 3}
+    assert rounds.POLICY_PRESETS["quick"][Algorithm.DPO]["epochs"] == 2  # unchanged
+
+
+def test_every_preset_is_a_valid_config_for_every_algorithm():
+    for preset in rounds.PRESETS:
+        for algorithm in Algorithm:
+            rounds.round_config(algorithm, preset, {})  # raises on an unknown setting
 
 
 def queued(db, **fields) -> Round:

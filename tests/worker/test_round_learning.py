@@ -24,7 +24,7 @@ ROUND_MINUTES = 15
 @pytest.mark.parametrize("rule", ["concise", "chinese"])
 def test_one_quick_round_teaches_the_raters_rule(rule):
     options = argparse.Namespace(
-        rounds=1, algorithm="dpo", preset="quick", overrides="{}", prompts_per_round=48
+        rounds=1, algorithm="dpo", preset="quick", overrides="{}", prompts_per_round=48, base=None
     )
     result = run_rule(RULES[rule], options)
     held_out, [round_] = result.held_out, result.rounds

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app import rounds
 from app.deps import DbSession, PageAdmin
-from app.models import Algorithm, ModelVersion, Round
+from app.models import DEFAULT_ALGORITHM, Algorithm, ModelVersion, Round
 from app.schemas import RowId
 from app.templating import render
 
@@ -34,6 +34,7 @@ def round_list(
         "rounds": found[:PAGE_SIZE],
         "older": found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None,
         "algorithms": [algorithm.value for algorithm in Algorithm],
+        "default_algorithm": DEFAULT_ALGORITHM.value,
         "presets": list(rounds.PRESETS),
     }
     return render(request, "admin/rounds.html", context)
@@ -44,7 +45,7 @@ def start_round(
     request: Request,
     db: DbSession,
     admin: PageAdmin,
-    algorithm: Annotated[Algorithm, Form()] = Algorithm.PPO,
+    algorithm: Annotated[Algorithm, Form()] = DEFAULT_ALGORITHM,
     preset: Annotated[str, Form(max_length=32)] = "quick",
 ) -> RedirectResponse:
     round_ = rounds.start_round(
