@@ -16,13 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import crud, migrate
+from app import crud, migrate, security
 from app.config import Settings
 from app.db import make_engine
 from app.main import create_app
@@ -36,6 +37,18 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("ALIGNLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing() -> Iterator[None]:
+    """argon2id at its lowest cost in this process: 2 ms a hash instead of 200 (a test creates
+    and logs in users by the hundred). The algorithm and code paths stay the real ones; only
+    the work factor meant to slow down attackers goes."""
+    with pytest.MonkeyPatch.context() as patch:
+        cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+        patch.setattr(security, "_hasher", cheap)
+        patch.setattr(security, "_DUMMY_HASH", cheap.hash("unknown user"))
+        yield
 
 
 @contextmanager

@@ -145,7 +145,7 @@ def judge_tasks(world: World, count: int) -> None:
 def run_a_round(page: Page) -> str:
     """Start a round from the rounds page and follow it live to the end; its version's name."""
     page.goto("/admin/rounds")
-    page.select_option("select[name=algorithm]", "ppo")
+    page.select_option("select[name=algorithm]", "dpo")  # the default
     page.select_option("select[name=preset]", "quick")
     page.click("form[action='/admin/rounds'] button[type=submit]")
     expect(page).to_have_url(re.compile(r"/admin/rounds/\d+$"))

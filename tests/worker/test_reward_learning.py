@@ -14,6 +14,7 @@ import pytest
 
 from app.bootstrap import DEMO_PROMPTS
 from app.preferences import Pair, split_of
+from app.rounds import PRESETS
 from worker.reward_model import train_reward_model
 from worker.training_config import RewardConfig
 
@@ -74,9 +75,8 @@ def test_the_reward_model_learns_the_rule_from_at_most_200_pairs(bundled_model_d
     train = [pair for pair in pairs if pair.split == "train"]
     held_out = [pair for pair in pairs if pair.split == "eval"]
     assert len(train) <= 200 and len(held_out) >= 20
-    config = RewardConfig(
-        epochs=1, batch_pairs=8, learning_rate=3e-5, max_length=192, device="cpu", seed=0
-    )
+    # The `quick` preset's settings, as a round would train it (LoRA on the top blocks).
+    config = RewardConfig(**{**PRESETS["quick"]["reward_model"], "max_length": 192}, seed=0)
     _, _, report = train_reward_model(pairs, bundled_model_dir, config)
     print(
         f"{len(train)} train / {len(held_out)} held-out pairs: held-out accuracy "
