@@ -143,8 +143,9 @@ class Algorithm(enum.StrEnum):
 
 
 DEFAULT_ALGORITHM = Algorithm.DPO
-"""What a round runs unless told otherwise: offline DPO on the raters' pairs won the most per
-CPU-minute in bench/alignment_study.py (bench/RESULTS.md); it needs no sampling while it trains."""
+"""What a round runs unless told otherwise: offline DPO on the raters' pairs reached the highest
+win rate of the settings tried in bench/alignment_study.py, and two `quick` rounds of it 0.75 in
+bench/alignment.py (bench/RESULTS.md); it needs no sampling while it trains."""
 
 
 class LinkPurpose(enum.StrEnum):
