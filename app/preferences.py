@@ -124,11 +124,14 @@ def build_snapshot(
     up_to_judgement_id: int | None = None,
     margins: bool = True,
     rater_weights: dict[int, float] | None = None,
+    train_after_judgement_id: int = 0,
 ) -> Snapshot:
     """Freeze the current judgements (ids up to the cut-off, by default all) into pairs,
     leaving out gold tasks.
 
     `rater_weights` (a trust score per rater id; 1.0 when absent) becomes each pair's weight.
+    `train_after_judgement_id` keeps only newer judgements' training pairs (a round that
+    trains on what came in since its parent's round); held-out pairs come from all of them.
     """
     cutoff = up_to_judgement_id or db.scalar(select(func.max(Judgement.id))) or 0
     gold = set(db.scalars(select(Task.id).where(Task.is_gold)))  # they measure raters
@@ -136,6 +139,12 @@ def build_snapshot(
         judgement for judgement in current_judgements(db, cutoff) if judgement.task_id not in gold
     ]
     context = _Context.load(db, judgements)
+    judgements = [
+        judgement
+        for judgement in judgements
+        if judgement.id > train_after_judgement_id
+        or context.split_of(judgement, eval_fraction) == "eval"
+    ]
     pairs: list[Pair] = []
     for judgement in judgements:
         pairs += _pairs_of(judgement, context, ties=ties, margins=margins)
@@ -207,6 +216,10 @@ class _Context:
                     1 if better == low else -1
                 )
         return cls(tasks, prompts, responses, orders)
+
+    def split_of(self, judgement: Judgement, eval_fraction: float) -> Literal["train", "eval"]:
+        prompt = self.prompts[self.tasks[judgement.task_id].prompt_id]
+        return split_of(prompt.dedup_hash, eval_fraction=eval_fraction)
 
 
 def _pairs_of(judgement: Judgement, context: _Context, *, ties: Ties, margins: bool) -> list[Pair]:

@@ -66,11 +66,17 @@ LORA_TOP = {"lora": True, "lora_rank": 16, "lora_layers": 8}
 # reference policy is the same weights with the adapters off. Reward-model training on the
 # `concise` rule's pairs ran at 0.86 pairs/s against 0.25 with LoRA on every block.
 
+NEW_PAIRS = {"ties": "skip", "train_pairs": "new"}
+# Each round trains on the pairs judged since its parent's round: the parent has learnt the
+# older ones, and the new answers are the parent's own, so the data stays on-policy as in
+# iterative DPO and RLHF (Xu et al. 2023; Touvron et al. 2023), and a round costs the same
+# however much has been judged before it. The reward model goes on from the parent round's.
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # SmolLM2-135M on 2 CPU cores: a round, candidate generation included, within about 15
     # minutes and 3 GB (bench/alignment.py, bench/RESULTS.md).
     "quick": {
-        "snapshot": {"ties": "skip"},
+        "snapshot": NEW_PAIRS,
         "sft": {
             "min_demonstrations": 16,
             "epochs": 1,
@@ -101,7 +107,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # A GPU worker and a 0.5-8B model: more data per round, adapters on every block, bf16.
     "standard": {
-        "snapshot": {"ties": "skip"},
+        "snapshot": NEW_PAIRS,
         "sft": {
             "min_demonstrations": 64,
             "epochs": 2,
@@ -179,7 +185,7 @@ POLICY_PRESETS: dict[str, dict[Algorithm, dict[str, Any]]] = {
     },
 }
 PLAIN_SECTIONS = {
-    "snapshot": {"ties", "up_to_judgement_id"},
+    "snapshot": {"ties", "train_pairs", "up_to_judgement_id"},
     "evaluation": {
         "prompts",
         "samples",
@@ -192,6 +198,7 @@ PLAIN_SECTIONS = {
     "promotion": {"auto", "min_win_rate", "max_kl", "min_human_win_rate", "min_human_judgements"},
 }
 """Sections read by the round itself; the others configure a trainer (`trainer_config`)."""
+SNAPSHOT_CHOICES = {"ties": ("skip", "half"), "train_pairs": ("new", "all")}
 
 
 def trainer_config(section: str, algorithm: Algorithm) -> type:
@@ -225,6 +232,9 @@ def round_config(
         else:
             own = {key: value for key, value in values.items() if key != "min_demonstrations"}
             build_config(trainer_config(section, algorithm), own)
+    for name, choices in SNAPSHOT_CHOICES.items():
+        if config["snapshot"].get(name, choices[0]) not in choices:
+            raise InvalidInput(f"snapshot setting {name!r} must be one of {', '.join(choices)}")
     return config
 
 
@@ -267,6 +277,11 @@ def judgements_since_last_round(db: Session, *, line: str = "main") -> int:
     )
     last = max((config["snapshot"].get("up_to_judgement_id", 0) for config in cutoffs), default=0)
     return db.scalar(select(func.count()).select_from(Judgement).where(Judgement.id > last))
+
+
+def parent_round(db: Session, parent: ModelVersion) -> Round | None:
+    """The round that trained the policy `parent` (None for `base` or an SFT job's policy)."""
+    return db.get(Round, parent.round_id) if parent.round_id else None
 
 
 def active_round(db: Session, *, line: str) -> Round | None:

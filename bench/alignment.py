@@ -348,7 +348,7 @@ def run_round(
 
 
 def answer_held_out(admin: Api, held_out: list[dict], version: str) -> dict:
-    """{(model, prompt index, seed): text}, 8 requests in flight at a time."""
+    """{(model, prompt index, seed): text}, 32 requests in flight (an engine batch) at a time."""
     requests = [
         (model, index, seed)
         for model in (version, "base")
@@ -362,7 +362,7 @@ def answer_held_out(admin: Api, held_out: list[dict], version: str) -> dict:
         reply = admin.call("POST", "/v1/chat/completions", json=body)
         return request, reply["choices"][0]["message"]["content"]
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=32) as pool:
         return dict(pool.map(answer, requests))
 
 

@@ -86,6 +86,14 @@ VARIANTS: dict[str, dict] = {
         "algorithm": "rloo",
         "policy": {**ONLINE, "samples_per_prompt": 2, "max_new_tokens": 48},
     },
+    "rloo2_256_tokens": {
+        "algorithm": "rloo",
+        "policy": {**ONLINE, "samples_per_prompt": 2, "max_new_tokens": 256},
+    },
+    "rloo2_raw_rewards": {
+        "algorithm": "rloo",
+        "policy": {**ONLINE, "samples_per_prompt": 2, "normalize_rewards": False},
+    },
     "rloo2_16_steps": {
         "algorithm": "rloo",
         "policy": {**ONLINE, "samples_per_prompt": 2, "steps": 16},

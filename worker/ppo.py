@@ -51,7 +51,7 @@ def train_ppo(
 ) -> tuple[Policy, list[dict[str, float]]]:
     """Run `config.steps` PPO steps over `conversations` (cycled); the policy and its curve."""
     policy = Policy(base, config)
-    scorer = RewardScorer(reward_model, policy.device)
+    scorer = RewardScorer(reward_model, policy.device, normalize=config.normalize_rewards)
     critic, _ = load_reward_model(reward_model, policy.device)
     if config.lora:
         critic = with_lora(

@@ -379,14 +379,17 @@ def _reward_statistics(
 
 
 class RewardScorer:
-    """A trained reward model as the policy step reads it: normalised scores for answers.
+    """A trained reward model as the policy step reads it: normalised scores for answers
+    (raw ones with `normalize=False`).
 
     Answers are encoded exactly as in training (`encode_turn`), each prompt read once."""
 
-    def __init__(self, path: Path, device: torch.device, *, max_length: int = 1024) -> None:
+    def __init__(
+        self, path: Path, device: torch.device, *, max_length: int = 1024, normalize: bool = True
+    ) -> None:
         self.model, self.tokenizer = load_reward_model(path, device)
         self.model.eval().requires_grad_(False)
-        self.mean, self.std = normalization_of(path)
+        self.mean, self.std = normalization_of(path) if normalize else (0.0, 1.0)
         self.device, self.max_length = device, max_length
 
     @torch.no_grad()

@@ -37,7 +37,8 @@ def train_rloo(
 ) -> tuple[Policy, list[dict[str, float]]]:
     """Run `config.steps` RLOO steps over `conversations` (cycled); the policy and its curve."""
     policy = Policy(base, config)
-    step = RLOOStep(policy, RewardScorer(reward_model, policy.device), config)
+    scorer = RewardScorer(reward_model, policy.device, normalize=config.normalize_rewards)
+    step = RLOOStep(policy, scorer, config)
     return policy, run_steps(policy, step, conversations, on_step=on_step)
 
 

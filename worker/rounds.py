@@ -248,27 +248,42 @@ def _with_metrics(stage: Stage, section: str, values: dict[str, Any]) -> dict[st
 
 
 def snapshot_stage(stage: Stage) -> dict[str, Any]:
-    """Freeze the judgements so far; the round trains on exactly this file."""
+    """Freeze the judgements so far; the round trains on exactly this file.
+
+    With `train_pairs: new`, the training pairs are those judged since the round that trained
+    the current policy (held-out pairs still come from every judgement)."""
     options = stage.config["snapshot"]
     with session_scope(stage.context.session_factory) as db:
         parent = crud.current_policy(db)
         if parent is None:
             raise RoundError("there is no policy yet: run `alignloop models pull-default`")
+        previous = rounds.parent_round(db, parent) if options.get("train_pairs") == "new" else None
+        train_after = previous.config["snapshot"]["up_to_judgement_id"] if previous else 0
         weights = snapshot_weights(db, stage.context.settings)
-        snapshot = build_snapshot(db, ties=options.get("ties", "skip"), rater_weights=weights)
+        snapshot = build_snapshot(
+            db,
+            ties=options.get("ties", "skip"),
+            rater_weights=weights,
+            train_after_judgement_id=train_after,
+        )
     train, held_out = snapshot.split("train"), snapshot.split("eval")
+    if not train and previous is not None:
+        raise RoundError(
+            f"no judgements since round {previous.id} trained {parent.name}: rate the new "
+            "candidates first, or set the snapshot's train_pairs to all"
+        )
     if not train:
         raise RoundError("no judgements to train on yet: rate some tasks first")
     write_snapshot(snapshot, stage.context.settings.snapshots_dir)
+    cutoffs = {"up_to_judgement_id": snapshot.up_to_judgement_id}
+    if train_after:
+        cutoffs["train_after_judgement_id"] = train_after
     return {
         "snapshot_sha256": snapshot.sha256,
         "judgement_count": snapshot.judgement_count,
         "rater_count": snapshot.rater_count,
         "parent_version_id": parent.id,
-        "config": {
-            **stage.config,
-            "snapshot": {**options, "up_to_judgement_id": snapshot.up_to_judgement_id},
-        },
+        "config": {**stage.config, "snapshot": {**options, **cutoffs}},
         **_with_metrics(
             stage,
             "snapshot",
@@ -322,7 +337,9 @@ def _demonstrations_used(db) -> int:
 
 
 def reward_model_stage(stage: Stage) -> dict[str, Any]:
-    """Train and register the round's reward model on the snapshot's pairs."""
+    """Train and register the round's reward model on the snapshot's pairs: from the parent
+    round's reward model when the round trains on new pairs only (it goes on learning), else
+    a fresh head on the parent policy."""
     pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
     config = build_config(RewardConfig, stage.config["reward_model"], device=stage.device)
     total = max(
@@ -330,10 +347,11 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
         config.epochs
         * math.ceil(len([p for p in pairs if p.split == "train"]) / config.batch_pairs),
     )
+    start = _reward_model_start(stage)
     version, report = fit_reward_model(
         stage.context,
         pairs=pairs,
-        base=stage.parent,
+        base=start,
         config=config,
         name=f"reward-r{stage.round_id}",
         snapshot_sha256=stage.snapshot_sha256,
@@ -346,11 +364,24 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
         {
             "version": version.name,
             "path": version.path,
+            "started_from": start.name,
             "eval_accuracy": report.eval_accuracy,
             "calibration_error": report.calibration_error,
             "accuracy_by_agreement": report.accuracy_by_agreement,
         },
     )
+
+
+def _reward_model_start(stage: Stage) -> ModelVersion:
+    """The parent round's reward model when this round trains on new pairs only, else the
+    parent policy (which gets a fresh head)."""
+    if not stage.config["snapshot"].get("train_after_judgement_id"):
+        return stage.parent
+    with session_scope(stage.context.session_factory) as db:
+        previous = rounds.parent_round(db, stage.parent)
+        name = previous.metrics.get("reward_model", {}).get("version") if previous else None
+        reward_model = crud.get_model_version(db, name=name) if name else None
+        return reward_model or stage.parent
 
 
 def policy_stage(stage: Stage) -> dict[str, Any]:
@@ -364,7 +395,8 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
     start = stage.store.path_for(stage.policy_path())
     if stage.algorithm == Algorithm.DPO:
         pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
-        total = config.epochs * math.ceil(len(pairs) / config.batch_pairs)
+        strict = [p for p in pairs if p.split == "train" and p.target == 1.0]
+        total = config.epochs * math.ceil(len(strict) / config.batch_pairs)
         run = lambda on_step: train_dpo(pairs, start, config, on_step=on_step)  # noqa: E731
     else:
         train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo

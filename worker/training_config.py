@@ -94,6 +94,9 @@ class OnlineConfig(PolicyConfig):
     prompts_per_step: int = 8
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of an answer cut off at `max_new_tokens`."""
+    normalize_rewards: bool = True
+    """Scale reward-model scores to zero mean and unit spread (the statistics stored with
+    the reward model); off, the raw head outputs are the rewards."""
 
 
 @dataclass

@@ -68,7 +68,8 @@ def fit_reward_model(
     round_id: int | None = None,
     job_id: int | None = None,
 ) -> tuple[ModelVersion, RewardReport]:
-    """Train a reward model on `pairs` from the policy `base`, store it, register it as `name`."""
+    """Train a reward model on `pairs` from `base` (a policy, which gets a fresh head, or a
+    reward model that goes on learning), store it, register it as `name`."""
     store = ModelStore(context.settings)
     model, tokenizer, report = train_reward_model(
         pairs, store.path_for(base.path), config, on_step=on_step

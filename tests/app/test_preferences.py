@@ -13,7 +13,7 @@ from app.preferences import (
     split_of,
     write_snapshot,
 )
-from tests.helpers import create_task
+from tests.helpers import create_task, prompt_keys
 
 
 def test_a_three_way_ranking_gives_three_pairs():
@@ -145,3 +145,18 @@ def test_demonstrations_are_the_answers_people_wrote(db, ranked):
     from app.preferences import collect_demonstrations
 
     assert [item["answer"] for item in collect_demonstrations(db)] == ["better first"]
+
+
+def test_training_pairs_can_start_after_a_cutoff_while_held_out_pairs_keep_all(db, rater):
+    def judged(key: str) -> Judgement:
+        task = create_task(db, dedup_hash=key)
+        return judge(db, task, rater, [link.response_id for link in task.responses])
+
+    old_eval, new_eval, old_train, new_train = prompt_keys(4, held_out=2)
+    old = [judged(old_train), judged(old_eval)]
+    new = [judged(new_train), judged(new_eval)]
+    snapshot = build_snapshot(db, train_after_judgement_id=old[-1].id)
+    used = {(pair.judgement_id, pair.split) for pair in snapshot.pairs}
+    assert used == {(new[0].id, "train"), (old[1].id, "eval"), (new[1].id, "eval")}
+    assert snapshot.judgement_count == 3
+    assert len(build_snapshot(db).pairs) == 4  # no cutoff: every judgement

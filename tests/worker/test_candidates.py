@@ -8,7 +8,17 @@ from sqlalchemy.orm import selectinload
 
 from app import jobs
 from app.db import make_session_factory, session_scope
-from app.models import Job, ModelVersion, Prompt, Response, RunStatus, Task, TaskKind, utcnow
+from app.models import (
+    Job,
+    ModelVersion,
+    Prompt,
+    Response,
+    RunStatus,
+    Task,
+    TaskKind,
+    TaskResponse,
+    utcnow,
+)
 from worker.candidates import samples_per_version
 from worker.celery_app import create_celery
 from worker.model_store import ModelStore
@@ -69,6 +79,22 @@ def test_training_prompts_without_open_tasks_get_compare_tasks(world):
     assert all(task.required_judgements == 2 and len(task.responses) == 2 for task in tasks)
     again = run_generation(world)  # the same prompts now have open tasks
     assert again.result["tasks"] == 0
+
+
+def test_the_same_seed_samples_the_same_candidates(world):
+    factory, _ = world
+
+    def answers(seed: int) -> list[str]:
+        job = run_generation(world, prompt_ids=[1, 2], sampling={**QUICK, "seed": seed})
+        assert job.status == RunStatus.SUCCEEDED, job.error
+        with factory() as db:
+            query = select(Response.text).join(TaskResponse).join(Task)
+            return list(
+                db.scalars(query.where(Task.generation_job_id == job.id).order_by(Response.id))
+            )
+
+    first = answers(5)
+    assert len(first) == 4 and answers(5) == first and answers(6) != first
 
 
 def test_a_promoted_version_is_rated_blind_against_its_parent(world, model_settings):

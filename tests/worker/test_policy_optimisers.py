@@ -110,6 +110,25 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tiny_model_dir):
     assert unchanged(parameters(start), policy.model) == []
 
 
+def timeless(curve: list[dict[str, float]]) -> list[dict[str, float]]:
+    """A training curve without its timings, which vary from run to run."""
+    return [{k: v for k, v in point.items() if "second" not in k} for point in curve]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "dpo"])
+def test_the_same_seed_gives_the_same_curve(algorithm, tiny_model_dir, tiny_reward_model):
+    def run(seed: int) -> list[dict[str, float]]:
+        if algorithm == "dpo":
+            config = DPOConfig(**SMALL, epochs=1, batch_pairs=2, lora=True, seed=seed)
+            return timeless(train_dpo(dpo_pairs(), tiny_model_dir, config)[1])
+        kind, train = (PPOConfig, train_ppo) if algorithm == "ppo" else (RLOOConfig, train_rloo)
+        config = kind(**SMALL, steps=2, prompts_per_step=2, seed=seed)
+        return timeless(train(PROMPTS, tiny_model_dir, tiny_reward_model, config)[1])
+
+    first = run(1)
+    assert run(1) == first and run(2) != first
+
+
 def test_lora_keeps_one_copy_and_its_reference_is_the_base(tiny_model_dir, tiny_reward_model):
     config = RLOOConfig(**SMALL, steps=2, prompts_per_step=2, lora=True, lora_rank=4)
     policy, curve = train_rloo(PROMPTS, tiny_model_dir, tiny_reward_model, config)

@@ -12,6 +12,7 @@ from app.preferences import Pair, canonical_line
 from worker.data import PreferenceBatcher, encode_turn
 from worker.reward_model import (
     RewardConfig,
+    RewardScorer,
     load_reward_model,
     main,
     normalization_of,
@@ -163,7 +164,32 @@ def test_lora_training_changes_the_adapters_and_saves_a_plain_model(tiny_model_d
     assert type(reloaded).__name__ == "LlamaForSequenceClassification"
 
 
-def test_the_saved_model_carries_its_normalisation(tiny_model_dir, tmp_path):
+def test_the_same_seed_gives_the_same_reward_model(tiny_model_dir):
+    def run(seed: int) -> list[dict[str, float]]:
+        config = RewardConfig(epochs=1, batch_pairs=2, lora=True, seed=seed, device="cpu")
+        report = train_reward_model(
+            pairs_for(8) + pairs_for(4, split="eval"), tiny_model_dir, config
+        )[2]
+        return report.curve
+
+    first = run(1)
+    assert run(1) == first and run(2) != first
+
+
+def test_a_saved_reward_model_goes_on_learning_from_its_own_head(tiny_model_dir, tmp_path):
+    config = RewardConfig(
+        epochs=1, learning_rate=1e-2, batch_pairs=4, lora=True, lora_layers=1, device="cpu"
+    )
+    first, tokenizer, report = train_reward_model(pairs_for(8), tiny_model_dir, config)
+    path = save_reward_model(first, tokenizer, report, tmp_path / "rm-1")
+    assert torch.equal(load_reward_model(path, CPU)[0].score.weight, first.score.weight)
+    second, _, again = train_reward_model(pairs_for(8), path, config)
+    assert again.steps > 0 and not torch.equal(second.score.weight, first.score.weight)
+
+
+def test_the_saved_model_carries_its_normalisation_and_scores_with_or_without_it(
+    tiny_model_dir, tmp_path
+):
     config = RewardConfig(epochs=1, batch_pairs=4, device="cpu")
     model, tokenizer, report = train_reward_model(pairs_for(6), tiny_model_dir, config)
     path = save_reward_model(model, tokenizer, report, tmp_path / "rm")
@@ -172,6 +198,11 @@ def test_the_saved_model_carries_its_normalisation(tiny_model_dir, tmp_path):
         pytest.approx(report.reward_std),
     )
     assert normalization_of(tmp_path) == (0.0, 1.0)
+    question = [{"role": "user", "content": "Question?"}]
+    conversations, answers = [question, question], ["Thank you, here it is.", "No."]
+    raw = RewardScorer(path, CPU, normalize=False).score(conversations, answers)
+    scaled = RewardScorer(path, CPU).score(conversations, answers)
+    torch.testing.assert_close(scaled, (raw - report.reward_mean) / report.reward_std)
 
 
 def test_the_command_line_trains_from_a_snapshot_file(tiny_model_dir, tmp_path, capsys):

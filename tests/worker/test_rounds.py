@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,29 +17,39 @@ import httpx
 import openai
 import pytest
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
-from app import crud, migrate
+from app import crud, migrate, rounds
 from app.db import make_engine, make_session_factory, session_scope
 from app.main import create_app
 from app.models import (
+    Algorithm,
     Job,
     Judgement,
+    ModelKind,
     ModelVersion,
     Prompt,
     PromptSplit,
     Role,
     Round,
+    RoundStage,
     RunStatus,
     User,
     utcnow,
 )
+from app.preferences import read_pairs
 from app.rounds import STAGES
 from tests.conftest import POSTGRES_URL, REDIS_URL, make_settings
-from tests.helpers import create_task, judged_tasks_with_rewrites, scratch_postgres_database
+from tests.helpers import (
+    create_task,
+    judged_tasks_with_rewrites,
+    prompt_keys,
+    scratch_postgres_database,
+)
 from tests.live_server import serve_in_thread
 from worker.celery_app import WorkerContext, create_celery
 from worker.model_store import ModelStore
+from worker.rounds import RoundError, Stage, _reward_model_start, snapshot_stage
 from worker.tasks import reclaim_work, start_scheduled_round
 
 ROUND_TIMEOUT_S = 300
@@ -252,3 +263,72 @@ def test_scheduled_rounds_wait_for_enough_new_judgements(tmp_path, committed_eng
     assert schedule("interval") is None
     judge()
     assert schedule("interval") is not None
+
+
+def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path, committed_engine):
+    settings = make_settings(tmp_path, database_url=committed_engine.url.render_as_string(False))
+    factory = make_session_factory(committed_engine)
+    context = WorkerContext(settings, committed_engine, factory)
+    with session_scope(factory) as db:
+        rater = judged_tasks_with_rewrites(db, count=4)
+        cutoff = db.scalar(select(func.max(Judgement.id)))
+        earlier, policy = promoted_round(db, cutoff)
+    config = rounds.round_config(Algorithm.DPO, "quick", {})
+    snapshot = Stage(
+        context, None, earlier.id + 1, RoundStage.SNAPSHOT, Algorithm.DPO, config, {}, None, None
+    )
+    with pytest.raises(RoundError, match=f"no judgements since round {earlier.id}"):
+        snapshot_stage(snapshot)
+    with session_scope(factory) as db:
+        for key in prompt_keys(3, held_out=0):
+            task = create_task(db, dedup_hash=key)
+            db.add(
+                Judgement(
+                    task_id=task.id,
+                    rater_id=rater.id,
+                    ranking=[r.response_id for r in task.responses],
+                )
+            )
+    fields = snapshot_stage(snapshot)
+    assert fields["config"]["snapshot"]["train_after_judgement_id"] == cutoff
+    pairs = read_pairs(settings.snapshots_dir / f"{fields['snapshot_sha256']}.jsonl")
+    train = [pair for pair in pairs if pair.split == "train"]
+    assert len(train) == 3 and all(pair.judgement_id > cutoff for pair in train)
+    assert [pair.split for pair in pairs if pair.judgement_id <= cutoff] == ["eval", "eval"]
+    reward_stage = replace(
+        snapshot, stage=RoundStage.REWARD_MODEL, config=fields["config"], parent=policy
+    )
+    assert _reward_model_start(reward_stage).name == f"reward-r{earlier.id}"
+    assert _reward_model_start(replace(reward_stage, config=config)).name == policy.name
+
+
+def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:
+    """A finished round that snapshotted judgements up to `cutoff`, with its reward model
+    and its promoted policy (trained from `base`)."""
+    base = crud.register_model_version(
+        db, name="base", kind=ModelKind.POLICY, path="base", config={}
+    )
+    earlier = Round(status=RunStatus.SUCCEEDED, config={"snapshot": {"up_to_judgement_id": cutoff}})
+    db.add(earlier)
+    db.flush()
+    earlier.metrics = {"reward_model": {"version": f"reward-r{earlier.id}"}}
+    crud.register_model_version(
+        db,
+        name=f"reward-r{earlier.id}",
+        kind=ModelKind.REWARD,
+        path="rm",
+        config={},
+        parent=base,
+        round_id=earlier.id,
+    )
+    policy = crud.register_model_version(
+        db,
+        name=f"round-{earlier.id}",
+        kind=ModelKind.POLICY,
+        path="p",
+        config={},
+        parent=base,
+        round_id=earlier.id,
+    )
+    crud.promote(db, version_id=policy.id)
+    return earlier, policy
