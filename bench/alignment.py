@@ -7,7 +7,9 @@ bundled default model, SQLite, 2 cores):
    prompts for the rounds' own evaluation);
 2. each round: a candidate job (two answers per training prompt, seeded), three simulated
    raters judge every task through the REST API by the rule (each ranks at random 10% of the
-   time), a round runs (`--algorithm`, `--preset`) and its policy is promoted;
+   time; for the refusal rule, a rater who finds no acceptable answer writes one a third of
+   the time, `alignment_rules.rewrite`), a round runs (`--algorithm`, `--preset`) and its
+   policy is promoted;
 3. after the last round, held-out prompts that no round saw are answered over
    `/v1/chat/completions` by the promoted version and by `base`, with the same seeds, and the
    rule judges each pair of answers.
@@ -58,6 +60,7 @@ from alignment_rules import (  # noqa: E402  (bench/alignment_rules.py, next to 
     compare,
     distinct_bigrams,
     rank,
+    rewrite,
 )
 from alignment_study import base_path, kl_to_base, load_base, split_prompts  # noqa: E402
 
@@ -244,15 +247,19 @@ def make_raters(admin: Api) -> list[Api]:
 
 
 def rate_everything(rule: Rule, raters: list[Api], tags: dict[int, list[str]], seed: int) -> int:
-    """Every rater judges every task it is offered until none is left; returns judgements."""
+    """Every rater judges every task it is offered until none is left (writing an answer now
+    and then, where the rule has raters do so); returns judgements."""
     judged = 0
     for number, rater in enumerate(raters):
         rng = random.Random(seed * 100 + number)
         while (task := rater.client.get("/api/tasks/next")).status_code == 200:
             body = task.json()
             answers = [(response["id"], response["text"]) for response in body["responses"]]
-            ranking = rank(rule, answers, tags[body["prompt"]["id"]], noise=NOISE, rng=rng)
-            rater.call("POST", f"/api/tasks/{body['task_id']}/judgement", json={"ranking": ranking})
+            prompt_tags = tags[body["prompt"]["id"]]
+            judgement = {"ranking": rank(rule, answers, prompt_tags, noise=NOISE, rng=rng)}
+            if written := rewrite(rule, answers, prompt_tags, rng=rng):
+                judgement["rewrite"] = written
+            rater.call("POST", f"/api/tasks/{body['task_id']}/judgement", json=judgement)
             judged += 1
     return judged
 

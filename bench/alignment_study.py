@@ -4,8 +4,9 @@ The full loop (`bench/alignment.py`) takes half an hour per rule; comparing a do
 that way would take days. This study keeps what does not change between settings and varies
 only the training: for each rule it samples the base model's candidates once (two answers to
 each training prompt, as a candidate job would), has three simulated raters with 10% random
-rankings judge them (`alignment_rules.rank`), and samples the base's answers to held-out
-prompts once. Each setting then trains from those pairs in a fresh process (so that its peak
+rankings judge them (`alignment_rules.rank`, and `alignment_rules.rewrite` where the rule
+has raters write the answer they want), and samples the base's answers to held-out prompts
+once. Each setting then trains from those pairs in a fresh process (so that its peak
 RSS is its own), answers the same held-out prompts with the same seeds, and is judged by the
 rule against the base: win rate with a 95% bootstrap interval, KL to the base on its own
 answers, distinct bigrams, and the CPU seconds it spent (all threads, user + system). Settings
@@ -36,6 +37,7 @@ from alignment_rules import (  # noqa: E402  (bench/alignment_rules.py, next to 
     compare,
     distinct_bigrams,
     rank,
+    rewrite,
 )
 
 CACHE = REPO / ".cache" / "alignment"
@@ -58,6 +60,11 @@ VARIANTS: dict[str, dict] = {
     "dpo_lr3e-4": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-4, "epochs": 2}},
     "dpo_lr1e-3": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2}},
     "dpo_lr3e-3": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-3, "epochs": 2}},
+    "dpo_lr1e-3_4ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-3, "epochs": 4}},
+    "rpo_lr1e-3": {
+        "algorithm": "dpo",
+        "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 1.0},
+    },
     "sft_chosen": {
         "algorithm": "sft_chosen",
         "sft": {**TOP, "learning_rate": 5e-4, "epochs": 2, "batch_size": 4},
@@ -219,7 +226,8 @@ def bench_settings():
 
 
 def rated_pairs(rule: Rule, data: dict) -> list:
-    """Three simulated raters judge every task; each strict judgement becomes a pair."""
+    """Three simulated raters judge every task; each strict judgement becomes a pair, and
+    each rewrite a pair of the rewrite over the answer it replaces."""
     from app.preferences import Pair, split_of
 
     pairs = []
@@ -229,24 +237,39 @@ def rated_pairs(rule: Rule, data: dict) -> list:
             continue
         key = hashlib.sha256(prompt["messages"][-1]["content"].encode()).hexdigest()
         for rater in range(RATERS):
-            ranking = rank(
-                rule, answers, prompt["tags"], noise=NOISE, rng=random.Random(task * RATERS + rater)
-            )
+            rng = random.Random(task * RATERS + rater)
+            ranking = rank(rule, answers, prompt["tags"], noise=NOISE, rng=rng)
+            written = rewrite(rule, answers, prompt["tags"], rng=rng)
+            top = ranking[0][0] if isinstance(ranking[0], list) else ranking[0]
+            common = {
+                "prompt_id": task,
+                "messages": prompt["messages"],
+                "task_id": task,
+                "rater_id": rater,
+                "group": f"{task}:{rater}",
+                "split": split_of(key),
+            }
+            if written:  # as a snapshot does: the rewrite over the answer it replaces
+                pairs.append(
+                    Pair(
+                        chosen_id=-(task * RATERS + rater + 1),
+                        chosen=written,
+                        rejected_id=task * 2 + top,
+                        rejected=prompt["answers"][top],
+                        source="rewrite",
+                        **common,
+                    )
+                )
             if isinstance(ranking[0], list):
                 continue  # a tie: `ties: skip`, as the quick preset does
-            chosen, rejected = ranking[0], ranking[1]
+            chosen, rejected = ranking
             pairs.append(
                 Pair(
-                    prompt_id=task,
-                    messages=prompt["messages"],
                     chosen_id=task * 2 + chosen,
                     chosen=prompt["answers"][chosen],
                     rejected_id=task * 2 + rejected,
                     rejected=prompt["answers"][rejected],
-                    task_id=task,
-                    rater_id=rater,
-                    group=f"{task}:{rater}",
-                    split=split_of(key),
+                    **common,
                 )
             )
     return pairs
@@ -284,6 +307,7 @@ def run_variant(rule: Rule, name: str, folder: Path) -> dict:
         "train_cpu_s": cpu,
         "train_wall_s": wall,
         "pairs": len(pairs),
+        "rewrite_pairs": sum(pair.source == "rewrite" for pair in pairs),
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -64,10 +64,12 @@ def dpo_update(
     """One optimiser step on `batch`, whose answers' reference log-probs are in `reference`."""
     started = time.perf_counter()
     policy.model.train()
-    chosen, rejected = _pair_logps(policy.model, policy, batch)
+    answers, lengths = _answer_logps(policy.model, policy, batch)
+    chosen, rejected = answers[batch.chosen], answers[batch.rejected]
     ref_chosen, ref_rejected = (
         torch.stack([reference[key] for key in keys]) for keys in _pair_keys(batch)
     )
+    weight = torch.tensor(batch.weight, device=policy.device)
     result = dpo_loss(
         chosen,
         rejected,
@@ -75,14 +77,16 @@ def dpo_update(
         ref_rejected,
         beta=config.beta,
         label_smoothing=config.label_smoothing,
-        weight=torch.tensor(batch.weight, device=policy.device),
+        weight=weight,
     )
-    result.loss.backward()
+    chosen_nll = -(chosen / lengths[batch.chosen] * weight).sum() / weight.sum()
+    (result.loss + config.nll_coefficient * chosen_nll).backward()
     torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {
         "loss": result.loss.item(),
+        "chosen_nll": chosen_nll.item(),
         "accuracy": result.accuracy,
         "reward_margin": (result.chosen_reward - result.rejected_reward).mean().item(),
         "kl": ((chosen - ref_chosen) + (rejected - ref_rejected)).mean().item() / 2,
@@ -114,16 +118,13 @@ def _rollout(policy: Policy, batch: PreferenceBatch) -> Rollout:
     )
 
 
-def _answer_logps(model, policy: Policy, batch: PreferenceBatch) -> torch.Tensor:
-    """Summed log-probability of each distinct answer of the batch."""
+def _answer_logps(
+    model, policy: Policy, batch: PreferenceBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each distinct answer of the batch, and its length in tokens."""
     rollout = _rollout(policy, batch)
     logprobs, _ = answer_logprobs(model, rollout)
-    return (logprobs * rollout.response_mask).sum(1)
-
-
-def _pair_logps(model, policy: Policy, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    answers = _answer_logps(model, policy, batch)
-    return answers[batch.chosen], answers[batch.rejected]
+    return (logprobs * rollout.response_mask).sum(1), rollout.response_mask.sum(1)
 
 
 def _pair_keys(batch: PreferenceBatch) -> tuple[list[tuple], list[tuple]]:
@@ -144,7 +145,7 @@ def _reference_logps(
     with policy.reference() as reference:
         reference.eval()
         for batch in batcher.batches(config.batch_pairs, shuffle=False):
-            answers = _answer_logps(reference, policy, batch)
+            answers, _ = _answer_logps(reference, policy, batch)
             chosen_keys, rejected_keys = _pair_keys(batch)
             for keys, values in (
                 (chosen_keys, answers[batch.chosen]),

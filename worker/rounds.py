@@ -293,17 +293,15 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
 
 
 def sft_stage(stage: Stage) -> dict[str, Any]:
-    """Fine-tune on the raters' own answers, when enough new ones have come in."""
+    """Fine-tune on the raters' own answers, when enough new ones have come in: on the new
+    ones when the round trains on new pairs only (the parent has learnt the others)."""
     from worker.sft import save_policy, train_sft
 
     options = dict(stage.config["sft"])
     minimum = options.pop("min_demonstrations", 16)
-    with session_scope(stage.context.session_factory) as db:
-        demonstrations = collect_demonstrations(db)
-        used = _demonstrations_used(db)
-    fresh = [item for item in demonstrations if item["response_id"] > used]
-    if len(fresh) < minimum:
-        reason = f"{len(fresh)} new demonstrations, fewer than {minimum}"
+    demonstrations, fresh = _demonstrations(stage)
+    if fresh < max(1, minimum):
+        reason = f"{fresh} new demonstrations, fewer than {max(1, minimum)}"
         return _with_metrics(stage, "sft", {"skipped": reason})
     config = build_config(SFTConfig, options, device=stage.device)
     examples = [Demonstration(item["messages"], item["answer"]) for item in demonstrations]
@@ -326,6 +324,17 @@ def sft_stage(stage: Stage) -> dict[str, Any]:
             "up_to_response_id": max(item["response_id"] for item in demonstrations),
         },
     )
+
+
+def _demonstrations(stage: Stage) -> tuple[list[dict], int]:
+    """The answers people wrote that the stage fine-tunes on (only those no earlier round
+    used, when the round trains on new pairs only), and how many of them are new."""
+    with session_scope(stage.context.session_factory) as db:
+        demonstrations = collect_demonstrations(db)
+        used = _demonstrations_used(db)
+    fresh = [item for item in demonstrations if item["response_id"] > used]
+    new_only = stage.config["snapshot"].get("train_after_judgement_id")
+    return (fresh if new_only else demonstrations), len(fresh)
 
 
 def _demonstrations_used(db) -> int:

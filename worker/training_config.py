@@ -126,6 +126,10 @@ class DPOConfig(PolicyConfig):
     epochs: int = 1
     batch_pairs: int = 8
     label_smoothing: float = 0.0
+    nll_coefficient: float = 0.0
+    """Weight of the chosen answers' mean token negative log-likelihood added to the loss
+    (RPO, Pang et al. 2024): the chosen answer gets likelier, not only likelier than the
+    rejected one. 0 is plain DPO."""
     max_length: int = 512
     """Tokens of prompt plus answer; the prompt's start is dropped first."""
 

@@ -110,6 +110,18 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tiny_model_dir):
     assert unchanged(parameters(start), policy.model) == []
 
 
+def test_the_nll_term_makes_the_chosen_answers_likelier_than_dpo_alone(tiny_model_dir):
+    def final_nll(coefficient: float) -> float:
+        config = DPOConfig(
+            **{**SMALL, "learning_rate": 1e-2}, epochs=2, batch_pairs=3, nll_coefficient=coefficient
+        )
+        curve = train_dpo(dpo_pairs(), tiny_model_dir, config)[1]
+        assert curve[0]["chosen_nll"] > 0
+        return curve[-1]["chosen_nll"]
+
+    assert final_nll(1.0) < final_nll(0.0)
+
+
 def timeless(curve: list[dict[str, float]]) -> list[dict[str, float]]:
     """A training curve without its timings, which vary from run to run."""
     return [{k: v for k, v in point.items() if "second" not in k} for point in curve]

@@ -30,6 +30,7 @@ from app.models import (
     ModelVersion,
     Prompt,
     PromptSplit,
+    Response,
     Role,
     Round,
     RoundStage,
@@ -49,7 +50,13 @@ from tests.helpers import (
 from tests.live_server import serve_in_thread
 from worker.celery_app import WorkerContext, create_celery
 from worker.model_store import ModelStore
-from worker.rounds import RoundError, Stage, _reward_model_start, snapshot_stage
+from worker.rounds import (
+    RoundError,
+    Stage,
+    _demonstrations,
+    _reward_model_start,
+    snapshot_stage,
+)
 from worker.tasks import reclaim_work, start_scheduled_round
 
 ROUND_TIMEOUT_S = 300
@@ -282,13 +289,13 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
     with session_scope(factory) as db:
         for key in prompt_keys(3, held_out=0):
             task = create_task(db, dedup_hash=key)
-            db.add(
-                Judgement(
-                    task_id=task.id,
-                    rater_id=rater.id,
-                    ranking=[r.response_id for r in task.responses],
-                )
-            )
+            best = task.responses[0].response_id
+            written = Response(prompt_id=task.prompt_id, author_id=rater.id, text="Rewritten.")
+            db.add(written)
+            db.flush()
+            ranking = [link.response_id for link in task.responses]
+            db.add(Judgement(task_id=task.id, rater_id=rater.id, ranking=ranking))
+            written.generation_params = {"replaces_response_id": best}
     fields = snapshot_stage(snapshot)
     assert fields["config"]["snapshot"]["train_after_judgement_id"] == cutoff
     pairs = read_pairs(settings.snapshots_dir / f"{fields['snapshot_sha256']}.jsonl")
@@ -300,18 +307,24 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
     )
     assert _reward_model_start(reward_stage).name == f"reward-r{earlier.id}"
     assert _reward_model_start(replace(reward_stage, config=config)).name == policy.name
+    demonstrations, fresh = _demonstrations(reward_stage)
+    assert fresh == 3 and {item["answer"] for item in demonstrations} == {"Rewritten."}
+    assert len(_demonstrations(replace(reward_stage, config=config))[0]) == 4 + 3
 
 
 def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:
-    """A finished round that snapshotted judgements up to `cutoff`, with its reward model
-    and its promoted policy (trained from `base`)."""
+    """A finished round that snapshotted judgements up to `cutoff` and fine-tuned on every
+    rewrite so far, with its reward model and its promoted policy (trained from `base`)."""
     base = crud.register_model_version(
         db, name="base", kind=ModelKind.POLICY, path="base", config={}
     )
     earlier = Round(status=RunStatus.SUCCEEDED, config={"snapshot": {"up_to_judgement_id": cutoff}})
     db.add(earlier)
     db.flush()
-    earlier.metrics = {"reward_model": {"version": f"reward-r{earlier.id}"}}
+    earlier.metrics = {
+        "reward_model": {"version": f"reward-r{earlier.id}"},
+        "sft": {"up_to_response_id": db.scalar(select(func.max(Response.id)))},
+    }
     crud.register_model_version(
         db,
         name=f"reward-r{earlier.id}",
