@@ -63,6 +63,42 @@ class PreferenceBatch:
     def size(self) -> int:
         return len(self.chosen)
 
+    def micro_batches(self, max_tokens: int) -> list[PreferenceBatch]:
+        """The batch cut into runs of pairs whose padded prompts and answers hold at most
+        `max_tokens` tokens (a pair alone may hold more): the activations a backward pass
+        keeps grow with the tokens of one forward pass, so this bounds a step's memory. An
+        answer shared by pairs in two runs is run in both."""
+        runs: list[list[int]] = [[]]
+        for index in range(self.size):
+            if runs[-1] and self._padded_tokens([*runs[-1], index]) > max_tokens:
+                runs.append([])
+            runs[-1].append(index)
+        return [self._of_pairs(run) for run in runs] if len(runs) > 1 else [self]
+
+    def _padded_tokens(self, pairs: Sequence[int]) -> int:
+        responses = {self.chosen[i] for i in pairs} | {self.rejected[i] for i in pairs}
+        prompt = max(len(self.prompt_ids[self.response_prompt[r]]) for r in responses)
+        answer = max(len(self.response_ids[r]) for r in responses)
+        return len(responses) * (prompt + answer)
+
+    def _of_pairs(self, pairs: Sequence[int]) -> PreferenceBatch:
+        """These pairs alone, with only the prompts and answers they compare."""
+        responses = sorted({self.chosen[i] for i in pairs} | {self.rejected[i] for i in pairs})
+        prompts = sorted({self.response_prompt[r] for r in responses})
+        new_response = {old: new for new, old in enumerate(responses)}
+        new_prompt = {old: new for new, old in enumerate(prompts)}
+        return PreferenceBatch(
+            prompt_ids=[self.prompt_ids[p] for p in prompts],
+            response_ids=[self.response_ids[r] for r in responses],
+            response_prompt=[new_prompt[self.response_prompt[r]] for r in responses],
+            chosen=[new_response[self.chosen[i]] for i in pairs],
+            rejected=[new_response[self.rejected[i]] for i in pairs],
+            target=[self.target[i] for i in pairs],
+            margin=[self.margin[i] for i in pairs],
+            weight=[self.weight[i] for i in pairs],
+            agreement=[self.agreement[i] for i in pairs],
+        )
+
     def tensors(self, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Left-padded prompts and right-padded responses, ready for a shared-prefix forward."""
         prompts, prompt_mask = pad_rows(self.prompt_ids, pad_id, left=True)

@@ -17,7 +17,7 @@ import torch
 from app.preferences import Pair
 from worker.data import PreferenceBatch, PreferenceBatcher
 from worker.policy import Policy, Rollout, StepCallback, answer_logprobs
-from worker.rl_math import dpo_loss
+from worker.rl_math import DPOLoss, dpo_loss
 from worker.training_config import DPOConfig
 
 
@@ -61,16 +61,58 @@ def dpo_update(
     reference: dict[tuple, torch.Tensor],
     config: DPOConfig,
 ) -> dict[str, float]:
-    """One optimiser step on `batch`, whose answers' reference log-probs are in `reference`."""
+    """One optimiser step on `batch`, whose answers' reference log-probs are in `reference`.
+    The batch runs in micro-batches of at most `config.micro_batch_tokens` tokens whose
+    gradients add up: the step of one pass over the batch, in a fraction of its memory."""
     started = time.perf_counter()
     policy.model.train()
-    answers, lengths = _answer_logps(policy.model, policy, batch)
-    chosen, rejected = answers[batch.chosen], answers[batch.rejected]
-    ref_chosen, ref_rejected = (
-        torch.stack([reference[key] for key in keys]) for keys in _pair_keys(batch)
+    total_weight = sum(batch.weight)
+    parts = [
+        _backward(policy, part, reference, config, total_weight)
+        for part in batch.micro_batches(config.micro_batch_tokens)
+    ]
+    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    chosen, rejected, ref_chosen, ref_rejected, lengths, weight = (
+        torch.cat(column) for column in zip(*parts, strict=True)
     )
-    weight = torch.tensor(batch.weight, device=policy.device)
-    result = dpo_loss(
+    result = _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config)
+    return {
+        "loss": result.loss.item(),
+        "chosen_nll": _chosen_nll(chosen, lengths, weight).item(),
+        "accuracy": result.accuracy,
+        "reward_margin": (result.chosen_reward - result.rejected_reward).mean().item(),
+        "kl": ((chosen - ref_chosen) + (rejected - ref_rejected)).mean().item() / 2,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _backward(
+    policy: Policy,
+    part: PreferenceBatch,
+    reference: dict[tuple, torch.Tensor],
+    config: DPOConfig,
+    total_weight: float,
+) -> tuple[torch.Tensor, ...]:
+    """Backpropagate one micro-batch's share of the step's loss (DPO plus the chosen answers'
+    NLL, both means over the step's pair weights); its pairs' log-probs, lengths and weights."""
+    answers, lengths = _answer_logps(policy.model, policy, part)
+    chosen, rejected = answers[part.chosen], answers[part.rejected]
+    ref_chosen, ref_rejected = (
+        torch.stack([reference[key] for key in keys]) for keys in _pair_keys(part)
+    )
+    weight = torch.tensor(part.weight, device=policy.device)
+    chosen_lengths = lengths[part.chosen]
+    loss = _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config).loss
+    loss = loss + config.nll_coefficient * _chosen_nll(chosen, chosen_lengths, weight)
+    (loss * (weight.sum() / total_weight)).backward()
+    values = (chosen, rejected, ref_chosen, ref_rejected, chosen_lengths, weight)
+    return tuple(value.detach() for value in values)
+
+
+def _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config: DPOConfig) -> DPOLoss:
+    return dpo_loss(
         chosen,
         rejected,
         ref_chosen,
@@ -79,19 +121,11 @@ def dpo_update(
         label_smoothing=config.label_smoothing,
         weight=weight,
     )
-    chosen_nll = -(chosen / lengths[batch.chosen] * weight).sum() / weight.sum()
-    (result.loss + config.nll_coefficient * chosen_nll).backward()
-    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {
-        "loss": result.loss.item(),
-        "chosen_nll": chosen_nll.item(),
-        "accuracy": result.accuracy,
-        "reward_margin": (result.chosen_reward - result.rejected_reward).mean().item(),
-        "kl": ((chosen - ref_chosen) + (rejected - ref_rejected)).mean().item() / 2,
-        "seconds": time.perf_counter() - started,
-    }
+
+
+def _chosen_nll(chosen: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The chosen answers' mean token NLL, a weighted mean over pairs (RPO's term)."""
+    return -(chosen / lengths * weight).sum() / weight.sum()
 
 
 def dpo_steps_on_pairs(

@@ -122,6 +122,26 @@ def test_the_nll_term_makes_the_chosen_answers_likelier_than_dpo_alone(tiny_mode
     assert final_nll(1.0) < final_nll(0.0)
 
 
+def test_micro_batches_take_the_same_steps_as_one_pass(tiny_model_dir):
+    def run(micro_batch_tokens: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+        config = DPOConfig(
+            **{**SMALL, "learning_rate": 1e-2},
+            batch_pairs=3,
+            nll_coefficient=0.5,
+            micro_batch_tokens=micro_batch_tokens,
+        )
+        policy, curve = train_dpo(dpo_pairs(), tiny_model_dir, config)
+        return timeless(curve), parameters(policy.model)
+
+    one_pass, one_pass_weights = run(10_000)
+    for micro in (1, 40):  # a pair at a time; a few pairs at a time
+        curve, weights = run(micro)
+        for point, expected in zip(curve, one_pass, strict=True):
+            assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        for name, value in weights.items():
+            torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=1e-5)
+
+
 def timeless(curve: list[dict[str, float]]) -> list[dict[str, float]]:
     """A training curve without its timings, which vary from run to run."""
     return [{k: v for k, v in point.items() if "second" not in k} for point in curve]

@@ -119,6 +119,34 @@ def test_a_batch_keeps_rankings_whole_and_lists_each_answer_once(tiny_model_dir)
     assert len(batch.prompt_ids) == 1 and len(batch.response_ids) == 3
 
 
+def token_pairs(batch) -> list[tuple]:
+    """Each pair of `batch` as (prompt, chosen, rejected, weight) tokens."""
+    return [
+        (batch.prompt_ids[batch.response_prompt[chosen]], batch.response_ids[chosen])
+        + (batch.response_ids[rejected], weight)
+        for chosen, rejected, weight in zip(batch.chosen, batch.rejected, batch.weight, strict=True)
+    ]
+
+
+def test_micro_batches_hold_every_pair_once_within_the_token_budget(tiny_model_dir):
+    _, tokenizer = load_reward_model(tiny_model_dir, CPU)
+    batch = next(
+        PreferenceBatcher(pairs_for(6), tokenizer, max_length=64).batches(6, shuffle=False)
+    )
+    width = max(map(len, batch.prompt_ids)) + max(map(len, batch.response_ids))
+    budget = 4 * width  # two pairs' answers
+    parts = batch.micro_batches(budget)
+    assert [part.size for part in parts] == [2, 2, 2]
+    for part in parts:
+        assert (
+            len(part.response_ids)
+            * (max(map(len, part.prompt_ids)) + max(map(len, part.response_ids)))
+            <= budget
+        )
+    assert [pair for part in parts for pair in token_pairs(part)] == token_pairs(batch)
+    assert batch.micro_batches(10_000) == [batch] and len(batch.micro_batches(1)) == 6
+
+
 def test_long_turns_are_cut_from_the_prompts_start():
     class Template:
         def apply_chat_template(self, messages, tokenize, return_dict, add_generation_prompt):
