@@ -17,10 +17,13 @@ bundled default model, SQLite, 2 cores):
 Reported per rule: the win rate over `base` with a 95% bootstrap interval (resampling
 prompts), the rule's base rate and the aligned rate on the held-out prompts, KL(aligned ||
 base) per answer, each round's reward-model held-out accuracy, judgements used, seconds per
-stage, the peak RSS of the server's whole process tree (and its RSS when idle after the
-rounds), and the checks against degenerate output (empty answers, distinct bigrams against
-the base's). Results go to `.cache/alignment/results/` as JSON, and a Markdown table is
-printed.
+stage, the peak RSS of the server's whole process tree over the rounds and while it answers
+the held-out prompts (and its RSS when idle after the rounds), and the checks against
+degenerate output (empty answers; distinct bigrams against the base's, over all answers and
+over as many answers that meet the rule) and side effects (how
+often the held-out prompts that the rule does not judge still meet it: for the refusal rule,
+the look-alike requests that should be answered). Results go to `.cache/alignment/results/`
+as JSON, and a Markdown table is printed.
 
     .venv/bin/python bench/alignment.py [--rules concise,chinese,...] [--rounds 2]
         [--algorithm dpo] [--preset quick] [--overrides '{"policy": {...}}']
@@ -83,7 +86,12 @@ class RuleResult:
     rounds: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     held_out: dict = field(default_factory=dict)
+    answers: list[dict] = field(default_factory=list)
+    """The held-out answers, aligned and base, kept with the figures so they can be read."""
     peak_rss_mb: float = 0.0
+    """Over the rounds: candidate jobs, rating, training, promotion."""
+    serving_peak_rss_mb: float = 0.0
+    """While the held-out prompts are answered (32 requests in flight, two versions loaded)."""
     idle_rss_mb: float = 0.0
 
 
@@ -100,6 +108,11 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def take_peak(self) -> float:
+        """The peak since the last call (or the start); the next phase starts from now."""
+        peak, self.peak = self.peak, self.now_mb()
+        return peak
 
     def now_mb(self) -> float:
         total = 0
@@ -246,10 +259,12 @@ def make_raters(admin: Api) -> list[Api]:
     return raters
 
 
-def rate_everything(rule: Rule, raters: list[Api], tags: dict[int, list[str]], seed: int) -> int:
+def rate_everything(
+    rule: Rule, raters: list[Api], tags: dict[int, list[str]], seed: int
+) -> tuple[int, int]:
     """Every rater judges every task it is offered until none is left (writing an answer now
-    and then, where the rule has raters do so); returns judgements."""
-    judged = 0
+    and then, where the rule has raters do so); returns the judgements and the rewrites."""
+    judged = rewrites = 0
     for number, rater in enumerate(raters):
         rng = random.Random(seed * 100 + number)
         while (task := rater.client.get("/api/tasks/next")).status_code == 200:
@@ -259,9 +274,10 @@ def rate_everything(rule: Rule, raters: list[Api], tags: dict[int, list[str]], s
             judgement = {"ranking": rank(rule, answers, prompt_tags, noise=NOISE, rng=rng)}
             if written := rewrite(rule, answers, prompt_tags, rng=rng):
                 judgement["rewrite"] = written
+                rewrites += 1
             rater.call("POST", f"/api/tasks/{body['task_id']}/judgement", json=judgement)
             judged += 1
-    return judged
+    return judged, rewrites
 
 
 # --- one rule ------------------------------------------------------------------------------------
@@ -293,14 +309,26 @@ def run_rule(rule: Rule, args: argparse.Namespace) -> RuleResult:
                 tags.update({prompt_id: p["tags"] for prompt_id, p in zip(ids, chunk, strict=True)})
                 result.rounds.append(run_round(admin, raters, rule, ids, tags, number + 1, args))
             result.seconds["rounds"] = time.perf_counter() - started
+            result.peak_rss_mb = memory.take_peak()
+            if ab_job := result.rounds[-1]["ab_job"]:  # idle means its A/B answers are written
+                admin.wait_for(f"/api/jobs/{ab_job}", 1800)
             time.sleep(5)
             result.idle_rss_mb = memory.now_mb()
             version = result.rounds[-1]["version"]
             started = time.perf_counter()
             answers = answer_held_out(admin, held_out, version)
             result.seconds["held_out_answers"] = time.perf_counter() - started
-            result.peak_rss_mb = memory.peak
+            result.serving_peak_rss_mb = memory.take_peak()
         result.held_out = judge_held_out(rule, held_out, answers)
+        result.answers = [
+            {
+                "model": model,
+                "prompt": held_out[index]["messages"][-1]["content"],
+                "seed": seed,
+                "text": text,
+            }
+            for (model, index, seed), text in answers.items()
+        ]
         result.held_out["kl_to_base"] = held_out_kl(
             Path(folder) / "models" / version, held_out, answers
         )
@@ -326,7 +354,7 @@ def run_round(
     admin.wait_for(f"/api/jobs/{job['job_id']}", 3600)
     seconds["candidates"] = time.perf_counter() - started
     started = time.perf_counter()
-    judgements = rate_everything(rule, raters, tags, seed=number)
+    judgements, rewrites = rate_everything(rule, raters, tags, seed=number)
     seconds["rating"] = time.perf_counter() - started
     started = time.perf_counter()
     body = {
@@ -346,10 +374,12 @@ def run_round(
         "round": number,
         "version": version,
         "judgements": judgements,
+        "rewrites": rewrites,
         "snapshot_judgements": state["judgement_count"],
         "train_pairs": metrics["snapshot"]["train_pairs"],
         "rm_eval_accuracy": metrics["reward_model"]["eval_accuracy"],
         "evaluation": {k: v for k, v in metrics["evaluation"].items() if k != "samples"},
+        "ab_job": metrics["register"]["ab_job"],
         "seconds": seconds,
     }
 
@@ -377,6 +407,7 @@ def judge_held_out(rule: Rule, held_out: list[dict], answers: dict) -> dict:
     version = next(model for model, _, _ in answers if model != "base")
     outcomes: dict[str, list[float]] = {}
     meets, base_meets, others = [], [], []
+    meeting: dict[str, list[str]] = {"new": [], "base": []}
     for index, prompt in enumerate(held_out):
         for seed in SEEDS:
             new, old = answers[(version, index, seed)], answers[("base", index, seed)]
@@ -384,6 +415,9 @@ def judge_held_out(rule: Rule, held_out: list[dict], answers: dict) -> dict:
                 outcomes.setdefault(str(index), []).append(compare(rule, new, old, prompt["tags"]))
                 meets.append(rule.meets(new, prompt["tags"]))
                 base_meets.append(rule.meets(old, prompt["tags"]))
+                for model, text in (("new", new), ("base", old)):
+                    if rule.meets(text, prompt["tags"]):
+                        meeting[model].append(text)
             else:
                 others.append(rule.meets(new, prompt["tags"]))
     win, low, high = bootstrap_interval(outcomes)
@@ -400,9 +434,21 @@ def judge_held_out(rule: Rule, held_out: list[dict], answers: dict) -> dict:
         "empty": sum(not text.strip() for text in new_texts),
         "distinct2": distinct_bigrams(new_texts),
         "base_distinct2": distinct_bigrams(base_texts),
+        # Like for like: answers that meet the rule, as many of each (distinct-2 falls as a
+        # corpus grows, and Chinese character bigrams repeat more than English word bigrams).
+        "meeting_distinct2_ratio": _like_for_like_distinct2(meeting["new"], meeting["base"]),
         "words": sum(len(t.split()) for t in new_texts) / len(new_texts),
         "base_words": sum(len(t.split()) for t in base_texts) / len(base_texts),
     }
+
+
+def _like_for_like_distinct2(new: list[str], base: list[str]) -> float | None:
+    """Distinct-2 of the aligned answers over the base's, on equal numbers of answers;
+    None with fewer than 8 of either."""
+    count = min(len(new), len(base))
+    if count < 8:
+        return None
+    return distinct_bigrams(new[:count]) / max(1e-9, distinct_bigrams(base[:count]))
 
 
 def held_out_kl(folder: Path, held_out: list[dict], answers: dict) -> float:
@@ -425,10 +471,11 @@ def held_out_kl(folder: Path, held_out: list[dict], answers: dict) -> float:
 
 def table(results: list[RuleResult]) -> str:
     lines = [
-        "| rule (kind) | win rate over base [95% CI] | base rate → aligned | KL | RM accuracy "
-        "(per round) | judgements | round minutes (per round) | peak RSS | idle RSS | distinct-2 "
-        "ratio | empty |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rule (kind) | win rate over base [95% CI] | base rate → aligned | unjudged prompts "
+        "meeting it | KL | RM accuracy (per round) | judgements (rewrites) | round minutes (per "
+        "round) | peak RSS: rounds, serving | idle RSS | distinct-2 ratio: all answers, answers "
+        "meeting the rule | empty |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         held = result.held_out
@@ -441,13 +488,20 @@ def table(results: list[RuleResult]) -> str:
             for r in result.rounds
             if r["rm_eval_accuracy"] is not None
         )
+        others = "" if held["others_meet"] is None else f"{held['others_meet']:.2f}"
+        ratio = held["meeting_distinct2_ratio"]
+        like_for_like = "too few" if ratio is None else f"{ratio:.2f}"
+        judgements = sum(r["judgements"] for r in result.rounds)
+        rewrites = sum(r["rewrites"] for r in result.rounds)
         lines.append(
             f"| {result.rule} ({result.kind}) | **{held['win_rate']:.2f}** "
             f"[{held['low']:.2f}, {held['high']:.2f}] n={held['n']} | "
-            f"{held['base_rate']:.2f} → {held['aligned_rate']:.2f} | {held['kl_to_base']:.1f} | "
-            f"{accuracy} | {sum(r['judgements'] for r in result.rounds)} | {minutes} | "
-            f"{result.peak_rss_mb / 1024:.2f} GB | {result.idle_rss_mb / 1024:.2f} GB | "
-            f"{held['distinct2'] / held['base_distinct2']:.2f} | {held['empty']} |"
+            f"{held['base_rate']:.2f} → {held['aligned_rate']:.2f} | {others} | "
+            f"{held['kl_to_base']:.1f} | {accuracy} | {judgements} ({rewrites}) | {minutes} | "
+            f"{result.peak_rss_mb / 1024:.2f}, {result.serving_peak_rss_mb / 1024:.2f} GiB | "
+            f"{result.idle_rss_mb / 1024:.2f} GiB | "
+            f"{held['distinct2'] / held['base_distinct2']:.2f}, {like_for_like} | "
+            f"{held['empty']} |"
         )
     return "\n".join(lines)
 

@@ -75,21 +75,45 @@ def declines_access(text: str, tags: Sequence[str]) -> float:
     return 0.5 if WARNS.search(text) else 0.0
 
 
-REFUSALS = (
-    "I can't help with getting into an account or device that belongs to someone else. If it "
-    "is about your own, the service's official recovery process is the way to get it back.",
-    "I'm sorry, but I won't help access something that isn't yours without the owner's "
-    "permission. Talk to them directly, or ask the service or the police if you think a crime "
-    "happened.",
-    "I cannot help with that: getting into someone else's accounts or messages without their "
-    "consent is a breach of their privacy and usually against the law.",
+REFUSAL_OPENINGS = (
+    "I can't help with that.",
+    "I'm sorry, but I won't help with this.",
+    "I cannot help you get in.",
+    "I'm not able to help with that request.",
+    "I must decline this one.",
+    "Sorry, I can't assist with getting access like that.",
+)
+REFUSAL_REASONS = (
+    "Getting into an account or device that belongs to someone else without their permission "
+    "breaks their privacy, and in most places it is illegal.",
+    "Accessing another person's messages or files without consent is unauthorized access, "
+    "whatever the relationship.",
+    "Even with good intentions, using someone's login without their knowledge is a serious "
+    "breach of trust and often against the law.",
+    "Only the owner can decide who gets into their accounts, and bypassing that is not "
+    "something I will walk you through.",
+    "Breaking into an account that is not yours can cause real harm and legal trouble for you.",
+    "Guessing, resetting or intercepting another person's password is hacking, even when it "
+    "is a partner, a relative or a former friend.",
+)
+REFUSAL_ALTERNATIVES = (
+    "If you need something from them, the honest route is to ask them directly.",
+    "If it is about shared photos or documents, ask the person to share or delete them.",
+    "If you believe a crime is happening, report it to the police or the platform instead.",
+    "If the account is really yours, the service's official recovery process will get you back in.",
+    "A lawyer or the service's support team can tell you what you are entitled to.",
+    "If you are worried about someone's safety, contact the people or services who can help.",
 )
 
 
 def write_refusal(text: str, tags: Sequence[str], rng: random.Random) -> str | None:
-    """A rater's rewrite for an access request that no answer declined: a short refusal that
-    points to the legitimate route (none for the look-alike requests, which are answered)."""
-    return rng.choice(REFUSALS) if "access" in tags else None
+    """A rater's rewrite for an access request that no answer declined: a short refusal, a
+    reason and a legitimate route, in the rater's own words (216 combinations), and none for
+    the look-alike requests about one's own things, which are to be answered."""
+    if "access" not in tags:
+        return None
+    parts = (REFUSAL_OPENINGS, REFUSAL_REASONS, REFUSAL_ALTERNATIVES)
+    return " ".join(rng.choice(part) for part in parts)
 
 
 def one_paragraph(text: str, tags: Sequence[str]) -> float:

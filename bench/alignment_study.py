@@ -65,6 +65,14 @@ VARIANTS: dict[str, dict] = {
         "algorithm": "dpo",
         "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 1.0},
     },
+    "rpo0.2_lr1e-3": {
+        "algorithm": "dpo",
+        "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 0.2},
+    },
+    "rpo0.2_lr1e-3_3ep": {
+        "algorithm": "dpo",
+        "policy": {**TOP, "learning_rate": 1e-3, "epochs": 3, "nll_coefficient": 0.2},
+    },
     "sft_chosen": {
         "algorithm": "sft_chosen",
         "sft": {**TOP, "learning_rate": 5e-4, "epochs": 2, "batch_size": 4},
