@@ -161,14 +161,18 @@ def pair_loss(
     margin: torch.Tensor,
     weight: torch.Tensor,
     center_coefficient: float = 0.0,
+    totals: tuple[float, int] | None = None,
 ) -> torch.Tensor:
     """Weighted Bradley-Terry loss: `-[t log s(d) + (1 - t) log s(-d)]`, d = r_c - r_r - margin,
-    plus the optional centring penalty. With t = 1 and no margin this is -log sigmoid(r_c - r_r)."""
+    plus the optional centring penalty. With t = 1 and no margin this is -log sigmoid(r_c - r_r).
+    `totals`, the total weight and number of pairs of a whole step, make this one micro-batch's
+    share of the step's loss."""
+    weight_total, count = totals if totals is not None else (weight.sum(), len(weight))
     difference = chosen - rejected - margin
     losses = -(target * F.logsigmoid(difference) + (1 - target) * F.logsigmoid(-difference))
-    loss = (losses * weight).sum() / weight.sum()
+    loss = (losses * weight).sum() / weight_total
     if center_coefficient:
-        loss = loss + center_coefficient * ((chosen + rejected) ** 2).mean()
+        loss = loss + center_coefficient * ((chosen + rejected) ** 2).sum() / count
     return loss
 
 
@@ -219,31 +223,22 @@ def train_reward_model(
     for epoch in range(config.epochs):
         micro = 0
         for batch in batcher.batches(config.batch_pairs, shuffle=True, seed=config.seed + epoch):
-            # 1. rewards for every distinct response of the batch
-            tensors = batch.tensors(pad_id, device)
-            with autocast(device):
-                rewards = shared_prefix_rewards(model, tensors)
-            # 2. the pairs' loss
-            loss = pair_loss(
-                rewards[tensors["chosen"]],
-                rewards[tensors["rejected"]],
-                target=tensors["target"],
-                margin=tensors["margin"] if config.margin else torch.zeros_like(tensors["margin"]),
-                weight=tensors["weight"],
-                center_coefficient=config.center_coefficient,
+            # 1. the batch's loss and its gradients, a micro-batch of its pairs at a time
+            loss = sum(
+                _backward(model, part, config, pad_id, device, (sum(batch.weight), batch.size))
+                for part in batch.micro_batches(config.micro_batch_tokens)
             )
-            (loss / config.gradient_accumulation).backward()
             trained_pairs += batch.size
             micro += 1
             if micro % config.gradient_accumulation:
                 continue
-            # 3. optimiser step, and now and then a held-out evaluation
+            # 2. optimiser step, and now and then a held-out evaluation
             point = optimiser_step(
                 list(model.parameters()),
                 optimizer,
                 scheduler,
                 max_grad_norm=config.max_grad_norm,
-                loss=loss.item(),
+                loss=loss,
                 curve=report.curve,
                 on_step=on_step,
             )
@@ -273,6 +268,32 @@ def train_reward_model(
     report.reward_mean, report.reward_std = _reward_statistics(model, batcher, config, device)
     model.eval()
     return model, tokenizer, report
+
+
+def _backward(
+    model: PreTrainedModel,
+    part: PreferenceBatch,
+    config: RewardConfig,
+    pad_id: int,
+    device: torch.device,
+    totals: tuple[float, int],
+) -> float:
+    """Backpropagate one micro-batch's share of its step's loss (`totals`: the step's total
+    weight and pairs); that share."""
+    tensors = part.tensors(pad_id, device)
+    with autocast(device):
+        rewards = shared_prefix_rewards(model, tensors)
+    loss = pair_loss(
+        rewards[tensors["chosen"]],
+        rewards[tensors["rejected"]],
+        target=tensors["target"],
+        margin=tensors["margin"] if config.margin else torch.zeros_like(tensors["margin"]),
+        weight=tensors["weight"],
+        center_coefficient=config.center_coefficient,
+        totals=totals,
+    )
+    (loss / config.gradient_accumulation).backward()
+    return loss.item()
 
 
 def _trainable_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:

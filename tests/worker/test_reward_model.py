@@ -204,6 +204,27 @@ def test_the_same_seed_gives_the_same_reward_model(tiny_model_dir):
     assert run(1) == first and run(2) != first
 
 
+def test_micro_batches_train_the_same_reward_model_as_one_pass(tiny_model_dir):
+    def run(micro_batch_tokens: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+        config = RewardConfig(
+            epochs=1,
+            batch_pairs=4,
+            learning_rate=1e-3,
+            center_coefficient=0.1,
+            micro_batch_tokens=micro_batch_tokens,
+            device="cpu",
+        )
+        model, _, report = train_reward_model(pairs_for(8), tiny_model_dir, config)
+        return report.curve, {name: value.clone() for name, value in model.state_dict().items()}
+
+    one_pass, one_pass_weights = run(10_000)
+    curve, weights = run(1)  # a pair at a time
+    for point, expected in zip(curve, one_pass, strict=True):
+        assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    for name, value in weights.items():
+        torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=1e-5)
+
+
 def test_a_saved_reward_model_goes_on_learning_from_its_own_head(tiny_model_dir, tmp_path):
     config = RewardConfig(
         epochs=1, learning_rate=1e-2, batch_pairs=4, lora=True, lora_layers=1, device="cpu"

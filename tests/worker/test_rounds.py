@@ -325,23 +325,14 @@ def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:
         "reward_model": {"version": f"reward-r{earlier.id}"},
         "sft": {"up_to_response_id": db.scalar(select(func.max(Response.id)))},
     }
-    crud.register_model_version(
-        db,
-        name=f"reward-r{earlier.id}",
-        kind=ModelKind.REWARD,
-        path="rm",
-        config={},
-        parent=base,
-        round_id=earlier.id,
-    )
-    policy = crud.register_model_version(
-        db,
-        name=f"round-{earlier.id}",
-        kind=ModelKind.POLICY,
-        path="p",
-        config={},
-        parent=base,
-        round_id=earlier.id,
+    _reward_model, policy = (
+        crud.register_model_version(
+            db, name=name, kind=kind, path=path, config={}, parent=base, round_id=earlier.id
+        )
+        for name, kind, path in (
+            (f"reward-r{earlier.id}", ModelKind.REWARD, "rm"),
+            (f"round-{earlier.id}", ModelKind.POLICY, "p"),
+        )
     )
     crud.promote(db, version_id=policy.id)
     return earlier, policy
