@@ -17,12 +17,12 @@ bundled default model, SQLite, 2 cores):
 Reported per rule: the win rate over `base` with a 95% bootstrap interval (resampling
 prompts), the rule's base rate and the aligned rate on the held-out prompts, KL(aligned ||
 base) per answer, each round's reward-model held-out accuracy, judgements used, seconds per
-stage, the peak RSS of the server's whole process tree over the rounds and while it answers
-the held-out prompts (and its RSS when idle after the rounds), and the checks against
-degenerate output (empty answers; distinct bigrams against the base's, over all answers and
-over as many answers that meet the rule) and side effects (how
-often the held-out prompts that the rule does not judge still meet it: for the refusal rule,
-the look-alike requests that should be answered). Results go to `.cache/alignment/results/`
+stage, the peak RSS of the server's whole process tree over the rounds (per stage in the
+JSON) and while it answers the held-out prompts, its RSS when idle after the rounds, the
+checks against degenerate output (empty answers; distinct bigrams against the base's, over
+all answers and over as many answers that meet the rule), and side effects (how often the
+held-out prompts that the rule does not judge still meet it: for the refusal rule, the
+look-alike requests that should be answered). Results go to `.cache/alignment/results/`
 as JSON, and a Markdown table is printed.
 
     .venv/bin/python bench/alignment.py [--rules concise,chinese,...] [--rounds 2]
@@ -307,9 +307,11 @@ def run_rule(rule: Rule, args: argparse.Namespace) -> RuleResult:
                 chunk = train[number * per_round : (number + 1) * per_round]
                 ids = import_prompts(admin, chunk, "train")
                 tags.update({prompt_id: p["tags"] for prompt_id, p in zip(ids, chunk, strict=True)})
-                result.rounds.append(run_round(admin, raters, rule, ids, tags, number + 1, args))
+                result.rounds.append(
+                    run_round(admin, raters, memory, rule, ids, tags, number + 1, args)
+                )
             result.seconds["rounds"] = time.perf_counter() - started
-            result.peak_rss_mb = memory.take_peak()
+            result.peak_rss_mb = max(max(r["peak_rss_mb"].values()) for r in result.rounds)
             if ab_job := result.rounds[-1]["ab_job"]:  # idle means its A/B answers are written
                 admin.wait_for(f"/api/jobs/{ab_job}", 1800)
             time.sleep(5)
@@ -338,6 +340,7 @@ def run_rule(rule: Rule, args: argparse.Namespace) -> RuleResult:
 def run_round(
     admin: Api,
     raters: list[Api],
+    memory: TreeMemory,
     rule: Rule,
     prompt_ids: list[int],
     tags: dict,
@@ -351,8 +354,10 @@ def run_round(
         "/api/generations",
         json={"prompt_ids": prompt_ids, "per_prompt": 2, "overlap": RATERS, "seed": number},
     )
+    memory.take_peak()  # from here on, the round's
     admin.wait_for(f"/api/jobs/{job['job_id']}", 3600)
     seconds["candidates"] = time.perf_counter() - started
+    peaks = {"candidates": memory.take_peak()}
     started = time.perf_counter()
     judgements, rewrites = rate_everything(rule, raters, tags, seed=number)
     seconds["rating"] = time.perf_counter() - started
@@ -363,7 +368,7 @@ def run_round(
         "overrides": json.loads(args.overrides),
     }
     round_id = admin.call("POST", "/api/rounds", json=body)["round_id"]
-    state = admin.wait_for(f"/api/rounds/{round_id}", 3600)
+    state = wait_for_round(admin, round_id, memory, peaks)
     seconds["round"] = time.perf_counter() - started
     seconds.update({f"stage_{stage}": value for stage, value in state["timings"].items()})
     version = state["policy_version"]
@@ -381,7 +386,24 @@ def run_round(
         "evaluation": {k: v for k, v in metrics["evaluation"].items() if k != "samples"},
         "ab_job": metrics["register"]["ab_job"],
         "seconds": seconds,
+        "peak_rss_mb": peaks,
     }
+
+
+def wait_for_round(admin: Api, round_id: int, memory: TreeMemory, peaks: dict) -> dict:
+    """Poll the round until it has ended; `peaks` gets the peak RSS (MiB) of each stage
+    (of the stage seen at the end of each second: a stage boundary may blur by a second)."""
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        state = admin.call("GET", f"/api/rounds/{round_id}")
+        stage = state["stage"] or "queued"
+        peaks[stage] = max(peaks.get(stage, 0.0), memory.take_peak())
+        if state["status"] in ("succeeded", "failed", "cancelled"):
+            if state["status"] != "succeeded":
+                raise RuntimeError(f"round {round_id} {state['status']}: {state.get('error')}")
+            return state
+        time.sleep(1)
+    raise TimeoutError(f"round {round_id} still running after an hour")
 
 
 def answer_held_out(admin: Api, held_out: list[dict], version: str) -> dict:
