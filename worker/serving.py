@@ -166,23 +166,26 @@ def serve_on_worker(settings: Settings, job: ChatJob, channel: str) -> str:
     engine = process_model_server(settings).engine(job.version_name, job.version_path)
     prompt_ids = engine.encode_chat(job.messages)
     generations: list[Generation] = []
+    starting = threading.Lock()  # no delta goes out before `start`: the engine may be quick
 
     def publish_delta(index: int, text: str) -> None:
-        publish({"type": "delta", "index": index, "text": text})
+        with starting:
+            publish({"type": "delta", "index": index, "text": text})
 
-    try:
-        for index in range(job.n):
-            generations.append(
-                engine.submit(
-                    prompt_ids, sampling_for(job, index), on_text=partial(publish_delta, index)
+    with starting:
+        try:
+            for index in range(job.n):
+                generations.append(
+                    engine.submit(
+                        prompt_ids, sampling_for(job, index), on_text=partial(publish_delta, index)
+                    )
                 )
-            )
-    except ValueError as exc:
-        for generation in generations:
-            generation.cancel()
-        publish({"type": "error", "message": str(exc)})
-        return "invalid"
-    publish({"type": "start", "prompt_tokens": len(prompt_ids)})
+        except ValueError as exc:
+            for generation in generations:
+                generation.cancel()
+            publish({"type": "error", "message": str(exc)})
+            return "invalid"
+        publish({"type": "start", "prompt_tokens": len(prompt_ids)})
     for index, generation in enumerate(generations):
         while not generation.done:
             if broker.exists(cancel_key(channel)):
