@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,16 +229,26 @@ class Api:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
         return response.json() if response.content else {}
 
-    def wait_for(self, path: str, seconds: float) -> dict:
-        """Poll a job or round until it has ended."""
+    def wait_for(
+        self,
+        path: str,
+        seconds: float,
+        *,
+        every: float = 2.0,
+        on_poll: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll a job or round every `every` seconds until it has ended; `on_poll` sees
+        each state."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             state = self.call("GET", path)
+            if on_poll is not None:
+                on_poll(state)
             if state["status"] in ("succeeded", "failed", "cancelled"):
                 if state["status"] != "succeeded":
                     raise RuntimeError(f"{path} {state['status']}: {state.get('error')}")
                 return state
-            time.sleep(2)
+            time.sleep(every)
         raise TimeoutError(f"{path} still running after {seconds:.0f} s")
 
 
@@ -368,7 +380,12 @@ def run_round(
         "overrides": json.loads(args.overrides),
     }
     round_id = admin.call("POST", "/api/rounds", json=body)["round_id"]
-    state = wait_for_round(admin, round_id, memory, peaks)
+    state = admin.wait_for(
+        f"/api/rounds/{round_id}",
+        3600,
+        every=1.0,
+        on_poll=functools.partial(record_stage_peak, memory, peaks),
+    )
     seconds["round"] = time.perf_counter() - started
     seconds.update({f"stage_{stage}": value for stage, value in state["timings"].items()})
     version = state["policy_version"]
@@ -390,20 +407,11 @@ def run_round(
     }
 
 
-def wait_for_round(admin: Api, round_id: int, memory: TreeMemory, peaks: dict) -> dict:
-    """Poll the round until it has ended; `peaks` gets the peak RSS (MiB) of each stage
-    (of the stage seen at the end of each second: a stage boundary may blur by a second)."""
-    deadline = time.monotonic() + 3600
-    while time.monotonic() < deadline:
-        state = admin.call("GET", f"/api/rounds/{round_id}")
-        stage = state["stage"] or "queued"
-        peaks[stage] = max(peaks.get(stage, 0.0), memory.take_peak())
-        if state["status"] in ("succeeded", "failed", "cancelled"):
-            if state["status"] != "succeeded":
-                raise RuntimeError(f"round {round_id} {state['status']}: {state.get('error')}")
-            return state
-        time.sleep(1)
-    raise TimeoutError(f"round {round_id} still running after an hour")
+def record_stage_peak(memory: TreeMemory, peaks: dict, state: dict) -> None:
+    """Charge the peak RSS (MiB) since the last poll to the stage the round is in now (a
+    stage boundary blurs by one poll)."""
+    stage = state["stage"] or "queued"
+    peaks[stage] = max(peaks.get(stage, 0.0), memory.take_peak())
 
 
 def answer_held_out(admin: Api, held_out: list[dict], version: str) -> dict:
