@@ -179,12 +179,11 @@ def _reference_logps(
     with policy.reference() as reference:
         reference.eval()
         for batch in batcher.batches(config.batch_pairs, shuffle=False):
-            for part in batch.micro_batches(config.micro_batch_tokens):
-                answers, _ = _answer_logps(reference, policy, part)
-                chosen_keys, rejected_keys = _pair_keys(part)
-                for keys, values in (
-                    (chosen_keys, answers[part.chosen]),
-                    (rejected_keys, answers[part.rejected]),
-                ):
-                    table.update(zip(keys, values, strict=True))
+            answers, _ = _answer_logps(reference, policy, batch)
+            chosen_keys, rejected_keys = _pair_keys(batch)
+            for keys, values in (
+                (chosen_keys, answers[batch.chosen]),
+                (rejected_keys, answers[batch.rejected]),
+            ):
+                table.update(zip(keys, values, strict=True))
     return table
