@@ -51,9 +51,11 @@ SERVED_TOKENS = 192
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
 # Each setting: an algorithm and its trainer settings. LoRA adapts the top 8 of the model's 30
-# blocks (rank 16) unless the name says otherwise.
+# blocks (rank 16) unless the name says otherwise. The online settings start from the `quick`
+# presets (app/rounds.py): 8 steps of 8 prompts, rollouts of 128 tokens, learning rate 1e-3.
 TOP = {"lora": True, "lora_layers": 8}
-ONLINE = {**TOP, "learning_rate": 1e-4, "steps": 8, "prompts_per_step": 8, "max_new_tokens": 128}
+ONLINE = {**TOP, "learning_rate": 1e-3, "steps": 8, "prompts_per_step": 8, "max_new_tokens": 128}
+RLOO2 = {**ONLINE, "samples_per_prompt": 2}
 VARIANTS: dict[str, dict] = {
     "dpo": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 2}},
     "dpo_lr3e-5": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 3e-5, "epochs": 2}},
@@ -69,56 +71,36 @@ VARIANTS: dict[str, dict] = {
         "algorithm": "dpo",
         "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 0.2},
     },
-    "rpo0.2_lr1e-3_3ep": {
+    "rpo_all_layers": {
         "algorithm": "dpo",
-        "policy": {**TOP, "learning_rate": 1e-3, "epochs": 3, "nll_coefficient": 0.2},
+        "policy": {"lora": True, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 1.0},
+    },
+    "rpo_full_lr1e-5": {
+        "algorithm": "dpo",
+        "policy": {"lora": False, "learning_rate": 1e-5, "epochs": 2, "nll_coefficient": 1.0},
     },
     "sft_chosen": {
         "algorithm": "sft_chosen",
         "sft": {**TOP, "learning_rate": 5e-4, "epochs": 2, "batch_size": 4},
     },
-    "dpo_1ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 1}},
-    "dpo_4ep": {"algorithm": "dpo", "policy": {**TOP, "learning_rate": 1e-4, "epochs": 4}},
-    "dpo_all_layers": {
-        "algorithm": "dpo",
-        "policy": {"lora": True, "learning_rate": 1e-4, "epochs": 2},
-    },
-    "dpo_full": {"algorithm": "dpo", "policy": {"lora": False, "learning_rate": 1e-6, "epochs": 2}},
-    "rloo2": {"algorithm": "rloo", "policy": {**ONLINE, "samples_per_prompt": 2}},
-    "rloo2_lr1e-3": {
-        "algorithm": "rloo",
-        "policy": {**ONLINE, "samples_per_prompt": 2, "learning_rate": 1e-3},
-    },
+    "rloo2": {"algorithm": "rloo", "policy": RLOO2},
+    "rloo2_lr1e-4": {"algorithm": "rloo", "policy": {**RLOO2, "learning_rate": 1e-4}},
     "rloo4": {
         "algorithm": "rloo",
-        "policy": {**ONLINE, "prompts_per_step": 4, "samples_per_prompt": 4},
+        "policy": {**RLOO2, "prompts_per_step": 4, "samples_per_prompt": 4},
     },
-    "rloo2_no_eos_penalty": {
-        "algorithm": "rloo",
-        "policy": {**ONLINE, "samples_per_prompt": 2, "missing_eos_penalty": 0.0},
-    },
-    "rloo2_48_tokens": {
-        "algorithm": "rloo",
-        "policy": {**ONLINE, "samples_per_prompt": 2, "max_new_tokens": 48},
-    },
-    "rloo2_256_tokens": {
-        "algorithm": "rloo",
-        "policy": {**ONLINE, "samples_per_prompt": 2, "max_new_tokens": 256},
-    },
-    "rloo2_raw_rewards": {
-        "algorithm": "rloo",
-        "policy": {**ONLINE, "samples_per_prompt": 2, "normalize_rewards": False},
-    },
-    "rloo2_16_steps": {
-        "algorithm": "rloo",
-        "policy": {**ONLINE, "samples_per_prompt": 2, "steps": 16},
-    },
-    "ppo": {"algorithm": "ppo", "policy": {**ONLINE}},
-    "online_dpo": {"algorithm": "online_dpo", "policy": {**ONLINE}},
+    "rloo2_no_eos_penalty": {"algorithm": "rloo", "policy": {**RLOO2, "missing_eos_penalty": 0.0}},
+    "rloo2_48_tokens": {"algorithm": "rloo", "policy": {**RLOO2, "max_new_tokens": 48}},
+    "rloo2_256_tokens": {"algorithm": "rloo", "policy": {**RLOO2, "max_new_tokens": 256}},
+    "rloo2_raw_rewards": {"algorithm": "rloo", "policy": {**RLOO2, "normalize_rewards": False}},
+    "rloo2_16_steps": {"algorithm": "rloo", "policy": {**RLOO2, "steps": 16}},
+    "rloo2_16_prompts": {"algorithm": "rloo", "policy": {**RLOO2, "prompts_per_step": 16}},
+    "ppo": {"algorithm": "ppo", "policy": {**ONLINE, "value_learning_rate": 1e-3}},
+    "online_dpo": {"algorithm": "online_dpo", "policy": ONLINE},
     "rsft": {
         "algorithm": "rsft",
         "samples": 4,
-        "sft": {**TOP, "learning_rate": 2e-4, "epochs": 2, "batch_size": 4},
+        "sft": {**TOP, "learning_rate": 5e-4, "epochs": 2, "batch_size": 4},
     },
 }
 REWARD_MODELS = {
