@@ -67,11 +67,20 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def training_dtype(device: torch.device, *, lora: bool) -> torch.dtype:
+    """The dtype a trainer loads its model in. Under LoRA the model's own weights are frozen,
+    so on CUDA they load in bf16 (an 8B model's 32 GB become 16), while the adapters and a
+    reward model's head train in fp32 (`with_lora`). Weights that train stay fp32: bf16 would
+    round AdamW's small updates away, and autocast computes in bf16 all the same."""
+    return dtype_for(device) if lora else torch.float32
+
+
 def with_lora(
     model: PreTrainedModel, *, task_type: str, rank: int, top_layers: int = 0
 ) -> PreTrainedModel:
     """`model` with LoRA adapters (peft) on the linear layers of its top `top_layers`
-    transformer blocks (0: all of them); only they (and a reward model's head) train.
+    transformer blocks (0: all of them); only they (and a reward model's head) train, in
+    fp32 whatever the dtype of the frozen weights.
 
     Adapting only the top blocks is what makes training affordable on a CPU: autograd keeps
     no activations and runs no backward pass below the lowest adapted block, so a step costs
@@ -101,7 +110,11 @@ def with_lora(
         target_modules=targets,
         layers_to_transform=layers,
     )
-    return get_peft_model(model, config)
+    adapted = get_peft_model(model, config)
+    for parameter in adapted.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return adapted
 
 
 def release_memory() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from worker.data import Messages
-from worker.model_store import with_lora
+from worker.model_store import training_dtype, with_lora
 from worker.policy import (
     Policy,
     Rollout,
@@ -52,7 +52,9 @@ def train_ppo(
     """Run `config.steps` PPO steps over `conversations` (cycled); the policy and its curve."""
     policy = Policy(base, config)
     scorer = RewardScorer(reward_model, policy.device, normalize=config.normalize_rewards)
-    critic, _ = load_reward_model(reward_model, policy.device)
+    critic, _ = load_reward_model(
+        reward_model, policy.device, dtype=training_dtype(policy.device, lora=config.lora)
+    )
     if config.lora:
         critic = with_lora(
             critic, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers

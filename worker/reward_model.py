@@ -40,7 +40,13 @@ from transformers import (
 
 from app.preferences import Pair, read_pairs
 from worker.data import Messages, PreferenceBatch, PreferenceBatcher, encode_turn
-from worker.model_store import atomic_directory, resolve_device, with_lora
+from worker.model_store import (
+    atomic_directory,
+    dtype_for,
+    resolve_device,
+    training_dtype,
+    with_lora,
+)
 from worker.optimisation import autocast, optimiser_step
 from worker.training_config import RewardConfig
 
@@ -189,7 +195,9 @@ def train_reward_model(
     """Train on the `train` pairs, evaluate on the `eval` pairs, return the best model."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    model, tokenizer = load_reward_model(base, device)
+    model, tokenizer = load_reward_model(
+        base, device, dtype=training_dtype(device, lora=config.lora)
+    )
     if config.lora:
         model = with_lora(
             model, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers
@@ -408,7 +416,7 @@ class RewardScorer:
     def __init__(
         self, path: Path, device: torch.device, *, max_length: int = 1024, normalize: bool = True
     ) -> None:
-        self.model, self.tokenizer = load_reward_model(path, device)
+        self.model, self.tokenizer = load_reward_model(path, device, dtype=dtype_for(device))
         self.model.eval().requires_grad_(False)
         self.mean, self.std = normalization_of(path) if normalize else (0.0, 1.0)
         self.device, self.max_length = device, max_length

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from worker.data import Demonstration, demonstration_batches
-from worker.model_store import atomic_directory, resolve_device, with_lora
+from worker.model_store import atomic_directory, resolve_device, training_dtype, with_lora
 from worker.optimisation import autocast, optimiser_step
 from worker.training_config import SFTConfig
 
@@ -55,7 +55,9 @@ def train_sft(
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=training_dtype(device, lora=config.lora)
+    ).to(device)
     if config.lora:
         model = with_lora(
             model, task_type="CAUSAL_LM", rank=config.lora_rank, top_layers=config.lora_layers

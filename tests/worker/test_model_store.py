@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sqlalchemy import func, select
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
 
 from app.db import make_session_factory
 from app.models import ModelVersion
@@ -15,6 +15,8 @@ from worker.model_store import (
     atomic_directory,
     dtype_for,
     resolve_device,
+    training_dtype,
+    with_lora,
 )
 
 
@@ -87,6 +89,26 @@ def test_cpu_runs_in_float32_and_cuda_in_bfloat16():
     assert dtype_for(torch.device("cuda")) == torch.bfloat16
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
+
+
+def test_lora_freezes_bfloat16_weights_on_cuda_and_trains_float32_adapters(model_settings):
+    """A LoRA trainer on CUDA, emulated on the CPU: the frozen weights in bf16, adapters and
+    the reward head in fp32, and a bf16-autocast step gives gradients to all of them."""
+    assert training_dtype(torch.device("cuda"), lora=True) == torch.bfloat16
+    assert training_dtype(torch.device("cuda"), lora=False) == torch.float32
+    assert training_dtype(torch.device("cpu"), lora=True) == torch.float32
+    causal, _ = ModelStore(model_settings).load_source("tiny-random")
+    causal.config.num_labels = 1
+    scorer = LlamaForSequenceClassification(causal.config).to(torch.bfloat16)
+    adapted = with_lora(scorer, task_type="SEQ_CLS", rank=4, top_layers=1)
+    trainable = {name: p for name, p in adapted.named_parameters() if p.requires_grad}
+    assert any("score" in name for name in trainable) and any("lora" in n for n in trainable)
+    assert all(parameter.dtype == torch.float32 for parameter in trainable.values())
+    frozen = [p for p in adapted.parameters() if not p.requires_grad]
+    assert frozen and all(parameter.dtype == torch.bfloat16 for parameter in frozen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        adapted(input_ids=torch.tensor([[5, 6, 7, 8]])).logits.float().sum().backward()
+    assert all(parameter.grad is not None for parameter in trainable.values())
 
 
 @pytest.mark.slow
