@@ -60,10 +60,9 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 from alignment_rules import (  # noqa: E402  (bench/alignment_rules.py, next to this file)
     RULES,
+    Comparison,
     Rule,
-    bootstrap_interval,
-    compare,
-    distinct_bigrams,
+    judge,
     rank,
     rewrite,
 )
@@ -435,50 +434,19 @@ def answer_held_out(admin: Api, held_out: list[dict], version: str) -> dict:
 
 def judge_held_out(rule: Rule, held_out: list[dict], answers: dict) -> dict:
     version = next(model for model, _, _ in answers if model != "base")
-    outcomes: dict[str, list[float]] = {}
-    meets, base_meets, others = [], [], []
-    meeting: dict[str, list[str]] = {"new": [], "base": []}
-    for index, prompt in enumerate(held_out):
-        for seed in SEEDS:
-            new, old = answers[(version, index, seed)], answers[("base", index, seed)]
-            if rule.judged(prompt["tags"]):
-                outcomes.setdefault(str(index), []).append(compare(rule, new, old, prompt["tags"]))
-                meets.append(rule.meets(new, prompt["tags"]))
-                base_meets.append(rule.meets(old, prompt["tags"]))
-                for model, text in (("new", new), ("base", old)):
-                    if rule.meets(text, prompt["tags"]):
-                        meeting[model].append(text)
-            else:
-                others.append(rule.meets(new, prompt["tags"]))
-    win, low, high = bootstrap_interval(outcomes)
-    new_texts = [text for (model, _, _), text in answers.items() if model != "base"]
-    base_texts = [text for (model, _, _), text in answers.items() if model == "base"]
-    return {
-        "win_rate": win,
-        "low": low,
-        "high": high,
-        "n": len(meets),
-        "aligned_rate": sum(meets) / len(meets),
-        "base_rate": sum(base_meets) / len(base_meets),
-        "others_meet": sum(others) / len(others) if others else None,
-        "empty": sum(not text.strip() for text in new_texts),
-        "distinct2": distinct_bigrams(new_texts),
-        "base_distinct2": distinct_bigrams(base_texts),
-        # Like for like: answers that meet the rule, as many of each (distinct-2 falls as a
-        # corpus grows, and Chinese character bigrams repeat more than English word bigrams).
-        "meeting_distinct2_ratio": _like_for_like_distinct2(meeting["new"], meeting["base"]),
-        "words": sum(len(t.split()) for t in new_texts) / len(new_texts),
-        "base_words": sum(len(t.split()) for t in base_texts) / len(base_texts),
-    }
-
-
-def _like_for_like_distinct2(new: list[str], base: list[str]) -> float | None:
-    """Distinct-2 of the aligned answers over the base's, on equal numbers of answers;
-    None with fewer than 8 of either."""
-    count = min(len(new), len(base))
-    if count < 8:
-        return None
-    return distinct_bigrams(new[:count]) / max(1e-9, distinct_bigrams(base[:count]))
+    return judge(
+        rule,
+        [
+            Comparison(
+                index,
+                prompt["tags"],
+                answers[(version, index, seed)],
+                answers[("base", index, seed)],
+            )
+            for index, prompt in enumerate(held_out)
+            for seed in SEEDS
+        ],
+    )
 
 
 def held_out_kl(folder: Path, held_out: list[dict], answers: dict) -> float:

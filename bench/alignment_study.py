@@ -32,10 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from bench/: make `app` and `worker` importable
 from alignment_rules import (  # noqa: E402  (bench/alignment_rules.py, next to this file)
     RULES,
+    Comparison,
     Rule,
-    bootstrap_interval,
-    compare,
-    distinct_bigrams,
+    judge,
     rank,
     rewrite,
 )
@@ -289,7 +288,7 @@ def run_variant(rule: Rule, name: str, folder: Path) -> dict:
     finally:
         engine.close(drain=False)
     kl = kl_to_base(model, tokenizer, engine.pad_id, data["held_out"], answers)
-    result = judge(rule, data, answers)
+    result = judge(rule, comparisons(data, answers))
     return {
         "variant": name,
         **result,
@@ -476,40 +475,13 @@ def kl_to_base(model, tokenizer, pad_id: int, held_out: list[dict], answers: dic
     return sum(totals) / len(totals)
 
 
-def judge(rule: Rule, data: dict, answers: dict) -> dict:
-    """The rule's verdicts on the held-out answers, new against base, and the checks for
-    degenerate output."""
-    outcomes: dict[str, list[float]] = {}
-    meets, base_meets, others_meet = [], [], []
-    pairs = [
-        (index, prompt, answers[seed][index], prompt["answers"][slot])
+def comparisons(data: dict, answers: dict) -> list[Comparison]:
+    """Each held-out answer of the trained model against the base's with the same seed."""
+    return [
+        Comparison(index, prompt["tags"], answers[seed][index], prompt["answers"][slot])
         for index, prompt in enumerate(data["held_out"])
         for slot, seed in enumerate(SEEDS)
     ]
-    for index, prompt, new, old in pairs:
-        if rule.judged(prompt["tags"]):
-            meets.append(rule.meets(new, prompt["tags"]))
-            base_meets.append(rule.meets(old, prompt["tags"]))
-            outcomes.setdefault(str(index), []).append(compare(rule, new, old, prompt["tags"]))
-        else:  # answered, not judged: the rule's side effect (for refusals, over-refusal)
-            others_meet.append(rule.meets(new, prompt["tags"]))
-    win, low, high = bootstrap_interval(outcomes)
-    new_texts = [new for _, _, new, _ in pairs]
-    base_texts = [old for _, _, _, old in pairs]
-    return {
-        "win_rate": win,
-        "low": low,
-        "high": high,
-        "n": len(meets),
-        "meets": sum(meets) / len(meets),
-        "base_meets": sum(base_meets) / len(base_meets),
-        "others_meet": sum(others_meet) / len(others_meet) if others_meet else None,
-        "empty": sum(not text.strip() for text in new_texts),
-        "distinct2": distinct_bigrams(new_texts),
-        "base_distinct2": distinct_bigrams(base_texts),
-        "words": sum(len(t.split()) for t in new_texts) / len(new_texts),
-        "base_words": sum(len(t.split()) for t in base_texts) / len(base_texts),
-    }
 
 
 def peak_rss_mb() -> float:
