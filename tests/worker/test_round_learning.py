@@ -2,11 +2,12 @@
 machinery (`bench/alignment.py`) on two of its rules of different kinds.
 
 For each rule: a fresh embedded server (`alignloop run`), prompts imported over the API, three
-simulated raters with 10% random rankings judging every candidate through the REST API, one
-`quick` round with the default algorithm, promotion, and held-out prompts no round saw,
-answered over `/v1` by the new version and by `base` with the same seeds. The new version must
-beat `base` by the rule with the 95% interval's lower bound above one half, without degenerate
-output. About 12 minutes per rule on 2 cores: run it with `pytest -m long`.
+simulated raters with 10% random rankings judging every candidate through the REST API, two
+`quick` rounds with the default algorithm, each promoted, and held-out prompts no round saw,
+answered over `/v1` by the aligned version and by `base` with the same seeds. The aligned
+version must beat `base` by the rule with the 95% interval's lower bound above one half,
+without degenerate output, each round within the issue's 15 minutes and the whole app within
+3 GB. About 25 minutes per rule on 2 cores: run it with `pytest -m long`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ ROUND_MINUTES = 15
 
 @pytest.mark.long
 @pytest.mark.parametrize("rule", ["concise", "chinese"])
-def test_one_quick_round_teaches_the_raters_rule(rule):
+def test_two_quick_rounds_teach_the_raters_rule(rule):
     options = argparse.Namespace(
-        rounds=1, algorithm="dpo", preset="quick", overrides="{}", prompts_per_round=48, base=None
+        rounds=2, algorithm="dpo", preset="quick", overrides="{}", prompts_per_round=48, base=None
     )
     result = run_rule(RULES[rule], options)
-    held_out, [round_] = result.held_out, result.rounds
-    print(f"\n{rule}: {held_out} round {round_['seconds']} peak {result.peak_rss_mb:.0f} MB")
+    held_out = result.held_out
+    print(f"\n{rule}: {held_out} rounds {result.rounds} peak {result.peak_rss_mb:.0f} MB")
     assert held_out["low"] > 0.5, held_out
     assert held_out["empty"] == 0
     # Not degenerate: as varied as the base's answers that meet the rule (all answers would
@@ -36,6 +37,7 @@ def test_one_quick_round_teaches_the_raters_rule(rule):
     # few of either meet it.
     ratio = held_out["meeting_distinct2_ratio"]
     assert (ratio or held_out["distinct2"] / held_out["base_distinct2"]) >= 0.8
-    minutes = (round_["seconds"]["candidates"] + round_["seconds"]["round"]) / 60
-    assert minutes < ROUND_MINUTES
+    for round_ in result.rounds:
+        minutes = (round_["seconds"]["candidates"] + round_["seconds"]["round"]) / 60
+        assert minutes < ROUND_MINUTES
     assert result.peak_rss_mb * 2**20 <= 3e9  # 3 GB, the issue's bound
