@@ -10,9 +10,10 @@ once. Each setting then trains from those pairs in a fresh process (so that its 
 RSS is its own), answers the same held-out prompts with the same seeds, and is judged by the
 rule against the base: win rate with a 95% bootstrap interval, KL to the base on its own
 answers, distinct bigrams, and the CPU seconds it spent (all threads, user + system). Settings
-that need a reward model share one, trained once per rule; its CPU time is added to theirs.
+that need a reward model share one (`--reward`, by default `rm_quick`, the quick preset's),
+trained once per rule; its CPU time is added to theirs.
 
-    .venv/bin/python bench/alignment_study.py --rule concise [--variants dpo,rloo2,...]
+    .venv/bin/python bench/alignment_study.py --rule concise [--variants rm_quick,rpo_lr1e-3,...]
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ REWARD_MODELS = {
         "batch_pairs": 4,
         "gradient_accumulation": 2,
     },
+    # The `quick` preset's (app/rounds.py), and the same for two epochs.
+    "quick": {**TOP, "learning_rate": 1e-3, "epochs": 1, "batch_pairs": 8, "max_length": 384},
+    "quick_2ep": {**TOP, "learning_rate": 1e-3, "epochs": 2, "batch_pairs": 8, "max_length": 384},
     "lora_all_layers": {
         "lora": True,
         "learning_rate": 1e-4,
@@ -267,8 +271,9 @@ def rated_pairs(rule: Rule, data: dict) -> list:
 # --- one setting, in its own process -------------------------------------------------------------
 
 
-def run_variant(rule: Rule, name: str, folder: Path) -> dict:
-    """Train setting `name` on the rule's pairs and judge its held-out answers."""
+def run_variant(rule: Rule, name: str, folder: Path, reward: str) -> dict:
+    """Train setting `name` on the rule's pairs and judge its held-out answers; the settings
+    that need a reward model use `folder / reward`."""
     import torch
 
     from worker.engine import GenerationEngine
@@ -279,8 +284,8 @@ def run_variant(rule: Rule, name: str, folder: Path) -> dict:
     pairs = rated_pairs(rule, data)
     started_cpu, started = time.process_time(), time.perf_counter()
     if spec["algorithm"] == "reward_model":
-        return train_reward(rule, name.removeprefix("rm_"), pairs, folder, started_cpu, started)
-    model, tokenizer = train_policy(spec, pairs, data, folder)
+        return train_reward(rule, name.removeprefix("rm_"), data, pairs, folder)
+    model, tokenizer = train_policy(spec, pairs, data, folder / reward)
     cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started
     engine = GenerationEngine(model, tokenizer, name="study", max_batch_size=64)
     try:
@@ -291,6 +296,7 @@ def run_variant(rule: Rule, name: str, folder: Path) -> dict:
     result = judge(rule, comparisons(data, answers))
     return {
         "variant": name,
+        "reward_model": reward if spec["algorithm"] in NEEDS_REWARD else None,
         **result,
         "kl_to_base": kl,
         "train_cpu_s": cpu,
@@ -301,37 +307,54 @@ def run_variant(rule: Rule, name: str, folder: Path) -> dict:
     }
 
 
-def train_reward(rule: Rule, kind: str, pairs: list, folder: Path, cpu0: float, wall0: float):
-    from worker.reward_model import save_reward_model, train_reward_model
+def train_reward(rule: Rule, kind: str, data: dict, pairs: list, folder: Path) -> dict:
+    """Train reward model `kind` on the pairs; its accuracy on the held-out pairs, and its
+    agreement with the rule on the base's two held-out answers to each prompt where the rule
+    prefers one (more pairs, and no rater noise)."""
+    from worker.reward_model import RewardScorer, save_reward_model, train_reward_model
     from worker.training_config import RewardConfig
 
+    started_cpu, started = time.process_time(), time.perf_counter()
     config = RewardConfig(device="cpu", **REWARD_MODELS[kind])
     model, tokenizer, report = train_reward_model(pairs, base_path(), config)
     save_reward_model(model, tokenizer, report, folder / f"rm_{kind}")
+    cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started
+    scorer = RewardScorer(folder / f"rm_{kind}", model.device)
+    agreements = []
+    for prompt in data["held_out"]:
+        first, second = (rule.grade(text, prompt["tags"]) for text in prompt["answers"])
+        if abs(first - second) > 1e-9:
+            scores = scorer.score([prompt["messages"]] * 2, prompt["answers"]).tolist()
+            agreements.append((scores[0] > scores[1]) == (first > second))
     return {
         "variant": f"rm_{kind}",
         "eval_accuracy": report.eval_accuracy,
         "train_pairs": report.train_pairs,
         "eval_pairs": report.eval_pairs,
-        "train_cpu_s": time.process_time() - cpu0,
-        "train_wall_s": time.perf_counter() - wall0,
+        "agrees_with_rule": sum(agreements) / len(agreements),
+        "rule_pairs": len(agreements),
+        "train_cpu_s": cpu,
+        "train_wall_s": wall,
         "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def train_policy(spec: dict, pairs: list, data: dict, folder: Path):
-    """(model, tokenizer) trained by the setting `spec`."""
-    policy = _trained_policy(spec, pairs, data, folder)
+NEEDS_REWARD = {"rloo", "ppo", "online_dpo", "rsft"}
+
+
+def train_policy(spec: dict, pairs: list, data: dict, reward: Path):
+    """(model, tokenizer) trained by the setting `spec` (with reward model `reward` where it
+    needs one)."""
+    policy = _trained_policy(spec, pairs, data, reward)
     if isinstance(policy, tuple):
         return policy
     return policy.model.eval(), policy.tokenizer
 
 
-def _trained_policy(spec: dict, pairs: list, data: dict, folder: Path):
+def _trained_policy(spec: dict, pairs: list, data: dict, reward: Path):
     from worker.training_config import DPOConfig, PPOConfig, RLOOConfig, build_config
 
     algorithm = spec["algorithm"]
-    reward = folder / "rm_lora"
     conversations = [p["messages"] for p in data["train"]]
     if algorithm == "dpo":
         from worker.dpo import train_dpo
@@ -494,19 +517,23 @@ def peak_rss_mb() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rule", choices=sorted(RULES), required=True)
-    parser.add_argument("--variants", default="rm_lora,dpo,rloo2")
+    parser.add_argument("--variants", default="rm_quick,rpo_lr1e-3,rloo2")
+    parser.add_argument(
+        "--reward", default="rm_quick", help="the reward model (a trained rm_ variant) to use"
+    )
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     rule = RULES[args.rule]
     folder = CACHE / "study" / rule.name
     if args.run_variant:
-        print(json.dumps(run_variant(rule, args.run_variant, folder)))
+        print(json.dumps(run_variant(rule, args.run_variant, folder, args.reward)))
         return 0
     base_answers(rule, folder)
     results = folder / "results.jsonl"
     for name in args.variants.split(","):
         child = subprocess.run(
-            [sys.executable, __file__, "--rule", rule.name, "--run-variant", name],
+            [sys.executable, __file__, "--rule", rule.name, "--reward", args.reward]
+            + ["--run-variant", name],
             capture_output=True,
             text=True,
             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
