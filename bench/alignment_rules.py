@@ -7,7 +7,7 @@ ranks at random instead. The same grades judge held-out answers: the aligned mod
 comparison when its answer grades higher than the base's, and a tie counts one half.
 
 The rules are of four kinds (length, language, refusal, format), each met by the base model
-sometimes but not always; `python bench/alignment.py --base-rates` measures how often.
+sometimes but not always: `bench/alignment.py` reports how often (`base_rate`).
 """
 
 from __future__ import annotations
