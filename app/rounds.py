@@ -106,8 +106,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "promotion": {"auto": False, "min_win_rate": 0.55, "max_kl": 20.0},
     },
     # A GPU worker and a 0.5-8B model: more data per round, adapters on every block, bf16.
+    # Not yet measured on a GPU (no bench run has had one): the rates are the references'.
     "standard": {
         "snapshot": NEW_PAIRS,
+        # QLoRA's fine-tuning of 7-13B models (Dettmers et al. 2023): LoRA on every linear
+        # layer at 2e-4.
         "sft": {
             "min_demonstrations": 64,
             "epochs": 2,
@@ -115,6 +118,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "learning_rate": 2e-4,
             "lora": True,
         },
+        # One epoch (InstructGPT, Ouyang et al. 2022).
         "reward_model": {"epochs": 1, "batch_pairs": 16, "learning_rate": 5e-5, "lora": True},
         "evaluation": {
             "prompts": 64,
@@ -161,6 +165,9 @@ POLICY_PRESETS: dict[str, dict[Algorithm, dict[str, Any]]] = {
             **LORA_TOP,
         },
     },
+    # Not yet measured on a GPU. The same algorithms as `quick`, at QLoRA's 2e-4 for LoRA on
+    # every block (Dettmers et al. 2023), and the sizes of TRL's RLOO and PPO examples (batches
+    # of tens of prompts, k = 4, a hundred or more steps).
     "standard": {
         Algorithm.DPO: {
             "epochs": 2,
