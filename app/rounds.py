@@ -166,8 +166,8 @@ POLICY_PRESETS: dict[str, dict[Algorithm, dict[str, Any]]] = {
         },
     },
     # Not yet measured on a GPU. The same algorithms as `quick`, at QLoRA's 2e-4 for LoRA on
-    # every block (Dettmers et al. 2023), and the sizes of TRL's RLOO and PPO examples (batches
-    # of tens of prompts, k = 4, a hundred or more steps).
+    # every block (Dettmers et al. 2023); online steps of 32 prompts (TRL's TL;DR RLOO and PPO
+    # examples use batches of 64) and RLOO with k = 4 (Ahmadian et al. 2024 compare 2 and 4).
     "standard": {
         Algorithm.DPO: {
             "epochs": 2,
