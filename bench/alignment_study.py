@@ -67,6 +67,16 @@ VARIANTS: dict[str, dict] = {
         "algorithm": "dpo",
         "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 1.0},
     },
+    "rpo_rewrites_lr1e-3": {
+        "algorithm": "dpo",
+        "policy": {
+            **TOP,
+            "learning_rate": 1e-3,
+            "epochs": 2,
+            "nll_coefficient": 1.0,
+            "nll_pairs": "rewrites",
+        },
+    },
     "rpo0.2_lr1e-3": {
         "algorithm": "dpo",
         "policy": {**TOP, "learning_rate": 1e-3, "epochs": 2, "nll_coefficient": 0.2},

@@ -58,6 +58,8 @@ class PreferenceBatch:
     margin: list[float]
     weight: list[float]
     agreement: list[float | None]
+    rewrite: list[bool]
+    """Whether each pair's chosen answer was written by a rater (not sampled)."""
 
     @property
     def size(self) -> int:
@@ -97,6 +99,7 @@ class PreferenceBatch:
             margin=[self.margin[i] for i in pairs],
             weight=[self.weight[i] for i in pairs],
             agreement=[self.agreement[i] for i in pairs],
+            rewrite=[self.rewrite[i] for i in pairs],
         )
 
     def tensors(self, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -195,7 +198,7 @@ class PreferenceBatcher:
     def _batch(self, pairs: list[Pair]) -> PreferenceBatch:
         prompt_index: dict[tuple, int] = {}
         response_index: dict[tuple, int] = {}
-        batch = PreferenceBatch([], [], [], [], [], [], [], [], [])
+        batch = PreferenceBatch([], [], [], [], [], [], [], [], [], [])
         for pair in pairs:
             prompt_key = _prompt_key(pair)
             if prompt_key not in prompt_index:
@@ -215,6 +218,7 @@ class PreferenceBatcher:
             batch.margin.append(pair.margin)
             batch.weight.append(pair.weight)
             batch.agreement.append(pair.agreement)
+            batch.rewrite.append(pair.source == "rewrite")
         return batch
 
 

@@ -96,7 +96,8 @@ def _backward(
     total_weight: float,
 ) -> tuple[torch.Tensor, ...]:
     """Backpropagate one micro-batch's share of the step's loss (DPO plus the chosen answers'
-    NLL, both means over the step's pair weights); its pairs' log-probs, lengths and weights."""
+    NLL on `config.nll_pairs`, both weighted sums over the step's total pair weight); its
+    pairs' log-probs, lengths and weights."""
     answers, lengths = _answer_logps(policy.model, policy, part)
     chosen, rejected = answers[part.chosen], answers[part.rejected]
     ref_chosen, ref_rejected = (
@@ -104,9 +105,12 @@ def _backward(
     )
     weight = torch.tensor(part.weight, device=policy.device)
     chosen_lengths = lengths[part.chosen]
-    loss = _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config).loss
-    loss = loss + config.nll_coefficient * _chosen_nll(chosen, chosen_lengths, weight)
-    (loss * (weight.sum() / total_weight)).backward()
+    dpo = _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config).loss
+    nll_weight = weight
+    if config.nll_pairs == "rewrites":
+        nll_weight = weight * torch.tensor(part.rewrite, device=policy.device)
+    nll = -(chosen / chosen_lengths * nll_weight).sum()  # each pair's push, as under RPO
+    (dpo * weight.sum() / total_weight + config.nll_coefficient * nll / total_weight).backward()
     values = (chosen, rejected, ref_chosen, ref_rejected, chosen_lengths, weight)
     return tuple(value.detach() for value in values)
 

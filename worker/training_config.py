@@ -7,7 +7,7 @@ unknown one) without loading a model library.
 from __future__ import annotations
 
 from dataclasses import Field, dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from app.errors import InvalidInput
 
@@ -133,6 +133,10 @@ class DPOConfig(PolicyConfig):
     """Weight of the chosen answers' mean token negative log-likelihood added to the loss
     (RPO, Pang et al. 2024): the chosen answer gets likelier, not only likelier than the
     rejected one. 0 is plain DPO."""
+    nll_pairs: Literal["all", "rewrites"] = "all"
+    """The pairs whose chosen answer the NLL term trains on: all (RPO), or only those a rater
+    wrote. A sampled answer is already the policy's own; a rewrite may be one it would never
+    say, which DPO alone makes likelier than the rejected answer but not likely."""
     max_length: int = 512
     """Tokens of prompt plus answer; the prompt's start is dropped first."""
     micro_batch_tokens: int = 1024
@@ -144,13 +148,18 @@ class DPOConfig(PolicyConfig):
 
 
 def build_config(kind: type, values: dict[str, Any], **defaults: Any):
-    """`kind(**defaults, **values)`, refusing settings that `kind` does not have and values
-    of another type than the setting's default (an int does for a float)."""
+    """`kind(**defaults, **values)`, refusing settings that `kind` does not have, values
+    of another type than the setting's default (an int does for a float), and values a
+    setting of fixed choices does not offer."""
     known = {field.name: field for field in fields(kind)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise InvalidInput(f"Unknown {kind.__name__} settings: {unknown}")
+    hints = get_type_hints(kind)
     for name, value in values.items():
+        choices = get_args(hints[name]) if get_origin(hints[name]) is Literal else None
+        if choices and value not in choices:
+            raise InvalidInput(f"{kind.__name__} setting {name!r} must be one of {list(choices)}")
         if not _fits(value, known[name]):
             expected = type(known[name].default).__name__
             raise InvalidInput(f"{kind.__name__} setting {name!r} must be of type {expected}")

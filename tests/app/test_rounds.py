@@ -54,6 +54,9 @@ def test_bad_round_requests_are_refused(client, db, admin, rater):
     wrong_type = post({"algorithm": "rloo", "overrides": {"policy": {"steps": "many"}}})
     assert wrong_type.status_code == 422
     assert "'steps' must be of type int" in wrong_type.json()["detail"]
+    no_such_choice = post({"algorithm": "dpo", "overrides": {"policy": {"nll_pairs": "some"}}})
+    assert no_such_choice.status_code == 422
+    assert "must be one of ['all', 'rewrites']" in no_such_choice.json()["detail"]
     unknown_choice = post({"overrides": {"snapshot": {"train_pairs": "some"}}})
     assert unknown_choice.status_code == 422 and "new, all" in unknown_choice.json()["detail"]
     assert client.get("/api/rounds/999", headers=headers).status_code == 404

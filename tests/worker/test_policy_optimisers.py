@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -122,15 +123,39 @@ def test_the_nll_term_makes_the_chosen_answers_likelier_than_dpo_alone(tiny_mode
     assert final_nll(1.0) < final_nll(0.0)
 
 
+def test_the_nll_term_on_rewrites_trains_only_the_answers_raters_wrote(tiny_model_dir):
+    """Without rewrites among the pairs it is plain DPO; with every chosen answer a rewrite,
+    it is RPO."""
+
+    def trained(pairs: list[Pair], **settings) -> dict[str, torch.Tensor]:
+        config = DPOConfig(**{**SMALL, "learning_rate": 1e-2}, batch_pairs=3, **settings)
+        return parameters(train_dpo(pairs, tiny_model_dir, config)[0].model)
+
+    def same(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+        return all(torch.allclose(first[name], second[name], atol=1e-6) for name in first)
+
+    sampled = dpo_pairs()
+    written = [replace(pair, source="rewrite") for pair in sampled]
+    on_rewrites = {"nll_coefficient": 1.0, "nll_pairs": "rewrites"}
+    assert same(trained(sampled, **on_rewrites), trained(sampled))
+    assert same(trained(written, **on_rewrites), trained(written, nll_coefficient=1.0))
+    assert not same(trained(written, **on_rewrites), trained(written))
+
+
 def test_micro_batches_take_the_same_steps_as_one_pass(tiny_model_dir):
     def run(micro_batch_tokens: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
         config = DPOConfig(
             **{**SMALL, "learning_rate": 1e-2},
             batch_pairs=3,
             nll_coefficient=0.5,
+            nll_pairs="rewrites",
             micro_batch_tokens=micro_batch_tokens,
         )
-        policy, curve = train_dpo(dpo_pairs(), tiny_model_dir, config)
+        pairs = [  # every other pair's chosen answer written by a rater
+            replace(pair, source="rewrite") if index % 2 else pair
+            for index, pair in enumerate(dpo_pairs())
+        ]
+        policy, curve = train_dpo(pairs, tiny_model_dir, config)
         return timeless(curve), parameters(policy.model)
 
     one_pass, one_pass_weights = run(10_000)
