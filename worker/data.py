@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -60,6 +60,11 @@ class PreferenceBatch:
     agreement: list[float | None]
     rewrite: list[bool]
     """Whether each pair's chosen answer was written by a rater (not sampled)."""
+
+    @classmethod
+    def empty(cls) -> PreferenceBatch:
+        """A batch with no prompts, answers or pairs yet, to be filled in."""
+        return cls(*([] for _ in fields(cls)))
 
     @property
     def size(self) -> int:
@@ -198,7 +203,7 @@ class PreferenceBatcher:
     def _batch(self, pairs: list[Pair]) -> PreferenceBatch:
         prompt_index: dict[tuple, int] = {}
         response_index: dict[tuple, int] = {}
-        batch = PreferenceBatch([], [], [], [], [], [], [], [], [], [])
+        batch = PreferenceBatch.empty()
         for pair in pairs:
             prompt_key = _prompt_key(pair)
             if prompt_key not in prompt_index:

@@ -424,7 +424,7 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, conversations: Sequence[Messages], answers: Sequence[str]) -> torch.Tensor:
         """`(answers,)` normalised rewards; answer i replies to conversation i."""
-        batch = PreferenceBatch([], [], [], [], [], [], [], [], [], [])
+        batch = PreferenceBatch.empty()
         prompt_rows: dict[tuple, int] = {}
         for messages, answer in zip(conversations, answers, strict=True):
             prompt, answer_ids = encode_turn(
