@@ -274,6 +274,23 @@ def minibatches(size: int, minibatch: int, *, generator: torch.Generator) -> Ite
     yield from order.split(minibatch)
 
 
+def micro_batches(
+    rollout: Rollout, index: torch.Tensor, max_tokens: int
+) -> Iterator[tuple[torch.Tensor, float]]:
+    """Rows `index` of `rollout` in micro-batches of at most `max_tokens` padded tokens (a row
+    at least), each with its share of those rows' answer tokens: a loss averaged over all
+    their tokens is the sum over micro-batches of each one's average times its share, so the
+    micro-batches' gradients add up to the whole batch's in the memory of one of them."""
+    width = rollout.prompt_ids.shape[1] + rollout.response_ids.shape[1]
+    rows_per_part = max(1, max_tokens // width)
+    tokens = rollout.response_mask[index].sum(1).float()
+    total = tokens.sum().clamp(min=1)
+    for part, part_tokens in zip(
+        index.split(rows_per_part), tokens.split(rows_per_part), strict=True
+    ):
+        yield part, (part_tokens.sum() / total).item()
+
+
 def prompt_batches(
     conversations: Sequence[Messages], steps: int, per_step: int, seed: int
 ) -> list[list[Messages]]:

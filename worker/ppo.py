@@ -4,7 +4,9 @@ Each step samples one answer per prompt from the current policy, scores it with 
 model (normalised), and pays `-beta * KL(policy || reference)` at every token plus the score at
 the last; a critic initialised from the reward model gives values, GAE (gamma 1, lambda 0.95)
 turns them into advantages, which are whitened; then several epochs of minibatches optimise
-PPO's clipped policy loss and clipped value loss. Beta adapts to keep the KL near a target.
+PPO's clipped policy loss and clipped value loss, a micro-batch of answers at a time. Beta
+adapts to keep the KL near a target. With LoRA the critic is adapters on the reward model,
+which scores with them switched off, so its weights are held once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from worker.policy import (
     StepCallback,
     answer_logprobs,
     answer_values,
+    micro_batches,
     minibatches,
     run_steps,
 )
@@ -51,15 +54,7 @@ def train_ppo(
 ) -> tuple[Policy, list[dict[str, float]]]:
     """Run `config.steps` PPO steps over `conversations` (cycled); the policy and its curve."""
     policy = Policy(base, config)
-    scorer = RewardScorer(reward_model, policy.device, normalize=config.normalize_rewards)
-    critic, _ = load_reward_model(
-        reward_model, policy.device, dtype=training_dtype(policy.device, lora=config.lora)
-    )
-    if config.lora:
-        critic = with_lora(
-            critic, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers
-        )
-    step = PPOStep(policy, critic, scorer, config)
+    step = PPOStep.against(reward_model, policy, config)
     return policy, run_steps(policy, step, conversations, on_step=on_step)
 
 
@@ -76,6 +71,26 @@ class PPOStep:
         )
         self.kl = AdaptiveKLController(config.beta, config.kl_target, config.kl_horizon)
         self.generator = torch.Generator().manual_seed(config.seed)
+
+    @classmethod
+    def against(cls, reward_model: Path, policy: Policy, config: PPOConfig) -> PPOStep:
+        """The step of `policy` against the reward model at `reward_model`, its critic
+        starting from it. With LoRA the critic is adapters on the reward model, which scores
+        with them switched off: one trunk for both."""
+        critic, _ = load_reward_model(
+            reward_model, policy.device, dtype=training_dtype(policy.device, lora=config.lora)
+        )
+        if config.lora:
+            critic = with_lora(
+                critic, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers
+            )
+        scorer = RewardScorer(
+            reward_model,
+            policy.device,
+            normalize=config.normalize_rewards,
+            adapted=critic if config.lora else None,
+        )
+        return cls(policy, critic, scorer, config)
 
     def __call__(self, conversations: list[Messages], *, seed: int) -> dict[str, float]:
         started = time.perf_counter()
@@ -102,6 +117,7 @@ class PPOStep:
     @torch.no_grad()
     def _experience(self, conversations: list[Messages], rollout: Rollout) -> dict:
         mask = rollout.response_mask
+        self.critic.eval()  # as the policy after its rollout: no dropout in what is scored
         logprobs, token_entropy = answer_logprobs(self.policy.model, rollout, with_entropy=True)
         with self.policy.reference() as reference:
             ref_logprobs, _ = answer_logprobs(reference, rollout)
@@ -139,25 +155,11 @@ class PPOStep:
         self.critic.train()
         for _ in range(config.ppo_epochs):
             for index in minibatches(len(rollout), config.minibatch_size, generator=self.generator):
-                rows = rollout.rows(index)
-                mask = rows.response_mask
-                logprobs, _ = answer_logprobs(self.policy.model, rows)
-                policy = clipped_policy_loss(
-                    logprobs,
-                    experience["logprobs"][index],
-                    experience["advantages"][index],
-                    mask,
-                    clip=config.clip,
-                )
-                values = answer_values(self.critic, rows)
-                value_loss, value_clip = clipped_value_loss(
-                    values,
-                    experience["values"][index],
-                    experience["returns"][index],
-                    mask,
-                    clip=config.value_clip,
-                )
-                (policy.loss + config.value_coefficient * value_loss).backward()
+                for part, share in micro_batches(rollout, index, config.micro_batch_tokens):
+                    loss, stats = self._loss(rollout.rows(part), experience, part)
+                    (share * loss).backward()
+                    for name, value in stats.items():
+                        totals[name] += share * value
                 for optimizer, parameters in (
                     (self.policy_optimizer, self.policy.trainable_parameters()),
                     (self.critic_optimizer, list(self.critic.parameters())),
@@ -166,9 +168,34 @@ class PPOStep:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 updates += 1
-                totals["policy_loss"] += policy.loss.item()
-                totals["value_loss"] += value_loss.item()
-                totals["clip_fraction"] += policy.clip_fraction
-                totals["value_clip_fraction"] += value_clip
-                totals["approx_kl"] += policy.approx_kl
         return {name: total / max(1, updates) for name, total in totals.items()}
+
+    def _loss(
+        self, rows: Rollout, experience: dict, index: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO's loss on some of the rollout's rows (`index`): the clipped policy loss plus
+        the weighted clipped value loss; and its parts and clipping statistics."""
+        mask = rows.response_mask
+        logprobs, _ = answer_logprobs(self.policy.model, rows)
+        policy = clipped_policy_loss(
+            logprobs,
+            experience["logprobs"][index],
+            experience["advantages"][index],
+            mask,
+            clip=self.config.clip,
+        )
+        value_loss, value_clip = clipped_value_loss(
+            answer_values(self.critic, rows),
+            experience["values"][index],
+            experience["returns"][index],
+            mask,
+            clip=self.config.value_clip,
+        )
+        stats = {
+            "policy_loss": policy.loss.item(),
+            "value_loss": value_loss.item(),
+            "clip_fraction": policy.clip_fraction,
+            "value_clip_fraction": value_clip,
+            "approx_kl": policy.approx_kl,
+        }
+        return policy.loss + self.config.value_coefficient * value_loss, stats

@@ -19,6 +19,7 @@ model (`alignloop_reward.json`), so the policy step sees rewards of about zero m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -411,13 +412,25 @@ class RewardScorer:
     """A trained reward model as the policy step reads it: normalised scores for answers
     (raw ones with `normalize=False`).
 
-    Answers are encoded exactly as in training (`encode_turn`), each prompt read once."""
+    Answers are encoded exactly as in training (`encode_turn`), each prompt read once. Given
+    `adapted`, a peft model over the reward model at `path` (PPO's LoRA critic), the scorer
+    reads that model's weights with its adapters off instead of holding a second copy."""
 
     def __init__(
-        self, path: Path, device: torch.device, *, max_length: int = 1024, normalize: bool = True
+        self,
+        path: Path,
+        device: torch.device,
+        *,
+        max_length: int = 1024,
+        normalize: bool = True,
+        adapted: PreTrainedModel | None = None,
     ) -> None:
-        self.model, self.tokenizer = load_reward_model(path, device, dtype=dtype_for(device))
-        self.model.eval().requires_grad_(False)
+        if adapted is None:
+            self.model, self.tokenizer = load_reward_model(path, device, dtype=dtype_for(device))
+            self.model.eval().requires_grad_(False)
+        else:
+            self.model, self.tokenizer = adapted, AutoTokenizer.from_pretrained(path)
+        self.adapted = adapted is not None
         self.mean, self.std = normalization_of(path) if normalize else (0.0, 1.0)
         self.device, self.max_length = device, max_length
 
@@ -436,7 +449,8 @@ class RewardScorer:
                 batch.prompt_ids.append(prompt)
             batch.response_ids.append(answer_ids)
             batch.response_prompt.append(prompt_rows[key])
-        with autocast(self.device):
+        adapters_off = self.model.disable_adapter() if self.adapted else contextlib.nullcontext()
+        with adapters_off, autocast(self.device):
             rewards = shared_prefix_rewards(
                 self.model, batch.tensors(self.model.config.pad_token_id, self.device)
             )

@@ -12,8 +12,13 @@ from transformers import AutoModelForCausalLM
 from app.preferences import Pair
 from worker.dpo import train_dpo
 from worker.policy import Policy, Rollout, answer_logprobs, answer_values
-from worker.ppo import train_ppo
-from worker.reward_model import RewardReport, load_reward_model, save_reward_model
+from worker.ppo import PPOStep, train_ppo
+from worker.reward_model import (
+    RewardReport,
+    RewardScorer,
+    load_reward_model,
+    save_reward_model,
+)
 from worker.rl_math import token_logprobs
 from worker.rloo import train_rloo
 from worker.training_config import DPOConfig, PolicyConfig, PPOConfig, RLOOConfig
@@ -165,6 +170,51 @@ def test_micro_batches_take_the_same_steps_as_one_pass(tiny_model_dir):
             assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
         for name, value in weights.items():
             torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_online_micro_batches_take_the_same_step_as_one_pass(
+    algorithm, tiny_model_dir, tiny_reward_model
+):
+    kind, train = (PPOConfig, train_ppo) if algorithm == "ppo" else (RLOOConfig, train_rloo)
+
+    def run(micro_batch_tokens: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+        config = kind(
+            **{**SMALL, "learning_rate": 1e-2},
+            steps=1,
+            prompts_per_step=4,
+            micro_batch_tokens=micro_batch_tokens,
+        )
+        policy, curve = train(PROMPTS, tiny_model_dir, tiny_reward_model, config)
+        return timeless(curve), parameters(policy.model)
+
+    one_pass, one_pass_weights = run(10_000)
+    for micro in (1, 40):  # an answer at a time; a few answers at a time
+        curve, weights = run(micro)
+        for point, expected in zip(curve, one_pass, strict=True):
+            assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        for name, value in weights.items():  # Adam makes a near-0 gradient's noise a step
+            torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert any(not torch.equal(p, one_pass_weights[n]) for n, p in base.named_parameters())
+
+
+def test_a_lora_critic_shares_its_trunk_with_the_reward_model(tiny_model_dir, tiny_reward_model):
+    config = PPOConfig(**{**SMALL, "learning_rate": 1e-2}, lora=True, lora_rank=4, ppo_epochs=2)
+    policy = Policy(tiny_model_dir, config)
+    step = PPOStep.against(tiny_reward_model, policy, config)
+    try:
+        critic_before = parameters(step.critic)
+        step(PROMPTS[:4], seed=1)
+    finally:
+        policy.close()
+    assert step.scorer.model is step.critic
+    assert unchanged(critic_before, step.critic) == []  # adapters and head copy trained
+    answers = ["Seven is odd.", "It is a number.", "", "Four"]
+    alone = RewardScorer(tiny_reward_model, torch.device("cpu"))
+    torch.testing.assert_close(
+        step.scorer.score(PROMPTS[:4], answers), alone.score(PROMPTS[:4], answers)
+    )
 
 
 def timeless(curve: list[dict[str, float]]) -> list[dict[str, float]]:
