@@ -163,13 +163,7 @@ def test_micro_batches_take_the_same_steps_as_one_pass(tiny_model_dir):
         policy, curve = train_dpo(pairs, tiny_model_dir, config)
         return timeless(curve), parameters(policy.model)
 
-    one_pass, one_pass_weights = run(10_000)
-    for micro in (1, 40):  # a pair at a time; a few pairs at a time
-        curve, weights = run(micro)
-        for point, expected in zip(curve, one_pass, strict=True):
-            assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
-        for name, value in weights.items():
-            torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=1e-5)
+    assert_micro_batches_match_one_pass(run, weights_atol=1e-5)  # a pair; a few pairs
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
@@ -188,13 +182,8 @@ def test_online_micro_batches_take_the_same_step_as_one_pass(
         policy, curve = train(PROMPTS, tiny_model_dir, tiny_reward_model, config)
         return timeless(curve), parameters(policy.model)
 
-    one_pass, one_pass_weights = run(10_000)
-    for micro in (1, 40):  # an answer at a time; a few answers at a time
-        curve, weights = run(micro)
-        for point, expected in zip(curve, one_pass, strict=True):
-            assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
-        for name, value in weights.items():  # Adam makes a near-0 gradient's noise a step
-            torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=1e-4)
+    # An answer, a few answers at a time; Adam makes a near-0 gradient's noise a step.
+    one_pass_weights = assert_micro_batches_match_one_pass(run, weights_atol=1e-4)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert any(not torch.equal(p, one_pass_weights[n]) for n, p in base.named_parameters())
 
@@ -215,6 +204,19 @@ def test_a_lora_critic_shares_its_trunk_with_the_reward_model(tiny_model_dir, ti
     torch.testing.assert_close(
         step.scorer.score(PROMPTS[:4], answers), alone.score(PROMPTS[:4], answers)
     )
+
+
+def assert_micro_batches_match_one_pass(run, *, weights_atol: float) -> dict[str, torch.Tensor]:
+    """`run(micro_batch_tokens)` gives the same curve and weights at 1 and 40 tokens a
+    micro-batch as in one pass; the one pass's weights."""
+    one_pass, one_pass_weights = run(10_000)
+    for micro in (1, 40):
+        curve, weights = run(micro)
+        for point, expected in zip(curve, one_pass, strict=True):
+            assert point == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        for name, value in weights.items():
+            torch.testing.assert_close(value, one_pass_weights[name], rtol=1e-4, atol=weights_atol)
+    return one_pass_weights
 
 
 def timeless(curve: list[dict[str, float]]) -> list[dict[str, float]]:
