@@ -7,7 +7,7 @@ simulated raters with 10% random rankings judging every candidate through the RE
 answered over `/v1` by the aligned version and by `base` with the same seeds. The aligned
 version must beat `base` by the rule with the 95% interval's lower bound above one half,
 without degenerate output, each round within the issue's 15 minutes and the whole app within
-3 GB. About 20 minutes per rule on 2 cores: run it with `pytest -m long`.
+3 GB. About 16 minutes per rule on 2 cores: run it with `pytest -m long`.
 
 Not the `chinese` rule: the default model's Chinese loops once a round pushes it there, and on
 Dec 6 one run of two fell below the distinct-bigram bound (0.77 of the base's like for like);
