@@ -40,11 +40,10 @@ def run_trainer(algorithm: str, steps: int) -> dict:
     from worker.reward_model import RewardReport, load_reward_model, save_reward_model
     from worker.training_config import PPOConfig, RLOOConfig
 
-    base = BASE
-    reward = base.parent / "reward-online-memory"
+    reward = BASE.parent / "reward-online-memory"
     if not (reward / "config.json").is_file():
         torch.manual_seed(0)
-        model, tokenizer = load_reward_model(base, torch.device("cpu"))
+        model, tokenizer = load_reward_model(BASE, torch.device("cpu"))
         save_reward_model(model, tokenizer, RewardReport(train_pairs=0, eval_pairs=0), reward)
         del model
     rows = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
@@ -58,7 +57,7 @@ def run_trainer(algorithm: str, steps: int) -> dict:
         from worker.ppo import train_ppo as train
 
         config = PPOConfig(**settings)
-    _, curve = train(prompts, base, reward, config)
+    _, curve = train(prompts, BASE, reward, config)
     return {
         "code": str(Path(worker.__file__).parent.parent),
         "response_length": [round(point["response_length"]) for point in curve],
