@@ -20,7 +20,7 @@ from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
 from app.export import FORMATS, export_lines
-from app.models import DEFAULT_ALGORITHM, Algorithm, PromptSplit, Role, User
+from app.models import DEFAULT_ALGORITHM, Algorithm, PromptSplit, Role, RunStatus, User
 from app.prompt_import import import_prompts, options_from_text
 from app.schemas import InvitationNote, Password, Username
 
@@ -350,13 +350,17 @@ def models_pull_default(settings: Settings) -> None:
 @click.pass_obj
 def export(settings: Settings, file_format: str, round_id: int | None, output) -> None:
     """Export the collected preferences as JSON Lines."""
+    from tqdm import tqdm
+
     with _session_factory(settings)() as session:
-        for line in export_lines(
+        lines = export_lines(
             session,
             file_format=file_format,
             round_id=round_id,
             snapshots_dir=settings.snapshots_dir,
-        ):
+        )
+        # A counter on stderr (when it is a terminal), never mixed into the exported lines.
+        for line in tqdm(lines, desc="exported", unit=" lines", disable=None):
             output.write(line)
 
 
@@ -411,8 +415,9 @@ def rounds_group() -> None:
     "--preset", type=click.Choice(list(rounds.PRESETS)), default="quick", show_default=True
 )
 @click.option("--line", default="main", show_default=True, help="The model line to train.")
+@click.option("--wait", is_flag=True, help="Follow the round with a progress bar until it ends.")
 @click.pass_obj
-def rounds_start(settings: Settings, algorithm: str, preset: str, line: str) -> None:
+def rounds_start(settings: Settings, algorithm: str, preset: str, line: str, wait: bool) -> None:
     """Queue a training round (what the admin page's button does)."""
     with session_scope(_session_factory(settings)) as session:
         round_ = rounds.start_round(
@@ -421,16 +426,37 @@ def rounds_start(settings: Settings, algorithm: str, preset: str, line: str) -> 
             preset=preset,
             overrides={},
             created_by=None,
+            settings=settings,
             line=line,
         )
     if settings.embedded:  # the worker lives inside `alignloop run`, which picks it up
         click.echo(f"round {round_.id} queued; a running `alignloop run` starts it within a minute")
-        return
-    from worker.celery_app import create_celery
+    else:
+        from worker.celery_app import create_celery
 
-    with _session_factory(settings)() as session:
-        rounds.send(session, create_celery(settings), round_.id)
-    click.echo(f"round {round_.id} queued")
+        with _session_factory(settings)() as session:
+            rounds.send(session, create_celery(settings), round_.id)
+        click.echo(f"round {round_.id} queued")
+    if wait:
+        _wait_for_round(settings, round_.id)
+
+
+def _wait_for_round(settings: Settings, round_id: int) -> None:
+    """Follow the round until it ends; exit non-zero unless it succeeded. Ctrl+C stops
+    following, not the round."""
+    from app.round_follower import follow_round
+
+    try:
+        ended = follow_round(_session_factory(settings), round_id)
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"stopped following; round {round_id} goes on (`alignloop rounds cancel "
+            f"{round_id}` stops it)"
+        ) from None
+    if ended.status != RunStatus.SUCCEEDED:
+        raise click.ClickException(f"round {round_id} {ended.status.value}: {ended.error}")
+    version = ended.metrics.get("register", {}).get("version")
+    click.echo(f"round {round_id} succeeded: {version}")
 
 
 @rounds_group.command("cancel")

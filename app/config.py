@@ -6,6 +6,7 @@ the code receives a `Settings` object and never looks at `os.environ` itself.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,19 @@ PLACEHOLDER_SECRETS = {
 MIN_SECRET_LENGTH = 32
 BUNDLED_MODEL = "bundled"
 TINY_RANDOM_MODEL = "tiny-random"
+
+
+CGROUP_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory.max")
+
+
+def machine_memory_bytes() -> int:
+    """This machine's RAM, or the container's memory limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = CGROUP_MEMORY_LIMIT.read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
 
 
 class ConfigurationError(RuntimeError):
@@ -102,6 +116,12 @@ class Settings(BaseSettings):
     round_preset: Literal["quick", "standard"] = "quick"
     """The preset of scheduled rounds."""
 
+    worker_memory_gb: float | None = Field(default=None, gt=0)
+    """Memory one generation or training process may use, in GiB, before it is stopped and its
+    job or round fails; unset means half of this machine's RAM (or of the container's limit)."""
+    worker_stall_minutes: float = Field(default=30.0, gt=0)
+    """A generation or training process that reports no progress for this long is stopped."""
+
     gold_rate: float = Field(default=0.1, ge=0, le=1)
     """Share of the tasks handed to a rater that are gold tasks (known answers), while the rater
     has gold tasks left to do."""
@@ -141,6 +161,12 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """No broker configured: the worker and scheduler run inside `alignloop run`."""
         return not self.redis_url
+
+    @property
+    def worker_memory_bytes(self) -> int:
+        if self.worker_memory_gb is not None:
+            return int(self.worker_memory_gb * 2**30)
+        return machine_memory_bytes() // 2
 
     @property
     def aspects(self) -> list[str]:

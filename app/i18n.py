@@ -66,8 +66,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.cancel": "Cancel",
         "rate.lease": "Reserved for you until {time} UTC",
         "rate.empty_title": "Nothing to rate right now",
-        "rate.empty_body": "There are no tasks waiting for you. New ones appear when an admin "
-        "generates candidates; check back later.",
+        "rate.empty_body": "There are no tasks waiting for you. New ones appear while an admin "
+        "generates candidates; this page shows the next one as soon as it is there.",
         "rate.paused_title": "Your rating is paused",
         "rate.paused_body": "An admin has paused your rating, so no new tasks come to you until "
         "they resume it. The judgements you made are kept.",
@@ -99,6 +99,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.language": "Language",
         "account.save": "Save",
         "error.back": "Back to the start page",
+        "error.back_to_page": "Back to the page you were on",
     },
     "zh": {
         "nav.rate": "评分",
@@ -155,7 +156,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.cancel": "取消",
         "rate.lease": "为你保留至 {time}（UTC）",
         "rate.empty_title": "暂时没有可评的任务",
-        "rate.empty_body": "目前没有等待你的任务。管理员生成候选回答后会出现新任务，请稍后再来。",
+        "rate.empty_body": "目前没有等待你的任务。管理员生成候选回答时会陆续出现新任务，"
+        "本页会自动显示下一个任务。",
         "rate.paused_title": "你的评分已暂停",
         "rate.paused_body": "管理员暂停了你的评分，在恢复之前不会再分配新任务给你。"
         "你已做的评判会保留。",
@@ -186,6 +188,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.language": "语言",
         "account.save": "保存",
         "error.back": "返回首页",
+        "error.back_to_page": "返回上一页",
     },
 }
 

@@ -34,7 +34,7 @@ CELERY_TASKS = {
 """The Celery task that runs each kind of job (the contract between web and worker)."""
 
 LEASE = timedelta(minutes=2)
-HEARTBEAT_INTERVAL_S = 30.0
+HEARTBEAT_INTERVAL_S = 5.0  # how often pages see progress, too
 REDISPATCH_AFTER = timedelta(minutes=30)
 MAX_ATTEMPTS = 3
 
@@ -80,25 +80,54 @@ def claim_job(db: Session, *, job_id: int, worker: str) -> Job | None:
     return job
 
 
-def renew_lease(db: Session, *, job_id: int, worker: str, progress: float) -> bool:
+def renew_lease(
+    db: Session, *, job_id: int, worker: str, progress: float, detail: str | None = None
+) -> bool:
     """Extend the lease and record progress; False when the job is no longer this worker's."""
     job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None or job.status != RunStatus.RUNNING or job.lease_owner != worker:
         return False
     job.lease_expires_at, job.progress = utcnow() + LEASE, progress
+    job.progress_detail = detail
     return True
 
 
 def finish_job(
-    db: Session, *, job_id: int, worker: str, result: dict | None = None, error: str | None = None
+    db: Session,
+    *,
+    job_id: int,
+    worker: str,
+    result: dict | None = None,
+    error: str | None = None,
+    detail: str | None = None,
 ) -> None:
+    """Record the outcome, and the last progress in words."""
     job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None or job.lease_owner != worker or job.status != RunStatus.RUNNING:
         return
     job.status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
     job.result, job.error = result or {}, error
     job.progress = job.progress if error else 1.0
+    job.progress_detail = detail or job.progress_detail
     job.finished_at, job.lease_expires_at = utcnow(), None
+
+
+def fail_abandoned_job(db: Session, *, job_id: int, worker: str, error: str) -> None:
+    """Fail a job whose process (`worker`, a lease-owner prefix) ended without finishing it,
+    unless another worker holds it."""
+    job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return
+    if job.lease_owner is not None and not job.lease_owner.startswith(f"{worker}:"):
+        return
+    job.status, job.error, job.finished_at = RunStatus.FAILED, error, utcnow()
+    job.lease_owner = job.lease_expires_at = None
+
+
+def unsent_jobs(db: Session) -> list[Job]:
+    """Queued jobs whose message was never sent (created by a process with no broker)."""
+    query = select(Job).where(Job.status == RunStatus.QUEUED, Job.dispatched_at.is_(None))
+    return list(db.scalars(query.order_by(Job.id)))
 
 
 def jobs_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Job]:

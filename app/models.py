@@ -45,6 +45,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+MIN_PROGRESS_FOR_ETA = 0.02
+
+
+def remaining_seconds(started_at: datetime | None, fraction: float) -> float | None:
+    """Time left for work `fraction` done since `started_at`, at its pace so far (None until
+    the pace means something)."""
+    if started_at is None or not MIN_PROGRESS_FOR_ETA <= fraction < 1.0:
+        return None
+    elapsed = (utcnow() - started_at).total_seconds()
+    return max(0.0, elapsed * (1.0 - fraction) / fraction)
+
+
 def without_nul(text: str) -> str:
     """Model output as PostgreSQL can store it: text columns and JSONB refuse NUL characters,
     which a model may emit (people's input with NUL is refused at the door instead)."""
@@ -337,6 +349,8 @@ class Job(Base):
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_detail: Mapped[str | None] = mapped_column(String(200))
+    """What the job is doing, in words ("96 of 224 answers")."""
     attempts: Mapped[int] = mapped_column(default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
@@ -349,6 +363,13 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_jobs_status", "status"),)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """The time the running job still needs, at its pace so far."""
+        if self.status != RunStatus.RUNNING:
+            return None
+        return remaining_seconds(self.started_at, self.progress)
 
 
 class Task(Base):
@@ -569,6 +590,10 @@ class Round(Base):
     status: Mapped[RunStatus] = mapped_column(string_enum(RunStatus), default=RunStatus.QUEUED)
     stage: Mapped[RoundStage] = mapped_column(string_enum(RoundStage), default=RoundStage.PENDING)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    """Of the current stage."""
+    progress_detail: Mapped[str | None] = mapped_column(String(200))
+    """What the stage is doing, in words ("step 3 of 8")."""
+    stage_started_at: Mapped[datetime | None]
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -585,6 +610,13 @@ class Round(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """The time the running stage still needs, at its pace so far."""
+        if self.status != RunStatus.RUNNING:
+            return None
+        return remaining_seconds(self.stage_started_at, self.progress)
 
 
 class RoundMetric(Base):

@@ -20,7 +20,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import crud
+from app import crud, model_readiness
+from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound
 from app.leaderboard import HeadToHead, head_to_head
 from app.models import (
@@ -35,6 +36,7 @@ from app.models import (
     User,
     utcnow,
 )
+from app.preferences import build_snapshot
 from worker.training_config import (
     DPOConfig,
     PPOConfig,
@@ -59,6 +61,10 @@ LEASE = timedelta(minutes=2)
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 REDISPATCH_AFTER = timedelta(minutes=30)
 MAX_LOG_CHARS = 8000
+CANCELLED_BY_ADMIN = "cancelled by an admin"
+TOO_FEW_TO_JUDGE = 20
+"""A figure over fewer examples than this (held-out pairs, comparisons) is shown as such,
+not as a headline: its 95% interval is wider than ±0.2."""
 
 LORA_TOP = {"lora": True, "lora_rank": 16, "lora_layers": 8}
 # LoRA (Hu et al. 2021) on the top 8 of SmolLM2-135M's 30 blocks: nothing below them runs
@@ -76,7 +82,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # SmolLM2-135M on 2 CPU cores: a round, candidate generation included, within about 15
     # minutes and 3 GB (bench/alignment.py, bench/RESULTS.md).
     "quick": {
-        "snapshot": NEW_PAIRS,
+        # At least 32 training pairs: four reward-model batches. Fewer fit noise, and the
+        # held-out accuracy is then a figure over three or four pairs.
+        "snapshot": {**NEW_PAIRS, "min_pairs": 32},
         "sft": {
             "min_demonstrations": 16,
             "epochs": 1,
@@ -108,7 +116,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A GPU worker and a 0.5-8B model: more data per round, adapters on every block, bf16.
     # Not yet measured on a GPU (no bench run has had one): the rates are the references'.
     "standard": {
-        "snapshot": NEW_PAIRS,
+        "snapshot": {**NEW_PAIRS, "min_pairs": 128},
         # QLoRA's fine-tuning of 7-13B models (Dettmers et al. 2023): LoRA on every linear
         # layer at 2e-4.
         "sft": {
@@ -200,7 +208,7 @@ POLICY_PRESETS: dict[str, dict[Algorithm, dict[str, Any]]] = {
     },
 }
 PLAIN_SECTIONS = {
-    "snapshot": {"ties", "train_pairs", "up_to_judgement_id"},
+    "snapshot": {"ties", "train_pairs", "min_pairs", "up_to_judgement_id"},
     "evaluation": {
         "prompts",
         "samples",
@@ -260,9 +268,11 @@ def start_round(
     preset: str,
     overrides: dict[str, dict[str, Any]],
     created_by: User | None,
+    settings: Settings,
     line: str = "main",
 ) -> Round:
-    """Queue a round; a line that already has a queued or running round refuses with 409.
+    """Queue a round; 409 when the line already has a queued or running round, when no model
+    is ready, or when too few judged pairs are there to train on.
 
     The check up front gives the usual answer; the partial unique index on active rounds per
     line is what holds when two starts race past it."""
@@ -270,6 +280,7 @@ def start_round(
     busy = Conflict(f"A round is already queued or running on line {line!r}")
     if active_round(db, line=line) is not None:
         raise busy
+    _check_enough_data(db, settings, config["snapshot"])
     round_ = Round(
         line=line,
         algorithm=algorithm,
@@ -283,6 +294,47 @@ def start_round(
     except IntegrityError:
         raise busy from None
     return round_
+
+
+def _check_enough_data(db: Session, settings: Settings, options: dict[str, Any]) -> None:
+    parent = model_readiness.require_ready_model(db, settings)
+    available, previous = pairs_available(db, parent, options)
+    if message := too_few_pairs(available, options, previous):
+        raise Conflict(message)
+
+
+def pairs_available(
+    db: Session, parent: ModelVersion, options: dict[str, Any]
+) -> tuple[int, Round | None]:
+    """The training pairs a round with these snapshot `options` would get now, and the round
+    whose pairs it would not use again (with `train_pairs: new`)."""
+    previous, train_after = training_cutoff(db, parent, options)
+    snapshot = build_snapshot(
+        db, ties=options.get("ties", "skip"), train_after_judgement_id=train_after
+    )
+    return len(snapshot.split("train")), previous
+
+
+def training_cutoff(
+    db: Session, parent: ModelVersion, options: dict[str, Any]
+) -> tuple[Round | None, int]:
+    """With `train_pairs: new`, the round that trained `parent` and the last judgement it
+    used (the new round trains on later ones); else (None, 0)."""
+    previous = parent_round(db, parent) if options.get("train_pairs") == "new" else None
+    return previous, previous.config["snapshot"]["up_to_judgement_id"] if previous else 0
+
+
+def too_few_pairs(available: int, options: dict[str, Any], previous: Round | None) -> str | None:
+    """Why `available` training pairs are too few for a round (None when they are enough)."""
+    needed = max(1, options.get("min_pairs", 1))
+    if available >= needed:
+        return None
+    since = f" judged since round {previous.id}" if previous else ""
+    return (
+        f"Too few judged pairs to train on: {available}{since}, and this round needs at "
+        f"least {needed} (its preset's snapshot.min_pairs). Rate more tasks first, or lower "
+        "snapshot.min_pairs."
+    )
 
 
 def judgements_since_last_round(db: Session, *, line: str = "main") -> int:
@@ -360,6 +412,8 @@ def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -
             status=RunStatus.RUNNING,
             stage=stage,
             progress=0.0,
+            progress_detail=None,
+            stage_started_at=now,
             lease_owner=worker,
             lease_expires_at=now + LEASE,
             attempts=Round.attempts + 1,
@@ -375,8 +429,11 @@ def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -
     return round_
 
 
-def renew_lease(db: Session, *, round_id: int, worker: str, progress: float) -> bool:
-    """Extend the lease; False when the worker no longer holds it or a cancel was asked."""
+def renew_lease(
+    db: Session, *, round_id: int, worker: str, progress: float, detail: str | None = None
+) -> bool:
+    """Extend the lease and record progress; False when the worker no longer holds it or a
+    cancel was asked."""
     renewed = db.execute(
         update(Round)
         .where(
@@ -385,7 +442,7 @@ def renew_lease(db: Session, *, round_id: int, worker: str, progress: float) -> 
             Round.status == RunStatus.RUNNING,
             Round.cancel_requested.is_(False),
         )
-        .values(lease_expires_at=utcnow() + LEASE, progress=progress)
+        .values(lease_expires_at=utcnow() + LEASE, progress=progress, progress_detail=detail)
         .returning(Round.id)
     ).first()
     return renewed is not None
@@ -406,9 +463,9 @@ def complete_stage(
         setattr(round_, name, value)
     round_.lease_owner = None
     round_.lease_expires_at = utcnow() + REDISPATCH_AFTER  # the next stage's message is due
-    round_.progress = 0.0
+    round_.progress, round_.progress_detail = 0.0, None
     if round_.cancel_requested:
-        round_.status, round_.error = RunStatus.CANCELLED, "cancelled by an admin"
+        round_.status, round_.error = RunStatus.CANCELLED, CANCELLED_BY_ADMIN
         round_.finished_at = utcnow()
     elif index + 1 < len(STAGES):
         round_.stage = STAGES[index + 1]
@@ -463,6 +520,23 @@ def fail_round(
         add_log(db, round_id=round_id, stage=ended.stage, message=error, level=level)
 
 
+def end_abandoned_stage(
+    db: Session, *, round_id: int, stage: RoundStage, worker: str, error: str, cancelled: bool
+) -> None:
+    """End a round whose `stage` process (`worker`, a lease-owner prefix) stopped before it
+    finished the stage: killed, crashed, or stopped for a cancel. A round that has moved on,
+    or that another worker holds, is left alone."""
+    round_ = db.get(Round, round_id, with_for_update=True, populate_existing=True)
+    if round_ is None or round_.status not in ACTIVE:
+        return
+    if round_.stage not in (stage, RoundStage.PENDING):
+        return
+    if round_.lease_owner is not None and not round_.lease_owner.startswith(f"{worker}:"):
+        return
+    status = RunStatus.CANCELLED if cancelled else RunStatus.FAILED
+    fail_round(db, round_id=round_id, error=error, status=status)
+
+
 def cancel_round(db: Session, *, round_id: int) -> Round:
     """Ask a round to stop: a queued one (or one between stages) ends at once, a running
     stage stops at its next heartbeat."""
@@ -472,24 +546,28 @@ def cancel_round(db: Session, *, round_id: int) -> Round:
     round_.cancel_requested = True
     add_log(db, round_id=round_id, stage=round_.stage, message="an admin asked to cancel")
     if round_.lease_owner is None:
-        fail_round(db, round_id=round_id, error="cancelled by an admin", status=RunStatus.CANCELLED)
+        fail_round(db, round_id=round_id, error=CANCELLED_BY_ADMIN, status=RunStatus.CANCELLED)
         db.refresh(round_)
     return round_
 
 
 def fail_lost_rounds(db: Session, *, after_restart: bool = False) -> int:
     """Fail running rounds whose worker died inside a stage (its lease expired; after a
-    restart of the embedded default, any stage that was running), naming the stage."""
+    restart of the embedded default, any stage that was running), naming the stage; a round
+    an admin asked to cancel ends cancelled."""
     condition = (Round.status == RunStatus.RUNNING) & Round.lease_owner.is_not(None)
     if not after_restart:
         condition &= Round.lease_expires_at < utcnow()
     lost = list(db.scalars(select(Round).where(condition)))
     for round_ in lost:
+        if round_.cancel_requested:
+            fail_round(db, round_id=round_.id, error=CANCELLED_BY_ADMIN, status=RunStatus.CANCELLED)
+            continue
         fail_round(
             db,
             round_id=round_.id,
-            error=f"{round_.stage.value}: the worker ({round_.lease_owner}) stopped during this "
-            "stage; start a new round",
+            error=f"{round_.stage.value}: the worker stopped during this stage (it was "
+            "restarted, or lost the database); start a new round",
         )
     return len(lost)
 

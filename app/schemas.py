@@ -319,6 +319,9 @@ class JobOut(BaseModel):
     kind: str
     status: str
     progress: float
+    progress_detail: str | None
+    eta_seconds: float | None
+    """Time left at the pace so far, while running."""
     params: dict
     result: dict
     error: str | None
@@ -368,6 +371,11 @@ class RoundOut(BaseModel):
     status: str
     stage: str
     progress: float
+    """Of the current stage."""
+    progress_detail: str | None
+    stage_started_at: datetime | None
+    eta_seconds: float | None
+    """Time the current stage still needs at its pace so far, while running."""
     config: dict
     metrics: dict
     timings: dict

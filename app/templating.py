@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import Request
@@ -31,6 +32,20 @@ templates = Jinja2Templates(
     )
 )
 templates.env.filters["markdown"] = render_markdown
+
+
+def time_left(seconds: float | None) -> str:
+    """An ETA in words: "about 40 s left", "about 12 min left" ("" when unknown)."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s left"
+    if seconds < 90 * 60:
+        return f"about {seconds / 60:.0f} min left"
+    return f"about {seconds / 3600:.1f} h left"
+
+
+templates.env.filters["time_left"] = time_left
 
 
 def render(
@@ -61,10 +76,22 @@ def render(
 def render_error_page(
     request: Request, status_code: int, detail: str, headers: dict[str, str] | None = None
 ) -> HTMLResponse:
+    """The message, with a link back to the page the request came from (a form that was
+    refused, say) when that page is on this site."""
     return render(
         request,
         "error.html",
-        {"status_code": status_code, "detail": detail},
+        {"status_code": status_code, "detail": detail, "came_from": _came_from(request)},
         status_code=status_code,
         headers=headers,
     )
+
+
+def _came_from(request: Request) -> str | None:
+    """The path of the referring page, only when it is on this site and not this request's."""
+    referrer = urlsplit(request.headers.get("referer", ""))
+    if referrer.netloc != request.url.netloc or not referrer.path.startswith("/"):
+        return None
+    if referrer.path == request.url.path:
+        return None
+    return referrer.path + (f"?{referrer.query}" if referrer.query else "")

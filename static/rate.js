@@ -14,6 +14,8 @@
   let shownAt = 0;          // when the task became visible (ms), for time spent
   let spentMs = 0;
 
+  const EMPTY_POLL_MS = 10000;
+
   // --- set-up for each task fragment ------------------------------------------------------
 
   function init() {
@@ -22,7 +24,7 @@
     tieNext = false;
     spentMs = 0;
     shownAt = document.hidden ? 0 : Date.now();
-    if (!form) return;
+    if (!form) { window.setTimeout(pollWhileEmpty, EMPTY_POLL_MS); return; }
     form.addEventListener("submit", onSubmit);
     const skipForm = document.getElementById("skip-form");
     if (skipForm) skipForm.addEventListener("submit", onSkip);
@@ -30,6 +32,29 @@
     const rewriteBox = document.getElementById("rewrite-box");
     if (rewriteBox) rewriteBox.addEventListener("toggle", () => rewriteBox.open && prefillRewrite());
     area.querySelectorAll("[data-action=help]").forEach((b) => b.addEventListener("click", toggleHelp));
+  }
+
+  // With nothing to rate, ask again now and then: candidate generation adds tasks as it goes.
+  async function pollWhileEmpty() {
+    if (!area.querySelector(".empty")) return;
+    if (!document.hidden) {
+      try {
+        const response = await fetch("/rate", {
+          headers: { "X-Requested-With": "fetch" },
+          credentials: "same-origin",
+        });
+        const fragment = document.createElement("template");
+        fragment.innerHTML = response.ok ? await response.text() : "";
+        if (response.ok && !fragment.content.querySelector(".empty")) {
+          area.replaceChildren(fragment.content);
+          init();
+          return;
+        }
+      } catch (error) {
+        // Offline or the server is restarting: ask again later.
+      }
+    }
+    window.setTimeout(pollWhileEmpty, EMPTY_POLL_MS);
   }
 
   function isPairwise() {

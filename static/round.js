@@ -46,6 +46,14 @@
     return figure;
   }
 
+  // As the server's `time_left` filter writes it.
+  function timeLeft(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    if (seconds < 90) return `about ${Math.max(5, Math.round(seconds / 5) * 5)} s left`;
+    if (seconds < 90 * 60) return `about ${Math.round(seconds / 60)} min left`;
+    return `about ${(seconds / 3600).toFixed(1)} h left`;
+  }
+
   function format(value) {
     return Math.abs(value) >= 1000 || (value !== 0 && Math.abs(value) < 0.01)
       ? value.toExponential(2) : value.toFixed(3);
@@ -88,6 +96,8 @@
     document.getElementById("round-stage").textContent = round.stage;
     document.getElementById("round-progress").textContent = Math.round(round.progress * 100);
     document.getElementById("round-bar").value = round.progress;
+    document.getElementById("round-detail").textContent = round.progress_detail ? `· ${round.progress_detail}` : "";
+    document.getElementById("round-eta").textContent = timeLeft(round.eta_seconds);
     document.querySelectorAll("#pipeline li").forEach((item) => {
       const done = item.dataset.stage in round.timings;
       item.classList.toggle("done", done);

@@ -151,6 +151,21 @@ def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:
     return rater
 
 
+def ready_for_a_round(db: Session, *, pairs: int = 32) -> None:
+    """A ready `base` policy and `pairs` judged training comparisons: what a `quick` round
+    needs before it may start."""
+    if crud.get_model_version(db, name="base") is None:
+        crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
+    judge = crud.create_user(
+        db, username=f"judge-{uuid.uuid4().hex[:8]}", password="long enough pw", role=Role.RATER
+    )
+    for key in prompt_keys(pairs, held_out=0):
+        task = create_task(db, dedup_hash=key)
+        ranking = [link.response_id for link in task.responses]
+        db.add(Judgement(task_id=task.id, rater_id=judge.id, ranking=ranking))
+    db.flush()
+
+
 def prompt_keys(count: int, *, held_out: int) -> list[str]:
     """`count` prompt dedup keys, the first `held_out` of them in the held-out split."""
     keys = (uuid.uuid4().hex for _ in itertools.count())

@@ -55,9 +55,14 @@ def test_make_run_serves_logs_in_the_printed_admin_and_accepts_cli_keys(server, 
     ).stdout.strip()
     me = httpx.get(f"{base_url}/api/auth/me", headers={"Authorization": f"Bearer {key}"})
     assert me.status_code == 200 and me.json()["role"] == "admin"
-    assert httpx.get(f"{base_url}/readyz").status_code == 200
 
-    base = model_settings.models_dir / "base" / "config.json"
-    wait_for(base.is_file, STARTUP_TIMEOUT_S, "the embedded worker to import the base model")
+    def ready() -> bool:
+        answer = httpx.get(f"{base_url}/readyz")
+        if answer.status_code == 503:  # only while the worker prepares the base model
+            assert answer.json()["failing"] == ["model"], answer.json()
+        return answer.status_code == 200
+
+    wait_for(ready, STARTUP_TIMEOUT_S, "the embedded worker to prepare the base model")
+    assert (model_settings.models_dir / "base" / "config.json").is_file()
     secret = model_settings.data_dir / "secret_key"
     assert secret.stat().st_mode & 0o077 == 0

@@ -6,7 +6,8 @@ so that raters also give a blind A/B verdict between versions (task kind `ab_eva
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -33,6 +34,10 @@ from worker.job_runner import Progress
 from worker.model_store import ModelStore, release_memory
 
 CANDIDATE_SAMPLING = {"temperature": 0.8, "top_p": 0.95}
+FIRST_BATCH = 4
+"""Prompts answered before the first tasks are written: on 2 CPU cores and the default model,
+raters can start within a minute."""
+MAX_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -47,17 +52,25 @@ class CandidateRequest:
 
 
 def generate_candidates(context: WorkerContext, job: Job, progress: Progress) -> dict[str, Any]:
+    """Answer the chosen prompts with each chosen version and turn them into tasks, batch by
+    batch: the first batch is small, so raters can start within a minute, and later ones
+    grow to fill the engine. A retry goes on with the prompts that have no task yet."""
     request = CandidateRequest(**job.params)
     store = ModelStore(context.settings)
     if not request.model_versions:
         store.ensure_base_version(context.session_factory)  # the first use imports it
     with session_scope(context.session_factory) as db:
-        if already := _tasks_of_job(db, job.id):  # a retry after the tasks were committed
-            return {"tasks": already, "resumed": True}
-        prompts = [(prompt.id, prompt.messages) for prompt in choose_prompts(db, request)]
+        done = _prompts_with_tasks_of_job(db, job.id)
+        prompts = [
+            (prompt.id, prompt.messages)
+            for prompt in choose_prompts(db, request)
+            if prompt.id not in done
+        ]
         versions = choose_versions(db, request)
         version_refs = [(version.id, version.name, version.path) for version in versions]
     if not prompts:
+        if done:  # a retry after every task was committed
+            return {"tasks": len(done), "resumed": True}
         return {"tasks": 0, "prompts": 0, "note": "no prompts without open tasks"}
     sampling = Sampling(
         **{
@@ -68,30 +81,82 @@ def generate_candidates(context: WorkerContext, job: Job, progress: Progress) ->
         }
     )
     counts = samples_per_version(request.per_prompt, len(version_refs))
-    conversations = [messages for _, messages in prompts]
-    samples: list[tuple[int, list[list[str]]]] = []
-    for step, ((version_id, name, path), count) in enumerate(
-        zip(version_refs, counts, strict=True)
-    ):
-        engine = GenerationEngine(*store.load(path), name=name)
-
-        def report(fraction: float, step: int = step) -> None:
-            progress((step + fraction) / len(version_refs))
-
-        try:
-            completions = engine.generate(conversations, sampling, n=count, on_progress=report)
-        finally:
+    engines = [GenerationEngine(*store.load(path), name=name) for _, name, path in version_refs]
+    tally = _Tally(progress, prompts=len(prompts), tasks=len(done))
+    try:
+        for start, batch in _batches(prompts):
+            samples = _answer(engines, counts, batch, start, sampling, tally)
+            with session_scope(context.session_factory) as db:
+                tally.tasks += _create_tasks(
+                    db, job, request, batch, version_refs, samples, sampling
+                )
+            tally.answered += len(batch)
+            tally.report(tally.answered)
+    finally:
+        for engine in engines:
             engine.close(drain=False)
-            del engine
-            release_memory()  # the next version, or an idle worker, starts from a clean heap
-        samples.append((version_id, [[done.text for done in group] for group in completions]))
-    with session_scope(context.session_factory) as db:
-        created = _create_tasks(db, job, request, prompts, samples, sampling)
+        del engines
+        release_memory()  # an idle worker starts the next job from a clean heap
     return {
-        "tasks": created,
-        "prompts": len(prompts),
+        "tasks": tally.tasks,
+        "prompts": len(prompts) + len(done),
         "versions": [name for _, name, _ in version_refs],
     }
+
+
+@dataclass
+class _Tally:
+    """How far a generation job is, for its progress line."""
+
+    progress: Progress
+    prompts: int
+    tasks: int
+    answered: int = 0
+
+    def report(self, answered: float) -> None:
+        self.progress(
+            answered / self.prompts,
+            f"{int(answered)} of {self.prompts} prompts answered, {self.tasks} tasks ready",
+        )
+
+
+def _answer(
+    engines: list[GenerationEngine],
+    counts: list[int],
+    batch: list[tuple[int, list]],
+    start: int,
+    sampling: Sampling,
+    tally: _Tally,
+) -> list[list[list[str]]]:
+    """Each engine's `count` answers to each prompt of the batch (which begins at prompt
+    `start` of the job): `[engine][prompt][answer]`."""
+    samples = []
+    for step, (engine, count) in enumerate(zip(engines, counts, strict=True)):
+
+        def report(fraction: float, step: int = step) -> None:
+            tally.report(tally.answered + (step + fraction) / len(engines) * len(batch))
+
+        # Seeds as if all prompts went in one call: batching does not change the answers.
+        seed = None if sampling.seed is None else sampling.seed + start * count
+        completions = engine.generate(
+            [messages for _, messages in batch],
+            replace(sampling, seed=seed),
+            n=count,
+            on_progress=report,
+        )
+        samples.append([[done.text for done in group] for group in completions])
+    return samples
+
+
+def _batches(
+    prompts: list[tuple[int, list]],
+) -> Iterator[tuple[int, list[tuple[int, list]]]]:
+    """(offset, prompts) batches of FIRST_BATCH, then twice as many each time up to
+    MAX_BATCH prompts."""
+    start, size = 0, FIRST_BATCH
+    while start < len(prompts):
+        yield start, prompts[start : start + size]
+        start, size = start + size, min(MAX_BATCH, size * 2)
 
 
 def choose_prompts(db: Session, request: CandidateRequest) -> list[Prompt]:
@@ -126,8 +191,8 @@ def samples_per_version(per_prompt: int, versions: int) -> list[int]:
     return [per_prompt // versions + (index < per_prompt % versions) for index in range(versions)]
 
 
-def _tasks_of_job(db: Session, job_id: int) -> int:
-    return len(db.scalars(select(Task.id).where(Task.generation_job_id == job_id)).all())
+def _prompts_with_tasks_of_job(db: Session, job_id: int) -> set[int]:
+    return set(db.scalars(select(Task.prompt_id).where(Task.generation_job_id == job_id)))
 
 
 def _create_tasks(
@@ -135,14 +200,20 @@ def _create_tasks(
     job: Job,
     request: CandidateRequest,
     prompts: list[tuple[int, list]],
-    samples: list[tuple[int, list[list[str]]]],
+    version_refs: list[tuple[int, str, str]],
+    samples: list[list[list[str]]],
     sampling: Sampling,
 ) -> int:
+    """A task per prompt whose answers differ (`samples[v][i]`: version v's for prompt i)."""
     kind = TaskKind.AB_EVAL if len(samples) > 1 else TaskKind.COMPARE
     generation = {**asdict(sampling), "job_id": job.id}
     created = 0
     for index, (prompt_id, _) in enumerate(prompts):
-        answers = [(version_id, text) for version_id, replies in samples for text in replies[index]]
+        answers = [
+            (version_id, text)
+            for (version_id, _, _), replies in zip(version_refs, samples, strict=True)
+            for text in replies[index]
+        ]
         if len({text for _, text in answers}) < 2:
             continue  # identical answers leave nothing to compare
         responses = [

@@ -1,8 +1,9 @@
 """The embedded default's worker and scheduler: real Celery, running as threads in this process.
 
 This follows `celery.contrib.testing.worker`: a `WorkController` on a thread consuming from
-kombu's in-memory transport, plus Celery beat's threaded service. Time limits need the prefork
-pool, so they are not enforced here; production workers (`alignloop worker`) enforce them.
+kombu's in-memory transport, plus Celery beat's threaded service. The threads only supervise:
+generation and training run in child processes (`worker.isolation`), which enforce the memory
+and time limits, so a job that dies never takes the web process with it.
 """
 
 from __future__ import annotations

@@ -26,14 +26,20 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Progress:
-    """Shared between the work and the heartbeat thread; `lost` is set if the lease is lost."""
+    """Shared between the work and the heartbeat thread; `lost` is set if the lease is lost.
+
+    The work calls it with the fraction done and, when it can, what that means in words
+    ("step 3 of 8"); the heartbeat writes both to the database for pages to show."""
 
     def __init__(self) -> None:
         self.fraction = 0.0
+        self.detail: str | None = None
         self.lost = threading.Event()
 
-    def __call__(self, fraction: float) -> None:
+    def __call__(self, fraction: float, detail: str | None = None) -> None:
         self.fraction = fraction
+        if detail is not None:
+            self.detail = detail
 
 
 def run_job(
@@ -48,9 +54,15 @@ def run_job(
             return "skipped"
     progress = Progress()
 
-    def renew(fraction: float) -> bool:
+    def renew(progress: Progress) -> bool:
         with session_scope(context.session_factory) as db:
-            return jobs.renew_lease(db, job_id=job_id, worker=worker, progress=fraction)
+            return jobs.renew_lease(
+                db,
+                job_id=job_id,
+                worker=worker,
+                progress=progress.fraction,
+                detail=progress.detail,
+            )
 
     try:
         with keep_lease(renew, progress, interval=jobs.HEARTBEAT_INTERVAL_S):
@@ -59,22 +71,22 @@ def run_job(
         log.exception("job %s failed", job_id)
         _finish(context, job_id, worker, error=f"{type(exc).__name__}: {exc}")
         return "failed"
-    _finish(context, job_id, worker, result=result)
+    _finish(context, job_id, worker, result=result, detail=progress.detail)
     return "succeeded"
 
 
 @contextmanager
 def keep_lease(
-    renew: Callable[[float], bool], progress: Progress, *, interval: float
+    renew: Callable[[Progress], bool], progress: Progress, *, interval: float
 ) -> Iterator[None]:
-    """Call `renew(progress.fraction)` every `interval` seconds from a thread while the block
-    runs; when it answers False (the lease was lost or taken back), set `progress.lost`."""
+    """Call `renew(progress)` every `interval` seconds from a thread while the block runs;
+    when it answers False (the lease was lost or taken back), set `progress.lost`."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                held = renew(progress.fraction)
+                held = renew(progress)
             except Exception:  # the database may be restarting; the next beat tries again
                 log.warning("could not renew a lease", exc_info=True)
                 continue

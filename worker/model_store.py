@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from app import crud
+from app import crud, model_readiness
 from app.config import BUNDLED_MODEL, TINY_RANDOM_MODEL, Settings
 from app.db import session_scope
 from app.errors import Conflict
@@ -225,6 +225,16 @@ class ModelStore:
         with session_scope(session_factory) as db:
             if (existing := crud.get_model_version(db, name=BASE_VERSION)) is not None:
                 return existing
+        model_readiness.preparing(self.root, self.base_model)
+        try:
+            version = self._import_base_version(session_factory)
+        except Exception as exc:
+            model_readiness.preparation_failed(self.root, self.base_model, str(exc))
+            raise
+        model_readiness.prepared(self.root)
+        return version
+
+    def _import_base_version(self, session_factory: sessionmaker[Session]) -> ModelVersion:
         path = self.path_for(BASE_VERSION)
         if not (path / "config.json").is_file():
             log.info("importing base model %r into %s", self.base_model, path)

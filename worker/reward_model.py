@@ -49,6 +49,7 @@ from worker.model_store import (
     with_lora,
 )
 from worker.optimisation import autocast, optimiser_step
+from worker.step_bar import step_bar
 from worker.training_config import RewardConfig
 
 log = logging.getLogger(__name__)
@@ -509,12 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = RewardConfig(**{name: getattr(args, name) for name in asdict(RewardConfig())})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    model, tokenizer, report = train_reward_model(
-        read_pairs(args.data),
-        args.base,
-        config,
-        on_step=lambda point: log.info("step %(step)d loss %(loss).4f", point),
-    )
+    pairs = read_pairs(args.data)
+    train = sum(pair.split == "train" for pair in pairs)
+    with step_bar(config.epochs * math.ceil(train / config.batch_pairs), "reward model") as step:
+        model, tokenizer, report = train_reward_model(pairs, args.base, config, on_step=step)
     save_reward_model(model, tokenizer, report, args.out)
     print(json.dumps(report_metrics(report), indent=2))
     return 0

@@ -22,7 +22,6 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from celery import Celery
 from sqlalchemy import select
 
 from app import crud, jobs, rounds
@@ -44,6 +43,7 @@ from app.quality import snapshot_weights
 from worker.celery_app import WorkerContext
 from worker.data import Demonstration
 from worker.engine import GenerationEngine, Sampling
+from worker.isolation import STOP_REQUESTED
 from worker.job_runner import WORKER_ID, Progress, keep_lease
 from worker.model_store import ModelStore, release_memory
 from worker.policy import Rollout, answer_logprobs, sample_answers
@@ -57,7 +57,10 @@ from worker.training_jobs import fit_reward_model
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 20.0
+HEARTBEAT_INTERVAL_S = 5.0  # how often the round's page sees progress, too
+STEP_LOG_INTERVAL_S = 10.0
+LOGGED_SIGNALS = ("loss", "policy_loss", "reward", "kl", "accuracy", "reward_margin")
+"""The curve values that a step's log line shows."""
 SAMPLES_SHOWN = 3
 
 
@@ -74,7 +77,6 @@ class Stage:
     """What a running stage knows and how it reports."""
 
     context: WorkerContext
-    celery: Celery
     round_id: int
     stage: RoundStage
     algorithm: Algorithm
@@ -83,6 +85,7 @@ class Stage:
     parent: ModelVersion | None
     snapshot_sha256: str | None
     progress: Progress = field(default_factory=Progress)
+    last_step_logged: float = -math.inf
 
     @cached_property
     def store(self) -> ModelStore:
@@ -92,25 +95,37 @@ class Stage:
     def device(self) -> str:
         return self.context.settings.device
 
-    def report(self, fraction: float) -> None:
-        """Progress within the stage; raises `StageStopped` once the lease is gone."""
-        if self.progress.lost.is_set():
+    def report(self, fraction: float, detail: str | None = None) -> None:
+        """Progress within the stage; raises `StageStopped` once the lease is gone or the
+        supervisor asked the process to stop (a cancel)."""
+        if self.progress.lost.is_set() or STOP_REQUESTED.is_set():
             raise StageStopped
-        self.progress(min(1.0, fraction))
+        self.progress(min(1.0, fraction), detail)
 
     def curve_point(self, step: int, values: dict[str, Any], *, total: int) -> None:
-        self.report(step / max(1, total))
+        """One training step: its progress, its curve points, and (at most every
+        `STEP_LOG_INTERVAL_S`, and for the last step) a line in the round's log."""
+        self.report(step / max(1, total), f"step {step} of {total}")
         with session_scope(self.context.session_factory) as db:
             rounds.record_points(
                 db, round_id=self.round_id, stage=self.stage, step=step, values=values
             )
+        now = time.monotonic()
+        if now - self.last_step_logged >= STEP_LOG_INTERVAL_S or step >= total:
+            self.last_step_logged = now
+            shown = " ".join(
+                f"{name}={value:.4g}"
+                for name, value in values.items()
+                if name in LOGGED_SIGNALS and isinstance(value, int | float)
+            )
+            log.info("step %d of %d: %s", step, total, shown or "done")
 
     def policy_path(self) -> str:
         """The store folder the policy stage starts from: the SFT result, else the parent."""
         return self.metrics.get("sft", {}).get("path") or self.parent.path
 
 
-def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name: str) -> str:
+def run_stage(context: WorkerContext, round_id: int, stage_name: str) -> str:
     """Claim `stage_name` of round `round_id` and run it; returns what happened."""
     stage = RoundStage(stage_name)
     worker = f"{WORKER_ID}:{threading.get_ident()}"
@@ -121,7 +136,6 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
             return "skipped"
         running = Stage(
             context=context,
-            celery=celery,
             round_id=round_id,
             stage=stage,
             algorithm=round_.algorithm,
@@ -136,7 +150,7 @@ def run_stage(context: WorkerContext, celery: Celery, round_id: int, stage_name:
     try:
         with (
             keep_lease(
-                lambda fraction: _renew(context, round_id, worker, fraction),
+                lambda progress: _renew(context, round_id, worker, progress),
                 running.progress,
                 interval=HEARTBEAT_INTERVAL_S,
             ),
@@ -224,9 +238,15 @@ def _summary(results: dict[str, Any]) -> str:
     return "results: " + (" ".join(shown) or "none")
 
 
-def _renew(context: WorkerContext, round_id: int, worker: str, fraction: float) -> bool:
+def _renew(context: WorkerContext, round_id: int, worker: str, progress: Progress) -> bool:
     with session_scope(context.session_factory) as db:
-        return rounds.renew_lease(db, round_id=round_id, worker=worker, progress=fraction)
+        return rounds.renew_lease(
+            db,
+            round_id=round_id,
+            worker=worker,
+            progress=progress.fraction,
+            detail=progress.detail,
+        )
 
 
 def _stopped(context: WorkerContext, round_id: int) -> str:
@@ -234,7 +254,7 @@ def _stopped(context: WorkerContext, round_id: int) -> str:
         round_ = db.get(Round, round_id)
         if round_.cancel_requested:
             rounds.fail_round(
-                db, round_id=round_id, error="cancelled by an admin", status=RunStatus.CANCELLED
+                db, round_id=round_id, error=rounds.CANCELLED_BY_ADMIN, status=RunStatus.CANCELLED
             )
             return "cancelled"
     return "lost"
@@ -257,8 +277,7 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
         parent = crud.current_policy(db)
         if parent is None:
             raise RoundError("there is no policy yet: run `alignloop models pull-default`")
-        previous = rounds.parent_round(db, parent) if options.get("train_pairs") == "new" else None
-        train_after = previous.config["snapshot"]["up_to_judgement_id"] if previous else 0
+        previous, train_after = rounds.training_cutoff(db, parent, options)
         weights = snapshot_weights(db, stage.context.settings)
         snapshot = build_snapshot(
             db,
@@ -274,6 +293,8 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
         )
     if not train:
         raise RoundError("no judgements to train on yet: rate some tasks first")
+    if message := rounds.too_few_pairs(len(train), options, previous):
+        raise RoundError(message)
     write_snapshot(snapshot, stage.context.settings.snapshots_dir)
     cutoffs = {"up_to_judgement_id": snapshot.up_to_judgement_id}
     if train_after:
@@ -375,6 +396,7 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
             "path": version.path,
             "started_from": start.name,
             "eval_accuracy": report.eval_accuracy,
+            "eval_pairs": report.eval_pairs,
             "calibration_error": report.calibration_error,
             "accuracy_by_agreement": report.accuracy_by_agreement,
         },
@@ -409,7 +431,7 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
         run = lambda on_step: train_dpo(pairs, start, config, on_step=on_step)  # noqa: E731
     else:
         train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo
-        prompts = _prompts(stage, PromptSplit.TRAIN)
+        prompts = _train_prompts(stage)
         reward_model = stage.store.path_for(stage.metrics["reward_model"]["path"])
         total = config.steps
         run = lambda on_step: train(prompts, start, reward_model, config, on_step=on_step)  # noqa: E731
@@ -419,13 +441,34 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
     return _with_metrics(stage, "policy", {"path": name, "steps": len(curve), "last": curve[-1]})
 
 
-def _prompts(stage: Stage, split: PromptSplit, limit: int | None = None) -> list[list[dict]]:
+def _train_prompts(stage: Stage) -> list[list[dict]]:
     with session_scope(stage.context.session_factory) as db:
-        query = select(Prompt.messages).where(Prompt.split == split).order_by(Prompt.id)
-        prompts = list(db.scalars(query.limit(limit) if limit else query))
+        query = select(Prompt.messages).where(Prompt.split == PromptSplit.TRAIN)
+        prompts = list(db.scalars(query.order_by(Prompt.id)))
     if not prompts:
-        raise RoundError(f"no {split.value} prompts: import some with `alignloop prompts import`")
+        raise RoundError("no training prompts: import some with `alignloop prompts import`")
     return prompts
+
+
+def _evaluation_prompts(stage: Stage, *, limit: int) -> tuple[list[list[dict]], str]:
+    """The eval prompts (imported with `--split eval`); without any, the prompts of the
+    snapshot's held-out pairs, which no stage trained on. Returns them and where they came
+    from, in words."""
+    with session_scope(stage.context.session_factory) as db:
+        query = select(Prompt.messages).where(Prompt.split == PromptSplit.EVAL)
+        prompts = list(db.scalars(query.order_by(Prompt.id).limit(limit)))
+    if prompts:
+        return prompts, "eval prompts"
+    pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
+    held_out = {pair.prompt_id: pair.messages for pair in pairs if pair.split == "eval"}
+    prompts = [held_out[prompt_id] for prompt_id in sorted(held_out)[:limit]]
+    if not prompts:
+        raise RoundError(
+            "nothing to evaluate on: no eval prompts and no held-out judgements; import "
+            "some with `alignloop prompts import --split eval`"
+        )
+    log.info("no eval prompts: evaluating on %d held-out prompts of the snapshot", len(prompts))
+    return prompts, "held-out prompts of the snapshot (no eval prompts)"
 
 
 def evaluate_stage(stage: Stage) -> dict[str, Any]:
@@ -436,7 +479,7 @@ def evaluate_stage(stage: Stage) -> dict[str, Any]:
     interval over its n comparisons; KL(new || parent) is the mean summed log-ratio on the new
     policy's own answers. One model is in memory at a time."""
     options = stage.config["evaluation"]
-    prompts = _prompts(stage, PromptSplit.EVAL, limit=options.get("prompts", 8))
+    prompts, prompt_source = _evaluation_prompts(stage, limit=options.get("prompts", 8))
     samples = options.get("samples", 1)
     sampling = Sampling(
         max_new_tokens=options.get("max_new_tokens", 48),
@@ -464,6 +507,7 @@ def evaluate_stage(stage: Stage) -> dict[str, Any]:
     low, high = wilson_interval(wins.sum().item(), len(wins))
     evaluation = {
         "prompts": len(prompts),
+        "prompt_source": prompt_source,
         "n": len(wins),
         "reward": new_scores.mean().item(),
         "parent_reward": old_scores.mean().item(),
@@ -516,7 +560,7 @@ def _answers_and_logprobs(
 
 def register_stage(stage: Stage) -> dict[str, Any]:
     """Register the new policy; promote it when the evaluation passes the configured gates;
-    send blind A/B tasks (new against parent) to the raters."""
+    queue blind A/B tasks (new against parent) for the raters (the supervisor sends them)."""
     gates = stage.config.get("promotion", {})
     evaluation = stage.metrics.get("evaluation", {})
     with session_scope(stage.context.session_factory) as db:
@@ -539,9 +583,6 @@ def register_stage(stage: Stage) -> dict[str, Any]:
         if promoted:
             crud.promote(db, version_id=version.id)
         ab_job = _ab_tasks(db, stage, version)
-    if ab_job is not None:
-        with session_scope(stage.context.session_factory) as db:
-            jobs.dispatch(db, stage.celery, db.get(Job, ab_job.id))
     return _with_metrics(
         stage,
         "register",

@@ -29,6 +29,7 @@ from transformers import (
 from worker.data import Demonstration, demonstration_batches
 from worker.model_store import atomic_directory, resolve_device, training_dtype, with_lora
 from worker.optimisation import autocast, optimiser_step
+from worker.step_bar import step_bar
 from worker.training_config import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -130,12 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = SFTConfig(**{name: getattr(args, name) for name in asdict(SFTConfig())})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    model, tokenizer, report = train_sft(
-        read_demonstrations(args.data),
-        args.base,
-        config,
-        on_step=lambda point: log.info("step %(step)d loss %(loss).4f", point),
-    )
+    examples = read_demonstrations(args.data)
+    with step_bar(config.epochs * math.ceil(len(examples) / config.batch_size), "SFT") as step:
+        model, tokenizer, report = train_sft(examples, args.base, config, on_step=step)
     save_policy(model, tokenizer, args.out)
     print(json.dumps({key: value for key, value in asdict(report).items() if key != "curve"}))
     return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from functools import partial
 
 from celery import Celery
 from sqlalchemy import select
@@ -17,10 +16,16 @@ from app.assignment import expire_stale_leases
 from app.db import session_scope
 from app.errors import Conflict
 from app.inference import ChatJob
-from app.models import Algorithm, Job, RunStatus
+from app.models import Algorithm, Job, RoundStage, RunStatus
 from worker import inference_client
-from worker.celery_app import TRAIN_TIME_LIMIT_S, WorkerContext
-from worker.job_runner import run_job
+from worker.celery_app import DEFAULT_TIME_LIMIT_S, TRAIN_TIME_LIMIT_S, WorkerContext
+from worker.isolation import (
+    Watched,
+    WatchedBasePreparation,
+    WatchedJob,
+    WatchedStage,
+    run_isolated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,12 @@ TRAINING_LIMITS = {"time_limit": TRAIN_TIME_LIMIT_S, "soft_time_limit": TRAIN_TI
 
 
 def register_tasks(celery: Celery, context: WorkerContext) -> None:
+    def isolated(
+        work: str, args: list, watched: Watched, time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    ) -> str:
+        """Run `work` in a supervised child process (worker.isolation)."""
+        return run_isolated(context, celery, work, args, watched, time_limit_s=time_limit_s)
+
     @celery.task(shared=False, name=PING)
     def ping() -> str:
         """Answers `pong`: proves a broker, a worker and the result backend work together."""
@@ -54,50 +65,29 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
         log.info("purged %d expired sessions, tokens and login throttles", removed)
         return removed
 
-    @celery.task(shared=False, name=PULL_BASE_MODEL)
+    @celery.task(shared=False, name=PULL_BASE_MODEL, **TRAINING_LIMITS)
     def pull_base_model() -> str:
         """Make sure the configured base model is in the store as version `base`."""
-        from worker.model_store import ModelStore  # torch and transformers load only here
-
-        store = ModelStore(context.settings)
-        return store.ensure_base_version(context.session_factory).name
+        watched = WatchedBasePreparation(context.settings)
+        return isolated("pull_base_model", [], watched, TRAIN_TIME_LIMIT_S)
 
     @celery.task(shared=False, name=GENERATE_CANDIDATES)
     def generate_candidates(job_id: int) -> str:
-        from worker.candidates import generate_candidates as work
+        return isolated(jobs.GENERATE_CANDIDATES, [job_id], WatchedJob(job_id))
 
-        return run_job(context, job_id, lambda job, progress: work(context, job, progress))
-
-    @celery.task(
-        shared=False,
-        name=TRAIN_REWARD_MODEL,
-        **TRAINING_LIMITS,
-    )
+    @celery.task(shared=False, name=TRAIN_REWARD_MODEL, **TRAINING_LIMITS)
     def train_reward_model(job_id: int) -> str:
-        from worker.training_jobs import train_reward_model_job
+        return isolated(jobs.TRAIN_REWARD_MODEL, [job_id], WatchedJob(job_id), TRAIN_TIME_LIMIT_S)
 
-        return run_job(context, job_id, partial(train_reward_model_job, context))
-
-    @celery.task(
-        shared=False,
-        name=TRAIN_SFT,
-        **TRAINING_LIMITS,
-    )
+    @celery.task(shared=False, name=TRAIN_SFT, **TRAINING_LIMITS)
     def train_sft(job_id: int) -> str:
-        from worker.training_jobs import train_sft_job
+        return isolated(jobs.TRAIN_SFT, [job_id], WatchedJob(job_id), TRAIN_TIME_LIMIT_S)
 
-        return run_job(context, job_id, partial(train_sft_job, context))
-
-    @celery.task(
-        shared=False,
-        name=ROUND_STAGE,
-        **TRAINING_LIMITS,
-    )
+    @celery.task(shared=False, name=ROUND_STAGE, **TRAINING_LIMITS)
     def round_stage(round_id: int, stage: str) -> str:
         """Run one stage of a training round (the round's chain sends them in order)."""
-        from worker.rounds import run_stage
-
-        return run_stage(context, celery, round_id, stage)
+        watched = WatchedStage(round_id, RoundStage(stage))
+        return isolated("round_stage", [round_id, stage], watched, TRAIN_TIME_LIMIT_S)
 
     @celery.task(shared=False, name=SCHEDULE_ROUND)
     def schedule_round(reason: str) -> int | None:
@@ -165,8 +155,10 @@ def start_scheduled_round(celery: Celery, context: WorkerContext, *, reason: str
                 preset=settings.round_preset,
                 overrides={},
                 created_by=None,
+                settings=settings,
             )
-        except Conflict:  # an admin's start won the race
+        except Conflict as refused:  # too few pairs yet, or an admin's start won the race
+            log.info("no scheduled round: %s", refused.detail)
             return None
         db.commit()
         rounds.send(db, celery, round_.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app import crud, jobs
+from app import crud, jobs, model_readiness
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.schemas import GenerationRequest, JobAccepted, JobOut, RowId, TrainingRequest
 from worker.training_config import RewardConfig, SFTConfig, build_config
@@ -21,8 +21,10 @@ def start_generation(
     settings: SettingsDep,
     admin: AdminUser,
 ) -> JobAccepted:
-    """Queue a candidate-generation job; it runs on a worker (the `train` queue)."""
+    """Queue a candidate-generation job; it runs on a worker (the `train` queue). 409 while
+    no model is ready (the base model is still being prepared, say)."""
     params = jobs.candidate_job_params(db, body, default_overlap=settings.default_overlap)
+    model_readiness.require_ready_model(db, settings)
     job = jobs.create_job(db, kind=jobs.GENERATE_CANDIDATES, params=params, created_by=admin)
     db.commit()
     jobs.dispatch(db, request.app.state.celery, job)
@@ -31,13 +33,15 @@ def start_generation(
 
 @router.post("/api/training-jobs", status_code=202)
 def start_training(
-    request: Request, body: TrainingRequest, db: DbSession, admin: AdminUser
+    request: Request, body: TrainingRequest, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> JobAccepted:
     """Queue a reward-model or SFT training job; it registers a model version when done."""
     kind = jobs.TRAIN_REWARD_MODEL if body.kind == "reward_model" else jobs.TRAIN_SFT
     build_config(RewardConfig if body.kind == "reward_model" else SFTConfig, body.config)
     if body.base is not None:
         crud.served_policy(db, name=body.base)  # 404 now rather than a failed job later
+    else:
+        model_readiness.require_ready_model(db, settings)
     params = body.model_dump(exclude={"kind"})
     job = jobs.create_job(db, kind=kind, params=params, created_by=admin)
     db.commit()

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import db as database
+from app import model_readiness
 from app.deps import PublicRoute
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """200 when the database, the broker and the model store all answer; else 503 naming them."""
+    """200 when the database, the broker and the model store answer and a model is ready to
+    serve; else 503 naming what is not (for the model: why, such as "being prepared")."""
     state = request.app.state
     checks = {
         "database": lambda: database.ping(state.engine),
@@ -34,18 +36,33 @@ def readyz(request: Request) -> JSONResponse:
         "model_store": lambda: _check_model_store(state.settings.models_dir),
     }
     results = {name: _run_check(name, check) for name, check in checks.items()}
+    if results["database"] == "ok":
+        results["model"] = _run_check("model", lambda: _check_model(state))
     failing = [name for name, result in results.items() if result != "ok"]
     body = {"status": "unavailable" if failing else "ok", "failing": failing, "checks": results}
     return JSONResponse(body, status_code=503 if failing else 200)
 
 
+class _NotReady(Exception):
+    """A check that failed for a reason worth showing as it is."""
+
+
 def _run_check(name: str, check) -> str:
     try:
         check()
+    except _NotReady as exc:
+        return str(exc)
     except Exception as exc:  # a readiness probe reports failures, it does not raise them
         log.warning("readiness check %s failed: %s", name, exc)
         return f"failed: {type(exc).__name__}"
     return "ok"
+
+
+def _check_model(state) -> None:
+    with state.session_factory() as db:
+        model = model_readiness.model_state(db, state.settings)
+    if not model.ready:
+        raise _NotReady(model.detail)
 
 
 def ping_broker(celery) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from app import rounds
-from app.deps import AdminUser, DbSession
+from app.deps import AdminUser, DbSession, SettingsDep
 from app.models import Round, RoundMetric
 from app.schemas import (
     INT64_MAX,
@@ -25,15 +25,17 @@ router = APIRouter(prefix="/api/rounds", tags=["rounds"])
 
 @router.post("", status_code=202)
 def start_round(
-    request: Request, body: RoundRequest, db: DbSession, admin: AdminUser
+    request: Request, body: RoundRequest, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> RoundAccepted:
-    """Queue a round on its model line (409 while another is queued or running there)."""
+    """Queue a round on its model line; 409 while another is queued or running there, while
+    no model is ready, or with fewer judged pairs than the preset's `snapshot.min_pairs`."""
     round_ = rounds.start_round(
         db,
         algorithm=body.algorithm,
         preset=body.preset,
         overrides=body.overrides,
         created_by=admin,
+        settings=settings,
         line=body.line,
     )
     db.commit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from app import dashboard, leaderboard, rounds
 from app.models import (
@@ -19,7 +20,14 @@ from app.models import (
     RunStatus,
     utcnow,
 )
-from tests.helpers import ab_judgement, browser_login, create_task, html, policy_versions
+from tests.helpers import (
+    ab_judgement,
+    browser_login,
+    create_task,
+    html,
+    policy_versions,
+    ready_for_a_round,
+)
 
 ADMIN_PAGES = ["/admin", "/admin/rounds", "/admin/models"]
 
@@ -80,7 +88,8 @@ def test_the_dashboard_names_work_that_lost_its_worker(client, db, admin):
     browser_login(client, admin.username)
     page = html(client.get("/admin"))
     problems = [item.text for item in page.select("ul.health li.bad")]
-    assert problems == ["1 running job(s) or round(s) lost their worker"]
+    assert problems[1:] == ["1 running job(s) or round(s) lost their worker"]
+    assert problems[0].startswith("Model: No model yet")
 
 
 def test_a_queue_that_nobody_takes_is_reported():
@@ -158,6 +167,22 @@ def test_a_round_page_shows_both_win_rates_with_their_intervals(client, db, admi
     assert tiles["Win rate against the parent (raters, blind A/B)"] == "0.67 [0.21, 0.94], n = 3"
 
 
+def test_a_figure_over_too_few_examples_is_not_a_headline(client, db, admin):
+    metrics = {
+        "reward_model": {"eval_accuracy": 0.923, "eval_pairs": 13},
+        "evaluation": {"win_rate": 0.8, "n": 60, "prompts": 30, "prompt_source": "eval prompts"},
+    }
+    round_ = a_round(db, status=RunStatus.SUCCEEDED, stage=RoundStage.DONE, metrics=metrics)
+    db.commit()
+    browser_login(client, admin.username)
+    page = html(client.get(f"/admin/rounds/{round_.id}"))
+    accuracy = page.select_one("#reward-accuracy dd")
+    assert "too-few" in accuracy["class"]
+    assert " ".join(accuracy.text.split()) == "0.92 over 13 held-out pairs: too few to judge"
+    assert "too-few" not in page.select_one("#win-rate dd").get("class", [])
+    assert "on 30 eval prompts" in page.select_one("#win-rate").text
+
+
 def test_a_failed_round_shows_its_error_in_the_page_and_the_log(client, db, admin):
     partial = {"evaluation": {"win_rate": 0.6}, "reward_model": {"version": "reward-r1"}}
     round_ = a_round(db, status=RunStatus.RUNNING, stage=RoundStage.POLICY, metrics=partial)
@@ -187,6 +212,12 @@ def test_the_round_list_pages_and_its_form_starts_a_round(client, db, admin):
     # the form's round waits in the queue: there is no worker in this test
     db.query(Round).delete()
     db.commit()
+    no_model = client.post("/admin/rounds", data={"csrf_token": csrf, "preset": "quick"})
+    assert no_model.status_code == 409
+    assert "No model yet" in html(no_model).select_one("p.error").text
+    ready_for_a_round(db)
+    db.commit()
+    assert "32 judged pairs to train on" in html(client.get("/admin/rounds")).text
     started = client.post(
         "/admin/rounds",
         data={"csrf_token": csrf, "algorithm": "rloo", "preset": "quick"},
@@ -198,6 +229,10 @@ def test_the_round_list_pages_and_its_form_starts_a_round(client, db, admin):
     assert round_.algorithm == Algorithm.RLOO
     bad = client.post("/admin/rounds", data={"csrf_token": csrf, "preset": "enormous"})
     assert bad.status_code == 422 and "enormous" in bad.text
+    busy = html(client.post("/admin/rounds", data={"csrf_token": csrf, "preset": "quick"}))
+    assert "already queued or running" in busy.select_one("p.error").text
+    assert busy.select_one("p.error a")["href"] == f"/admin/rounds/{round_.id}"
+    assert busy.select_one("form[action='/admin/rounds']")  # the admin stays on the page
 
 
 def test_the_models_page_shows_lineage_leaderboard_and_promotes(client, db, admin, rater):
@@ -249,3 +284,26 @@ def test_the_models_page_shows_lineage_leaderboard_and_promotes(client, db, admi
     assert not page.select("form[action='/admin/models/rollback']")
     refused = client.post(f"/admin/models/{reward.id}/promote", data={"csrf_token": csrf})
     assert refused.status_code in (404, 409)
+
+
+def test_the_dashboard_follows_running_jobs_and_refuses_generation_without_a_model(
+    client, db, admin
+):
+    job = Job(
+        kind="generate_candidates",
+        status=RunStatus.RUNNING,
+        progress=0.25,
+        progress_detail="8 of 32 prompts answered, 8 tasks ready",
+        started_at=utcnow() - timedelta(minutes=1),
+    )
+    db.add(job)
+    db.commit()
+    csrf = browser_login(client, admin.username)
+    page = html(client.get("/admin"))
+    assert page.select_one("#jobs")["data-live"] == "active"  # live.js polls while it runs
+    cell = " ".join(page.select_one("#jobs tbody td:nth-of-type(4)").text.split())
+    assert cell == "25% · 8 of 32 prompts answered, 8 tasks ready · about 3 min left"
+    refused = client.post("/admin/generations", data={"csrf_token": csrf, "per_prompt": 2})
+    assert refused.status_code == 409
+    assert "No model yet" in html(refused).select_one("p.error").text
+    assert db.scalar(select(func.count()).select_from(Job)) == 1

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app import access_links, crud, migrate
+from app import round_follower as follower
 from app.cli import main
-from app.db import make_engine, make_session_factory
+from app.db import make_engine, make_session_factory, session_scope
 from app.errors import NotFound
-from app.models import AccessLink, ApiKey, Prompt, Role, User
+from app.models import AccessLink, ApiKey, Prompt, Role, Round, RoundStage, RunStatus, User
 from app.security import token_digest, verify_password
-from tests.helpers import TEST_SECRET
+from tests.helpers import TEST_SECRET, ready_for_a_round
+from tests.live_server import wait_for
 
 
 def create_user(username: str = "bob", password: str = "long enough pw", role: str = "rater"):
@@ -182,3 +186,36 @@ def test_users_reset_link_replaces_the_previous_one(cli, db):
         access_links.reset_password(db, token=first, password="another long pw")
     rita = access_links.reset_password(db, token=second, password="another long pw")
     assert verify_password("another long pw", rita.password_hash)
+
+
+@pytest.mark.parametrize(("outcome", "exit_code"), [("succeeded", 0), ("failed", 1)])
+def test_rounds_start_wait_follows_the_round_until_it_ends(cli, db, outcome, exit_code):
+    ready_for_a_round(db)
+    db.commit()
+    db.close()
+    factory = make_session_factory(db.get_bind())
+
+    def queued() -> int | None:
+        with factory() as session:
+            return session.scalar(select(Round.id))
+
+    def advance(**values) -> None:
+        with session_scope(factory) as session:
+            session.execute(update(Round).values(**values))
+
+    def worker() -> None:  # what a worker writes while the round runs, then its end
+        wait_for(queued, 30, "the round")
+        advance(status=RunStatus.RUNNING, stage=RoundStage.POLICY, progress=0.5)
+        time.sleep(follower.POLL_S * 1.5)
+        error = "policy: the stage's process crashed" if outcome == "failed" else None
+        advance(status=RunStatus(outcome), error=error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    result = cli("rounds", "start", "--wait")
+    thread.join()
+    assert result.exit_code == exit_code, result.output
+    if outcome == "failed":
+        assert "round 1 failed: policy: the stage's process crashed" in result.output
+    else:
+        assert "round 1 succeeded" in result.output

@@ -7,7 +7,7 @@ from sqlalchemy.orm import sessionmaker
 
 from app.db import make_engine
 from app.main import create_app
-from tests.helpers import api_key_for
+from tests.helpers import api_key_for, browser_login, html
 
 
 def test_malformed_json_is_a_422_with_a_json_detail(client, rater, db):
@@ -69,3 +69,15 @@ def test_responses_carry_security_headers(client):
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+def test_an_error_page_links_back_to_the_page_on_this_site_it_came_from(client, admin):
+    browser_login(client, admin.username)
+    headers = {"Accept": "text/html", "Referer": "http://testserver/admin/rounds?before=9"}
+    missing = client.get("/admin/rounds/999999", headers=headers)
+    assert missing.status_code == 404
+    back = html(missing).select_one("a[href='/admin/rounds?before=9']")
+    assert back.text == "Back to the page you were on"
+    elsewhere = {"Accept": "text/html", "Referer": "https://elsewhere.example/admin/rounds"}
+    page = html(client.get("/admin/rounds/999999", headers=elsewhere))
+    assert [link["href"] for link in page.select("section.card a")] == ["/"]

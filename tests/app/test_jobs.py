@@ -6,13 +6,18 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from app import jobs
-from app.models import Job, Prompt, RunStatus, utcnow
+from app import crud, jobs, model_readiness
+from app.models import Job, ModelKind, Prompt, RunStatus, utcnow
 from tests.helpers import api_key_for
+
+
+def register_base(db) -> None:
+    crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
 
 
 def test_admins_start_candidate_generation_and_follow_the_job(client, db, admin):
     db.add(Prompt(messages=[{"role": "user", "content": "hi"}], dedup_hash="hi"))
+    register_base(db)
     db.commit()
     headers = api_key_for(db, admin)
     prompt_id = db.scalar(select(Prompt.id))
@@ -47,6 +52,20 @@ def test_generation_requests_are_checked(client, db, admin, rater):
     )
     assert client.get("/api/jobs/999", headers=headers).status_code == 404
     assert db.scalar(select(Job)) is None
+
+
+def test_no_job_starts_before_a_model_is_ready(client, db, admin, settings):
+    headers = api_key_for(db, admin)
+    model_readiness.preparing(settings.models_dir, "bundled")
+    refused = client.post("/api/generations", json={}, headers=headers)
+    assert refused.status_code == 409
+    assert "the base model (bundled) is being prepared" in refused.json()["detail"]
+    body = {"kind": "reward_model", "config": {}}
+    assert client.post("/api/training-jobs", json=body, headers=headers).status_code == 409
+    assert db.scalar(select(Job)) is None
+    register_base(db)
+    db.commit()
+    assert client.post("/api/generations", json={}, headers=headers).status_code == 202
 
 
 def new_job(db, **fields) -> Job:
@@ -92,9 +111,7 @@ def test_lost_jobs_are_found_for_re_sending(db):
 
 
 def test_admins_start_training_jobs_and_bad_requests_are_refused(client, db, admin, rater):
-    from app.models import ModelKind, ModelStatus, ModelVersion
-
-    db.add(ModelVersion(name="base", kind=ModelKind.POLICY, status=ModelStatus.READY, path="base"))
+    register_base(db)
     db.commit()
     headers = api_key_for(db, admin)
     accepted = client.post(

@@ -9,14 +9,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app import crud, rounds
-from app.db import make_session_factory
+from app import crud, model_readiness, rounds
+from app.db import make_session_factory, session_scope
 from app.errors import Conflict
 from app.models import Algorithm, Round, RoundStage, RunStatus, utcnow
-from tests.helpers import ab_judgement, api_key_for, policy_versions
+from tests.helpers import ab_judgement, api_key_for, policy_versions, ready_for_a_round
 
 
 def test_admins_start_follow_and_cancel_a_round(client, db, admin):
+    ready_for_a_round(db)
     headers = api_key_for(db, admin)
     accepted = client.post(
         "/api/rounds",
@@ -39,6 +40,25 @@ def test_admins_start_follow_and_cancel_a_round(client, db, admin):
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert client.post(f"/api/rounds/{round_id}/cancel", headers=headers).status_code == 409
     assert client.post("/api/rounds", json={}, headers=headers).status_code == 202
+
+
+def test_a_round_needs_a_ready_model_and_enough_judged_pairs(client, db, admin, settings):
+    headers = api_key_for(db, admin)
+    model_readiness.preparing(settings.models_dir, "bundled")
+    no_model = client.post("/api/rounds", json={}, headers=headers)
+    assert no_model.status_code == 409
+    assert "the base model (bundled) is being prepared" in no_model.json()["detail"]
+    ready_for_a_round(db, pairs=6)
+    db.commit()
+    too_few = client.post("/api/rounds", json={}, headers=headers)
+    assert too_few.status_code == 409
+    assert (
+        "Too few judged pairs to train on: 6, and this round needs at least 32"
+        in (too_few.json()["detail"])
+    )
+    lowered = {"overrides": {"snapshot": {"min_pairs": 6}}}
+    assert client.post("/api/rounds", json=lowered, headers=headers).status_code == 202
+    assert db.scalar(select(func.count()).select_from(Round)) == 1
 
 
 def test_bad_round_requests_are_refused(client, db, admin, rater):
@@ -64,8 +84,10 @@ def test_bad_round_requests_are_refused(client, db, admin, rater):
     assert client.post("/api/rounds", json={}, headers=api_key_for(db, rater)).status_code == 403
 
 
-def test_concurrent_starts_on_one_line_queue_exactly_one_round(committed_engine):
+def test_concurrent_starts_on_one_line_queue_exactly_one_round(committed_engine, settings):
     factory = make_session_factory(committed_engine)
+    with session_scope(factory) as db:
+        ready_for_a_round(db)
     starters = 10
     barrier = threading.Barrier(starters)
 
@@ -73,10 +95,7 @@ def test_concurrent_starts_on_one_line_queue_exactly_one_round(committed_engine)
         with factory() as db:
             barrier.wait()
             try:
-                rounds.start_round(
-                    db, algorithm=Algorithm.PPO, preset="quick", overrides={}, created_by=None
-                )
-                db.commit()
+                start_quick_round(db, settings)
             except Conflict:
                 return "409"
             return "202"
@@ -111,15 +130,29 @@ def test_every_preset_is_a_valid_config_for_every_algorithm():
             rounds.round_config(algorithm, preset, {})  # raises on an unknown setting
 
 
-def queued(db, **fields) -> Round:
+def start_quick_round(db, settings, **fields) -> Round:
+    """A committed `quick` PPO round (on the line given as `line=`)."""
     round_ = rounds.start_round(
-        db, algorithm=Algorithm.PPO, preset="quick", overrides={}, created_by=None, **fields
+        db,
+        algorithm=Algorithm.PPO,
+        preset="quick",
+        overrides={},
+        created_by=None,
+        settings=settings,
+        **fields,
     )
     db.commit()
     return round_
 
 
-def test_a_stage_runs_once_in_order_under_a_lease(db):
+@pytest.fixture
+def queued(db, settings):
+    """Starts `quick` rounds over enough judged pairs: `queued(db, line=...)`."""
+    ready_for_a_round(db)
+    return lambda db, **fields: start_quick_round(db, settings, **fields)
+
+
+def test_a_stage_runs_once_in_order_under_a_lease(db, queued):
     round_ = queued(db)
     claim = lambda stage, worker="w1": rounds.claim_stage(  # noqa: E731
         db, round_id=round_.id, stage=stage, worker=worker
@@ -146,7 +179,7 @@ def test_a_stage_runs_once_in_order_under_a_lease(db):
     assert round_.status == RunStatus.SUCCEEDED and round_.stage == RoundStage.DONE
 
 
-def test_a_cancel_stops_the_running_stage_at_its_next_heartbeat(db):
+def test_a_cancel_stops_the_running_stage_at_its_next_heartbeat(db, queued):
     round_ = queued(db)
     rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
     assert rounds.cancel_round(db, round_id=round_.id).status == RunStatus.RUNNING
@@ -157,7 +190,7 @@ def test_a_cancel_stops_the_running_stage_at_its_next_heartbeat(db):
     assert round_.status == RunStatus.CANCELLED
 
 
-def test_a_dead_worker_fails_its_round_with_the_stage_named(db):
+def test_a_dead_worker_fails_its_round_with_the_stage_named(db, queued):
     round_ = queued(db)
     rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
     assert rounds.fail_lost_rounds(db) == 0  # the lease is alive
@@ -166,10 +199,26 @@ def test_a_dead_worker_fails_its_round_with_the_stage_named(db):
     assert rounds.fail_lost_rounds(db) == 1
     db.refresh(round_)
     assert round_.status == RunStatus.FAILED and round_.error.startswith("snapshot: the worker")
+    assert "w1" not in round_.error  # no internal ids in what admins read
     assert rounds.active_round(db, line="main") is None
 
 
-def test_rounds_whose_message_was_lost_are_sent_again(db):
+def test_a_cancelled_round_whose_worker_stopped_reads_cancelled(db, queued):
+    round_ = queued(db)
+    rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="host:7:1")
+    rounds.cancel_round(db, round_id=round_.id)
+    rounds.end_abandoned_stage(
+        db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="host:8", error="", cancelled=True
+    )
+    assert db.get(Round, round_.id).status == RunStatus.RUNNING  # another process holds it
+    round_.lease_expires_at = utcnow() - timedelta(seconds=1)
+    db.flush()
+    assert rounds.fail_lost_rounds(db) == 1
+    db.refresh(round_)
+    assert (round_.status, round_.error) == (RunStatus.CANCELLED, "cancelled by an admin")
+
+
+def test_rounds_whose_message_was_lost_are_sent_again(db, queued):
     never_sent = queued(db)
     assert [r.id for r in rounds.rounds_to_redispatch(db)] == [never_sent.id]
     assert rounds.rounds_to_redispatch(db) == []  # marked as sent
@@ -186,7 +235,7 @@ def test_rounds_whose_message_was_lost_are_sent_again(db):
     }
 
 
-def test_curve_points_skip_values_that_are_not_finite_numbers(db):
+def test_curve_points_skip_values_that_are_not_finite_numbers(db, queued):
     round_ = queued(db)
     rounds.record_points(
         db,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from app import jobs
@@ -19,6 +21,7 @@ from app.models import (
     TaskResponse,
     utcnow,
 )
+from tests.live_server import wait_for
 from worker.candidates import samples_per_version
 from worker.celery_app import create_celery
 from worker.model_store import ModelStore
@@ -157,3 +160,33 @@ def test_a_failing_job_records_its_error(world):
     job = run_generation(world, model_versions=["missing"])
     assert job.status == RunStatus.FAILED
     assert job.error
+
+
+def test_tasks_appear_batch_by_batch_while_the_job_runs(world):
+    factory, celery = world
+    with session_scope(factory) as db:
+        db.add_all(
+            Prompt(messages=[{"role": "user", "content": f"q{n}"}], dedup_hash=f"q{n}")
+            for n in range(12)
+        )
+        job = jobs.create_job(
+            db,
+            kind=jobs.GENERATE_CANDIDATES,
+            params={"sampling": {"max_new_tokens": 48}},
+            created_by=None,
+        )
+    running = threading.Thread(target=celery.tasks[GENERATE_CANDIDATES].apply, args=[[job.id]])
+    running.start()
+
+    def tasks_while_running() -> int:
+        with factory() as db:
+            running_now = db.get(Job, job.id).status == RunStatus.RUNNING
+            return running_now and db.scalar(select(func.count()).select_from(Task))
+
+    early = wait_for(tasks_while_running, 120, "tasks while the job runs")
+    running.join()
+    assert 0 < early < 14  # the first batch: 4 prompts
+    with factory() as db:
+        done = db.get(Job, job.id)
+    assert done.status == RunStatus.SUCCEEDED and done.result["tasks"] == 14
+    assert done.progress_detail == "14 of 14 prompts answered, 14 tasks ready"

@@ -61,6 +61,7 @@ from worker.tasks import reclaim_work, start_scheduled_round
 
 ROUND_TIMEOUT_S = 300
 TINY_ROUND = {
+    "snapshot": {"min_pairs": 4},
     "sft": {"min_demonstrations": 4, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3},
     "reward_model": {"epochs": 1, "batch_pairs": 4, "learning_rate": 1e-3},
     "policy": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 8, "learning_rate": 1e-3},
@@ -231,7 +232,8 @@ def test_a_killed_worker_fails_the_round_and_registers_nothing(world):
     assert answer.model == "base"
 
 
-def test_scheduled_rounds_wait_for_enough_new_judgements(tmp_path, committed_engine):
+def test_scheduled_rounds_wait_for_enough_new_judgements(tmp_path, committed_engine, monkeypatch):
+    monkeypatch.setitem(rounds.PRESETS["quick"]["snapshot"], "min_pairs", 1)
     settings = make_settings(
         tmp_path,
         database_url=committed_engine.url.render_as_string(False),
@@ -241,6 +243,8 @@ def test_scheduled_rounds_wait_for_enough_new_judgements(tmp_path, committed_eng
     context = WorkerContext(settings, committed_engine, factory)
     celery = create_celery(settings, engine=committed_engine)
     schedule = lambda reason="judgements": start_scheduled_round(celery, context, reason=reason)  # noqa: E731
+    with session_scope(factory) as db:
+        crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
 
     def judge() -> int:
         with session_scope(factory) as db:
@@ -280,9 +284,9 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
         rater = judged_tasks_with_rewrites(db, count=4)
         cutoff = db.scalar(select(func.max(Judgement.id)))
         earlier, policy = promoted_round(db, cutoff)
-    config = rounds.round_config(Algorithm.DPO, "quick", {})
+    config = rounds.round_config(Algorithm.DPO, "quick", {"snapshot": {"min_pairs": 1}})
     snapshot = Stage(
-        context, None, earlier.id + 1, RoundStage.SNAPSHOT, Algorithm.DPO, config, {}, None, None
+        context, earlier.id + 1, RoundStage.SNAPSHOT, Algorithm.DPO, config, {}, None, None
     )
     with pytest.raises(RoundError, match=f"no judgements since round {earlier.id}"):
         snapshot_stage(snapshot)

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
-from app import rounds
-from app.deps import DbSession, PageAdmin
+from app import crud, model_readiness, rounds
+from app.deps import DbSession, PageAdmin, SettingsDep
+from app.errors import Conflict
 from app.models import DEFAULT_ALGORITHM, Algorithm, ModelVersion, Round
 from app.schemas import RowId
 from app.templating import render
@@ -24,10 +25,24 @@ PAGE_SIZE = 50
 def round_list(
     request: Request,
     db: DbSession,
+    settings: SettingsDep,
     admin: PageAdmin,
     before: Annotated[RowId | None, Query()] = None,
 ) -> HTMLResponse:
     """Newest first, `PAGE_SIZE` at a time (`before` is the last id of the previous page)."""
+    return _round_list(request, db, settings, before=before)
+
+
+def _round_list(
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    *,
+    before: int | None = None,
+    refusal: Conflict | None = None,
+) -> HTMLResponse:
+    """The list and its form; `refusal` (a start the form asked for) is shown above the form,
+    with a link to the round in the way when there is one."""
     query = select(Round).order_by(Round.id.desc()).limit(PAGE_SIZE + 1)
     found = list(db.scalars(query.where(Round.id < before) if before else query))
     context = {
@@ -36,21 +51,47 @@ def round_list(
         "algorithms": [algorithm.value for algorithm in Algorithm],
         "default_algorithm": DEFAULT_ALGORITHM.value,
         "presets": list(rounds.PRESETS),
+        "readiness": _readiness(db, settings),
+        "refusal": refusal.detail if refusal else None,
+        "in_the_way": rounds.active_round(db, line="main") if refusal else None,
     }
-    return render(request, "admin/rounds.html", context)
+    status = refusal.status_code if refusal else 200
+    return render(request, "admin/rounds.html", context, status_code=status)
 
 
-@router.post("/rounds")
+def _readiness(db: DbSession, settings: SettingsDep) -> dict:
+    """What a new round would start from: the model, and the judged pairs per preset's need."""
+    model = model_readiness.model_state(db, settings)
+    if not model.ready:
+        return {"model": model.detail}
+    ready = {"model": None}
+    options = rounds.PRESETS[settings.round_preset]["snapshot"]
+    available, previous = rounds.pairs_available(db, crud.current_policy(db), options)
+    needed = {name: preset["snapshot"]["min_pairs"] for name, preset in rounds.PRESETS.items()}
+    return ready | {"pairs": available, "since": previous, "needed": needed}
+
+
+@router.post("/rounds", response_model=None)
 def start_round(
     request: Request,
     db: DbSession,
+    settings: SettingsDep,
     admin: PageAdmin,
     algorithm: Annotated[Algorithm, Form()] = DEFAULT_ALGORITHM,
     preset: Annotated[str, Form(max_length=32)] = "quick",
-) -> RedirectResponse:
-    round_ = rounds.start_round(
-        db, algorithm=algorithm, preset=preset, overrides={}, created_by=admin
-    )
+) -> RedirectResponse | HTMLResponse:
+    try:
+        round_ = rounds.start_round(
+            db,
+            algorithm=algorithm,
+            preset=preset,
+            overrides={},
+            created_by=admin,
+            settings=settings,
+        )
+    except Conflict as refused:
+        db.rollback()
+        return _round_list(request, db, settings, refusal=refused)
     db.commit()
     rounds.send(db, request.app.state.celery, round_.id)
     return RedirectResponse(f"/admin/rounds/{round_.id}", status_code=303)
@@ -69,6 +110,7 @@ def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmi
         "parent": parent,
         "log": rounds.read_log(db, round_id=round_id),
         "human": rounds.human_verdict(db, round_),
+        "too_few": rounds.TOO_FEW_TO_JUDGE,
     }
     return render(request, "admin/round.html", context)
 
