@@ -16,7 +16,7 @@ from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
 from app.inference import Inference
 from app.metrics import AppMetrics, RequestMetricsMiddleware
-from app.middleware import RejectNulMiddleware, SecurityHeadersMiddleware
+from app.middleware import DeclaredSizeLimit, RejectNulMiddleware, SecurityHeadersMiddleware
 from app.ratelimit import KeyLimiter
 from app.routes import (
     account,
@@ -65,6 +65,15 @@ ROUTERS = (
 )
 
 
+class _AlignloopAPI(FastAPI):
+    """FastAPI with `DeclaredSizeLimit` outside its own body limit, so that an oversize upload
+    gets a message in words (a page with a way back) rather than a bare "Content Too Large"."""
+
+    def build_middleware_stack(self):
+        limit = self.state.settings.max_body_bytes
+        return DeclaredSizeLimit(super().build_middleware_stack(), max_body_bytes=limit)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -89,7 +98,7 @@ def create_app(
         await inference.close()
         gc.unfreeze()  # an app that ends before its process (tests) can be collected
 
-    app = FastAPI(
+    app = _AlignloopAPI(
         title="alignloop",
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,

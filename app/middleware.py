@@ -1,6 +1,10 @@
-"""ASGI middleware: security headers on every response, and no NUL characters in any request.
+"""ASGI middleware: security headers on every response, no NUL characters in any request, and
+oversize bodies refused in words.
 
-Request body limits use FastAPI's own `max_body_size` (set in `app.main`)."""
+Request body limits use FastAPI's own `max_body_size` (set in `app.main`), which answers in
+plain text; `DeclaredSizeLimit` runs outside it and answers the usual case first (a declared
+length over the limit, as browsers and clients send) with the app's own error response: a page
+with a way back, for a browser."""
 
 from __future__ import annotations
 
@@ -46,6 +50,34 @@ class SecurityHeadersMiddleware:
 JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 FORM_NUL = re.compile(rb"%00")
 NUL_MESSAGE = "Text must not contain NUL characters (found in the {where})."
+
+
+class DeclaredSizeLimit:
+    """Refuse a request whose `Content-Length` is over `max_body_bytes`, before reading it."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if scope["type"] != "http" or not declared.isdigit():
+            await self.app(scope, receive, send)
+            return
+        if int(declared) <= self.max_body_bytes:
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"This request is {_size(int(declared))}, over the limit of "
+            f"{_size(self.max_body_bytes)} (ALIGNLOOP_MAX_BODY_BYTES): split the file, or "
+            "raise the limit."
+        )
+        response = error_response(Request(scope, receive), 413, message)
+        await response(scope, receive, send)
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
 
 
 class RejectNulMiddleware:

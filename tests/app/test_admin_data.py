@@ -44,7 +44,7 @@ def upload(client, csrf: str, filename: str, content: bytes, **fields: str):
         "/admin/data/import",
         data={"csrf_token": csrf, **fields},
         files={"file": (filename, content, "application/octet-stream")},
-        headers={"Accept": "text/html"},
+        headers={"Accept": "text/html", "Referer": "http://testserver/admin/data"},
     )
 
 
@@ -141,6 +141,9 @@ def test_an_upload_over_the_body_limit_is_refused(settings, engine, session_fact
         csrf = browser_login(client, admin.username)
         response = upload(client, csrf, "p.jsonl", jsonl(*[{"prompt": "x" * 100}] * 100))
     assert response.status_code == 413
+    page = html(response)
+    assert "over the limit of 4 KiB (ALIGNLOOP_MAX_BODY_BYTES)" in page.text
+    assert page.select_one("a[href='/admin/data']").text == "Back to the page you were on"
     assert stored_prompts(db) == []
 
 
