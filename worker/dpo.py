@@ -9,7 +9,7 @@ targets) say nothing about which answer to prefer and are left out; rater trust 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -27,15 +27,17 @@ def train_dpo(
     config: DPOConfig,
     *,
     on_step: StepCallback | None = None,
+    on_reference: Callable[[int, int], None] | None = None,
 ) -> tuple[Policy, list[dict[str, float]]]:
-    """Optimise the policy on the strict `train` pairs; the policy and its curve."""
+    """Optimise the policy on the strict `train` pairs; the policy and its curve.
+    `on_reference(done, total)` hears the batches of the reference pass that comes first."""
     train = [pair for pair in pairs if pair.split == "train" and pair.target == 1.0]
     if not train:
         raise ValueError("no strict training pairs for DPO")
     policy = Policy(base, config)
     try:
         batcher = PreferenceBatcher(train, policy.tokenizer, max_length=config.max_length)
-        reference = _reference_logps(policy, batcher, config)
+        reference = _reference_logps(policy, batcher, config, on_reference)
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=config.learning_rate)
         curve: list[dict[str, float]] = []
         for epoch in range(config.epochs):
@@ -176,13 +178,17 @@ def _pair_keys(batch: PreferenceBatch) -> tuple[list[tuple], list[tuple]]:
 
 @torch.no_grad()
 def _reference_logps(
-    policy: Policy, batcher: PreferenceBatcher, config: DPOConfig
+    policy: Policy,
+    batcher: PreferenceBatcher,
+    config: DPOConfig,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[tuple, torch.Tensor]:
     """The reference's summed log-probability of every answer, once, keyed by tokens."""
     table: dict[tuple, torch.Tensor] = {}
+    batches = list(batcher.batches(config.batch_pairs, shuffle=False))
     with policy.reference() as reference:
         reference.eval()
-        for batch in batcher.batches(config.batch_pairs, shuffle=False):
+        for done, batch in enumerate(batches, start=1):
             answers, _ = _answer_logps(reference, policy, batch)
             chosen_keys, rejected_keys = _pair_keys(batch)
             for keys, values in (
@@ -190,4 +196,6 @@ def _reference_logps(
                 (rejected_keys, answers[batch.rejected]),
             ):
                 table.update(zip(keys, values, strict=True))
+            if on_batch is not None:
+                on_batch(done, len(batches))
     return table

@@ -94,7 +94,9 @@ class WatchedJob:
         return False
 
     def progress(self, db: Session) -> Hashable:
-        return db.scalar(select(Job.progress).where(Job.id == self.job_id))
+        return db.execute(
+            select(Job.progress, Job.progress_detail).where(Job.id == self.job_id)
+        ).first()
 
     def end(self, db: Session, cause: str, *, worker: str, cancelled: bool) -> None:
         jobs.fail_abandoned_job(db, job_id=self.job_id, worker=worker, error=f"The job {cause}.")
@@ -110,7 +112,9 @@ class WatchedStage:
 
     def progress(self, db: Session) -> Hashable:
         return db.execute(
-            select(Round.stage, Round.progress).where(Round.id == self.round_id)
+            select(Round.stage, Round.progress, Round.progress_detail).where(
+                Round.id == self.round_id
+            )
         ).first()
 
     def end(self, db: Session, cause: str, *, worker: str, cancelled: bool) -> None:

@@ -160,10 +160,16 @@ class Policy:
 
 
 def sample_answers(
-    engine: GenerationEngine, prompts: Sequence[list[int]], sampling: Sampling, *, samples: int
+    engine: GenerationEngine,
+    prompts: Sequence[list[int]],
+    sampling: Sampling,
+    *,
+    samples: int,
+    on_answer: Callable[[int, int], None] | None = None,
 ) -> Rollout:
     """`samples` answers to each prompt (token ids), all submitted at once so that the engine
-    batches them; sample j of prompt i uses seed `sampling.seed + i * samples + j`."""
+    batches them; sample j of prompt i uses seed `sampling.seed + i * samples + j`.
+    `on_answer(done, total)` hears each answer as it is collected, in order."""
     generations = engine.submit_many(
         [
             (prompt, seeded(sampling, index * samples + sample))
@@ -171,7 +177,11 @@ def sample_answers(
             for sample in range(samples)
         ]
     )
-    completions = [generation.wait() for generation in generations]
+    completions = []
+    for generation in generations:
+        completions.append(generation.wait())
+        if on_answer is not None:
+            on_answer(len(completions), len(generations))
     return Rollout.from_tokens(
         [prompt for prompt in prompts for _ in range(samples)],
         [list(completion.token_ids) for completion in completions],

@@ -428,7 +428,13 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
         pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
         strict = [p for p in pairs if p.split == "train" and p.target == 1.0]
         total = config.epochs * math.ceil(len(strict) / config.batch_pairs)
-        run = lambda on_step: train_dpo(pairs, start, config, on_step=on_step)  # noqa: E731
+
+        def reference_pass(done: int, batches: int) -> None:
+            stage.report(0.0, f"reference log-probs, batch {done} of {batches}")
+
+        run = lambda on_step: train_dpo(  # noqa: E731
+            pairs, start, config, on_step=on_step, on_reference=reference_pass
+        )
     else:
         train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo
         prompts = _train_prompts(stage)
@@ -488,13 +494,12 @@ def evaluate_stage(stage: Stage) -> dict[str, Any]:
         seed=options.get("seed", stage.round_id),
     )
     new, new_logprobs = _answers_and_logprobs(
-        stage, stage.metrics["policy"]["path"], prompts, sampling, samples
+        stage, stage.metrics["policy"]["path"], prompts, sampling, samples, part=(0.0, "new")
     )
-    stage.report(0.45)
     old, parent_logprobs = _answers_and_logprobs(
-        stage, stage.parent.path, prompts, sampling, samples, score=new
+        stage, stage.parent.path, prompts, sampling, samples, score=new, part=(0.45, "parent")
     )
-    stage.report(0.9)
+    stage.report(0.9, "scoring the answers with the reward model")
     kl = ((new_logprobs - parent_logprobs) * new.response_mask).sum(1).mean().item()
     conversations = [prompts[index] for index in new.conversation]
     scorer = RewardScorer(
@@ -534,10 +539,17 @@ def _answers_and_logprobs(
     sampling: Sampling,
     samples: int,
     *,
+    part: tuple[float, str],
     score: Rollout | None = None,
 ) -> tuple[Rollout, torch.Tensor]:
     """The answers of the model stored at `path`, and its token log-probs `(B, L)` of the
-    answers in `score` (default: its own); the model is freed before this returns."""
+    answers in `score` (default: its own); the model is freed before this returns. `part`:
+    where the stage's progress starts, and whose answers these are, for the progress line."""
+    start, whose = part
+
+    def report(done: int, total: int) -> None:
+        stage.report(start + 0.45 * done / total, f"{done} of {total} answers of the {whose}")
+
     model, tokenizer = stage.store.load(path, stage.store.device)
     try:
         engine = GenerationEngine(model, tokenizer, name="evaluation", max_batch_size=64)
@@ -547,6 +559,7 @@ def _answers_and_logprobs(
                 [engine.encode_chat(prompt) for prompt in prompts],
                 sampling,
                 samples=samples,
+                on_answer=report,
             )
         finally:
             engine.close(drain=False)
