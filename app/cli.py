@@ -148,10 +148,11 @@ def web(settings: Settings, host: str, port: int, workers: int) -> None:
 @click.option("--concurrency", "-c", default=1, show_default=True, type=int)
 @click.option(
     "--pool",
-    type=click.Choice(["prefork", "threads", "solo"]),
-    default="prefork",
+    type=click.Choice(["threads", "solo"]),
+    default="threads",
     show_default=True,
-    help="`threads` for the inference queue: its requests share one engine and batch together.",
+    help="The worker's threads only supervise: every job runs in a child process of its own "
+    "(worker.isolation), and the inference queue's requests share one engine.",
 )
 @click.pass_obj
 def worker(settings: Settings, queues: str, concurrency: int, pool: str) -> None:

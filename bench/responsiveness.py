@@ -13,8 +13,8 @@ On a fresh embedded server (`alignloop run`, the bundled model, SQLite, 2 cores)
    policy stage. Reported: seconds from the cancel request to the round reading `cancelled`,
    against the 10 seconds promised.
 
-Each phase reports the peak RSS of the server's whole process tree. Prints one JSON line and a
-Markdown table.
+Each phase reports the peak RSS of the server's whole process tree, and the tree's RSS when idle
+at the end. Prints one JSON line and a Markdown table.
 
     .venv/bin/python bench/responsiveness.py
 """
@@ -45,6 +45,7 @@ PROMPTS = 48
 POLL_S = 0.5
 RUNNING_BEFORE_CANCEL_S = 20.0
 CANCEL_PROMISE_S = 10.0
+IDLE_AFTER_S = 10.0
 
 
 def first_tasks(admin: Api, rater: Api) -> dict:
@@ -112,6 +113,8 @@ def main() -> int:
             cancel = cancel_during(admin, stage)
             cancel["peak_rss_mb"] = memory.take_peak()
             result["cancels"].append(cancel)
+        time.sleep(IDLE_AFTER_S)
+        result["idle_rss_mb"] = memory.now_mb()
     print(json.dumps(result), flush=True)
     generation = result["generation"]
     print("| measure | seconds | reference | peak RSS |")
@@ -128,6 +131,7 @@ def main() -> int:
             f"{cancel['cancel_s']:.1f} ({cancel['status']}) | promised {CANCEL_PROMISE_S:.0f} | "
             f"{cancel['peak_rss_mb'] / 1024:.2f} GiB |"
         )
+    print(f"idle afterwards: {result['idle_rss_mb'] / 1024:.2f} GiB")
     return 0
 
 

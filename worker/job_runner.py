@@ -22,7 +22,11 @@ from worker.celery_app import WorkerContext
 
 log = logging.getLogger(__name__)
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+def lease_owner() -> str:
+    """Who holds a lease: host, process and thread. Read when the lease is taken, not at
+    import: the fork server that starts job processes imports this module once for all."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 class Progress:
@@ -46,7 +50,7 @@ def run_job(
     context: WorkerContext, job_id: int, work: Callable[[Job, Progress], dict[str, Any]]
 ) -> str:
     """Claim job `job_id` and run `work` on it; returns the job's final status."""
-    worker = f"{WORKER_ID}:{threading.get_ident()}"
+    worker = lease_owner()
     with session_scope(context.session_factory) as db:
         job = jobs.claim_job(db, job_id=job_id, worker=worker)
         if job is None:

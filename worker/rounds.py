@@ -44,7 +44,7 @@ from worker.celery_app import WorkerContext
 from worker.data import Demonstration
 from worker.engine import GenerationEngine, Sampling
 from worker.isolation import STOP_REQUESTED
-from worker.job_runner import WORKER_ID, Progress, keep_lease
+from worker.job_runner import Progress, keep_lease, lease_owner
 from worker.model_store import ModelStore, release_memory
 from worker.policy import Rollout, answer_logprobs, sample_answers
 from worker.reward_model import RewardScorer
@@ -128,7 +128,7 @@ class Stage:
 def run_stage(context: WorkerContext, round_id: int, stage_name: str) -> str:
     """Claim `stage_name` of round `round_id` and run it; returns what happened."""
     stage = RoundStage(stage_name)
-    worker = f"{WORKER_ID}:{threading.get_ident()}"
+    worker = lease_owner()
     with session_scope(context.session_factory) as db:
         round_ = rounds.claim_stage(db, round_id=round_id, stage=stage, worker=worker)
         if round_ is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from app.rounds import ACTIVE
 from tests.helpers import judged_tasks_with_rewrites
 from tests.live_server import alignloop_run, wait_for
 from worker.celery_app import WorkerContext, create_celery
-from worker.isolation import Limits, _watch
+from worker.isolation import FORK_SERVER, Limits, _watch
 from worker.model_store import ModelStore
 from worker.tasks import GENERATE_CANDIDATES
 
@@ -180,9 +179,10 @@ def test_the_supervisor_ends_a_child_that_must_not_go_on(
     model_settings, session_factory, limits, watched, cause, cancelled
 ):
     context = WorkerContext(model_settings, None, session_factory)
-    child = subprocess.Popen(["sleep", "60"])
+    child = FORK_SERVER.Process(target=time.sleep, args=(60,))
+    child.start()
     started = time.monotonic()
     ending = _watch(child, context, watched, limits)
-    assert child.poll() is not None and time.monotonic() - started < 10
+    assert child.exitcode is not None and time.monotonic() - started < 10
     assert ending.cancelled is cancelled
     assert (ending.cause is None) if cause is None else (cause in ending.cause)
