@@ -60,15 +60,18 @@ def _round_list(
 
 
 def _readiness(db: DbSession, settings: SettingsDep) -> dict:
-    """What a new round would start from: the model, and the judged pairs per preset's need."""
+    """What a new round would start from: the model, and the judged pairs per preset's need.
+    Counting the pairs builds a snapshot, so it is skipped while a round runs (the page then
+    refreshes itself every few seconds, and a start would be refused anyway)."""
     model = model_readiness.model_state(db, settings)
     if not model.ready:
-        return {"model": model.detail}
-    ready = {"model": None}
+        return {"model": model.detail, "running": None}
+    if (running := rounds.active_round(db, line="main")) is not None:
+        return {"model": None, "running": running}
     options = rounds.PRESETS[settings.round_preset]["snapshot"]
     available, previous = rounds.pairs_available(db, crud.current_policy(db), options)
     needed = {name: preset["snapshot"]["min_pairs"] for name, preset in rounds.PRESETS.items()}
-    return ready | {"pairs": available, "since": previous, "needed": needed}
+    return {"model": None, "running": None, "pairs": available, "since": previous, "needed": needed}
 
 
 @router.post("/rounds", response_model=None)
