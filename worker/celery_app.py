@@ -21,7 +21,6 @@ DEFAULT_QUEUE = "default"
 TRAIN_QUEUE = "train"
 INFERENCE_QUEUE = "inference"  # /v1 requests when ALIGNLOOP_INFERENCE=celery
 QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE, INFERENCE_QUEUE)
-EMBEDDED_QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE)  # the embedded default serves /v1 in-process
 
 DEFAULT_TIME_LIMIT_S = 60 * 60
 TRAIN_TIME_LIMIT_S = 24 * 60 * 60

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 
@@ -51,6 +52,33 @@ def test_the_embedded_worker_answers_ping_without_a_broker_server(tmp_path, queu
     with EmbeddedWorker(celery, with_beat=False):
         result = celery.send_task(PING, queue=queue)
         assert result.get(timeout=RESULT_TIMEOUT_S, interval=0.05) == "pong"
+
+
+def test_the_embedded_worker_runs_one_train_task_at_a_time_beside_the_default_queue(tmp_path):
+    """Two model-sized job processes at once would double the peak memory (bench/RESULTS.md)."""
+    celery = create_celery(make_settings(tmp_path))
+    running: list[int] = []
+    overlaps: list[int] = []
+    lock = threading.Lock()
+
+    @celery.task(name="test.hold_the_train_queue")
+    def hold() -> None:
+        with lock:
+            running.append(1)
+            overlaps.append(len(running))
+        time.sleep(0.5)
+        with lock:
+            running.pop()
+
+    with EmbeddedWorker(celery, with_beat=False):
+        held = [celery.send_task(hold.name, queue=TRAIN_QUEUE) for _ in range(3)]
+        started = time.monotonic()
+        # The default queue answers while the train queue is busy.
+        assert celery.send_task(PING, queue=DEFAULT_QUEUE).get(timeout=5, interval=0.05) == "pong"
+        assert time.monotonic() - started < 1.0
+        for result in held:
+            result.get(timeout=RESULT_TIMEOUT_S, interval=0.05)
+    assert overlaps == [1, 1, 1]
 
 
 def test_the_embedded_scheduler_keeps_no_pickled_state(tmp_path, monkeypatch):
