@@ -17,7 +17,7 @@ from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from app import security
+from app import preconditions, security
 from app.errors import Conflict, NotFound, RateLimited
 from app.models import (
     ApiKey,
@@ -52,11 +52,17 @@ def create_user(db: Session, *, username: str, password: str, role: Role) -> Use
     return user
 
 
-def get_user(db: Session, *, user_id: int) -> User:
-    user = db.get(User, user_id)
+def get_user(db: Session, *, user_id: int, for_update: bool = False) -> User:
+    """The user; `for_update` locks the row until the transaction ends (and re-reads it)."""
+    user = db.get(User, user_id, with_for_update=for_update or None, populate_existing=for_update)
     if user is None:
         raise NotFound("User not found")
     return user
+
+
+def user_etag(user: User) -> str:
+    """Changes with whatever `PATCH /api/users/{id}` can change."""
+    return preconditions.etag("user", user.id, user.role, user.is_active)
 
 
 def update_user(
@@ -373,10 +379,10 @@ def register_model_version(
     return version
 
 
-def roll_back(db: Session) -> ModelVersion:
+def roll_back(db: Session, *, if_match: str | None = None) -> ModelVersion:
     """Stop serving the current promoted version: the one promoted before it (else `base`)
-    becomes `current` again."""
-    current = current_policy(db)
+    becomes `current` again. `if_match`: the client's `serving_etag`, see `promote`."""
+    current = _lock_serving(db, if_match)
     if current is None or current.promoted_at is None:
         raise Conflict("Nothing to roll back: no promoted version is being served")
     current.promoted_at = None
@@ -395,9 +401,27 @@ def get_guidelines(db: Session, *, version: int) -> GuidelineVersion | None:
     return db.scalar(select(GuidelineVersion).where(GuidelineVersion.version == version))
 
 
-def publish_guidelines(db: Session, *, body: str, author: User | None) -> GuidelineVersion:
-    """A new guideline version; earlier versions stay, as judgements refer to them."""
+class StaleGuidelines(Conflict):
+    """The editor started from an older version than the one published since."""
+
+    def __init__(self, published: GuidelineVersion, based_on: int) -> None:
+        super().__init__(
+            f"Version {published.version} was published after the version {based_on} you "
+            "edited; compare both, then publish again."
+        )
+        self.published = published
+
+
+def publish_guidelines(
+    db: Session, *, body: str, author: User | None, based_on: int | None = None
+) -> GuidelineVersion:
+    """A new guideline version; earlier versions stay, as judgements refer to them.
+    `based_on`, the version the editor started from (0 for none), must still be the latest:
+    otherwise `StaleGuidelines`, so that one admin never silently overwrites another."""
+    preconditions.serialise(db, "guidelines")
     latest = current_guidelines(db)
+    if based_on is not None and based_on != (latest.version if latest else 0):
+        raise StaleGuidelines(latest, based_on)
     guideline = GuidelineVersion(
         version=(latest.version + 1) if latest else 1,
         body=body,
@@ -445,8 +469,25 @@ def list_model_versions(db: Session) -> list[ModelVersion]:
     return list(db.scalars(select(ModelVersion).order_by(ModelVersion.id)))
 
 
-def promote(db: Session, *, version_id: int) -> ModelVersion:
-    """Make a ready policy version the one served as `current` (one compare-and-set update)."""
+def serving_etag(current: ModelVersion | None) -> str:
+    """The ETag of what is served: which version, and since when (a version promoted again
+    after a rollback gets a new one)."""
+    return preconditions.etag("serving", current and current.id, current and current.promoted_at)
+
+
+def _lock_serving(db: Session, if_match: str | None) -> ModelVersion | None:
+    """Take the promotion lock, check the client's `If-Match`, return the current policy."""
+    preconditions.serialise(db, "serving")
+    current = current_policy(db)
+    preconditions.check_if_match(if_match, serving_etag(current), what="The served version")
+    return current
+
+
+def promote(db: Session, *, version_id: int, if_match: str | None = None) -> ModelVersion:
+    """Make a ready policy version the one served as `current` (one compare-and-set update).
+    With `if_match` (a `serving_etag`), only if nobody promoted or rolled back meanwhile: of
+    two admins promoting from the same page, the second gets a 412."""
+    _lock_serving(db, if_match)
     updated = db.execute(
         update(ModelVersion)
         .where(

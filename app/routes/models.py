@@ -5,20 +5,33 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Response
 
 from app import crud
 from app import leaderboard as ranking
 from app.deps import AdminUser, DbSession
 from app.leaderboard import Standing
+from app.models import ModelVersion
 from app.schemas import ModelVersionOut, RowId
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
+STALE = {412: {"description": "`If-Match` names an older state of what is served"}}
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="The `ETag` of `GET /api/models`: refuse (412) if another promotion or "
+        "rollback happened since."
+    ),
+]
+
 
 @router.get("")
-def list_models(db: DbSession, admin: AdminUser) -> list[ModelVersionOut]:
+def list_models(db: DbSession, admin: AdminUser, response: Response) -> list[ModelVersionOut]:
+    """Every version; the `ETag` header names what is served now (send it back in `If-Match`
+    when promoting or rolling back)."""
     current = crud.current_policy(db)
+    response.headers["ETag"] = crud.serving_etag(current)
     return [
         ModelVersionOut.model_validate(version).model_copy(
             update={"current": current is not None and version.id == current.id}
@@ -36,18 +49,27 @@ def leaderboard(
     return ranking.leaderboard(db, bootstrap=bootstrap)
 
 
-@router.post("/{version_id}/promote")
-def promote(version_id: RowId, db: DbSession, admin: AdminUser) -> ModelVersionOut:
+@router.post("/{version_id}/promote", responses=STALE)
+def promote(
+    version_id: RowId, db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
+) -> ModelVersionOut:
     """Serve this version as `current` from the next request on; running requests finish on
     the version they started with."""
-    version = crud.promote(db, version_id=version_id)
+    version = crud.promote(db, version_id=version_id, if_match=if_match)
     db.commit()
-    return ModelVersionOut.model_validate(version).model_copy(update={"current": True})
+    return _now_served(version, response)
 
 
-@router.post("/rollback")
-def roll_back(db: DbSession, admin: AdminUser) -> ModelVersionOut:
+@router.post("/rollback", responses=STALE)
+def roll_back(
+    db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
+) -> ModelVersionOut:
     """Serve the version that was current before the last promotion (or `base`) again."""
-    version = crud.roll_back(db)
+    version = crud.roll_back(db, if_match=if_match)
     db.commit()
+    return _now_served(version, response)
+
+
+def _now_served(version: ModelVersion, response: Response) -> ModelVersionOut:
+    response.headers["ETag"] = crud.serving_etag(version)
     return ModelVersionOut.model_validate(version).model_copy(update={"current": True})

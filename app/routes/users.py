@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
 
-from app import access_links, crud
+from fastapi import APIRouter, Header, Request, Response
+
+from app import access_links, crud, preconditions
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.schemas import (
     ApiKeyCreate,
@@ -36,14 +38,34 @@ def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> UserAccoun
     return UserAccountOut.model_validate(user)
 
 
-@users.patch("/{user_id}")
+@users.get("/{user_id}")
+def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response) -> UserAccountOut:
+    """The account, with its `ETag` for `If-Match` on `PATCH`."""
+    user = crud.get_user(db, user_id=user_id)
+    response.headers["ETag"] = crud.user_etag(user)
+    return UserAccountOut.model_validate(user)
+
+
+@users.patch(
+    "/{user_id}",
+    responses={412: {"description": "`If-Match` names an older state of the account"}},
+)
 def update_user(
-    user_id: RowId, body: UserUpdate, db: DbSession, admin: AdminUser
+    user_id: RowId,
+    body: UserUpdate,
+    db: DbSession,
+    admin: AdminUser,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(description="The account's `ETag`: refuse (412) if it changed since.")
+    ] = None,
 ) -> UserAccountOut:
     """Disable (which signs the account out at once), enable, or change the role."""
-    user = crud.get_user(db, user_id=user_id)
+    user = crud.get_user(db, user_id=user_id, for_update=True)
+    preconditions.check_if_match(if_match, crud.user_etag(user), what="This account")
     crud.update_user(db, user=user, acting=admin, is_active=body.is_active, role=body.role)
     db.commit()
+    response.headers["ETag"] = crud.user_etag(user)
     return UserAccountOut.model_validate(user)
 
 

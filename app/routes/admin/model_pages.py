@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app import crud, quality
@@ -24,6 +26,7 @@ def model_list(request: Request, db: DbSession, admin: PageAdmin) -> HTMLRespons
         "versions": list(reversed(versions)),
         "lineage": _lineage(versions),
         "current": current,
+        "serving": crud.serving_etag(current),
         "can_roll_back": current is not None and current.promoted_at is not None,
         "leaderboard": ranking.latest(db),
     }
@@ -43,9 +46,16 @@ def _lineage(versions: list[ModelVersion]) -> dict[int, list[str]]:
     return chains
 
 
+# The buttons send the page's `serving` ETag: an admin who promotes from a page that another
+# admin's promotion or rollback made stale gets a 412 page instead of overwriting it.
+ServedWhenRead = Annotated[str, Form(max_length=64)]
+
+
 @router.post("/models/{version_id}/promote")
-def promote(version_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
-    crud.promote(db, version_id=version_id)
+def promote(
+    version_id: RowId, db: DbSession, admin: PageAdmin, serving: ServedWhenRead = ""
+) -> RedirectResponse:
+    crud.promote(db, version_id=version_id, if_match=serving or None)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)
 
@@ -58,7 +68,7 @@ def refresh_leaderboard(request: Request, admin: PageAdmin) -> RedirectResponse:
 
 
 @router.post("/models/rollback")
-def roll_back(db: DbSession, admin: PageAdmin) -> RedirectResponse:
-    crud.roll_back(db)
+def roll_back(db: DbSession, admin: PageAdmin, serving: ServedWhenRead = "") -> RedirectResponse:
+    crud.roll_back(db, if_match=serving or None)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)
