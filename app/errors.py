@@ -34,7 +34,14 @@ class AppError(Exception):
 
 
 class InvalidInput(AppError):
+    """Input that passed the schemas but breaks a domain rule; `loc` says where, as in a
+    schema error (see `error_response`)."""
+
     status_code = 422
+
+    def __init__(self, detail: str, *, loc: tuple[str | int, ...] = ("body",)) -> None:
+        super().__init__(detail)
+        self.loc = loc
 
 
 class Unauthenticated(AppError):
@@ -125,7 +132,13 @@ def _wants_html(request: Request) -> bool:
 
 
 def error_response(
-    request: Request, status_code: int, detail, headers=None, code: str | None = None
+    request: Request,
+    status_code: int,
+    detail,
+    headers=None,
+    code: str | None = None,
+    *,
+    loc: tuple[str | int, ...] = ("body",),
 ) -> Response:
     if _is_openai(request):
         # OpenAI reports invalid input as 400 where the rest of this API says 422.
@@ -133,6 +146,10 @@ def error_response(
         return openai_error(status_code, str(detail), code=code, headers=headers)
     if _wants_html(request) and isinstance(detail, str):
         return render_error_page(request, status_code, detail, headers)
+    if status_code == 422 and isinstance(detail, str):
+        # The shape OpenAPI documents for every 422 (FastAPI's `HTTPValidationError`), whether
+        # a schema or a domain rule refused the input: clients parse one shape.
+        detail = [{"type": code or "invalid_input", "loc": list(loc), "msg": detail}]
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
@@ -140,7 +157,8 @@ async def _app_error(request: Request, exc: AppError) -> Response:
     if isinstance(exc, LoginRequired):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-    return error_response(request, exc.status_code, exc.detail, exc.headers, exc.code)
+    loc = exc.loc if isinstance(exc, InvalidInput) else ("body",)
+    return error_response(request, exc.status_code, exc.detail, exc.headers, exc.code, loc=loc)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

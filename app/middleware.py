@@ -133,7 +133,8 @@ class RejectNulMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, where: str) -> None:
         request = Request(scope, receive)
-        response = error_response(request, 422, NUL_MESSAGE.format(where=where))
+        loc = ("body",) if where == "request body" else ("path", "query")
+        response = error_response(request, 422, NUL_MESSAGE.format(where=where), loc=loc)
         await response(scope, receive, send)
 
 

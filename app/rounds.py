@@ -27,6 +27,7 @@ from app.leaderboard import HeadToHead, head_to_head
 from app.models import (
     Algorithm,
     Judgement,
+    ModelStatus,
     ModelVersion,
     Round,
     RoundLog,
@@ -467,6 +468,7 @@ def complete_stage(
     if round_.cancel_requested:
         round_.status, round_.error = RunStatus.CANCELLED, CANCELLED_BY_ADMIN
         round_.finished_at = utcnow()
+        _retire_models(db, round_id=round_.id)
     elif index + 1 < len(STAGES):
         round_.stage = STAGES[index + 1]
     else:
@@ -518,6 +520,21 @@ def fail_round(
     if ended is not None:
         level = "ERROR" if status == RunStatus.FAILED else "WARNING"
         add_log(db, round_id=round_id, stage=ended.stage, message=error, level=level)
+        _retire_models(db, round_id=round_id)
+
+
+def _retire_models(db: Session, *, round_id: int) -> None:
+    """Mark the models an unfinished round registered (its reward model) failed, so that no
+    later round goes on from them and no admin serves them; promoted ones stay as they are."""
+    db.execute(
+        update(ModelVersion)
+        .where(
+            ModelVersion.round_id == round_id,
+            ModelVersion.status == ModelStatus.READY,
+            ModelVersion.promoted_at.is_(None),
+        )
+        .values(status=ModelStatus.FAILED)
+    )
 
 
 def end_abandoned_stage(

@@ -49,6 +49,12 @@ def submit_login(client: TestClient, username: str, password: str, next_path: st
     )
 
 
+def problem(response) -> str:
+    """The message of a 422 in the API's documented shape (FastAPI's `HTTPValidationError`)."""
+    assert response.status_code == 422, response.text
+    return response.json()["detail"][0]["msg"]
+
+
 def browser_login(client: TestClient, username: str, password: str = PASSWORD) -> str:
     """Sign in through the form; returns the session's CSRF token as the pages carry it."""
     response = submit_login(client, username, password)

@@ -27,7 +27,7 @@ from app.models import (
     TaskStatus,
 )
 from app.prompt_import import parse_prompts
-from tests.helpers import api_key_for, browser_login, create_task, html, snapshot_round
+from tests.helpers import api_key_for, browser_login, create_task, html, problem, snapshot_round
 
 
 def jsonl(*records: object) -> bytes:
@@ -171,7 +171,7 @@ def test_the_api_runs_the_same_import(client, db, admin):
     bad = client.post(
         "/api/prompts", files={"file": ("p.json", b"{")}, headers=api_key_for(db, admin)
     )
-    assert bad.status_code == 422 and "Invalid JSON" in bad.json()["detail"]
+    assert bad.status_code == 422 and "Invalid JSON" in problem(bad)
 
 
 # --- browsing ------------------------------------------------------------------------------------

@@ -20,6 +20,22 @@ def test_malformed_json_is_a_422_with_a_json_detail(client, rater, db):
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
+def test_domain_422s_have_the_documented_shape(client, admin, db):
+    """A rule that only the domain checks (an unknown round setting) answers like a schema
+    error does, in the shape that the OpenAPI description names for 422."""
+    response = client.post(
+        "/api/rounds", json={"overrides": {"optimiser": {}}}, headers=api_key_for(db, admin)
+    )
+    assert response.status_code == 422
+    schema = client.get("/api/openapi.json").json()
+    documented = schema["paths"]["/api/rounds"]["post"]["responses"]["422"]
+    assert documented["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/HTTPValidationError"
+    )
+    (error,) = response.json()["detail"]
+    assert set(error) == {"type", "loc", "msg"} and "optimiser" in error["msg"]
+
+
 def test_validation_errors_do_not_echo_the_input(client):
     response = client.post(
         "/api/auth/token", json={"username": "x", "password": "secret-value", "extra": 1}

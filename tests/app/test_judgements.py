@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from app import crud
 from app.models import Assignment, AssignmentStatus, Judgement, Response, Role, utcnow
-from tests.helpers import api_key_for, create_task
+from tests.helpers import api_key_for, create_task, problem
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_ratings_must_use_configured_aspects_and_the_1_to_7_scale(client, db, he
     unknown = post(client, task_id, headers, ranking=[a, b], ratings={str(a): {"wit": 5}})
     too_high = post(client, task_id, headers, ranking=[a, b], ratings={str(a): {"honesty": 8}})
     assert unknown.status_code == too_high.status_code == 422
-    assert "wit" in unknown.json()["detail"]
+    assert "wit" in problem(unknown)
 
 
 def test_a_strength_needs_a_single_winner(client, headers, leased):

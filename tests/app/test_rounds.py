@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from app import crud, model_readiness, rounds
 from app.db import make_session_factory, session_scope
 from app.errors import Conflict
-from app.models import Algorithm, Round, RoundStage, RunStatus, utcnow
-from tests.helpers import ab_judgement, api_key_for, policy_versions, ready_for_a_round
+from app.models import Algorithm, ModelKind, ModelStatus, Round, RoundStage, RunStatus, utcnow
+from tests.helpers import ab_judgement, api_key_for, policy_versions, problem, ready_for_a_round
 
 
 def test_admins_start_follow_and_cancel_a_round(client, db, admin):
@@ -67,18 +67,18 @@ def test_bad_round_requests_are_refused(client, db, admin, rater):
     assert post({"algorithm": "a2c"}).status_code == 422
     assert post({"preset": "huge"}).status_code == 422
     unknown_section = post({"overrides": {"optimiser": {"lr": 1}}})
-    assert unknown_section.status_code == 422 and "optimiser" in unknown_section.json()["detail"]
+    assert unknown_section.status_code == 422 and "optimiser" in problem(unknown_section)
     unknown_setting = post({"algorithm": "dpo", "overrides": {"policy": {"steps": 3}}})
-    assert unknown_setting.status_code == 422 and "steps" in unknown_setting.json()["detail"]
+    assert unknown_setting.status_code == 422 and "steps" in problem(unknown_setting)
     assert post({"overrides": {"promotion": {"sometimes": True}}}).status_code == 422
     wrong_type = post({"algorithm": "rloo", "overrides": {"policy": {"steps": "many"}}})
     assert wrong_type.status_code == 422
-    assert "'steps' must be of type int" in wrong_type.json()["detail"]
+    assert "'steps' must be of type int" in problem(wrong_type)
     no_such_choice = post({"algorithm": "dpo", "overrides": {"policy": {"nll_pairs": "some"}}})
     assert no_such_choice.status_code == 422
-    assert "must be one of ['all', 'rewrites']" in no_such_choice.json()["detail"]
+    assert "must be one of ['all', 'rewrites']" in problem(no_such_choice)
     unknown_choice = post({"overrides": {"snapshot": {"train_pairs": "some"}}})
-    assert unknown_choice.status_code == 422 and "new, all" in unknown_choice.json()["detail"]
+    assert unknown_choice.status_code == 422 and "new, all" in problem(unknown_choice)
     assert client.get("/api/rounds/999", headers=headers).status_code == 404
     assert client.get("/api/rounds/999/metrics", headers=headers).status_code == 404
     assert client.post("/api/rounds", json={}, headers=api_key_for(db, rater)).status_code == 403
@@ -321,3 +321,30 @@ def test_a_policy_raters_do_not_prefer_is_never_promoted(db, rater):
     assert crud.current_policy(db).name == "base"
     assert not round_.metrics["register"]["awaiting_raters"]
     assert "do not prefer" in rounds.read_log(db, round_id=round_.id)[-1].message
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled at a stage's end"])
+def test_a_round_that_does_not_finish_leaves_no_ready_reward_model(db, ending):
+    made = policy_versions(db, "base")
+    round_ = Round(
+        config={}, status=RunStatus.RUNNING, stage=RoundStage.REWARD_MODEL, lease_owner="w:1"
+    )
+    db.add(round_)
+    db.flush()
+    reward = crud.register_model_version(
+        db,
+        name=f"reward-r{round_.id}",
+        kind=ModelKind.REWARD,
+        path="r",
+        config={},
+        parent=made["base"],
+        round_id=round_.id,
+    )
+    if ending == "failed":
+        rounds.fail_round(db, round_id=round_.id, error="policy: out of memory")
+    else:
+        round_.cancel_requested = True
+        rounds.complete_stage(db, round_id=round_.id, worker="w:1", seconds=1.0)
+    db.refresh(reward)
+    assert reward.status == ModelStatus.FAILED
+    assert made["base"].status == ModelStatus.READY
