@@ -86,6 +86,7 @@ def run(settings: Settings, host: str, port: int) -> None:
     from app.main import create_app
     from worker.celery_app import create_celery
     from worker.embedded import EmbeddedWorker
+    from worker.model_store import remove_abandoned_writes
     from worker.tasks import PULL_BASE_MODEL, RECLAIM
 
     if not settings.embedded:
@@ -100,6 +101,7 @@ def run(settings: Settings, host: str, port: int) -> None:
         admin_password = bootstrap.create_first_admin(db)
         demo_prompts = bootstrap.load_demo_prompts(db) if settings.demo_prompts else 0
         bootstrap.publish_default_guidelines(db)
+    remove_abandoned_writes(settings.models_dir)
     celery = create_celery(settings, engine=engine)
     # The app imports torch and transformers; do it before worker threads start importing the
     # same modules (transformers' lazy imports are not safe to race).
@@ -158,7 +160,10 @@ def web(settings: Settings, host: str, port: int, workers: int) -> None:
 def worker(settings: Settings, queues: str, concurrency: int, pool: str) -> None:
     """A Celery worker (production): one per GPU for `train`; `-Q inference --pool threads
     -c 32` serves /v1 when ALIGNLOOP_INFERENCE=celery."""
+    from worker.model_store import remove_abandoned_writes
+
     celery = _production_celery(settings)
+    remove_abandoned_writes(settings.models_dir)
     celery.worker_main(
         [
             "worker",

@@ -15,12 +15,15 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import (
@@ -46,6 +49,11 @@ BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_CACHE = ".bundled-tokenizer"
 VERSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 TINY_RANDOM_SEED = 0
+WRITER_SEPARATOR = "-pid"
+WRITER_PID = re.compile(rf"{WRITER_SEPARATOR}(\d+)\.[^.]+\.tmp$")
+ABANDONED_AFTER_S = 26 * 3600
+"""A write of another machine older than this is abandoned: longer than the train queue's
+time limit (`worker.celery_app.TRAIN_TIME_LIMIT_S`, 24 h)."""
 # transformers builds models on the "meta" device through process-wide state, so two threads
 # loading at once (the embedded worker runs tasks on threads) can corrupt each other's weights.
 _LOADING = threading.Lock()
@@ -142,9 +150,11 @@ def bundled_gguf_path() -> Path:
 
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
-    """A temporary folder beside `final`, fsynced and renamed to `final` when the block succeeds."""
+    """A temporary folder beside `final`, fsynced and renamed to `final` when the block succeeds.
+    Its name says which process writes it, so that `remove_abandoned_writes` can tell."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    writer = f"{socket.gethostname()}{WRITER_SEPARATOR}{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{writer}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         for file in tmp.rglob("*"):
@@ -155,6 +165,29 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         _fsync_directory(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_abandoned_writes(root: Path, *, now: float | None = None) -> list[Path]:
+    """Delete the temporary folders of model writes whose process died (killed mid-save, or
+    the machine went down), which would otherwise hold gigabytes forever. A folder of this
+    machine goes when its process no longer exists; one of another machine sharing the store
+    only once it is older than any task may run. Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in root.glob(".*.tmp"):
+        if folder.is_dir() and _abandoned(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.warning("removed %d unfinished model writes: %s", len(removed), removed)
+    return removed
+
+
+def _abandoned(folder: Path, now: float) -> bool:
+    writer = WRITER_PID.search(folder.name)
+    if writer and f".{socket.gethostname()}{WRITER_SEPARATOR}{writer[1]}." in folder.name:
+        return not psutil.pid_exists(int(writer[1]))
+    return now - folder.stat().st_mtime > ABANDONED_AFTER_S
 
 
 def _fsync_directory(path: Path) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from sqlalchemy import func, select
@@ -10,10 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceCl
 from app.db import make_session_factory
 from app.models import ModelVersion
 from worker.model_store import (
+    ABANDONED_AFTER_S,
     BASE_VERSION,
     ModelStore,
     atomic_directory,
     dtype_for,
+    remove_abandoned_writes,
     resolve_device,
     training_dtype,
     with_lora,
@@ -55,6 +63,35 @@ def test_a_failed_write_leaves_no_folder(tmp_path):
         raise RuntimeError("crashed mid-write")
     assert not target.exists()
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_start_up_removes_the_writes_of_dead_processes_only(tmp_path):
+    models = tmp_path / "models"
+    script = (
+        "import sys, time; from pathlib import Path\n"
+        "from worker.model_store import atomic_directory\n"
+        "with atomic_directory(Path(sys.argv[1])) as tmp:\n"
+        "    (tmp / 'model.safetensors').write_bytes(b'half')\n"
+        "    print(tmp, flush=True); time.sleep(60)"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", script, str(models / "round-1")], stdout=subprocess.PIPE, text=True
+    )
+    left_behind = Path(killed.stdout.readline().strip())
+    killed.kill()
+    killed.wait()
+    old_foreign = models / ".round-2.elsewhere-pid7.abc123.tmp"
+    new_foreign = models / ".round-3.elsewhere-pid7.def456.tmp"
+    for folder in (old_foreign, new_foreign):
+        folder.mkdir()
+    stale = time.time() - ABANDONED_AFTER_S - 60
+    os.utime(old_foreign, (stale, stale))
+    with atomic_directory(models / "round-4") as ours:  # a live writer: this process
+        removed = remove_abandoned_writes(models)
+        assert ours.is_dir()
+    assert sorted(removed) == sorted([left_behind, old_foreign])
+    assert not left_behind.exists() and not old_foreign.exists() and new_foreign.is_dir()
+    assert (models / "round-4").is_dir()
 
 
 def test_an_existing_version_is_never_overwritten(model_settings):
