@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import stat
 
 import pytest
@@ -19,6 +20,22 @@ def settings(**values) -> Settings:
 def test_placeholder_or_short_secrets_are_refused(secret):
     with pytest.raises(ValidationError, match="SECRET_KEY"):
         settings(secret_key=secret)
+
+
+@pytest.mark.parametrize(
+    "secret", ["a" * 64, "password" * 6, "0123456789" * 5, "abcabcabcabcabcabcabcabcabcabcabcx"]
+)
+def test_low_entropy_secrets_are_refused(secret):
+    with pytest.raises(ValidationError, match="too predictable"):
+        settings(secret_key=secret)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: secrets.token_urlsafe(32), lambda: secrets.token_hex(16), lambda: TEST_SECRET]
+)
+def test_random_secrets_are_accepted(make):
+    for _ in range(50):
+        assert settings(secret_key=make()).secret_key is not None
 
 
 def test_dev_mode_accepts_a_placeholder_secret():
