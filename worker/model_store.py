@@ -167,6 +167,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def from_folder(auto_class: type, folder: str | Path, **kwargs):
+    """`auto_class.from_pretrained` on a folder on disk (a model store version, or one a
+    trainer was given): never a download, so no Hub revision to pin."""
+    return auto_class.from_pretrained(folder, local_files_only=True, **kwargs)
+
+
 def remove_abandoned_writes(root: Path, *, now: float | None = None) -> list[Path]:
     """Delete the temporary folders of model writes whose process died (killed mid-save, or
     the machine went down), which would otherwise hold gigabytes forever. A folder of this
@@ -222,6 +228,7 @@ class ModelStore:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.models_dir
         self.base_model = settings.base_model
+        self.base_model_revision = settings.base_model_revision
         self.device = resolve_device(settings.device)
 
     def path_for(self, name: str) -> Path:
@@ -245,8 +252,8 @@ class ModelStore:
         device = device or self.device
         path = self.path_for(folder)
         with _LOADING:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_for(device))
+            tokenizer = from_folder(AutoTokenizer, path)
+            model = from_folder(AutoModelForCausalLM, path, dtype=dtype_for(device))
         return model.to(device).eval(), tokenizer
 
     def ensure_base_version(self, session_factory: sessionmaker[Session]) -> ModelVersion:
@@ -301,14 +308,36 @@ class ModelStore:
             tokenizer = self.bundled_tokenizer()
             torch.manual_seed(TINY_RANDOM_SEED)
             return LlamaForCausalLM(tiny_random_config(tokenizer)), tokenizer
+        revision = None if Path(spec).is_dir() else self._pinned_revision(spec)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(spec)
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
+            model = AutoModelForCausalLM.from_pretrained(
+                spec, revision=revision, dtype=torch.float32
+            )
         except OSError as exc:
             raise ModelSourceError(
                 f"Cannot load base model {spec!r} as a Hugging Face id or local folder: {exc}"
             ) from exc
         return model, tokenizer
+
+    def _pinned_revision(self, model_id: str) -> str:
+        """The Hub commit to download `model_id` at: `ALIGNLOOP_BASE_MODEL_REVISION` when set,
+        else the commit `main` points at now, so that the tokenizer and the weights come from
+        one immutable snapshot whatever is pushed meanwhile."""
+        if self.base_model_revision and re.fullmatch(r"[0-9a-f]{40}", self.base_model_revision):
+            return self.base_model_revision
+        from huggingface_hub import HfApi
+
+        try:
+            info = HfApi().model_info(model_id, revision=self.base_model_revision or "main")
+        except Exception as exc:  # offline, unknown id, gated: all say the same to the user
+            raise ModelSourceError(
+                f"Cannot resolve {model_id!r} on the Hugging Face Hub ({exc}); without network "
+                "access, set ALIGNLOOP_BASE_MODEL to a local folder, or "
+                "ALIGNLOOP_BASE_MODEL_REVISION to a commit already in the Hub cache"
+            ) from exc
+        log.info("base model %s pinned at commit %s", model_id, info.sha)
+        return info.sha
 
     @property
     def tokenizer_cache(self) -> Path:
@@ -319,7 +348,7 @@ class ModelStore:
         cache = self.tokenizer_cache
         if not (cache / "tokenizer_config.json").is_file():
             gguf = bundled_gguf_path()
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tokenizer = from_folder(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
             try:
                 with atomic_directory(cache) as tmp:
                     tokenizer.save_pretrained(tmp)
@@ -327,13 +356,13 @@ class ModelStore:
                 if not (cache / "tokenizer_config.json").is_file():
                     raise
             return tokenizer
-        return AutoTokenizer.from_pretrained(cache)
+        return from_folder(AutoTokenizer, cache)
 
     def _load_bundled(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         gguf = bundled_gguf_path()
         tokenizer = self.bundled_tokenizer()
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        loaded = from_folder(
+            AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
         # transformers will not save a model loaded from GGUF ("quantized with gguf") although
         # its weights are already de-quantised: rebuild it from a clean config and copy them.

@@ -23,7 +23,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from worker.data import Messages, pad_rows
 from worker.engine import GenerationEngine, Sampling, seeded
-from worker.model_store import atomic_directory, resolve_device, training_dtype, with_lora
+from worker.model_store import (
+    atomic_directory,
+    from_folder,
+    resolve_device,
+    training_dtype,
+    with_lora,
+)
 from worker.optimisation import autocast
 from worker.reward_model import model_parts, shared_prefix_hidden
 from worker.rl_math import entropy, token_logprobs
@@ -99,9 +105,9 @@ class Policy:
         self.config = config
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(
-            base, dtype=training_dtype(self.device, lora=config.lora)
+        self.tokenizer = from_folder(AutoTokenizer, base)
+        model = from_folder(
+            AutoModelForCausalLM, base, dtype=training_dtype(self.device, lora=config.lora)
         ).to(self.device)
         if config.lora:
             self.model = with_lora(

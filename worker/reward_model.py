@@ -44,6 +44,7 @@ from worker.data import Messages, PreferenceBatch, PreferenceBatcher, encode_tur
 from worker.model_store import (
     atomic_directory,
     dtype_for,
+    from_folder,
     resolve_device,
     training_dtype,
     with_lora,
@@ -83,9 +84,9 @@ def load_reward_model(
     base: str | Path, device: torch.device, *, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A reward model from `base`: a saved reward model, or a policy that gets a fresh head."""
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=1, dtype=dtype or torch.float32
+    tokenizer = from_folder(AutoTokenizer, base)
+    model = from_folder(
+        AutoModelForSequenceClassification, base, num_labels=1, dtype=dtype or torch.float32
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
@@ -430,7 +431,7 @@ class RewardScorer:
             self.model, self.tokenizer = load_reward_model(path, device, dtype=dtype_for(device))
             self.model.eval().requires_grad_(False)
         else:
-            self.model, self.tokenizer = adapted, AutoTokenizer.from_pretrained(path)
+            self.model, self.tokenizer = adapted, from_folder(AutoTokenizer, path)
         self.adapted = adapted is not None
         self.mean, self.std = normalization_of(path) if normalize else (0.0, 1.0)
         self.device, self.max_length = device, max_length

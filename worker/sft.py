@@ -27,7 +27,13 @@ from transformers import (
 )
 
 from worker.data import Demonstration, demonstration_batches
-from worker.model_store import atomic_directory, resolve_device, training_dtype, with_lora
+from worker.model_store import (
+    atomic_directory,
+    from_folder,
+    resolve_device,
+    training_dtype,
+    with_lora,
+)
 from worker.optimisation import autocast, optimiser_step
 from worker.step_bar import step_bar
 from worker.training_config import SFTConfig
@@ -55,9 +61,9 @@ def train_sft(
         raise ValueError("no demonstrations to learn from")
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=training_dtype(device, lora=config.lora)
+    tokenizer = from_folder(AutoTokenizer, base)
+    model = from_folder(
+        AutoModelForCausalLM, base, dtype=training_dtype(device, lora=config.lora)
     ).to(device)
     if config.lora:
         model = with_lora(

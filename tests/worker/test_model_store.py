@@ -18,6 +18,7 @@ from app.models import ModelVersion
 from worker.model_store import (
     ABANDONED_AFTER_S,
     BASE_VERSION,
+    ModelSourceError,
     ModelStore,
     atomic_directory,
     dtype_for,
@@ -162,3 +163,23 @@ def test_the_bundled_default_converts_and_answers(bundled_model_dir):
     output = loaded.generate(**inputs, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_a_hub_model_is_downloaded_at_a_pinned_commit(model_settings, monkeypatch):
+    """Tokenizer and weights come from one commit: the configured one, or the one `main`
+    points at when the model is first pulled; no network here, so both fail in words."""
+    asked: list[str | None] = []
+
+    def offline(model_id, *args, revision=None, **kwargs):
+        asked.append(revision)
+        raise OSError("no network")
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", offline)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    store = ModelStore(model_settings.model_copy(update={"base_model_revision": commit}))
+    with pytest.raises(ModelSourceError, match="HuggingFaceTB/SmolLM2-360M"):
+        store.load_source("HuggingFaceTB/SmolLM2-360M")
+    assert asked == [commit]
+    with pytest.raises(ModelSourceError, match="ALIGNLOOP_BASE_MODEL_REVISION"):
+        ModelStore(model_settings).load_source("HuggingFaceTB/SmolLM2-360M")
+    assert asked == [commit]  # unresolvable: nothing was downloaded unpinned
