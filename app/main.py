@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from celery import Celery
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
+from app.api_description import describe
 from app.config import Settings
 from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
@@ -124,6 +126,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in ROUTERS:
         app.include_router(module.router)
+    app.openapi = partial(describe, app)
     return app
 
 

@@ -24,7 +24,7 @@ def account(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
     return _account_page(request, db, user)
 
 
-@router.post("/account/keys", response_class=HTMLResponse)
+@router.post("/account/keys", response_class=HTMLResponse, status_code=201)
 def create_key(
     request: Request,
     db: DbSession,

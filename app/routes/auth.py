@@ -97,7 +97,16 @@ def login_page(
     return _login_form(request, settings, next_path=next, notice=LOGIN_NOTICES.get(notice))
 
 
-@router.post("/login", dependencies=[PublicRoute], response_class=HTMLResponse)
+@router.post(
+    "/login",
+    dependencies=[PublicRoute],
+    response_class=HTMLResponse,
+    responses={
+        401: {"description": "Wrong username or password (the form again)"},
+        403: {"description": "The form expired or came from another site"},
+        429: {"description": "Too many failed logins"},
+    },
+)
 def login(
     request: Request,
     db: DbSession,
@@ -155,7 +164,14 @@ def logout(request: Request, db: DbSession, user: PageUser) -> RedirectResponse:
     return response
 
 
-@router.post("/api/auth/token", dependencies=[PublicRoute])
+@router.post(
+    "/api/auth/token",
+    dependencies=[PublicRoute],
+    responses={
+        401: {"description": "Wrong username or password"},
+        429: {"description": "Too many failed logins"},
+    },
+)
 def issue_token(
     request: Request, body: TokenRequest, db: DbSession, settings: SettingsDep
 ) -> TokenResponse:

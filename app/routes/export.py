@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BeforeValidator
 
+from app.api_description import NOT_FOUND
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.export import FORMATS, export_lines
 from app.schemas import RowId
@@ -21,7 +22,7 @@ RoundId = Annotated[
 ]
 
 
-@router.get("/preferences")
+@router.get("/preferences", responses=NOT_FOUND)
 def export_preferences(
     db: DbSession,
     settings: SettingsDep,

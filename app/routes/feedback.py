@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api_description import NOT_FOUND
 from app.deps import CurrentUser, DbSession, SettingsDep
 from app.feedback import give_feedback
 from app.schemas import FeedbackIn, FeedbackOut
@@ -11,7 +12,7 @@ from app.schemas import FeedbackIn, FeedbackOut
 router = APIRouter(prefix="/api/feedback", tags=["feedback"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=NOT_FOUND)
 def post_feedback(
     body: FeedbackIn, db: DbSession, settings: SettingsDep, user: CurrentUser
 ) -> FeedbackOut:

@@ -25,7 +25,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "A dependency or the model is not ready"}})
 def readyz(request: Request) -> JSONResponse:
     """200 when the database, the broker and the model store answer and a model is ready to
     serve; else 503 naming what is not (for the model: why, such as "being prepared")."""

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app import crud
 from app import leaderboard as ranking
+from app.api_description import STALE
 from app.deps import AdminUser, DbSession
 from app.leaderboard import Standing
 from app.models import ModelVersion
@@ -16,7 +17,6 @@ from app.schemas import ModelVersionOut, RowId
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
-STALE = {412: {"description": "`If-Match` names an older state of what is served"}}
 IfMatch = Annotated[
     str | None,
     Header(

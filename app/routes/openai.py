@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app import crud
+from app.api_description import NOT_FOUND
 from app.chat import serve_chat
 from app.deps import ApiKeyPrincipal, DbSession
 from app.models import ModelVersion
@@ -34,7 +35,7 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=NOT_FOUND)
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app import crud
+from app.api_description import NOT_FOUND
 from app.chat import serve_chat
 from app.deps import DbSession, PageRater, RaterUser
 from app.openai_schemas import DEFAULT_MAX_TOKENS, ChatCompletionRequest
@@ -27,7 +28,7 @@ def playground(request: Request, db: DbSession, user: PageRater) -> HTMLResponse
     return render(request, "playground.html", context)
 
 
-@router.post("/chat", response_model=None)
+@router.post("/chat", response_model=None, responses=NOT_FOUND)
 async def chat(
     request: Request, body: ChatCompletionRequest, db: DbSession, user: RaterUser
 ) -> Response:

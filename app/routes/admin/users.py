@@ -61,7 +61,7 @@ def set_user_status(
     return RedirectResponse(PAGE, status_code=303)
 
 
-@router.post("/users/{user_id}/reset-link", response_class=HTMLResponse)
+@router.post("/users/{user_id}/reset-link", response_class=HTMLResponse, status_code=201)
 def create_reset_link(
     request: Request, user_id: RowId, db: DbSession, settings: SettingsDep, admin: PageAdmin
 ) -> HTMLResponse:
@@ -72,7 +72,7 @@ def create_reset_link(
     return _users_page(request, db, ShownOnce(label, issued.url(str(request.base_url))))
 
 
-@router.post("/users/{user_id}/keys", response_class=HTMLResponse)
+@router.post("/users/{user_id}/keys", response_class=HTMLResponse, status_code=201)
 def create_key(
     request: Request, user_id: RowId, db: DbSession, admin: PageAdmin, name: ShortText = ""
 ) -> HTMLResponse:
@@ -89,7 +89,7 @@ def revoke_key(user_id: RowId, key_id: RowId, db: DbSession, admin: PageAdmin) -
     return RedirectResponse(PAGE, status_code=303)
 
 
-@router.post("/invitations", response_class=HTMLResponse)
+@router.post("/invitations", response_class=HTMLResponse, status_code=201)
 def create_invitation(
     request: Request,
     db: DbSession,
