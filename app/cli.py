@@ -20,7 +20,15 @@ from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
 from app.export import FORMATS, export_lines
-from app.models import DEFAULT_ALGORITHM, Algorithm, PromptSplit, Role, RunStatus, User
+from app.models import (
+    DEFAULT_ALGORITHM,
+    Algorithm,
+    KeyScope,
+    PromptSplit,
+    Role,
+    RunStatus,
+    User,
+)
 from app.prompt_import import import_prompts, options_from_text
 from app.schemas import InvitationNote, Password, Username
 
@@ -294,12 +302,20 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--username", required=True)
 @click.option("--name", default="cli", show_default=True, help="A label to recognise the key by.")
+@click.option(
+    "--scope",
+    type=click.Choice([scope.value for scope in KeyScope]),
+    default=KeyScope.INFERENCE.value,
+    show_default=True,
+    help="inference: /v1 only; rater: also tasks and judgements; admin: everything. "
+    "At most the user's role.",
+)
 @click.pass_obj
-def keys_create(settings: Settings, username: str, name: str) -> None:
+def keys_create(settings: Settings, username: str, name: str, scope: str) -> None:
     """Create an API key for USERNAME and print it (it is not shown again)."""
     with session_scope(_session_factory(settings)) as session:
         user = _existing_user(session, username)
-        _, key = crud.create_api_key(session, user=user, name=name)
+        _, key = crud.create_api_key(session, user=user, name=name, scope=KeyScope(scope))
     click.echo(key)
 
 

@@ -1,8 +1,8 @@
 """Data access: small keyword-only functions over an explicit session.
 
 They flush but never commit: the caller (a route, a CLI command, a task) owns the transaction.
-Domain rules that need the database (unique names, ownership, throttles) are enforced here and
-reported with the exceptions of `app.errors`.
+Domain rules that need the database (unique names, ownership, key scopes, throttles) are
+enforced here and reported with the exceptions of `app.errors`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app import security
-from app.errors import Conflict, NotFound, RateLimited
+from app.errors import Conflict, NotFound, PermissionDenied, RateLimited
 from app.models import (
     ApiKey,
     GuidelineVersion,
+    KeyScope,
     LoginThrottle,
     ModelKind,
     ModelStatus,
@@ -149,15 +150,33 @@ def end_user_sessions(db: Session, *, user: User) -> int:
 
 
 def create_api_key(
-    db: Session, *, user: User, name: str, expires_at: datetime | None = None
+    db: Session,
+    *,
+    user: User,
+    name: str,
+    scope: KeyScope,
+    at_most: KeyScope | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key for `user`: the row, and the key itself (never stored, never shown again)."""
+    """A new key for `user`: the row, and the key itself (never stored, never shown again).
+
+    `scope` may not exceed the owner's role, nor `at_most`: the power of whoever asks (a key
+    used to create another must not hand out more than it has itself).
+    """
+    limit = KeyScope.of_role(user.role).narrowed_to(at_most or KeyScope.ADMIN)
+    if not scope.within(limit):
+        allowed = " or ".join(repr(each.value) for each in KeyScope.up_to(limit))
+        raise PermissionDenied(
+            f"This key can have the scope {allowed}, not {scope.value!r}: a key has no more "
+            "power than its owner's role, nor than the key used to create it."
+        )
     key = security.new_api_key()
     api_key = ApiKey(
         user_id=user.id,
         name=name,
         prefix=key[: security.DISPLAY_PREFIX_LENGTH],
         key_hash=security.token_digest(key),
+        scope=scope,
         expires_at=expires_at,
     )
     db.add(api_key)

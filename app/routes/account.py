@@ -9,11 +9,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.deps import DbSession, PageUser
+from app.deps import DbSession, PageCaller, PageUser
 from app.errors import InvalidInput
 from app.i18n import LANGUAGES
-from app.models import User
-from app.schemas import RowId
+from app.models import KeyScope, User
+from app.schemas import ApiKeyCreate, RowId, form_input
 from app.templating import render
 
 router = APIRouter()
@@ -28,12 +28,16 @@ def account(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
 def create_key(
     request: Request,
     db: DbSession,
-    user: PageUser,
+    caller: PageCaller,
     name: Annotated[str, Form(min_length=1, max_length=100)],
+    scope: Annotated[str, Form(max_length=16)] = KeyScope.INFERENCE.value,
 ) -> HTMLResponse:
-    api_key, key = crud.create_api_key(db, user=user, name=name.strip() or "key")
+    body = form_input(ApiKeyCreate, name=name.strip() or "key", scope=scope)
+    api_key, key = crud.create_api_key(
+        db, user=caller.user, name=body.name, scope=body.scope, at_most=caller.power
+    )
     db.commit()
-    return _account_page(request, db, user, new_key=key, new_key_name=api_key.name)
+    return _account_page(request, db, caller.user, new_key=key, new_key_name=api_key.name)
 
 
 def _account_page(
@@ -46,6 +50,7 @@ def _account_page(
 ) -> HTMLResponse:
     context = {
         "keys": crud.list_api_keys(db, user=user),
+        "scopes": KeyScope.up_to(KeyScope.of_role(user.role)),
         "new_key": new_key,
         "new_key_name": new_key_name,
     }

@@ -21,9 +21,9 @@ from app.deps import (
     SettingsDep,
 )
 from app.errors import RateLimited, Unauthenticated
-from app.models import User, utcnow
+from app.models import KeyScope, User, utcnow
 from app.public_forms import PublicForm, is_https
-from app.schemas import TokenRequest, TokenResponse, UserOut
+from app.schemas import TokenRequest, TokenResponse, UserOut, error_responses
 
 router = APIRouter()
 
@@ -155,11 +155,14 @@ def logout(request: Request, db: DbSession, user: PageUser) -> RedirectResponse:
     return response
 
 
-@router.post("/api/auth/token", dependencies=[PublicRoute])
+@router.post(
+    "/api/auth/token", dependencies=[PublicRoute], responses=error_responses(401, 403, 422, 429)
+)
 def issue_token(
     request: Request, body: TokenRequest, db: DbSession, settings: SettingsDep
 ) -> TokenResponse:
-    """Exchange a username and password for a bearer token that expires with a session."""
+    """Exchange a username and password for a bearer token that expires with a session, with
+    the scope asked for (by default the user's role)."""
     user = verify_login(
         db,
         settings,
@@ -168,11 +171,14 @@ def issue_token(
         client_address=_client_address(request),
     )
     expires_at = utcnow() + timedelta(hours=settings.session_hours)
-    _, token = crud.create_api_key(db, user=user, name="login token", expires_at=expires_at)
+    scope = body.scope or KeyScope.of_role(user.role)
+    _, token = crud.create_api_key(
+        db, user=user, name="login token", scope=scope, expires_at=expires_at
+    )
     db.commit()
-    return TokenResponse(access_token=token, expires_at=expires_at)
+    return TokenResponse(access_token=token, expires_at=expires_at, scope=scope)
 
 
-@router.get("/api/auth/me")
+@router.get("/api/auth/me", responses=error_responses(401, 403, 429))
 def who_am_i(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)

@@ -18,6 +18,7 @@ from app.schemas import (
     UserAccountOut,
     UserCreate,
     UserUpdate,
+    error_responses,
 )
 
 users = APIRouter(prefix="/api/users", tags=["users"])
@@ -64,12 +65,13 @@ def list_user_keys(user_id: RowId, db: DbSession, admin: AdminUser) -> list[ApiK
     return [ApiKeyOut.model_validate(key) for key in crud.list_api_keys(db, user=user)]
 
 
-@users.post("/{user_id}/keys", status_code=201)
+@users.post("/{user_id}/keys", status_code=201, responses=error_responses(401, 403, 404, 422))
 def create_user_key(
     user_id: RowId, body: ApiKeyCreate, db: DbSession, admin: AdminUser
 ) -> ApiKeyCreated:
+    """A key for the user, with a scope no greater than their role (403)."""
     user = crud.get_user(db, user_id=user_id)
-    api_key, key = crud.create_api_key(db, user=user, name=body.name)
+    api_key, key = crud.create_api_key(db, user=user, name=body.name, scope=body.scope)
     db.commit()
     return ApiKeyCreated.shown_once(api_key, key)
 

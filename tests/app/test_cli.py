@@ -63,6 +63,16 @@ def test_keys_create_prints_a_key_that_is_stored_hashed(cli, db):
     assert db.scalar(select(ApiKey.key_hash)) == token_digest(key)
 
 
+def test_keys_create_takes_a_scope_up_to_the_users_role(cli, db):
+    cli(*create_user("rita"))
+    default = cli("keys", "create", "--username", "rita").output.strip()
+    rating = cli("keys", "create", "--username", "rita", "--scope", "rater").output.strip()
+    too_much = cli("keys", "create", "--username", "rita", "--scope", "admin")
+    assert too_much.exit_code == 1 and "not 'admin'" in too_much.output
+    scopes = dict(db.execute(select(ApiKey.key_hash, ApiKey.scope)).all())
+    assert scopes == {token_digest(default): "inference", token_digest(rating): "rater"}
+
+
 def test_keys_revoke_by_prefix(cli, db):
     cli(*create_user("ada", role="admin"))
     key = cli("keys", "create", "--username", "ada").output.strip()

@@ -339,7 +339,9 @@ def test_admins_change_roles_but_nothing_else(client, rater, admin_headers, db):
 
 def test_admins_manage_a_users_api_keys(client, rater, make_user, admin_headers, db):
     created = client.post(
-        f"/api/users/{rater.id}/keys", json={"name": "export"}, headers=admin_headers
+        f"/api/users/{rater.id}/keys",
+        json={"name": "export", "scope": "rater"},
+        headers=admin_headers,
     )
     assert created.status_code == 201
     key = created.json()["key"]
@@ -357,6 +359,30 @@ def test_admins_manage_a_users_api_keys(client, rater, make_user, admin_headers,
     assert revoked.status_code == 204
     assert client.get("/api/auth/me", headers=as_rater).status_code == 401
     assert db.scalar(select(ApiKey).where(ApiKey.key_hash == key)) is None
+
+
+def test_admins_give_a_users_key_no_more_than_the_users_role(client, rater, admin_headers, db):
+    response = client.post(
+        f"/api/users/{rater.id}/keys", json={"name": "x", "scope": "admin"}, headers=admin_headers
+    )
+    assert response.status_code == 403
+    assert "not 'admin'" in response.json()["detail"]
+    default = client.post(f"/api/users/{rater.id}/keys", json={"name": "y"}, headers=admin_headers)
+    assert default.json()["scope"] == "inference"
+    listed = client.get(f"/api/users/{rater.id}/keys", headers=admin_headers).json()
+    assert [(item["name"], item["scope"]) for item in listed] == [("y", "inference")]
+
+
+def test_the_page_offers_each_account_the_scopes_of_its_role(client, admin, rater):
+    browser_login(client, admin.username)
+    page = html(client.get("/admin/users"))
+
+    def offered(account) -> list[str]:
+        options = page.select(f"#keys-{account.id} select[name=scope] option")
+        return [option["value"] for option in options]
+
+    assert offered(rater) == ["inference", "rater"]
+    assert offered(admin) == ["inference", "rater", "admin"]
 
 
 # --- who may -------------------------------------------------------------------------------------
@@ -473,7 +499,8 @@ def test_the_page_shows_a_reset_link_once(client, admin, rater):
 def test_the_page_creates_and_revokes_a_users_api_key(client, admin, rater, db):
     csrf = browser_login(client, admin.username)
     created = client.post(
-        f"/admin/users/{rater.id}/keys", data={"name": "laptop", "csrf_token": csrf}
+        f"/admin/users/{rater.id}/keys",
+        data={"name": "laptop", "scope": "rater", "csrf_token": csrf},
     )
     assert created.status_code == 201
     key = html(created).select_one("#shown-once").text
