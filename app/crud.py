@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -77,8 +77,9 @@ def update_user(
         user.role = role
     if is_active is not None:
         user.is_active = is_active
-    if disabling:
+    if disabling:  # revoked, not just unusable while disabled: enabling revives no old key
         end_user_sessions(db, user=user)
+        _revoke_keys(db, ApiKey.user_id == user.id)
     return user
 
 
@@ -142,11 +143,17 @@ def end_web_session(db: Session, *, token: str) -> None:
 
 
 def end_user_sessions(db: Session, *, user: User) -> int:
-    """Sign `user` out of every browser; returns how many sessions ended."""
-    return db.execute(delete(WebSession).where(WebSession.user_id == user.id)).rowcount or 0
+    """Sign `user` out everywhere: every browser session ends and every login token from
+    `/api/auth/token` is revoked (keys made on purpose stay); returns how many ended."""
+    ended = db.execute(delete(WebSession).where(WebSession.user_id == user.id)).rowcount or 0
+    return ended + _revoke_keys(db, ApiKey.user_id == user.id, IS_LOGIN_TOKEN)
 
 
 # --- API keys ------------------------------------------------------------------------------------
+
+
+IS_LOGIN_TOKEN = ApiKey.expires_at.is_not(None)
+"""Login tokens from `/api/auth/token` are the keys that expire; keys made on purpose do not."""
 
 
 def create_api_key(
@@ -205,13 +212,13 @@ def get_api_key(db: Session, *, key: str) -> ApiKey | None:
     return api_key
 
 
+def _newest_first(statement: Select[tuple[ApiKey]]) -> Select[tuple[ApiKey]]:
+    return statement.order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+
+
 def _keys_made_on_purpose() -> Select[tuple[ApiKey]]:
-    """Keys people created (login tokens from `/api/auth/token` expire and are left out)."""
-    return (
-        select(ApiKey)
-        .where(ApiKey.expires_at.is_(None))
-        .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
-    )
+    """Keys people created (login tokens from `/api/auth/token` are left out)."""
+    return _newest_first(select(ApiKey).where(~IS_LOGIN_TOKEN))
 
 
 def list_api_keys(db: Session, *, user: User) -> list[ApiKey]:
@@ -226,25 +233,49 @@ def api_keys_by_user(db: Session) -> dict[int, list[ApiKey]]:
     return keys
 
 
+def list_login_tokens(db: Session, *, user: User) -> list[ApiKey]:
+    """`user`'s login tokens that still work (neither revoked nor expired)."""
+    return list(
+        db.scalars(
+            _newest_first(select(ApiKey)).where(
+                ApiKey.user_id == user.id,
+                IS_LOGIN_TOKEN,
+                ApiKey.expires_at > utcnow(),
+                ApiKey.revoked_at.is_(None),
+            )
+        )
+    )
+
+
 def revoke_api_key(db: Session, *, user: User, key_id: int) -> ApiKey:
     """Revoke one of `user`'s keys; someone else's key id is reported as not found."""
-    api_key = db.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user.id))
+    return _revoke_owned(db, ApiKey.id == key_id, ApiKey.user_id == user.id, what="API key")
+
+
+def revoke_login_token(db: Session, *, user: User, token_id: int) -> ApiKey:
+    """Revoke one of `user`'s login tokens; any other id is reported as not found."""
+    return _revoke_owned(
+        db, ApiKey.id == token_id, ApiKey.user_id == user.id, IS_LOGIN_TOKEN, what="Login token"
+    )
+
+
+def _revoke_owned(db: Session, *conditions: ColumnElement[bool], what: str) -> ApiKey:
+    api_key = db.scalar(select(ApiKey).where(*conditions))
     if api_key is None:
-        raise NotFound("API key not found")
+        raise NotFound(f"{what} not found")
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
     return api_key
 
 
+def _revoke_keys(db: Session, *conditions: ColumnElement[bool]) -> int:
+    """Revoke every live key matching `conditions`; returns how many."""
+    statement = update(ApiKey).where(ApiKey.revoked_at.is_(None), *conditions)
+    return db.execute(statement.values(revoked_at=utcnow())).rowcount or 0
+
+
 def revoke_api_keys_by_prefix(db: Session, *, user: User, prefix: str) -> int:
-    keys = db.scalars(
-        select(ApiKey).where(
-            ApiKey.user_id == user.id, ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)
-        )
-    ).all()
-    for api_key in keys:
-        api_key.revoked_at = utcnow()
-    return len(keys)
+    return _revoke_keys(db, ApiKey.user_id == user.id, ApiKey.prefix == prefix)
 
 
 # --- login throttling ----------------------------------------------------------------------------

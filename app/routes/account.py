@@ -1,4 +1,5 @@
-"""Browser pages for the signed-in user's account (`/account`): language and API keys."""
+"""Browser pages for the signed-in user's account (`/account`): language, API keys and login
+tokens."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def _account_page(
 ) -> HTMLResponse:
     context = {
         "keys": crud.list_api_keys(db, user=user),
+        "login_tokens": crud.list_login_tokens(db, user=user),
         "scopes": KeyScope.up_to(KeyScope.of_role(user.role)),
         "new_key": new_key,
         "new_key_name": new_key_name,
@@ -70,6 +72,7 @@ def set_language(
 
 @router.post("/account/keys/{key_id}/revoke")
 def revoke_key(key_id: RowId, db: DbSession, user: PageUser) -> RedirectResponse:
+    """Revoke one of the user's keys or login tokens."""
     crud.revoke_api_key(db, user=user, key_id=key_id)
     db.commit()
     return RedirectResponse("/account", status_code=303)

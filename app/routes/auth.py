@@ -1,4 +1,5 @@
-"""Signing in and out: the login page, session cookies, logout, and `/api/auth` for scripts."""
+"""Signing in and out: the login page, session cookies, logout, and `/api/auth` for scripts
+(login tokens: issued, listed and revoked)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ from app.deps import (
 from app.errors import RateLimited, Unauthenticated
 from app.models import KeyScope, User, utcnow
 from app.public_forms import PublicForm, is_https
-from app.schemas import TokenRequest, TokenResponse, UserOut, error_responses
+from app.schemas import (
+    ApiKeyOut,
+    RowId,
+    TokenRequest,
+    TokenResponse,
+    UserOut,
+    error_responses,
+)
 
 router = APIRouter()
 
@@ -162,7 +170,8 @@ def issue_token(
     request: Request, body: TokenRequest, db: DbSession, settings: SettingsDep
 ) -> TokenResponse:
     """Exchange a username and password for a bearer token that expires with a session, with
-    the scope asked for (by default the user's role)."""
+    the scope asked for (by default the user's role). Signing out everywhere (a password reset,
+    a disabled account) or `DELETE /api/auth/tokens/{id}` revokes it."""
     user = verify_login(
         db,
         settings,
@@ -177,6 +186,22 @@ def issue_token(
     )
     db.commit()
     return TokenResponse(access_token=token, expires_at=expires_at, scope=scope)
+
+
+@router.get("/api/auth/tokens", responses=error_responses(401, 403, 429))
+def list_login_tokens(db: DbSession, user: CurrentUser) -> list[ApiKeyOut]:
+    """The caller's login tokens that still work (never the tokens themselves)."""
+    return [ApiKeyOut.model_validate(token) for token in crud.list_login_tokens(db, user=user)]
+
+
+@router.delete(
+    "/api/auth/tokens/{token_id}", status_code=204, responses=error_responses(401, 403, 404, 429)
+)
+def revoke_login_token(token_id: RowId, db: DbSession, user: CurrentUser) -> Response:
+    """Revoke one of the caller's login tokens at once; anyone else's id is not found."""
+    crud.revoke_login_token(db, user=user, token_id=token_id)
+    db.commit()
+    return Response(status_code=204)
 
 
 @router.get("/api/auth/me", responses=error_responses(401, 403, 429))

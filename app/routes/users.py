@@ -41,7 +41,8 @@ def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> UserAccoun
 def update_user(
     user_id: RowId, body: UserUpdate, db: DbSession, admin: AdminUser
 ) -> UserAccountOut:
-    """Disable (which signs the account out at once), enable, or change the role."""
+    """Disable (which signs the account out at once and revokes all its API keys, so that
+    enabling it again revives none), enable, or change the role."""
     user = crud.get_user(db, user_id=user_id)
     crud.update_user(db, user=user, acting=admin, is_active=body.is_active, role=body.role)
     db.commit()

@@ -240,6 +240,59 @@ def test_account_page_shows_a_new_key_once(client, rater):
     assert client.get("/api/auth/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
+# --- login tokens --------------------------------------------------------------------------------
+
+
+def test_login_tokens_are_listed_and_revoked_by_their_owner(client, rater):
+    first, second = bearer(client, rater.username), bearer(client, rater.username)
+    listed = client.get("/api/auth/tokens", headers=first)
+    assert listed.status_code == 200
+    assert [(item["name"], item["scope"]) for item in listed.json()] == [
+        ("login token", "rater")
+    ] * 2
+    for headers in (first, second):
+        assert headers["Authorization"].removeprefix("Bearer ") not in listed.text
+    newest = listed.json()[0]["id"]
+
+    assert client.delete(f"/api/auth/tokens/{newest}", headers=first).status_code == 204
+    assert client.get("/api/auth/me", headers=second).status_code == 401
+    assert client.get("/api/auth/me", headers=first).status_code == 200
+    assert len(client.get("/api/auth/tokens", headers=first).json()) == 1
+
+
+def test_another_users_login_token_and_a_key_are_not_login_tokens_to_revoke(
+    client, rater, make_user, db
+):
+    other = make_user(Role.RATER, "otto")
+    bearer(client, other.username)
+    their_token = db.scalar(select(ApiKey).where(ApiKey.user_id == other.id))
+    mine = api_key_for(db, rater)
+    my_key = db.scalar(select(ApiKey).where(ApiKey.user_id == rater.id))
+    answers = [
+        client.delete(f"/api/auth/tokens/{token_id}", headers=mine)
+        for token_id in (their_token.id, my_key.id, 999999)
+    ]
+    assert {response.status_code for response in answers} == {404}
+    assert len({response.text for response in answers}) == 1
+    db.expire_all()
+    assert their_token.revoked_at is None and my_key.revoked_at is None
+
+
+def test_the_account_page_lists_login_tokens_with_a_revoke_form(client, rater):
+    token = bearer(client, rater.username)
+    csrf = browser_login(client, rater.username)
+    page = html(client.get("/account"))
+    row = page.select_one("#login-tokens table.keys tbody tr")
+    assert row.select_one("td.scope").text == "rater"
+    assert token["Authorization"].removeprefix("Bearer ") not in page.text
+    form = row.select_one("form[method=post]")
+    assert form.select_one("input[name=csrf_token]")["value"] == csrf
+    assert client.post(form["action"], data={}).status_code == 403  # no CSRF token
+    client.post(form["action"], data={"csrf_token": csrf})
+    assert client.get("/api/auth/me", headers=token).status_code == 401
+    assert html(client.get("/account")).select_one("#login-tokens table") is None
+
+
 # --- scopes --------------------------------------------------------------------------------------
 
 
@@ -341,4 +394,5 @@ def test_the_changed_routes_document_their_errors(app):
     assert {"401", "403", "422", "429"} <= set(token)
     assert "Retry-After" in token["429"]["headers"]
     assert "403" in paths["/api/keys"]["post"]["responses"]
+    assert "404" in paths["/api/auth/tokens/{token_id}"]["delete"]["responses"]
     assert "403" in paths["/api/users/{user_id}/keys"]["post"]["responses"]

@@ -176,14 +176,15 @@ def test_users_invite_prints_a_one_time_path_that_grants_the_role(cli, db):
     assert bo.role == Role.ADMIN
 
 
-def test_users_disable_and_enable_take_effect_at_once(cli, db):
+def test_users_disable_and_enable_take_effect_at_once_and_revive_no_key(cli, db):
     cli(*create_user("rita"))
     key = cli("keys", "create", "--username", "rita").stdout.strip()
     assert cli("users", "disable", "--username", "Rita").stdout.strip() == "disabled rita"
     assert crud.get_api_key(db, key=key) is None
     db.rollback()  # end the read, so the next command can write (SQLite)
     assert cli("users", "enable", "--username", "rita").exit_code == 0
-    assert crud.get_api_key(db, key=key) is not None
+    assert db.scalar(select(User.is_active).where(User.username == "rita"))
+    assert crud.get_api_key(db, key=key) is None  # revoked when disabled
 
 
 def test_users_reset_link_replaces_the_previous_one(cli, db):

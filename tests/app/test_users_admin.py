@@ -19,7 +19,7 @@ from app.errors import Conflict, NotFound
 from app.models import AccessLink, ApiKey, LinkPurpose, Role, User, WebSession, utcnow
 from app.security import token_digest
 from tests.conftest import make_settings
-from tests.helpers import PASSWORD, api_key_for, browser_login, html, submit_login
+from tests.helpers import PASSWORD, api_key_for, bearer, browser_login, html, submit_login
 
 NEW_PASSWORD = "a brand new passphrase"
 HTML = {"Accept": "text/html"}
@@ -260,6 +260,17 @@ def test_a_reset_sets_the_password_and_ends_every_session(app, client, rater, ad
     assert client.post("/api/auth/token", json=new).status_code == 200
 
 
+def test_a_reset_revokes_login_tokens_and_keeps_keys_made_on_purpose(
+    client, rater, admin_headers, db
+):
+    login_token, rater_key = bearer(client, rater.username), api_key_for(db, rater)
+    path = link_path(client, admin_headers, f"/api/users/{rater.id}/password-reset")
+    done = fill_in(client, path, password=NEW_PASSWORD, password_again=NEW_PASSWORD)
+    assert done.status_code == 303
+    assert client.get("/api/auth/me", headers=login_token).status_code == 401
+    assert client.get("/api/auth/me", headers=rater_key).status_code == 200
+
+
 def test_a_new_reset_link_replaces_the_earlier_one(client, rater, admin_headers):
     endpoint = f"/api/users/{rater.id}/password-reset"
     first, second = (
@@ -285,13 +296,15 @@ def test_a_reset_for_an_unknown_user_is_not_found(client, admin_headers):
 # --- disabling -----------------------------------------------------------------------------------
 
 
-def test_a_disabled_user_is_locked_out_at_once_and_enabling_lets_them_back(
+def test_a_disabled_user_is_locked_out_at_once_and_enabling_revives_no_old_credential(
     client, rater, admin_headers, db
 ):
     browser_login(client, rater.username)
     session_token = client.cookies[SESSION_COOKIE]
     rater_key = api_key_for(db, rater)
-    assert client.get("/api/auth/me", headers=rater_key).status_code == 200
+    login_token = bearer(client, rater.username, PASSWORD)
+    for headers in (rater_key, login_token):
+        assert client.get("/api/auth/me", headers=headers).status_code == 200
 
     disabled = client.patch(
         f"/api/users/{rater.id}", json={"is_active": False}, headers=admin_headers
@@ -309,8 +322,10 @@ def test_a_disabled_user_is_locked_out_at_once_and_enabling_lets_them_back(
         f"/api/users/{rater.id}", json={"is_active": True}, headers=admin_headers
     )
     assert enabled.json()["is_active"] is True
-    assert client.get("/api/auth/me", headers=rater_key).status_code == 200
     assert submit_login(client, rater.username, PASSWORD).status_code == 303
+    for headers in (rater_key, login_token):  # revoked, not merely paused
+        assert client.get("/api/auth/me", headers=headers).status_code == 401
+    assert db.scalar(select(func.count()).where(ApiKey.revoked_at.is_(None))) == 1  # admin's
 
 
 def test_an_admin_cannot_disable_or_demote_themselves(client, admin, admin_headers, db):
