@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +84,19 @@ class Settings(BaseSettings):
     """Failed logins per username and client address before further attempts get 429."""
     login_lockout_seconds: int = Field(default=900, ge=1)
     """How long the login throttle lasts once tripped."""
+    login_account_max_failures: int = Field(default=100, ge=1)
+    """Failed logins per account within `throttle_window_seconds`, from any addresses, before
+    every login to it (the right password too) gets 429 for a window: guessing spread over many
+    addresses gets no further (AUTH-03: at most 100 an hour). Anyone can trip it for any
+    username; signed-in sessions and API keys keep working meanwhile."""
+    login_address_max_failures: int = Field(default=50, ge=1)
+    """Failed logins per client address within the window, whatever the usernames (password
+    spraying); an office of people mistyping behind one address stays well under it."""
+    api_key_max_failures: int = Field(default=50, ge=1)
+    """Requests with an invalid, expired or revoked bearer key per client address within the
+    window before every bearer request from that address (valid keys too) gets 429."""
+    throttle_window_seconds: int = Field(default=3600, ge=1)
+    """The window of the three limits above, and how long each locks once reached."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body the web tier accepts (413 beyond)."""
     log_level: str = "INFO"
@@ -150,6 +164,11 @@ class Settings(BaseSettings):
                 'print(secrets.token_urlsafe(48))"'
             )
         return self
+
+    @property
+    def longest_throttle_window(self) -> timedelta:
+        """How long a failure counter matters at most (older unlocked ones can be purged)."""
+        return timedelta(seconds=max(self.login_lockout_seconds, self.throttle_window_seconds))
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,8 +1,8 @@
 """Data access: small keyword-only functions over an explicit session.
 
 They flush but never commit: the caller (a route, a CLI command, a task) owns the transaction.
-Domain rules that need the database (unique names, ownership, key scopes, throttles) are
-enforced here and reported with the exceptions of `app.errors`.
+Domain rules that need the database (unique names, ownership, key scopes) are enforced here and
+reported with the exceptions of `app.errors`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app import security
-from app.errors import Conflict, NotFound, PermissionDenied, RateLimited
+from app.errors import Conflict, NotFound, PermissionDenied
 from app.models import (
     ApiKey,
     GuidelineVersion,
@@ -278,43 +278,12 @@ def revoke_api_keys_by_prefix(db: Session, *, user: User, prefix: str) -> int:
     return _revoke_keys(db, ApiKey.user_id == user.id, ApiKey.prefix == prefix)
 
 
-# --- login throttling ----------------------------------------------------------------------------
-
-
-def login_throttle_key(username: str, client_address: str) -> str:
-    return f"{username.strip().lower()[:64]}|{client_address}"
-
-
-def ensure_login_allowed(db: Session, *, key: str) -> None:
-    throttle = db.scalar(select(LoginThrottle).where(LoginThrottle.key == key))
-    now = utcnow()
-    if throttle is not None and throttle.locked_until is not None and throttle.locked_until > now:
-        retry_after = int((throttle.locked_until - now).total_seconds()) + 1
-        raise RateLimited("Too many failed logins; try again later.", retry_after)
-
-
-def record_login_failure(db: Session, *, key: str, max_failures: int, lockout_s: int) -> None:
-    """Count a failure; the `max_failures`-th within the lockout window locks the key."""
-    now = utcnow()
-    window = timedelta(seconds=lockout_s)
-    throttle = db.scalar(select(LoginThrottle).where(LoginThrottle.key == key))
-    if throttle is None:
-        throttle = LoginThrottle(key=key, failures=0, window_started_at=now)
-        db.add(throttle)
-    elif now - throttle.window_started_at > window:
-        throttle.failures, throttle.window_started_at, throttle.locked_until = 0, now, None
-    throttle.failures += 1
-    if throttle.failures >= max_failures:
-        throttle.locked_until = now + window
-    db.flush()
-
-
-def clear_login_failures(db: Session, *, key: str) -> None:
-    db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+# --- expired credentials -------------------------------------------------------------------------
 
 
 def purge_expired_credentials(db: Session, *, throttle_window: timedelta) -> int:
-    """Delete expired sessions, expired tokens and stale throttles; returns rows removed."""
+    """Delete expired sessions, expired tokens and throttles unlocked and older than the
+    longest throttle window; returns rows removed."""
     now = utcnow()
     statements = [
         delete(WebSession).where(WebSession.expires_at <= now),

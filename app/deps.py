@@ -6,7 +6,8 @@ Cookie authentication and CSRF are checked together here, so a state-changing ro
 a browser session cannot forget the CSRF check: it is part of being authenticated.
 
 A caller with an API key acts with the lesser of the owner's role and the key's scope: an
-`inference` key reaches `/v1` only, and an admin's `rater` key no admin route.
+`inference` key reaches `/v1` only, and an admin's `rater` key no admin route. Invalid keys are
+throttled per client address (`app.throttles`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from app import crud, security
+from app import crud, security, throttles
 from app.config import Settings
 from app.errors import LoginRequired, PermissionDenied, Unauthenticated
 from app.models import ApiKey, KeyScope, Role, User, WebSession
@@ -29,6 +30,7 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FORM_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+INVALID_KEY = "Invalid, expired or revoked API key"
 INFERENCE_ONLY = (
     "This API key has the 'inference' scope, which serves /v1 only; use a key with the "
     "'rater' or 'admin' scope here."
@@ -104,13 +106,32 @@ def bearer_token(request: Request) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
+def client_address(request: Request) -> str:
+    """The caller's address as the server reports it (what the throttles count by)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _live_api_key(request: Request, db: Session, key: str) -> ApiKey:
+    """The row of a presented key. An invalid one counts against the caller's address, and an
+    address that sent too many gets 429 for any key until its lock ends, so that guessing
+    stops there (checking reads only: a valid key writes nothing here)."""
+    counters = throttles.api_key_counters(
+        request.app.state.settings, address=client_address(request)
+    )
+    throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_INVALID_KEYS)
+    api_key = crud.get_api_key(db, key=key)
+    if api_key is None:
+        throttles.record_failure(db, counters)
+        db.commit()
+        raise Unauthenticated(INVALID_KEY)
+    return api_key
+
+
 def _authenticate(
     request: Request, db: Session, csrf_token: str | None, *, missing: type[Unauthenticated]
 ) -> Principal:
     if (key := bearer_token(request)) is not None:
-        api_key = crud.get_api_key(db, key=key)
-        if api_key is None:
-            raise Unauthenticated("Invalid or revoked API key")
+        api_key = _live_api_key(request, db, key)
         if db.dirty:  # last_used_at moved on (at most once a minute)
             db.commit()
         principal = Principal.with_key(api_key)
@@ -160,10 +181,10 @@ def optional_page_principal(request: Request, db: DbSession) -> Principal | None
 def api_key_principal(request: Request, db: DbSession) -> Principal:
     """Bearer API keys only, of any scope: `/v1` ignores cookies, so no browser session can be
     ridden."""
-    if (key := bearer_token(request)) is None or (api_key := crud.get_api_key(db, key=key)) is None:
+    if (key := bearer_token(request)) is None:
         raise Unauthenticated("A valid API key is required (Authorization: Bearer <key>).")
+    principal = Principal.with_key(_live_api_key(request, db, key))
     db.commit()  # end the transaction: a generation can outlive it by minutes
-    principal = Principal.with_key(api_key)
     request.state.principal = principal
     return principal
 

@@ -293,7 +293,8 @@ class AccessLink(Base):
 
 
 class LoginThrottle(Base):
-    """Failed logins per (username, client address), for 429s after repeated failures."""
+    """A counter of failed logins or invalid API keys (per account, address, or both; see
+    `app.throttles`), for 429s after repeated failures."""
 
     __tablename__ = "login_throttles"
 

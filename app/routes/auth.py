@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from app import crud
+from app import crud, throttles
 from app.config import Settings
 from app.deps import (
     SESSION_COOKIE,
@@ -20,6 +20,7 @@ from app.deps import (
     PageUser,
     PublicRoute,
     SettingsDep,
+    client_address,
 )
 from app.errors import RateLimited, Unauthenticated
 from app.models import KeyScope, User, utcnow
@@ -46,22 +47,19 @@ LOGIN_NOTICES = {
 
 
 def verify_login(
-    db: Session, settings: Settings, *, username: str, password: str, client_address: str
+    db: Session, settings: Settings, *, username: str, password: str, address: str
 ) -> User:
-    """The user for these credentials; every failure counts towards the login throttle."""
-    key = crud.login_throttle_key(username, client_address)
-    crud.ensure_login_allowed(db, key=key)
+    """The user for these credentials. Every failure counts against the username from this
+    address, the account and the address (`app.throttles`); while any of them is locked, even
+    the right password gets 429, and an unknown username is counted just like a known one."""
+    counters = throttles.login_counters(settings, username=username, address=address)
+    throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_LOGINS)
     user = crud.authenticate_user(db, username=username, password=password)
     if user is None:
-        crud.record_login_failure(
-            db,
-            key=key,
-            max_failures=settings.login_max_failures,
-            lockout_s=settings.login_lockout_seconds,
-        )
+        throttles.record_failure(db, counters)
         db.commit()
         raise Unauthenticated(INVALID_CREDENTIALS)
-    crud.clear_login_failures(db, key=key)
+    throttles.forgive(db, counters[0])  # a typo or two from here is no attack
     return user
 
 
@@ -70,10 +68,6 @@ def safe_next_path(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
-
-
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def _login_form(
@@ -124,7 +118,7 @@ def login(
             settings,
             username=username,
             password=password,
-            client_address=_client_address(request),
+            address=client_address(request),
         )
     except (Unauthenticated, RateLimited) as exc:
         return _login_form(
@@ -177,7 +171,7 @@ def issue_token(
         settings,
         username=body.username,
         password=body.password,
-        client_address=_client_address(request),
+        address=client_address(request),
     )
     expires_at = utcnow() + timedelta(hours=settings.session_hours)
     scope = body.scope or KeyScope.of_role(user.role)
