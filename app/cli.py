@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import TypeAdapter, ValidationError
@@ -117,7 +117,20 @@ def run(settings: Settings, host: str, port: int) -> None:
         # Jobs queued before a restart lived in memory only: send them again.
         celery.send_task(RECLAIM, kwargs={"after_restart": True})
         _print_welcome(host, port, admin_password, demo_prompts)
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+        uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `run` and `web` tell uvicorn besides where to listen: the log level, and whose
+    `X-Forwarded-For` to believe. uvicorn would believe 127.0.0.1 by default, letting anything
+    on this machine (or a proxy that passes the header through) pick the address that the
+    throttles count by; here it believes only `ALIGNLOOP_TRUSTED_PROXIES`, and nobody while
+    that is empty."""
+    return {
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": settings.trusted_proxies,
+    }
 
 
 def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompts: int) -> None:
@@ -146,8 +159,7 @@ def web(settings: Settings, host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
-        log_level=settings.log_level.lower(),
+        **uvicorn_options(settings),
     )
 
 

@@ -6,13 +6,14 @@ the code receives a `Settings` object and never looks at `os.environ` itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that appear in tutorials and templates; a deployment that still has one is misconfigured.
@@ -97,6 +98,10 @@ class Settings(BaseSettings):
     window before every bearer request from that address (valid keys too) gets 429."""
     throttle_window_seconds: int = Field(default=3600, ge=1)
     """The window of the three limits above, and how long each locks once reached."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks (CIDR) of the reverse proxies whose
+    `X-Forwarded-For` and `X-Forwarded-Proto` are believed; empty believes no one, so the
+    client address (which the throttles count by) is the connection's peer."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body the web tier accepts (413 beyond)."""
     log_level: str = "INFO"
@@ -164,6 +169,21 @@ class Settings(BaseSettings):
                 'print(secrets.token_urlsafe(48))"'
             )
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies_are_addresses(cls, value: str) -> str:
+        """uvicorn takes anything that is no address for a literal name, so a typo would
+        silently trust no one (or the wrong host): refuse it here instead."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"ALIGNLOOP_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+                ) from None
+        return ",".join(entries)
 
     @property
     def longest_throttle_window(self) -> timedelta:

@@ -107,7 +107,8 @@ def bearer_token(request: Request) -> str | None:
 
 
 def client_address(request: Request) -> str:
-    """The caller's address as the server reports it (what the throttles count by)."""
+    """The caller's address: the connection's peer, or the client that a trusted proxy names
+    (uvicorn rewrites it only for `ALIGNLOOP_TRUSTED_PROXIES`)."""
     return request.client.host if request.client else "unknown"
 
 

@@ -11,9 +11,9 @@ window after the failure that tripped it; so no window ever holds more failures 
 Checking only reads: a successful attempt writes nothing here beyond forgiving its own
 username-and-address counter.
 
-The address is the client's as the server reports it. IPv6 addresses count by their /64
-network, which one subscriber usually holds whole (counting single addresses would give them
-billions of fresh starts).
+The address is the client's as the server sees it: the TCP peer, or what a trusted proxy says
+(`ALIGNLOOP_TRUSTED_PROXIES`). IPv6 addresses count by their /64 network, which one subscriber
+usually holds whole (counting single addresses would give them billions of fresh starts).
 """
 
 from __future__ import annotations

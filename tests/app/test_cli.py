@@ -73,6 +73,29 @@ def test_keys_create_takes_a_scope_up_to_the_users_role(cli, db):
     assert scopes == {token_digest(default): "inference", token_digest(rating): "rater"}
 
 
+def test_web_believes_x_forwarded_for_only_from_trusted_proxies(tmp_path, monkeypatch):
+    import uvicorn
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    env = {"ALIGNLOOP_DATA_DIR": str(tmp_path), "ALIGNLOOP_SECRET_KEY": TEST_SECRET}
+    for trusted in ("", "10.0.0.2, 10.1.0.0/16"):
+        result = CliRunner().invoke(
+            main, ["web"], env={**env, "ALIGNLOOP_TRUSTED_PROXIES": trusted}
+        )
+        assert result.exit_code == 0, result.output
+    assert [(call["proxy_headers"], call["forwarded_allow_ips"]) for call in calls] == [
+        (False, ""),
+        (True, "10.0.0.2,10.1.0.0/16"),
+    ]
+
+
+def test_a_trusted_proxy_that_is_no_address_stops_every_command(tmp_path):
+    env = {"ALIGNLOOP_DATA_DIR": str(tmp_path), "ALIGNLOOP_TRUSTED_PROXIES": "proxy.local"}
+    result = CliRunner().invoke(main, ["web"], env=env)
+    assert result.exit_code == 1 and "'proxy.local' is not an IP address" in result.output
+
+
 def test_keys_revoke_by_prefix(cli, db):
     cli(*create_user("ada", role="admin"))
     key = cli("keys", "create", "--username", "ada").output.strip()

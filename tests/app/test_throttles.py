@@ -1,18 +1,22 @@
-"""Failed-credential throttles: per account from anywhere, per address across usernames, and per
-address for invalid API keys."""
+"""Failed-credential throttles: per account from anywhere, per address across usernames, per
+address for invalid API keys, and the client address that they count by."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from itertools import cycle
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app import throttles
+from app.cli import uvicorn_options
+from app.main import create_app
 from app.models import LoginThrottle, utcnow
 from tests.helpers import PASSWORD, api_key_for, bearer, submit_login
+from tests.live_server import serve_in_thread
 
 WRONG = "not the password"
 
@@ -121,3 +125,39 @@ def test_signing_in_and_using_keys_writes_no_throttle_row(client, rater, db):
 )
 def test_ipv6_addresses_count_by_their_64_network(first, second, same):
     assert (throttles.address_group(first) == throttles.address_group(second)) is same
+
+
+# --- the client address behind a proxy -----------------------------------------------------------
+
+
+def failures_claiming_other_addresses(server: httpx.Client, username: str, count: int) -> None:
+    """`count` failed logins from this machine, each with another forged client address."""
+    for number in range(count):
+        forged = {"X-Forwarded-For": f"192.0.2.{number + 1}"}
+        assert token_status(server, username, WRONG, forged) == 401
+
+
+def test_a_forged_x_forwarded_for_does_not_change_the_throttled_address(app, rater, settings):
+    with (
+        serve_in_thread(app, **uvicorn_options(settings)) as url,
+        httpx.Client(base_url=url) as server,
+    ):
+        failures_claiming_other_addresses(server, rater.username, settings.login_max_failures)
+        forged = {"X-Forwarded-For": "192.0.2.200"}
+        assert token_status(server, rater.username, PASSWORD, forged) == 429  # all from 127.0.0.1
+
+
+def test_a_trusted_proxy_names_the_client(engine, session_factory, rater, settings):
+    proxied = settings.model_copy(update={"trusted_proxies": "127.0.0.1"})
+    app = create_app(proxied, engine=engine)
+    app.state.session_factory = session_factory
+    with (
+        serve_in_thread(app, **uvicorn_options(proxied)) as url,
+        httpx.Client(base_url=url) as server,
+    ):
+        failures_claiming_other_addresses(server, rater.username, proxied.login_max_failures)
+        another_client = {"X-Forwarded-For": "192.0.2.200"}
+        assert token_status(server, rater.username, PASSWORD, another_client) == 200
+        for _ in range(proxied.login_max_failures):
+            token_status(server, rater.username, WRONG, another_client)
+        assert token_status(server, rater.username, PASSWORD, another_client) == 429
