@@ -6,6 +6,7 @@ message with a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from app.models import (
     User,
 )
 from app.prompt_import import import_prompts, options_from_text
+from app.query_credentials import RedactQueryCredentials
 from app.schemas import InvitationNote, Password, Username
 
 if TYPE_CHECKING:
@@ -121,13 +123,19 @@ def run(settings: Settings, host: str, port: int) -> None:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """What `run` and `web` tell uvicorn besides where to listen: the log level, and whose
-    `X-Forwarded-For` to believe. uvicorn would believe 127.0.0.1 by default, letting anything
-    on this machine (or a proxy that passes the header through) pick the address that the
-    throttles count by; here it believes only `ALIGNLOOP_TRUSTED_PROXIES`, and nobody while
-    that is empty."""
+    """What `run` and `web` tell uvicorn besides where to listen: the log level, an access log
+    that redacts credentials in query strings, and whose `X-Forwarded-For` to believe. uvicorn
+    would believe 127.0.0.1 by default, letting anything on this machine (or a proxy that
+    passes the header through) pick the address that the throttles count by; here it believes
+    only `ALIGNLOOP_TRUSTED_PROXIES`, and nobody while that is empty."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["filters"] = {"redact_credentials": {"()": RedactQueryCredentials}}
+    log_config["loggers"]["uvicorn.access"]["filters"] = ["redact_credentials"]
     return {
         "log_level": settings.log_level.lower(),
+        "log_config": log_config,
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": settings.trusted_proxies,
     }

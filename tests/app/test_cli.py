@@ -88,6 +88,7 @@ def test_web_believes_x_forwarded_for_only_from_trusted_proxies(tmp_path, monkey
         (False, ""),
         (True, "10.0.0.2,10.1.0.0/16"),
     ]
+    assert all("redact_credentials" in call["log_config"]["filters"] for call in calls)
 
 
 def test_a_trusted_proxy_that_is_no_address_stops_every_command(tmp_path):
