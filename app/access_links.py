@@ -121,7 +121,8 @@ def accept_invitation(db: Session, *, token: str, username: str, password: str) 
 
 
 def reset_password(db: Session, *, token: str, password: str) -> User:
-    """Set the new password and end every browser session of the account."""
+    """Set the new password and sign the account out everywhere: its browser sessions end and
+    its login tokens are revoked, so whoever knew the old password keeps no way in."""
     link = _claim(db, token=token, purpose=LinkPurpose.PASSWORD_RESET)
     assert link.user_id is not None  # a CHECK constraint: resets name their user
     user = crud.get_user(db, user_id=link.user_id)

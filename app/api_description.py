@@ -4,8 +4,9 @@ FastAPI documents a route's success and, where it has parameters, 422. The other
 from what the route depends on and how it is called, so they are derived here from the same
 facts rather than written by hand at each route (where they would drift): authentication (401,
 403), an id in the path (404), a state change (409), a body (413), the database (503), and on
-`/v1` OpenAI's 400 for invalid input. `tests/app/test_fuzz_api.py` checks that no fuzzed
-request gets a status that the description does not list.
+`/v1` OpenAI's 400 for invalid input. What only a route knows (a lookup of an id in the body,
+a stale `If-Match`) it declares with `schemas.error_responses`. `tests/app/test_fuzz_api.py`
+checks that no fuzzed request gets a status that the description does not list.
 """
 
 from __future__ import annotations
@@ -19,37 +20,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from app import deps
+from app.schemas import ERROR_DESCRIPTIONS, ErrorOut
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-ERROR_SCHEMA = {
-    "title": "Error",
-    "type": "object",
-    "properties": {"detail": {"type": "string", "title": "Detail"}},
-    "required": ["detail"],
-}
 VALIDATION_ERROR = {"$ref": "#/components/schemas/HTTPValidationError"}
-DESCRIPTIONS = {
-    400: "Invalid request (OpenAI's error shape)",
-    401: "Not authenticated, or the credentials are invalid, expired or revoked",
-    403: "Authenticated, but not allowed (role, key scope, or a missing CSRF token)",
-    404: "No such object",
-    409: "Conflicts with the current state (the message says which)",
-    413: "The body is larger than ALIGNLOOP_MAX_BODY_BYTES",
-    422: "Invalid input",
-    429: "Too many requests; retry after the Retry-After header",
-    503: "The database is unavailable; retry after the Retry-After header",
-}
-
-NOT_FOUND = {404: {"description": "An object the request names does not exist"}}
-"""For routes that look up an id given in the body or query (the path's ids are derived)."""
-STALE = {412: {"description": "`If-Match` (or the form's ETag) names an older state"}}
+OPENAI_INVALID = "Invalid request (in OpenAI's error shape, as are the other errors here)"
 
 
 def describe(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document (built once, then cached as FastAPI does)."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        document.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ErrorOut"] = ErrorOut.model_json_schema()
         for route in iter_route_contexts(app.routes):  # with the including routers' parts
             if isinstance(route.original_route, APIRoute) and route.include_in_schema:
                 for method in route.methods:
@@ -73,7 +56,7 @@ def error_statuses(route: RouteContext, method: str) -> set[int]:
     openai = route.path.startswith("/v1/")
     statuses = {400, 429} if openai else {422}  # 422: a NUL in any query string
     if calls & (deps.ROLE_DEPENDENCIES - {deps.public_route}):
-        statuses |= {401, 403}
+        statuses |= {401, 403, 429}  # 429: an address that sent too many invalid keys
     if "{" in route.path_format:
         statuses.add(404)
     if method in UNSAFE_METHODS:
@@ -90,8 +73,10 @@ def _dependants(dependant: Dependant) -> Iterator[Dependant]:
 
 
 def _response(status: int, *, openai: bool) -> dict[str, Any]:
-    schema = VALIDATION_ERROR if status == 422 else {"$ref": "#/components/schemas/Error"}
-    response: dict[str, Any] = {"description": DESCRIPTIONS[status]}
-    if not openai:
-        response["content"] = {"application/json": {"schema": schema}}
-    return response
+    if openai:
+        return {"description": OPENAI_INVALID if status == 400 else ERROR_DESCRIPTIONS[status]}
+    schema = VALIDATION_ERROR if status == 422 else {"$ref": "#/components/schemas/ErrorOut"}
+    return {
+        "description": ERROR_DESCRIPTIONS[status],
+        "content": {"application/json": {"schema": schema}},
+    }

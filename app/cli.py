@@ -6,10 +6,11 @@ message with a non-zero exit status, never a traceback.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import TypeAdapter, ValidationError
@@ -20,8 +21,17 @@ from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
 from app.export import FORMATS, export_lines
-from app.models import DEFAULT_ALGORITHM, Algorithm, PromptSplit, Role, RunStatus, User
+from app.models import (
+    DEFAULT_ALGORITHM,
+    Algorithm,
+    KeyScope,
+    PromptSplit,
+    Role,
+    RunStatus,
+    User,
+)
 from app.prompt_import import import_prompts, options_from_text
+from app.query_credentials import RedactQueryCredentials
 from app.schemas import InvitationNote, Password, Username
 
 if TYPE_CHECKING:
@@ -111,7 +121,26 @@ def run(settings: Settings, host: str, port: int) -> None:
         # Jobs queued before a restart lived in memory only: send them again.
         celery.send_task(RECLAIM, kwargs={"after_restart": True})
         _print_welcome(host, port, admin_password, demo_prompts)
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+        uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `run` and `web` tell uvicorn besides where to listen: the log level, an access log
+    that redacts credentials in query strings, and whose `X-Forwarded-For` to believe. uvicorn
+    would believe 127.0.0.1 by default, letting anything on this machine (or a proxy that
+    passes the header through) pick the address that the throttles count by; here it believes
+    only `ALIGNLOOP_TRUSTED_PROXIES`, and nobody while that is empty."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["filters"] = {"redact_credentials": {"()": RedactQueryCredentials}}
+    log_config["loggers"]["uvicorn.access"]["filters"] = ["redact_credentials"]
+    return {
+        "log_level": settings.log_level.lower(),
+        "log_config": log_config,
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": settings.trusted_proxies,
+    }
 
 
 def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompts: int) -> None:
@@ -145,8 +174,7 @@ def web(settings: Settings, host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
-        log_level=settings.log_level.lower(),
+        **uvicorn_options(settings),
     )
 
 
@@ -304,12 +332,20 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--username", required=True)
 @click.option("--name", default="cli", show_default=True, help="A label to recognise the key by.")
+@click.option(
+    "--scope",
+    type=click.Choice([scope.value for scope in KeyScope]),
+    default=KeyScope.INFERENCE.value,
+    show_default=True,
+    help="inference: /v1 only; rater: also tasks and judgements; admin: everything. "
+    "At most the user's role.",
+)
 @click.pass_obj
-def keys_create(settings: Settings, username: str, name: str) -> None:
+def keys_create(settings: Settings, username: str, name: str, scope: str) -> None:
     """Create an API key for USERNAME and print it (it is not shown again)."""
     with session_scope(_session_factory(settings)) as session:
         user = _existing_user(session, username)
-        _, key = crud.create_api_key(session, user=user, name=name)
+        _, key = crud.create_api_key(session, user=user, name=name, scope=KeyScope(scope))
     click.echo(key)
 
 

@@ -6,14 +6,16 @@ the code receives a `Settings` object and never looks at `os.environ` itself.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that appear in tutorials and templates; a deployment that still has one is misconfigured.
@@ -101,6 +103,23 @@ class Settings(BaseSettings):
     """Failed logins per username and client address before further attempts get 429."""
     login_lockout_seconds: int = Field(default=900, ge=1)
     """How long the login throttle lasts once tripped."""
+    login_account_max_failures: int = Field(default=100, ge=1)
+    """Failed logins per account within `throttle_window_seconds`, from any addresses, before
+    every login to it (the right password too) gets 429 for a window: guessing spread over many
+    addresses gets no further (AUTH-03: at most 100 an hour). Anyone can trip it for any
+    username; signed-in sessions and API keys keep working meanwhile."""
+    login_address_max_failures: int = Field(default=50, ge=1)
+    """Failed logins per client address within the window, whatever the usernames (password
+    spraying); an office of people mistyping behind one address stays well under it."""
+    api_key_max_failures: int = Field(default=50, ge=1)
+    """Requests with an invalid, expired or revoked bearer key per client address within the
+    window before every bearer request from that address (valid keys too) gets 429."""
+    throttle_window_seconds: int = Field(default=3600, ge=1)
+    """The window of the three limits above, and how long each locks once reached."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks (CIDR) of the reverse proxies whose
+    `X-Forwarded-For` and `X-Forwarded-Proto` are believed; empty believes no one, so the
+    client address (which the throttles count by) is the connection's peer."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body the web tier accepts (413 beyond)."""
     log_level: str = "INFO"
@@ -172,6 +191,26 @@ class Settings(BaseSettings):
                 'with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
             )
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies_are_addresses(cls, value: str) -> str:
+        """uvicorn takes anything that is no address for a literal name, so a typo would
+        silently trust no one (or the wrong host): refuse it here instead."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"ALIGNLOOP_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+                ) from None
+        return ",".join(entries)
+
+    @property
+    def longest_throttle_window(self) -> timedelta:
+        """How long a failure counter matters at most (older unlocked ones can be purged)."""
+        return timedelta(seconds=max(self.login_lockout_seconds, self.throttle_window_seconds))
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,7 +1,7 @@
 """Data access: small keyword-only functions over an explicit session.
 
 They flush but never commit: the caller (a route, a CLI command, a task) owns the transaction.
-Domain rules that need the database (unique names, ownership, throttles) are enforced here and
+Domain rules that need the database (unique names, ownership, key scopes) are enforced here and
 reported with the exceptions of `app.errors`.
 """
 
@@ -13,15 +13,16 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app import preconditions, security
-from app.errors import Conflict, NotFound, RateLimited
+from app.errors import Conflict, NotFound, PermissionDenied
 from app.models import (
     ApiKey,
     GuidelineVersion,
+    KeyScope,
     LoginThrottle,
     ModelKind,
     ModelStatus,
@@ -82,8 +83,9 @@ def update_user(
         user.role = role
     if is_active is not None:
         user.is_active = is_active
-    if disabling:
+    if disabling:  # revoked, not just unusable while disabled: enabling revives no old key
         end_user_sessions(db, user=user)
+        _revoke_keys(db, ApiKey.user_id == user.id)
     return user
 
 
@@ -147,23 +149,47 @@ def end_web_session(db: Session, *, token: str) -> None:
 
 
 def end_user_sessions(db: Session, *, user: User) -> int:
-    """Sign `user` out of every browser; returns how many sessions ended."""
-    return db.execute(delete(WebSession).where(WebSession.user_id == user.id)).rowcount or 0
+    """Sign `user` out everywhere: every browser session ends and every login token from
+    `/api/auth/token` is revoked (keys made on purpose stay); returns how many ended."""
+    ended = db.execute(delete(WebSession).where(WebSession.user_id == user.id)).rowcount or 0
+    return ended + _revoke_keys(db, ApiKey.user_id == user.id, IS_LOGIN_TOKEN)
 
 
 # --- API keys ------------------------------------------------------------------------------------
 
 
+IS_LOGIN_TOKEN = ApiKey.expires_at.is_not(None)
+"""Login tokens from `/api/auth/token` are the keys that expire; keys made on purpose do not."""
+
+
 def create_api_key(
-    db: Session, *, user: User, name: str, expires_at: datetime | None = None
+    db: Session,
+    *,
+    user: User,
+    name: str,
+    scope: KeyScope,
+    at_most: KeyScope | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key for `user`: the row, and the key itself (never stored, never shown again)."""
+    """A new key for `user`: the row, and the key itself (never stored, never shown again).
+
+    `scope` may not exceed the owner's role, nor `at_most`: the power of whoever asks (a key
+    used to create another must not hand out more than it has itself).
+    """
+    limit = KeyScope.of_role(user.role).narrowed_to(at_most or KeyScope.ADMIN)
+    if not scope.within(limit):
+        allowed = " or ".join(repr(each.value) for each in KeyScope.up_to(limit))
+        raise PermissionDenied(
+            f"This key can have the scope {allowed}, not {scope.value!r}: a key has no more "
+            "power than its owner's role, nor than the key used to create it."
+        )
     key = security.new_api_key()
     api_key = ApiKey(
         user_id=user.id,
         name=name,
         prefix=key[: security.DISPLAY_PREFIX_LENGTH],
         key_hash=security.token_digest(key),
+        scope=scope,
         expires_at=expires_at,
     )
     db.add(api_key)
@@ -192,13 +218,13 @@ def get_api_key(db: Session, *, key: str) -> ApiKey | None:
     return api_key
 
 
+def _newest_first(statement: Select[tuple[ApiKey]]) -> Select[tuple[ApiKey]]:
+    return statement.order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+
+
 def _keys_made_on_purpose() -> Select[tuple[ApiKey]]:
-    """Keys people created (login tokens from `/api/auth/token` expire and are left out)."""
-    return (
-        select(ApiKey)
-        .where(ApiKey.expires_at.is_(None))
-        .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
-    )
+    """Keys people created (login tokens from `/api/auth/token` are left out)."""
+    return _newest_first(select(ApiKey).where(~IS_LOGIN_TOKEN))
 
 
 def list_api_keys(db: Session, *, user: User) -> list[ApiKey]:
@@ -213,64 +239,57 @@ def api_keys_by_user(db: Session) -> dict[int, list[ApiKey]]:
     return keys
 
 
+def list_login_tokens(db: Session, *, user: User) -> list[ApiKey]:
+    """`user`'s login tokens that still work (neither revoked nor expired)."""
+    return list(
+        db.scalars(
+            _newest_first(select(ApiKey)).where(
+                ApiKey.user_id == user.id,
+                IS_LOGIN_TOKEN,
+                ApiKey.expires_at > utcnow(),
+                ApiKey.revoked_at.is_(None),
+            )
+        )
+    )
+
+
 def revoke_api_key(db: Session, *, user: User, key_id: int) -> ApiKey:
     """Revoke one of `user`'s keys; someone else's key id is reported as not found."""
-    api_key = db.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user.id))
+    return _revoke_owned(db, ApiKey.id == key_id, ApiKey.user_id == user.id, what="API key")
+
+
+def revoke_login_token(db: Session, *, user: User, token_id: int) -> ApiKey:
+    """Revoke one of `user`'s login tokens; any other id is reported as not found."""
+    return _revoke_owned(
+        db, ApiKey.id == token_id, ApiKey.user_id == user.id, IS_LOGIN_TOKEN, what="Login token"
+    )
+
+
+def _revoke_owned(db: Session, *conditions: ColumnElement[bool], what: str) -> ApiKey:
+    api_key = db.scalar(select(ApiKey).where(*conditions))
     if api_key is None:
-        raise NotFound("API key not found")
+        raise NotFound(f"{what} not found")
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
     return api_key
 
 
+def _revoke_keys(db: Session, *conditions: ColumnElement[bool]) -> int:
+    """Revoke every live key matching `conditions`; returns how many."""
+    statement = update(ApiKey).where(ApiKey.revoked_at.is_(None), *conditions)
+    return db.execute(statement.values(revoked_at=utcnow())).rowcount or 0
+
+
 def revoke_api_keys_by_prefix(db: Session, *, user: User, prefix: str) -> int:
-    keys = db.scalars(
-        select(ApiKey).where(
-            ApiKey.user_id == user.id, ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)
-        )
-    ).all()
-    for api_key in keys:
-        api_key.revoked_at = utcnow()
-    return len(keys)
+    return _revoke_keys(db, ApiKey.user_id == user.id, ApiKey.prefix == prefix)
 
 
-# --- login throttling ----------------------------------------------------------------------------
-
-
-def login_throttle_key(username: str, client_address: str) -> str:
-    return f"{username.strip().lower()[:64]}|{client_address}"
-
-
-def ensure_login_allowed(db: Session, *, key: str) -> None:
-    throttle = db.scalar(select(LoginThrottle).where(LoginThrottle.key == key))
-    now = utcnow()
-    if throttle is not None and throttle.locked_until is not None and throttle.locked_until > now:
-        retry_after = int((throttle.locked_until - now).total_seconds()) + 1
-        raise RateLimited("Too many failed logins; try again later.", retry_after)
-
-
-def record_login_failure(db: Session, *, key: str, max_failures: int, lockout_s: int) -> None:
-    """Count a failure; the `max_failures`-th within the lockout window locks the key."""
-    now = utcnow()
-    window = timedelta(seconds=lockout_s)
-    throttle = db.scalar(select(LoginThrottle).where(LoginThrottle.key == key))
-    if throttle is None:
-        throttle = LoginThrottle(key=key, failures=0, window_started_at=now)
-        db.add(throttle)
-    elif now - throttle.window_started_at > window:
-        throttle.failures, throttle.window_started_at, throttle.locked_until = 0, now, None
-    throttle.failures += 1
-    if throttle.failures >= max_failures:
-        throttle.locked_until = now + window
-    db.flush()
-
-
-def clear_login_failures(db: Session, *, key: str) -> None:
-    db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+# --- expired credentials -------------------------------------------------------------------------
 
 
 def purge_expired_credentials(db: Session, *, throttle_window: timedelta) -> int:
-    """Delete expired sessions, expired tokens and stale throttles; returns rows removed."""
+    """Delete expired sessions, expired tokens and throttles unlocked and older than the
+    longest throttle window; returns rows removed."""
     now = utcnow()
     statements = [
         delete(WebSession).where(WebSession.expires_at <= now),

@@ -19,6 +19,7 @@ from app.errors import install_error_handlers
 from app.inference import Inference
 from app.metrics import AppMetrics, RequestMetricsMiddleware
 from app.middleware import DeclaredSizeLimit, RejectNulMiddleware, SecurityHeadersMiddleware
+from app.query_credentials import RefuseQueryCredentials
 from app.ratelimit import KeyLimiter
 from app.routes import (
     account,
@@ -118,6 +119,7 @@ def create_app(
         per_minute=settings.v1_requests_per_minute,
     )
     app.add_middleware(RejectNulMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RefuseQueryCredentials)
     app.add_middleware(SecurityHeadersMiddleware)
     # the session factory is read at each scrape (tests swap it for a rolled-back one)
     app.state.metrics = AppMetrics(lambda: app.state.session_factory())

@@ -103,6 +103,36 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
 
 
+class KeyScope(enum.StrEnum):
+    """What an API key may be used for, in increasing power: each scope includes the ones
+    before it. A key never does more than its owner's role allows, whatever its scope."""
+
+    INFERENCE = "inference"
+    """`/v1` only: for keys pasted into OpenAI clients, the kind most likely to leak."""
+    RATER = "rater"
+    """What a rater may do: tasks, judgements, their own keys; and `/v1`."""
+    ADMIN = "admin"
+    """Everything, for an admin."""
+
+    @classmethod
+    def of_role(cls, role: Role) -> KeyScope:
+        """The scope that carries all of `role`'s power."""
+        return cls(role.value)
+
+    @classmethod
+    def up_to(cls, limit: KeyScope) -> list[KeyScope]:
+        """The scopes that `limit` includes, least first."""
+        return [scope for scope in cls if scope.within(limit)]
+
+    def within(self, limit: KeyScope) -> bool:
+        members = list(KeyScope)
+        return members.index(self) <= members.index(limit)
+
+    def narrowed_to(self, limit: KeyScope) -> KeyScope:
+        """The lesser of this scope and `limit`."""
+        return self if self.within(limit) else limit
+
+
 class ModelKind(enum.StrEnum):
     POLICY = "policy"
     REWARD = "reward"
@@ -227,6 +257,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     """Set for tokens from `POST /api/auth/token`; keys made on purpose do not expire."""
+    scope: Mapped[KeyScope] = mapped_column(string_enum(KeyScope))
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
 
@@ -262,7 +293,8 @@ class AccessLink(Base):
 
 
 class LoginThrottle(Base):
-    """Failed logins per (username, client address), for 429s after repeated failures."""
+    """A counter of failed logins or invalid API keys (per account, address, or both; see
+    `app.throttles`), for 429s after repeated failures."""
 
     __tablename__ = "login_throttles"
 

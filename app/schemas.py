@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from annotated_types import Interval
 from pydantic import (
@@ -22,6 +22,7 @@ from app.models import (
     DEFAULT_ALGORITHM,
     Algorithm,
     ApiKey,
+    KeyScope,
     PromptSplit,
     RaterQuality,
     Role,
@@ -56,15 +57,50 @@ class InputModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorOut(BaseModel):
+    detail: str
+
+
+ERROR_DESCRIPTIONS = {
+    401: "Not signed in, or the key is invalid, expired or revoked, or a credential was sent in "
+    "the query string (use the Authorization header)",
+    403: "The role, or the API key's scope, does not allow this (or a session's CSRF token is "
+    "missing)",
+    404: "No such id among the caller's",
+    409: "Conflicts with the current state (the message says which)",
+    412: "`If-Match` (or the form's ETag) names an older state than the current one",
+    413: "The body is larger than ALIGNLOOP_MAX_BODY_BYTES",
+    422: "Invalid input",
+    429: "Too many requests, or too many failed attempts from this address or for this "
+    "account; wait `Retry-After` seconds",
+    503: "The database is unavailable; retry after `Retry-After` seconds",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the errors a route answers with, so clients see them documented."""
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes
+    }
+    if 429 in responses:
+        wait = {"description": "Seconds until a retry can succeed", "schema": {"type": "integer"}}
+        responses[429]["headers"] = {"Retry-After": wait}
+    return responses
+
+
 class TokenRequest(InputModel):
     username: Annotated[str, StringConstraints(max_length=64)]
     password: Annotated[str, StringConstraints(max_length=256)]
+    scope: KeyScope | None = Field(
+        default=None, description="What the token may do; by default all the user's role may."
+    )
 
 
 class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_at: datetime
+    scope: KeyScope
 
 
 class UserOut(BaseModel):
@@ -78,6 +114,11 @@ class UserOut(BaseModel):
 
 class ApiKeyCreate(InputModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    scope: KeyScope = Field(
+        default=KeyScope.INFERENCE,
+        description="`inference` (`/v1` only, the default: the least a key pasted into an "
+        "OpenAI client needs), `rater` or `admin`; never more than the owner's role.",
+    )
 
 
 class ApiKeyOut(BaseModel):
@@ -86,6 +127,7 @@ class ApiKeyOut(BaseModel):
     id: int
     name: str
     prefix: str
+    scope: KeyScope
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None

@@ -107,7 +107,7 @@ def prepare_database(url: str, *, raters: int, tasks: int) -> list[str]:
 
 def _seed_raters(session, count: int) -> list[str]:
     from app import crud
-    from app.models import Role
+    from app.models import KeyScope, Role
 
     keys = []
     for number in range(count):
@@ -118,7 +118,7 @@ def _seed_raters(session, count: int) -> list[str]:
             role=Role.RATER,
         )
         session.flush()
-        keys.append(crud.create_api_key(session, user=user, name="bench")[1])
+        keys.append(crud.create_api_key(session, user=user, name="bench", scope=KeyScope.RATER)[1])
     return keys
 
 

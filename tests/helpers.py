@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app import crud
 from app.models import (
     Judgement,
+    KeyScope,
     ModelKind,
     ModelStatus,
     ModelVersion,
@@ -63,8 +64,19 @@ def browser_login(client: TestClient, username: str, password: str = PASSWORD) -
     return page.select_one("input[name=csrf_token]")["value"]
 
 
-def api_key_for(db: Session, user: User) -> dict[str, str]:
-    _, key = crud.create_api_key(db, user=user, name="test")
+def bearer(client: TestClient, username: str, password: str = PASSWORD, **extra) -> dict[str, str]:
+    """Bearer headers with a login token from `POST /api/auth/token` (`extra`: e.g. a scope)."""
+    response = client.post(
+        "/api/auth/token", json={"username": username, "password": password, **extra}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def api_key_for(db: Session, user: User, scope: KeyScope | None = None) -> dict[str, str]:
+    """Bearer headers with a new key of `user`'s, with all their role's power unless `scope`."""
+    scope = scope or KeyScope.of_role(user.role)
+    _, key = crud.create_api_key(db, user=user, name="test", scope=scope)
     db.commit()
     return {"Authorization": f"Bearer {key}"}
 

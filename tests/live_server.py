@@ -93,14 +93,16 @@ def _interrupt(process: subprocess.Popen) -> int:
 
 
 @contextmanager
-def serve_in_thread(app) -> Iterator[str]:
-    """`app` under a real uvicorn server on a thread of this process; yields its base URL."""
+def serve_in_thread(app, **options) -> Iterator[str]:
+    """`app` under a real uvicorn server on a thread of this process (with uvicorn `options`,
+    such as `app.cli.uvicorn_options`); yields its base URL."""
     import threading
 
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **options})
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect
 from app import crud, migrate
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
-from app.models import Role
+from app.models import KeyScope, Role
 from tests.browser import SCREENS, log_in, new_context, record_errors, save_screenshot
 from tests.helpers import PASSWORD
 from tests.live_server import alignloop_run, wait_for
@@ -55,7 +55,10 @@ def world(model_settings: Settings, tmp_path: Path) -> Iterator[World]:
     with session_scope(make_session_factory(engine)) as db:
         admin = crud.create_user(db, username=ADMIN, password=PASSWORD, role=Role.ADMIN)
         rater = crud.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
-        keys = [crud.create_api_key(db, user=user, name="e2e")[1] for user in (rater, admin)]
+        keys = [
+            crud.create_api_key(db, user=user, name="e2e", scope=KeyScope.of_role(user.role))[1]
+            for user in (rater, admin)
+        ]
     engine.dispose()
     short_answers = {"max_new_tokens": "16"}
     with alignloop_run(model_settings.data_dir, tmp_path / "run.log", short_answers) as server:

@@ -58,12 +58,18 @@ def test_upgrading_again_keeps_every_row(empty_engine):
         assert db.scalars(select(User.username)).all() == ["keeper"]
 
 
-def test_the_rating_workflow_migration_keeps_and_backfills_existing_rows(empty_engine):
-    migrate.upgrade(empty_engine, "0001")
-    with empty_engine.begin() as connection:
-        for statement in SEED_0001:
+def upgrade_past(engine, revision: str, seed: list[str]) -> None:
+    """Upgrade to `revision`, store the `seed` rows as that schema holds them, then upgrade to
+    the head."""
+    migrate.upgrade(engine, revision)
+    with engine.begin() as connection:
+        for statement in seed:
             connection.execute(text(statement))
-    migrate.upgrade(empty_engine)
+    migrate.upgrade(engine)
+
+
+def test_the_rating_workflow_migration_keeps_and_backfills_existing_rows(empty_engine):
+    upgrade_past(empty_engine, "0001", SEED_0001)
     with empty_engine.connect() as connection:
         task = connection.execute(text("SELECT judgement_count, lease_count FROM tasks")).one()
         judgement = connection.execute(text("SELECT all_bad, flags FROM judgements")).one()
@@ -115,3 +121,20 @@ def test_the_round_line_migration_keeps_one_active_round_per_line_and_every_row(
     with empty_engine.connect() as connection:
         statuses = dict(connection.execute(text("SELECT id, status FROM rounds")).all())
     assert statuses == {1: "running", 2: "failed", 3: "succeeded", 4: "queued"}
+
+
+def test_the_key_scope_migration_gives_each_existing_key_its_owners_role(empty_engine):
+    upgrade_past(empty_engine, "0006", SEED_0006)
+    with empty_engine.connect() as connection:
+        scopes = dict(connection.execute(text("SELECT id, scope FROM api_keys")).all())
+    assert scopes == {1: "rater", 2: "admin", 3: "admin"}
+
+
+SEED_0006 = [
+    "INSERT INTO users (id, username, password_hash, role, is_active, locale, created_at) VALUES "
+    "(1, 'ann', 'x', 'rater', true, 'en', CURRENT_TIMESTAMP), "
+    "(2, 'ada', 'x', 'admin', true, 'en', CURRENT_TIMESTAMP)",
+    "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, created_at) VALUES "
+    "(1, 1, 'a', 'al_1', 'h1', CURRENT_TIMESTAMP), (2, 2, 'b', 'al_2', 'h2', CURRENT_TIMESTAMP), "
+    "(3, 2, 'c', 'al_3', 'h3', CURRENT_TIMESTAMP)",
+]

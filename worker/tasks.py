@@ -6,7 +6,6 @@ Tasks are registered on a given Celery app (never `current_app`) with the contex
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import select
@@ -59,7 +58,7 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
 
     @celery.task(shared=False, name=PURGE_EXPIRED_CREDENTIALS)
     def purge_expired_credentials() -> int:
-        window = timedelta(seconds=context.settings.login_lockout_seconds)
+        window = context.settings.longest_throttle_window
         with session_scope(context.session_factory) as db:
             removed = crud.purge_expired_credentials(db, throttle_window=window)
         log.info("purged %d expired sessions, tokens and login throttles", removed)

@@ -1,4 +1,5 @@
-"""Browser pages for the signed-in user's account (`/account`): language and API keys."""
+"""Browser pages for the signed-in user's account (`/account`): language, API keys and login
+tokens."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from app import crud
-from app.deps import DbSession, PageUser
+from app.deps import DbSession, PageCaller, PageUser
 from app.errors import InvalidInput
 from app.i18n import LANGUAGES
-from app.models import User
-from app.schemas import RowId
+from app.models import KeyScope, User
+from app.schemas import ApiKeyCreate, RowId, form_input
 from app.templating import render
 
 router = APIRouter()
@@ -28,12 +29,16 @@ def account(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
 def create_key(
     request: Request,
     db: DbSession,
-    user: PageUser,
+    caller: PageCaller,
     name: Annotated[str, Form(min_length=1, max_length=100)],
+    scope: Annotated[str, Form(max_length=16)] = KeyScope.INFERENCE.value,
 ) -> HTMLResponse:
-    api_key, key = crud.create_api_key(db, user=user, name=name.strip() or "key")
+    body = form_input(ApiKeyCreate, name=name.strip() or "key", scope=scope)
+    api_key, key = crud.create_api_key(
+        db, user=caller.user, name=body.name, scope=body.scope, at_most=caller.power
+    )
     db.commit()
-    return _account_page(request, db, user, new_key=key, new_key_name=api_key.name)
+    return _account_page(request, db, caller.user, new_key=key, new_key_name=api_key.name)
 
 
 def _account_page(
@@ -46,6 +51,8 @@ def _account_page(
 ) -> HTMLResponse:
     context = {
         "keys": crud.list_api_keys(db, user=user),
+        "login_tokens": crud.list_login_tokens(db, user=user),
+        "scopes": KeyScope.up_to(KeyScope.of_role(user.role)),
         "new_key": new_key,
         "new_key_name": new_key_name,
     }
@@ -65,6 +72,7 @@ def set_language(
 
 @router.post("/account/keys/{key_id}/revoke")
 def revoke_key(key_id: RowId, db: DbSession, user: PageUser) -> RedirectResponse:
+    """Revoke one of the user's keys or login tokens."""
     crud.revoke_api_key(db, user=user, key_id=key_id)
     db.commit()
     return RedirectResponse("/account", status_code=303)

@@ -1,4 +1,5 @@
-"""Signing in and out: the login page, session cookies, logout, and `/api/auth` for scripts."""
+"""Signing in and out: the login page, session cookies, logout, and `/api/auth` for scripts
+(login tokens: issued, listed and revoked)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from app import crud
+from app import crud, throttles
 from app.config import Settings
 from app.deps import (
     SESSION_COOKIE,
@@ -19,11 +20,19 @@ from app.deps import (
     PageUser,
     PublicRoute,
     SettingsDep,
+    client_address,
 )
 from app.errors import RateLimited, Unauthenticated
-from app.models import User, utcnow
+from app.models import KeyScope, User, utcnow
 from app.public_forms import PublicForm, is_https
-from app.schemas import TokenRequest, TokenResponse, UserOut
+from app.schemas import (
+    ApiKeyOut,
+    RowId,
+    TokenRequest,
+    TokenResponse,
+    UserOut,
+    error_responses,
+)
 
 router = APIRouter()
 
@@ -38,22 +47,19 @@ LOGIN_NOTICES = {
 
 
 def verify_login(
-    db: Session, settings: Settings, *, username: str, password: str, client_address: str
+    db: Session, settings: Settings, *, username: str, password: str, address: str
 ) -> User:
-    """The user for these credentials; every failure counts towards the login throttle."""
-    key = crud.login_throttle_key(username, client_address)
-    crud.ensure_login_allowed(db, key=key)
+    """The user for these credentials. Every failure counts against the username from this
+    address, the account and the address (`app.throttles`); while any of them is locked, even
+    the right password gets 429, and an unknown username is counted just like a known one."""
+    counters = throttles.login_counters(settings, username=username, address=address)
+    throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_LOGINS)
     user = crud.authenticate_user(db, username=username, password=password)
     if user is None:
-        crud.record_login_failure(
-            db,
-            key=key,
-            max_failures=settings.login_max_failures,
-            lockout_s=settings.login_lockout_seconds,
-        )
+        throttles.record_failure(db, counters)
         db.commit()
         raise Unauthenticated(INVALID_CREDENTIALS)
-    crud.clear_login_failures(db, key=key)
+    throttles.forgive(db, counters[0])  # a typo or two from here is no attack
     return user
 
 
@@ -62,10 +68,6 @@ def safe_next_path(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
-
-
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def _login_form(
@@ -101,11 +103,7 @@ def login_page(
     "/login",
     dependencies=[PublicRoute],
     response_class=HTMLResponse,
-    responses={
-        401: {"description": "Wrong username or password (the form again)"},
-        403: {"description": "The form expired or came from another site"},
-        429: {"description": "Too many failed logins"},
-    },
+    responses=error_responses(401, 403, 429),
 )
 def login(
     request: Request,
@@ -125,7 +123,7 @@ def login(
             settings,
             username=username,
             password=password,
-            client_address=_client_address(request),
+            address=client_address(request),
         )
     except (Unauthenticated, RateLimited) as exc:
         return _login_form(
@@ -165,30 +163,46 @@ def logout(request: Request, db: DbSession, user: PageUser) -> RedirectResponse:
 
 
 @router.post(
-    "/api/auth/token",
-    dependencies=[PublicRoute],
-    responses={
-        401: {"description": "Wrong username or password"},
-        429: {"description": "Too many failed logins"},
-    },
+    "/api/auth/token", dependencies=[PublicRoute], responses=error_responses(401, 403, 422, 429)
 )
 def issue_token(
     request: Request, body: TokenRequest, db: DbSession, settings: SettingsDep
 ) -> TokenResponse:
-    """Exchange a username and password for a bearer token that expires with a session."""
+    """Exchange a username and password for a bearer token that expires with a session, with
+    the scope asked for (by default the user's role). Signing out everywhere (a password reset,
+    a disabled account) or `DELETE /api/auth/tokens/{id}` revokes it."""
     user = verify_login(
         db,
         settings,
         username=body.username,
         password=body.password,
-        client_address=_client_address(request),
+        address=client_address(request),
     )
     expires_at = utcnow() + timedelta(hours=settings.session_hours)
-    _, token = crud.create_api_key(db, user=user, name="login token", expires_at=expires_at)
+    scope = body.scope or KeyScope.of_role(user.role)
+    _, token = crud.create_api_key(
+        db, user=user, name="login token", scope=scope, expires_at=expires_at
+    )
     db.commit()
-    return TokenResponse(access_token=token, expires_at=expires_at)
+    return TokenResponse(access_token=token, expires_at=expires_at, scope=scope)
 
 
-@router.get("/api/auth/me")
+@router.get("/api/auth/tokens", responses=error_responses(401, 403, 429))
+def list_login_tokens(db: DbSession, user: CurrentUser) -> list[ApiKeyOut]:
+    """The caller's login tokens that still work (never the tokens themselves)."""
+    return [ApiKeyOut.model_validate(token) for token in crud.list_login_tokens(db, user=user)]
+
+
+@router.delete(
+    "/api/auth/tokens/{token_id}", status_code=204, responses=error_responses(401, 403, 404, 429)
+)
+def revoke_login_token(token_id: RowId, db: DbSession, user: CurrentUser) -> Response:
+    """Revoke one of the caller's login tokens at once; anyone else's id is not found."""
+    crud.revoke_login_token(db, user=user, token_id=token_id)
+    db.commit()
+    return Response(status_code=204)
+
+
+@router.get("/api/auth/me", responses=error_responses(401, 403, 429))
 def who_am_i(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BeforeValidator
 
-from app.api_description import NOT_FOUND
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.export import FORMATS, export_lines
-from app.schemas import RowId
+from app.schemas import RowId, error_responses
 
 router = APIRouter(prefix="/api/export", tags=["export"])
 
@@ -22,7 +21,7 @@ RoundId = Annotated[
 ]
 
 
-@router.get("/preferences", responses=NOT_FOUND)
+@router.get("/preferences", responses=error_responses(404))
 def export_preferences(
     db: DbSession,
     settings: SettingsDep,

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api_description import NOT_FOUND
 from app.deps import CurrentUser, DbSession, SettingsDep
 from app.feedback import give_feedback
-from app.schemas import FeedbackIn, FeedbackOut
+from app.schemas import FeedbackIn, FeedbackOut, error_responses
 
 router = APIRouter(prefix="/api/feedback", tags=["feedback"])
 
 
-@router.post("", status_code=201, responses=NOT_FOUND)
+@router.post("", status_code=201, responses=error_responses(404))
 def post_feedback(
     body: FeedbackIn, db: DbSession, settings: SettingsDep, user: CurrentUser
 ) -> FeedbackOut:

@@ -6,9 +6,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app import crud, jobs, model_readiness
-from app.api_description import NOT_FOUND
 from app.deps import AdminUser, DbSession, SettingsDep
-from app.schemas import GenerationRequest, JobAccepted, JobOut, RowId, TrainingRequest
+from app.schemas import (
+    GenerationRequest,
+    JobAccepted,
+    JobOut,
+    RowId,
+    TrainingRequest,
+    error_responses,
+)
 from worker.training_config import RewardConfig, SFTConfig, build_config
 
 router = APIRouter(tags=["jobs"])
@@ -32,7 +38,7 @@ def start_generation(
     return JobAccepted(job_id=job.id)
 
 
-@router.post("/api/training-jobs", status_code=202, responses=NOT_FOUND)
+@router.post("/api/training-jobs", status_code=202, responses=error_responses(404))
 def start_training(
     request: Request, body: TrainingRequest, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> JobAccepted:

@@ -9,11 +9,10 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app import crud
 from app import leaderboard as ranking
-from app.api_description import STALE
 from app.deps import AdminUser, DbSession
 from app.leaderboard import Standing
 from app.models import ModelVersion
-from app.schemas import ModelVersionOut, RowId
+from app.schemas import ModelVersionOut, RowId, error_responses
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -49,7 +48,7 @@ def leaderboard(
     return ranking.leaderboard(db, bootstrap=bootstrap)
 
 
-@router.post("/{version_id}/promote", responses=STALE)
+@router.post("/{version_id}/promote", responses=error_responses(412))
 def promote(
     version_id: RowId, db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
 ) -> ModelVersionOut:
@@ -60,7 +59,7 @@ def promote(
     return _now_served(version, response)
 
 
-@router.post("/rollback", responses=STALE)
+@router.post("/rollback", responses=error_responses(412))
 def roll_back(
     db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
 ) -> ModelVersionOut:

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app import crud
-from app.api_description import NOT_FOUND
 from app.chat import serve_chat
 from app.deps import ApiKeyPrincipal, DbSession
 from app.models import ModelVersion
@@ -19,6 +18,7 @@ from app.openai_schemas import (
     ModelCard,
     ModelList,
 )
+from app.schemas import error_responses
 
 router = APIRouter(prefix="/v1", tags=["openai"], max_body_size=2 * 1024 * 1024)
 
@@ -35,7 +35,7 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None, responses=NOT_FOUND)
+@router.post("/chat/completions", response_model=None, responses=error_responses(404))
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app import crud
-from app.api_description import NOT_FOUND
 from app.chat import serve_chat
 from app.deps import DbSession, PageRater, RaterUser
 from app.openai_schemas import DEFAULT_MAX_TOKENS, ChatCompletionRequest
+from app.schemas import error_responses
 from app.templating import render
 
 router = APIRouter(prefix="/playground")
@@ -28,7 +28,7 @@ def playground(request: Request, db: DbSession, user: PageRater) -> HTMLResponse
     return render(request, "playground.html", context)
 
 
-@router.post("/chat", response_model=None, responses=NOT_FOUND)
+@router.post("/chat", response_model=None, responses=error_responses(404))
 async def chat(
     request: Request, body: ChatCompletionRequest, db: DbSession, user: RaterUser
 ) -> Response:

@@ -20,6 +20,7 @@ from app.schemas import (
     UserAccountOut,
     UserCreate,
     UserUpdate,
+    error_responses,
 )
 
 users = APIRouter(prefix="/api/users", tags=["users"])
@@ -46,10 +47,7 @@ def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response
     return UserAccountOut.model_validate(user)
 
 
-@users.patch(
-    "/{user_id}",
-    responses={412: {"description": "`If-Match` names an older state of the account"}},
-)
+@users.patch("/{user_id}", responses=error_responses(412))
 def update_user(
     user_id: RowId,
     body: UserUpdate,
@@ -60,7 +58,8 @@ def update_user(
         str | None, Header(description="The account's `ETag`: refuse (412) if it changed since.")
     ] = None,
 ) -> UserAccountOut:
-    """Disable (which signs the account out at once), enable, or change the role."""
+    """Disable (which signs the account out at once and revokes all its API keys, so that
+    enabling it again revives none), enable, or change the role."""
     user = crud.get_user(db, user_id=user_id, for_update=True)
     preconditions.check_if_match(if_match, crud.user_etag(user), what="This account")
     crud.update_user(db, user=user, acting=admin, is_active=body.is_active, role=body.role)
@@ -86,12 +85,13 @@ def list_user_keys(user_id: RowId, db: DbSession, admin: AdminUser) -> list[ApiK
     return [ApiKeyOut.model_validate(key) for key in crud.list_api_keys(db, user=user)]
 
 
-@users.post("/{user_id}/keys", status_code=201)
+@users.post("/{user_id}/keys", status_code=201, responses=error_responses(401, 403, 404, 422))
 def create_user_key(
     user_id: RowId, body: ApiKeyCreate, db: DbSession, admin: AdminUser
 ) -> ApiKeyCreated:
+    """A key for the user, with a scope no greater than their role (403)."""
     user = crud.get_user(db, user_id=user_id)
-    api_key, key = crud.create_api_key(db, user=user, name=body.name)
+    api_key, key = crud.create_api_key(db, user=user, name=body.name, scope=body.scope)
     db.commit()
     return ApiKeyCreated.shown_once(api_key, key)
 

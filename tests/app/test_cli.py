@@ -63,6 +63,40 @@ def test_keys_create_prints_a_key_that_is_stored_hashed(cli, db):
     assert db.scalar(select(ApiKey.key_hash)) == token_digest(key)
 
 
+def test_keys_create_takes_a_scope_up_to_the_users_role(cli, db):
+    cli(*create_user("rita"))
+    default = cli("keys", "create", "--username", "rita").output.strip()
+    rating = cli("keys", "create", "--username", "rita", "--scope", "rater").output.strip()
+    too_much = cli("keys", "create", "--username", "rita", "--scope", "admin")
+    assert too_much.exit_code == 1 and "not 'admin'" in too_much.output
+    scopes = dict(db.execute(select(ApiKey.key_hash, ApiKey.scope)).all())
+    assert scopes == {token_digest(default): "inference", token_digest(rating): "rater"}
+
+
+def test_web_believes_x_forwarded_for_only_from_trusted_proxies(tmp_path, monkeypatch):
+    import uvicorn
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    env = {"ALIGNLOOP_DATA_DIR": str(tmp_path), "ALIGNLOOP_SECRET_KEY": TEST_SECRET}
+    for trusted in ("", "10.0.0.2, 10.1.0.0/16"):
+        result = CliRunner().invoke(
+            main, ["web"], env={**env, "ALIGNLOOP_TRUSTED_PROXIES": trusted}
+        )
+        assert result.exit_code == 0, result.output
+    assert [(call["proxy_headers"], call["forwarded_allow_ips"]) for call in calls] == [
+        (False, ""),
+        (True, "10.0.0.2,10.1.0.0/16"),
+    ]
+    assert all("redact_credentials" in call["log_config"]["filters"] for call in calls)
+
+
+def test_a_trusted_proxy_that_is_no_address_stops_every_command(tmp_path):
+    env = {"ALIGNLOOP_DATA_DIR": str(tmp_path), "ALIGNLOOP_TRUSTED_PROXIES": "proxy.local"}
+    result = CliRunner().invoke(main, ["web"], env=env)
+    assert result.exit_code == 1 and "'proxy.local' is not an IP address" in result.output
+
+
 def test_keys_revoke_by_prefix(cli, db):
     cli(*create_user("ada", role="admin"))
     key = cli("keys", "create", "--username", "ada").output.strip()
@@ -166,14 +200,15 @@ def test_users_invite_prints_a_one_time_path_that_grants_the_role(cli, db):
     assert bo.role == Role.ADMIN
 
 
-def test_users_disable_and_enable_take_effect_at_once(cli, db):
+def test_users_disable_and_enable_take_effect_at_once_and_revive_no_key(cli, db):
     cli(*create_user("rita"))
     key = cli("keys", "create", "--username", "rita").stdout.strip()
     assert cli("users", "disable", "--username", "Rita").stdout.strip() == "disabled rita"
     assert crud.get_api_key(db, key=key) is None
     db.rollback()  # end the read, so the next command can write (SQLite)
     assert cli("users", "enable", "--username", "rita").exit_code == 0
-    assert crud.get_api_key(db, key=key) is not None
+    assert db.scalar(select(User.is_active).where(User.username == "rita"))
+    assert crud.get_api_key(db, key=key) is None  # revoked when disabled
 
 
 def test_users_reset_link_replaces_the_previous_one(cli, db):

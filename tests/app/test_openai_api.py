@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app import crud
 from app.db import make_session_factory, session_scope
 from app.main import create_app
-from app.models import ModelVersion, Prompt, Role, ServedCompletion, Task, utcnow
+from app.models import KeyScope, ModelVersion, Prompt, Role, ServedCompletion, Task, utcnow
 from tests.live_server import serve_in_thread, wait_for
 from worker.model_store import ModelStore
 
@@ -38,7 +38,7 @@ def world(model_settings, sqlite_engine):
     ModelStore(model_settings).ensure_base_version(factory)
     with session_scope(factory) as db:
         user = crud.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="sdk")
+        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)  # + feedback
     settings = model_settings.model_copy(update={"v1_requests_per_minute": 600})
     app = create_app(settings, engine=sqlite_engine)
     with serve_in_thread(app) as url:

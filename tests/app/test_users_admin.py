@@ -19,7 +19,7 @@ from app.errors import Conflict, NotFound
 from app.models import AccessLink, ApiKey, LinkPurpose, Role, User, WebSession, utcnow
 from app.security import token_digest
 from tests.conftest import make_settings
-from tests.helpers import PASSWORD, api_key_for, browser_login, html, submit_login
+from tests.helpers import PASSWORD, api_key_for, bearer, browser_login, html, submit_login
 
 NEW_PASSWORD = "a brand new passphrase"
 HTML = {"Accept": "text/html"}
@@ -260,6 +260,17 @@ def test_a_reset_sets_the_password_and_ends_every_session(app, client, rater, ad
     assert client.post("/api/auth/token", json=new).status_code == 200
 
 
+def test_a_reset_revokes_login_tokens_and_keeps_keys_made_on_purpose(
+    client, rater, admin_headers, db
+):
+    login_token, rater_key = bearer(client, rater.username), api_key_for(db, rater)
+    path = link_path(client, admin_headers, f"/api/users/{rater.id}/password-reset")
+    done = fill_in(client, path, password=NEW_PASSWORD, password_again=NEW_PASSWORD)
+    assert done.status_code == 303
+    assert client.get("/api/auth/me", headers=login_token).status_code == 401
+    assert client.get("/api/auth/me", headers=rater_key).status_code == 200
+
+
 def test_a_new_reset_link_replaces_the_earlier_one(client, rater, admin_headers):
     endpoint = f"/api/users/{rater.id}/password-reset"
     first, second = (
@@ -285,13 +296,15 @@ def test_a_reset_for_an_unknown_user_is_not_found(client, admin_headers):
 # --- disabling -----------------------------------------------------------------------------------
 
 
-def test_a_disabled_user_is_locked_out_at_once_and_enabling_lets_them_back(
+def test_a_disabled_user_is_locked_out_at_once_and_enabling_revives_no_old_credential(
     client, rater, admin_headers, db
 ):
     browser_login(client, rater.username)
     session_token = client.cookies[SESSION_COOKIE]
     rater_key = api_key_for(db, rater)
-    assert client.get("/api/auth/me", headers=rater_key).status_code == 200
+    login_token = bearer(client, rater.username, PASSWORD)
+    for headers in (rater_key, login_token):
+        assert client.get("/api/auth/me", headers=headers).status_code == 200
 
     disabled = client.patch(
         f"/api/users/{rater.id}", json={"is_active": False}, headers=admin_headers
@@ -309,8 +322,10 @@ def test_a_disabled_user_is_locked_out_at_once_and_enabling_lets_them_back(
         f"/api/users/{rater.id}", json={"is_active": True}, headers=admin_headers
     )
     assert enabled.json()["is_active"] is True
-    assert client.get("/api/auth/me", headers=rater_key).status_code == 200
     assert submit_login(client, rater.username, PASSWORD).status_code == 303
+    for headers in (rater_key, login_token):  # revoked, not merely paused
+        assert client.get("/api/auth/me", headers=headers).status_code == 401
+    assert db.scalar(select(func.count()).where(ApiKey.revoked_at.is_(None))) == 1  # admin's
 
 
 def test_an_admin_cannot_disable_or_demote_themselves(client, admin, admin_headers, db):
@@ -339,7 +354,9 @@ def test_admins_change_roles_but_nothing_else(client, rater, admin_headers, db):
 
 def test_admins_manage_a_users_api_keys(client, rater, make_user, admin_headers, db):
     created = client.post(
-        f"/api/users/{rater.id}/keys", json={"name": "export"}, headers=admin_headers
+        f"/api/users/{rater.id}/keys",
+        json={"name": "export", "scope": "rater"},
+        headers=admin_headers,
     )
     assert created.status_code == 201
     key = created.json()["key"]
@@ -357,6 +374,30 @@ def test_admins_manage_a_users_api_keys(client, rater, make_user, admin_headers,
     assert revoked.status_code == 204
     assert client.get("/api/auth/me", headers=as_rater).status_code == 401
     assert db.scalar(select(ApiKey).where(ApiKey.key_hash == key)) is None
+
+
+def test_admins_give_a_users_key_no_more_than_the_users_role(client, rater, admin_headers, db):
+    response = client.post(
+        f"/api/users/{rater.id}/keys", json={"name": "x", "scope": "admin"}, headers=admin_headers
+    )
+    assert response.status_code == 403
+    assert "not 'admin'" in response.json()["detail"]
+    default = client.post(f"/api/users/{rater.id}/keys", json={"name": "y"}, headers=admin_headers)
+    assert default.json()["scope"] == "inference"
+    listed = client.get(f"/api/users/{rater.id}/keys", headers=admin_headers).json()
+    assert [(item["name"], item["scope"]) for item in listed] == [("y", "inference")]
+
+
+def test_the_page_offers_each_account_the_scopes_of_its_role(client, admin, rater):
+    browser_login(client, admin.username)
+    page = html(client.get("/admin/users"))
+
+    def offered(account) -> list[str]:
+        options = page.select(f"#keys-{account.id} select[name=scope] option")
+        return [option["value"] for option in options]
+
+    assert offered(rater) == ["inference", "rater"]
+    assert offered(admin) == ["inference", "rater", "admin"]
 
 
 # --- who may -------------------------------------------------------------------------------------
@@ -473,7 +514,8 @@ def test_the_page_shows_a_reset_link_once(client, admin, rater):
 def test_the_page_creates_and_revokes_a_users_api_key(client, admin, rater, db):
     csrf = browser_login(client, admin.username)
     created = client.post(
-        f"/admin/users/{rater.id}/keys", data={"name": "laptop", "csrf_token": csrf}
+        f"/admin/users/{rater.id}/keys",
+        data={"name": "laptop", "scope": "rater", "csrf_token": csrf},
     )
     assert created.status_code == 201
     key = html(created).select_one("#shown-once").text

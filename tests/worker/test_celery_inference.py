@@ -14,7 +14,7 @@ import redis
 from app import crud, migrate
 from app.db import make_engine, make_session_factory, session_scope
 from app.main import create_app
-from app.models import Role
+from app.models import KeyScope, Role
 from tests.conftest import REDIS_URL
 from tests.live_server import serve_in_thread
 from worker.model_store import ModelStore
@@ -34,7 +34,7 @@ def remote(model_settings, tmp_path):
     ModelStore(model_settings).ensure_base_version(factory)
     with session_scope(factory) as db:
         user = crud.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="sdk")
+        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.INFERENCE)
     env = {
         **os.environ,
         "ALIGNLOOP_DATA_DIR": str(model_settings.data_dir),

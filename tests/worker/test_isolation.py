@@ -14,7 +14,7 @@ import pytest
 
 from app import crud, jobs, migrate
 from app.db import make_engine, make_session_factory, session_scope
-from app.models import Job, Role, Round, RoundStage, RunStatus
+from app.models import Job, KeyScope, Role, Round, RoundStage, RunStatus
 from app.rounds import ACTIVE
 from tests.helpers import judged_tasks_with_rewrites
 from tests.live_server import alignloop_run, wait_for
@@ -91,7 +91,7 @@ def embedded(tmp_path, model_settings) -> Iterator[Embedded]:
     with session_scope(factory) as db:
         judged_tasks_with_rewrites(db, count=24)
         admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-        _, key = crud.create_api_key(db, user=admin, name="admin")
+        _, key = crud.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
     with alignloop_run(settings.data_dir, tmp_path / "run.log", {"demo_prompts": "false"}) as live:
         yield Embedded(live.base_url, {"Authorization": f"Bearer {key}"}, factory)
     engine.dispose()

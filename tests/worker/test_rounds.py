@@ -26,6 +26,7 @@ from app.models import (
     Algorithm,
     Job,
     Judgement,
+    KeyScope,
     ModelKind,
     ModelVersion,
     Prompt,
@@ -111,8 +112,8 @@ def world(model_settings) -> Iterator[World]:
         judged_data(factory)
         with session_scope(factory) as db:
             admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-            _, admin_key = crud.create_api_key(db, user=admin, name="admin")
-            _, key = crud.create_api_key(db, user=admin, name="sdk")
+            _, admin_key = crud.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
+            _, key = crud.create_api_key(db, user=admin, name="sdk", scope=KeyScope.INFERENCE)
         settings = model_settings.model_copy(update={"redis_url": REDIS_URL, "database_url": url})
         worker = start_worker(settings.data_dir, url)
         try:

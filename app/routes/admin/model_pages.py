@@ -10,10 +10,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app import crud, quality
 from app import leaderboard as ranking
-from app.api_description import STALE
 from app.deps import DbSession, PageAdmin
 from app.models import ModelVersion
-from app.schemas import RowId
+from app.schemas import RowId, error_responses
 from app.templating import render
 
 router = APIRouter(prefix="/admin")
@@ -52,7 +51,7 @@ def _lineage(versions: list[ModelVersion]) -> dict[int, list[str]]:
 ServedWhenRead = Annotated[str, Form(max_length=64)]
 
 
-@router.post("/models/{version_id}/promote", responses=STALE)
+@router.post("/models/{version_id}/promote", responses=error_responses(412))
 def promote(
     version_id: RowId, db: DbSession, admin: PageAdmin, serving: ServedWhenRead = ""
 ) -> RedirectResponse:
@@ -68,7 +67,7 @@ def refresh_leaderboard(request: Request, admin: PageAdmin) -> RedirectResponse:
     return RedirectResponse("/admin/models", status_code=303)
 
 
-@router.post("/models/rollback", responses=STALE)
+@router.post("/models/rollback", responses=error_responses(412))
 def roll_back(db: DbSession, admin: PageAdmin, serving: ServedWhenRead = "") -> RedirectResponse:
     crud.roll_back(db, if_match=serving or None)
     db.commit()

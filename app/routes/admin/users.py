@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import access_links, crud
 from app.deps import DbSession, PageAdmin, SettingsDep
-from app.models import Role
+from app.models import KeyScope, Role
 from app.schemas import ApiKeyCreate, InvitationCreate, RowId, UserCreate, form_input
 from app.templating import render
 
@@ -74,10 +74,16 @@ def create_reset_link(
 
 @router.post("/users/{user_id}/keys", response_class=HTMLResponse, status_code=201)
 def create_key(
-    request: Request, user_id: RowId, db: DbSession, admin: PageAdmin, name: ShortText = ""
+    request: Request,
+    user_id: RowId,
+    db: DbSession,
+    admin: PageAdmin,
+    name: ShortText = "",
+    scope: ShortText = KeyScope.INFERENCE.value,
 ) -> HTMLResponse:
     user = crud.get_user(db, user_id=user_id)
-    api_key, key = crud.create_api_key(db, user=user, name=form_input(ApiKeyCreate, name=name).name)
+    body = form_input(ApiKeyCreate, name=name, scope=scope)
+    api_key, key = crud.create_api_key(db, user=user, name=body.name, scope=body.scope)
     db.commit()
     return _users_page(request, db, ShownOnce(f"API key {api_key.name!r} of {user.username}", key))
 
@@ -120,6 +126,7 @@ def _users_page(request: Request, db: Session, shown_once: ShownOnce | None = No
         "keys": crud.api_keys_by_user(db),
         "invitations": access_links.pending_invitations(db),
         "roles": [role.value for role in Role],
+        "scopes_by_role": {role: KeyScope.up_to(KeyScope.of_role(role)) for role in Role},
         "shown_once": shown_once,
     }
     return render(request, "admin/users.html", context, status_code=201 if shown_once else 200)
