@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -141,15 +142,24 @@ def _authenticate(
     elif (token := request.cookies.get(SESSION_COOKIE)) and (
         web_session := crud.get_web_session(db, token=token)
     ):
-        if request.method not in SAFE_METHODS and not security.tokens_match(
-            web_session.csrf_token, csrf_token
-        ):
-            raise PermissionDenied("CSRF token missing or invalid; reload the page and retry.")
+        if request.method not in SAFE_METHODS:
+            _check_cookie_write(request, web_session, csrf_token)
         principal = Principal(user=web_session.user, via="session", web_session=web_session)
     else:
         raise missing()
     request.state.principal = principal
     return principal
+
+
+def _check_cookie_write(request: Request, web_session: WebSession, csrf_token: str | None) -> None:
+    """A browser's write must come from our own pages: the session's CSRF token, and an
+    `Origin` (which browsers send with every cross-site POST) naming this host. A request
+    without `Origin` (an older browser) still needs the token."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise PermissionDenied(f"Cross-site request refused (Origin {origin[:100]}).")
+    if not security.tokens_match(web_session.csrf_token, csrf_token):
+        raise PermissionDenied("CSRF token missing or invalid; reload the page and retry.")
 
 
 def current_principal(

@@ -78,6 +78,22 @@ def test_every_cookie_authenticated_write_refuses_a_missing_csrf_token(app, clie
     assert unguarded == []
 
 
+def test_every_cookie_authenticated_write_refuses_another_origin(app, client, admin):
+    """Even with the right CSRF token (stolen, or planted by a sibling subdomain)."""
+    csrf = browser_login(client, admin.username)
+    unguarded = []
+    for origin in ("https://evil.example", "null", "http://testserver.evil.example"):
+        for method, path in unsafe_cookie_routes(app):
+            url = re.sub(r"\{[^}]+\}", "1", path)
+            headers = {"X-CSRF-Token": csrf, "Origin": origin}
+            response = client.request(method, url, json={}, headers=headers, follow_redirects=False)
+            if response.status_code != 403 or "Cross-site" not in response.text:
+                unguarded.append((method, path, origin, response.status_code))
+    assert unguarded == []
+    same_site = {"X-CSRF-Token": csrf, "Origin": "http://testserver"}
+    assert client.post("/api/keys", json={"name": "k"}, headers=same_site).status_code == 201
+
+
 @pytest.mark.parametrize("token_in", ["form", "header"])
 def test_a_write_with_the_sessions_csrf_token_goes_through(client, rater, token_in):
     csrf = browser_login(client, rater.username)
