@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from annotated_types import Interval
 from pydantic import (
@@ -54,6 +54,29 @@ Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_
 
 class InputModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    """The body of an error answer (`app.errors`)."""
+
+    detail: str | list[dict[str, Any]]
+    """What went wrong, in words; for fields that failed validation, one entry per field."""
+
+
+def documented(responses: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses`: what each status code means there, errors with their
+    `{"detail": ...}` body."""
+    return {
+        code: {"description": text} | ({"model": ErrorOut} if code >= 400 else {})
+        for code, text in responses.items()
+    }
+
+
+QUEUED = (
+    "Queued: sent to a worker at once, or, while the broker is down, by the reclaim task "
+    "within a minute of its return"
+)
+"""What a 202 means for work that a worker runs."""
 
 
 class TokenRequest(InputModel):

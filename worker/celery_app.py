@@ -27,6 +27,9 @@ TRAIN_TIME_LIMIT_S = 24 * 60 * 60
 # Redis re-delivers unacknowledged messages after this long. Training tasks acknowledge late,
 # so it must exceed the longest task, or a healthy long round would be handed out twice.
 REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
+# A Redis that has not accepted a connection within this long is down: senders give up
+# after two such tries (`app.broker`), well before a client's request times out.
+BROKER_CONNECT_TIMEOUT_S = 2.0
 PURGE_INTERVAL_S = 60 * 60
 RECLAIM_INTERVAL_S = 60
 JUDGEMENT_CHECK_INTERVAL_S = 300
@@ -103,6 +106,7 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         task_track_started=True,
         result_expires=24 * 60 * 60,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
         broker_transport_options=transport_options,
         worker_hijack_root_logger=False,
         timezone="UTC",

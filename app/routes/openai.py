@@ -34,7 +34,16 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={
+        503: {
+            "description": "No worker can take the request now (with "
+            "ALIGNLOOP_INFERENCE=celery: Redis is down, or no inference worker answered)"
+        }
+    },
+)
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:
