@@ -58,6 +58,12 @@ ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 REDISPATCH_AFTER = timedelta(minutes=30)
 """How long a sent round may wait in the queue (behind other work) before reclaim sends it
 again."""
+NEXT_STAGE_DUE = timedelta(minutes=2)
+"""How long the next stage may take to start once a stage has ended before reclaim sends it
+again: the chain publishes it as the stage's task ends, and it is lost when the broker was
+down just then. A stage that waits longer behind other work on the `train` queue gets a
+duplicate message (and one per `REDISPATCH_AFTER` after that), which does nothing: a stage
+runs for the first message that claims it."""
 MAX_LOG_CHARS = 8000
 CANCELLED_BY_ADMIN = "cancelled by an admin"
 TOO_FEW_TO_JUDGE = 20
@@ -449,7 +455,7 @@ def complete_stage(
     for name, value in fields.items():
         setattr(round_, name, value)
     round_.lease_owner = None
-    round_.lease_expires_at = utcnow() + REDISPATCH_AFTER  # the next stage's message is due
+    round_.lease_expires_at = utcnow() + NEXT_STAGE_DUE  # the chain sends the next stage now
     round_.progress, round_.progress_detail = 0.0, None
     if round_.cancel_requested:
         round_.status, round_.error = RunStatus.CANCELLED, CANCELLED_BY_ADMIN
@@ -560,10 +566,10 @@ def fail_lost_rounds(db: Session, *, after_restart: bool = False) -> int:
 
 
 def rounds_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Round]:
-    """Rounds waiting for a stage whose message may be lost: never sent, or waiting (queued,
-    or between two stages) longer than `REDISPATCH_AFTER`; after a restart of the embedded
-    default, all of them. `send` marks them as sent again, only if the broker took the
-    message.
+    """Rounds waiting for a stage whose message may be lost: never sent, or not taken up by
+    the time it was due (`REDISPATCH_AFTER` after a send, `NEXT_STAGE_DUE` after a stage
+    ended); after a restart of the embedded default, all of them. `send` marks them as sent
+    again, only if the broker took the message.
     Re-sending is safe: a stage runs only for the worker that claims it."""
     waiting = (
         Round.status.in_(ACTIVE) & Round.lease_owner.is_(None) & Round.cancel_requested.is_(False)

@@ -236,6 +236,23 @@ def test_rounds_whose_message_was_lost_are_sent_again(db, queued, app):
     }
 
 
+def test_a_next_stage_lost_with_the_broker_is_sent_again_within_minutes(db, queued, monkeypatch):
+    """The chain sends the next stage as a stage ends; with the broker down just then, that
+    message is lost, and reclaim (every minute) sends it again once `NEXT_STAGE_DUE` passed,
+    not half an hour later."""
+    round_ = queued(db)
+    rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
+    rounds.complete_stage(db, round_id=round_.id, worker="w1", seconds=1)
+    db.flush()
+    assert rounds.rounds_to_redispatch(db) == []
+    ended = utcnow()
+    monkeypatch.setattr(rounds, "utcnow", lambda: ended + timedelta(minutes=3))
+    waiting = rounds.rounds_to_redispatch(db)
+    assert [(r.id, r.status, r.stage) for r in waiting] == [
+        (round_.id, RunStatus.RUNNING, RoundStage.SFT)
+    ]
+
+
 def test_curve_points_skip_values_that_are_not_finite_numbers(db, queued):
     round_ = queued(db)
     rounds.record_points(
