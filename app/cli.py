@@ -16,7 +16,7 @@ import click
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import access_links, bootstrap, crud, migrate, rounds
+from app import access_links, bootstrap, broker, crud, migrate, rounds
 from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
 from app.errors import AppError
@@ -117,9 +117,10 @@ def run(settings: Settings, host: str, port: int) -> None:
     # same modules (transformers' lazy imports are not safe to race).
     app = create_app(settings, engine=engine, celery=celery)
     with EmbeddedWorker(celery):
-        celery.send_task(PULL_BASE_MODEL)  # the first start converts the base model meanwhile
+        # the first start converts the base model meanwhile
+        broker.send_task(celery, PULL_BASE_MODEL)
         # Jobs queued before a restart lived in memory only: send them again.
-        celery.send_task(RECLAIM, kwargs={"after_restart": True})
+        broker.send_task(celery, RECLAIM, kwargs={"after_restart": True})
         _print_welcome(host, port, admin_password, demo_prompts)
         uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
 

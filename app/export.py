@@ -35,7 +35,14 @@ from app.models import (
     Task,
     TaskResponse,
 )
-from app.preferences import Pair, build_snapshot, canonical_line, pair_line, read_pairs
+from app.preferences import (
+    Pair,
+    build_snapshot,
+    canonical_line,
+    latest_judgement_id,
+    pair_line,
+    read_pairs,
+)
 
 FORMATS = ("trl", "trl-standard", "kto", "hh", "pairs", "raw")
 ROLE_NAMES = {"system": "System", "user": "Human", "assistant": "Assistant"}
@@ -44,7 +51,15 @@ ROLE_NAMES = {"system": "System", "user": "Human", "assistant": "Assistant"}
 def export_lines(
     db: Session, *, file_format: str, round_id: int | None, snapshots_dir: Path
 ) -> Iterator[bytes]:
-    """The export's lines, reading the round's snapshot or, without a round, the live data."""
+    """The export's lines: the round's snapshot, or without a round the data committed when
+    the export starts (the judgements up to the highest id then), however long it streams and
+    whatever raters submit meanwhile.
+
+    The read transaction ends before the lines are returned, and a raw export reads its
+    batches in short transactions of their own: on SQLite a transaction holds the write lock,
+    and raters could not submit while the export streams. (On PostgreSQL a judgement whose id
+    was drawn just before the start and committed just after it comes in too: ids are drawn
+    before commits, a window of one submission's few milliseconds.)"""
     if file_format not in FORMATS:
         raise InvalidInput(
             f"Unknown export format {file_format!r}; use one of {', '.join(FORMATS)}"
@@ -61,9 +76,14 @@ def export_lines(
             if not path.is_file():
                 raise NotFound("This round's snapshot file is missing from the data folder")
             pairs = read_pairs(path)
+    cutoff = latest_judgement_id(db) if cutoff is None else cutoff
     if file_format == "raw":
-        return raw_lines(db, up_to_judgement_id=cutoff)
-    return pair_lines(pairs if pairs is not None else build_snapshot(db).pairs, file_format)
+        lines = raw_lines(db, up_to_judgement_id=cutoff)
+    else:
+        pairs = build_snapshot(db, up_to_judgement_id=cutoff).pairs if pairs is None else pairs
+        lines = pair_lines(pairs, file_format)
+    db.commit()  # end the read
+    return lines
 
 
 def exportable_rounds(db: Session, *, limit: int = 100) -> list[Round]:
@@ -130,19 +150,21 @@ RAW_BATCH_SIZE = 500
 
 
 def raw_lines(db: Session, *, up_to_judgement_id: int | None = None) -> Iterator[bytes]:
-    """Every judgement with what its rater saw and said, oldest first, read in batches: the
-    number of queries grows with the batches, not with the judgements."""
+    """Every judgement with what its rater saw and said, oldest first, up to the cut-off
+    (default: the latest when it starts). It reads in batches, so the number of queries grows
+    with the batches, not with the judgements, and ends the read after each batch (on SQLite
+    a transaction holds the write lock): call it with nothing to commit."""
+    cutoff = latest_judgement_id(db) if up_to_judgement_id is None else up_to_judgement_id
     versions = dict(db.execute(select(ModelVersion.id, ModelVersion.name)).all())
     guidelines = dict(db.execute(select(GuidelineVersion.id, GuidelineVersion.version)).all())
-    query = select(Judgement).order_by(Judgement.id).limit(RAW_BATCH_SIZE)
-    if up_to_judgement_id is not None:
-        query = query.where(Judgement.id <= up_to_judgement_id)
+    query = select(Judgement).where(Judgement.id <= cutoff).order_by(Judgement.id)
     last_id = 0
-    while batch := db.scalars(query.where(Judgement.id > last_id)).all():
+    while batch := db.scalars(query.where(Judgement.id > last_id).limit(RAW_BATCH_SIZE)).all():
         seen = _RawContext.load(db, batch, versions)
-        for judgement in batch:
-            yield canonical_line(seen.record(judgement, guidelines))
+        records = [seen.record(judgement, guidelines) for judgement in batch]
         last_id = batch[-1].id
+        db.commit()  # end the read before the lines go out, however slowly they are taken
+        yield from map(canonical_line, records)
 
 
 @dataclass(frozen=True)

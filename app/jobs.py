@@ -8,20 +8,17 @@ A job that keeps killing its worker is failed after `MAX_ATTEMPTS`, not retried 
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from app import broker
 from app.errors import InvalidInput, NotFound
 from app.models import Job, ModelKind, ModelStatus, ModelVersion, Prompt, RunStatus, User, utcnow
 from app.schemas import GenerationRequest
-
-log = logging.getLogger(__name__)
 
 GENERATE_CANDIDATES = "generate_candidates"
 TRAIN_REWARD_MODEL = "train_reward_model"
@@ -46,20 +43,17 @@ def create_job(db: Session, *, kind: str, params: dict[str, Any], created_by: Us
     return job
 
 
-def dispatch(db: Session, celery: Celery, job: Job) -> None:
+def dispatch(db: Session, celery: Celery, job: Job) -> bool:
     """Send the job's message; call after the transaction that created the job has committed.
 
-    When the broker is down the job stays queued and `jobs_to_redispatch` finds it later.
+    When the broker is down the job stays queued and unsent (False), and `jobs_to_redispatch`
+    finds it at the reclaim task's next run after the broker is back.
     """
-    try:
-        celery.send_task(CELERY_TASKS[job.kind], args=[job.id])
-    except BrokerUnavailable as exc:
-        log.warning(
-            "job %s not sent, the broker is unavailable (%s); it will be re-sent", job.id, exc
-        )
-        return
+    if not broker.send_task(celery, CELERY_TASKS[job.kind], args=[job.id]):
+        return False
     job.dispatched_at = utcnow()
     db.commit()
+    return True
 
 
 def claim_job(db: Session, *, job_id: int, worker: str) -> Job | None:

@@ -1,11 +1,16 @@
 """Recording raters' verdicts: judgements and skips, checked against the rater's live lease.
 
 Submissions are idempotent per `Idempotency-Key`: a retry returns the judgement the first
-attempt stored. Everything happens under the task's row lock (see `app.assignment`), so a
-replay, a second judgement and a late submission are told apart reliably under concurrency.
+attempt stored, and the same key with a different body is refused (that is no retry, but
+another judgement under a reused key). Everything happens under the task's row lock (see
+`app.assignment`), so a replay, a second judgement and a late submission are told apart
+reliably under concurrency.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -45,11 +50,10 @@ def submit_judgement(
     """
     task = _locked_task(db, task_id)
     previous = _previous_judgement(db, rater=rater, task_id=task_id, key=idempotency_key)
+    request_sha256 = _request_sha256(body)
     if previous is not None:
         if idempotency_key and previous.idempotency_key == idempotency_key:
-            if previous.task_id != task_id:
-                raise Conflict("This Idempotency-Key was already used for another task.")
-            return previous, False
+            return _replayed(previous, task_id=task_id, request_sha256=request_sha256), False
         if previous.task_id == task_id:
             raise Conflict("You have already judged this task.")
     assignment = live_assignment(db, task_id=task_id, rater_id=rater.id)
@@ -71,6 +75,7 @@ def submit_judgement(
         time_spent_ms=body.time_spent_ms,
         guideline_version_id=_guideline_version_id(db, body.guideline_version),
         idempotency_key=idempotency_key,
+        request_sha256=request_sha256,
     )
     db.add(judgement)
     release_lease(task, assignment, AssignmentStatus.SUBMITTED)
@@ -124,6 +129,25 @@ def _check_details(body: JudgementIn, response_ids: list[int], aspects: list[str
             raise InvalidInput(f"Unknown rating aspects {sorted(unknown)}; use {aspects}.")
     if body.strength is not None and isinstance(ranking[0], list):
         raise InvalidInput("A preference strength needs a single best response, not a tie.")
+
+
+def _request_sha256(body: JudgementIn) -> str:
+    """The body as parsed, hashed: key order and spacing do not make two requests differ."""
+    fields = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(fields.encode()).hexdigest()
+
+
+def _replayed(previous: Judgement, *, task_id: int, request_sha256: str) -> Judgement:
+    """The judgement stored under a key, for a retry that repeats its request (rows stored
+    before requests were hashed have no hash to compare, and count as repeated)."""
+    if previous.task_id != task_id:
+        raise Conflict("This Idempotency-Key was already used for another task.")
+    if previous.request_sha256 not in (None, request_sha256):
+        raise InvalidInput(
+            "This Idempotency-Key was already used with a different body. A retry must repeat "
+            "the request exactly; send a new key with a new judgement."
+        )
+    return previous
 
 
 def _previous_judgement(

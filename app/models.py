@@ -547,6 +547,8 @@ class Judgement(Base):
     time_spent_ms: Mapped[int | None]
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    """The hash of the submitted body: a retry under `idempotency_key` must repeat it."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -133,7 +133,7 @@ def build_snapshot(
     `train_after_judgement_id` keeps only newer judgements' training pairs (a round that
     trains on what came in since its parent's round); held-out pairs come from all of them.
     """
-    cutoff = up_to_judgement_id or db.scalar(select(func.max(Judgement.id))) or 0
+    cutoff = latest_judgement_id(db) if up_to_judgement_id is None else up_to_judgement_id
     gold = set(db.scalars(select(Task.id).where(Task.is_gold)))  # they measure raters
     judgements = [
         judgement for judgement in current_judgements(db, cutoff) if judgement.task_id not in gold
@@ -163,9 +163,15 @@ def build_snapshot(
     )
 
 
+def latest_judgement_id(db: Session) -> int:
+    """The highest judgement id committed (0 for none): a cut-off that later judgements, with
+    higher ids, stay out of."""
+    return db.scalar(select(func.max(Judgement.id))) or 0
+
+
 def current_judgements(db: Session, cutoff: int | None = None) -> Iterator[Judgement]:
     """The last judgement of every correction chain, with ids up to `cutoff` (default: all)."""
-    cutoff = cutoff if cutoff is not None else db.scalar(select(func.max(Judgement.id))) or 0
+    cutoff = latest_judgement_id(db) if cutoff is None else cutoff
     yield from db.scalars(select(Judgement).where(is_current(cutoff)).order_by(Judgement.id))
 
 

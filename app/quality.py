@@ -41,11 +41,11 @@ from itertools import combinations
 from statistics import fmean, median
 
 from celery import Celery
-from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
+from app import broker
 from app.agreement import agreement_report
 from app.assignment import lock_task, release_rater_leases
 from app.config import Settings
@@ -309,12 +309,10 @@ def _pause_low_trust(
 
 def request_refresh(celery: Celery) -> None:
     """Ask a worker to recompute the figures now rather than at the next scheduled refresh."""
-    try:
-        celery.send_task(REFRESH_TASK)
-    except BrokerUnavailable as exc:
+    if not broker.send_task(celery, REFRESH_TASK):
         raise ServiceUnavailable(
             "The task queue is unavailable; the figures refresh on schedule once it is back."
-        ) from exc
+        )
 
 
 # --- reading the stored figures ------------------------------------------------------------------

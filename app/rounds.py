@@ -10,17 +10,15 @@ complete on disk.
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, chain
-from kombu.exceptions import OperationalError as BrokerUnavailable
+from celery import Celery
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import crud, model_readiness
+from app import broker, crud, model_readiness
 from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound
 from app.leaderboard import HeadToHead, head_to_head
@@ -47,8 +45,6 @@ from worker.training_config import (
     build_config,
 )
 
-log = logging.getLogger(__name__)
-
 STAGES = (
     RoundStage.SNAPSHOT,
     RoundStage.SFT,
@@ -61,6 +57,14 @@ RUN_STAGE_TASK = "alignloop.round_stage"
 LEASE = timedelta(minutes=2)
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 REDISPATCH_AFTER = timedelta(minutes=30)
+"""How long a sent round may wait in the queue (behind other work) before reclaim sends it
+again."""
+NEXT_STAGE_DUE = timedelta(minutes=2)
+"""How long the next stage may take to start once a stage has ended before reclaim sends it
+again: the chain publishes it as the stage's task ends, and it is lost when the broker was
+down just then. A stage that waits longer behind other work on the `train` queue gets a
+duplicate message (and one per `REDISPATCH_AFTER` after that), which does nothing: a stage
+runs for the first message that claims it."""
 MAX_LOG_CHARS = 8000
 CANCELLED_BY_ADMIN = "cancelled by an admin"
 TOO_FEW_TO_JUDGE = 20
@@ -356,36 +360,25 @@ def active_round(db: Session, *, line: str) -> Round | None:
     return db.scalar(select(Round).where(Round.line == line, Round.status.in_(ACTIVE)).limit(1))
 
 
-def dispatch(celery: Celery, round_id: int, *, from_stage: RoundStage = STAGES[0]) -> bool:
-    """Send the round's chain of stages (from `from_stage` on); call after the round's row is
-    committed. With the broker down the round stays waiting and is re-sent later."""
+def send(db: Session, celery: Celery, round_id: int, *, from_stage: RoundStage = STAGES[0]) -> bool:
+    """Send the round's chain of stages (from `from_stage` on), after its row is committed,
+    and note that the message is on its way, so that reclaim leaves the round alone for a
+    while. With the broker down the round stays marked as unsent (False), and the reclaim
+    task sends it once the broker is back."""
     start = STAGES.index(from_stage) if from_stage in STAGES else 0
     stages = [
         celery.signature(RUN_STAGE_TASK, args=(round_id, stage.value), immutable=True)
         for stage in STAGES[start:]
     ]
-    try:
-        chain(*stages).apply_async()
-    except BrokerUnavailable as exc:
-        log.warning("round %s not sent, the broker is unavailable (%s)", round_id, exc)
+    if not broker.send_chain(stages, what=f"round {round_id} from {STAGES[start].value}"):
         return False
-    return True
-
-
-def send(db: Session, celery: Celery, round_id: int) -> None:
-    """Dispatch a committed round, and note in the database that its message is on its way
-    (so reclaim leaves it alone for a while)."""
-    if dispatch(celery, round_id):
-        _mark_sent(db, round_id)
-        db.commit()
-
-
-def _mark_sent(db: Session, round_id: int) -> None:
     db.execute(
         update(Round)
         .where(Round.id == round_id, Round.lease_owner.is_(None))
         .values(lease_expires_at=utcnow() + REDISPATCH_AFTER)
     )
+    db.commit()
+    return True
 
 
 def get_round(db: Session, round_id: int) -> Round:
@@ -463,7 +456,7 @@ def complete_stage(
     for name, value in fields.items():
         setattr(round_, name, value)
     round_.lease_owner = None
-    round_.lease_expires_at = utcnow() + REDISPATCH_AFTER  # the next stage's message is due
+    round_.lease_expires_at = utcnow() + NEXT_STAGE_DUE  # the chain sends the next stage now
     round_.progress, round_.progress_detail = 0.0, None
     if round_.cancel_requested:
         round_.status, round_.error = RunStatus.CANCELLED, CANCELLED_BY_ADMIN
@@ -590,20 +583,17 @@ def fail_lost_rounds(db: Session, *, after_restart: bool = False) -> int:
 
 
 def rounds_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Round]:
-    """Rounds waiting for a stage whose message may be lost: never sent, or waiting (queued,
-    or between two stages) longer than `REDISPATCH_AFTER`; after a restart of the embedded
-    default, all of them.
+    """Rounds waiting for a stage whose message may be lost: never sent, or not taken up by
+    the time it was due (`REDISPATCH_AFTER` after a send, `NEXT_STAGE_DUE` after a stage
+    ended); after a restart of the embedded default, all of them. `send` marks them as sent
+    again, only if the broker took the message.
     Re-sending is safe: a stage runs only for the worker that claims it."""
-    now = utcnow()
     waiting = (
         Round.status.in_(ACTIVE) & Round.lease_owner.is_(None) & Round.cancel_requested.is_(False)
     )
-    if not after_restart:  # never sent (None), or sent long ago and not taken up
-        waiting &= or_(Round.lease_expires_at.is_(None), Round.lease_expires_at < now)
-    found = list(db.scalars(select(Round).where(waiting).order_by(Round.id)))
-    for round_ in found:
-        round_.lease_expires_at = now + REDISPATCH_AFTER
-    return found
+    if not after_restart:  # never sent (None), or due and not taken up
+        waiting &= or_(Round.lease_expires_at.is_(None), Round.lease_expires_at < utcnow())
+    return list(db.scalars(select(Round).where(waiting).order_by(Round.id)))
 
 
 # --- the raters' verdict on a round's policy ------------------------------------------------------

@@ -58,14 +58,17 @@ class InputModel(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: str
+    """The body of an error answer (`app.errors`)."""
+
+    detail: str | list[dict[str, Any]]
+    """What went wrong, in words; for fields that failed validation, one entry per field."""
 
 
 ERROR_DESCRIPTIONS = {
     401: "Not signed in, or the key is invalid, expired or revoked, or a credential was sent in "
     "the query string (use the Authorization header)",
     403: "The role, or the API key's scope, does not allow this (or a session's CSRF token is "
-    "missing)",
+    "missing, or another site's Origin)",
     404: "No such id among the caller's",
     409: "Conflicts with the current state (the message says which)",
     412: "`If-Match` (or the form's ETag) names an older state than the current one",
@@ -75,17 +78,37 @@ ERROR_DESCRIPTIONS = {
     "account; wait `Retry-After` seconds",
     503: "The database is unavailable; retry after `Retry-After` seconds",
 }
+"""What an error status means wherever a route does not say more."""
+
+
+def documented(responses: dict[int, str | None]) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses`: what each status code means there (None: the meaning in
+    `ERROR_DESCRIPTIONS`), errors with their `{"detail": ...}` body. The statuses every route of
+    its kind answers are added by `app.api_description`."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for code, text in responses.items():
+        entries[code] = {"description": text or ERROR_DESCRIPTIONS[code]}
+        if code >= 400:
+            entries[code]["model"] = ErrorOut
+        if code == 429:
+            wait = {
+                "description": "Seconds until a retry can succeed",
+                "schema": {"type": "integer"},
+            }
+            entries[code]["headers"] = {"Retry-After": wait}
+    return entries
 
 
 def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the errors a route answers with, so clients see them documented."""
-    responses: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes
-    }
-    if 429 in responses:
-        wait = {"description": "Seconds until a retry can succeed", "schema": {"type": "integer"}}
-        responses[429]["headers"] = {"Retry-After": wait}
-    return responses
+    """`documented` for errors that mean here what they mean everywhere."""
+    return documented(dict.fromkeys(status_codes))
+
+
+QUEUED = (
+    "Queued: sent to a worker at once, or, while the broker is down, by the reclaim task "
+    "within a minute of its return"
+)
+"""What a 202 means for work that a worker runs."""
 
 
 class TokenRequest(InputModel):

@@ -27,6 +27,9 @@ TRAIN_TIME_LIMIT_S = 24 * 60 * 60
 # Redis re-delivers unacknowledged messages after this long. Training tasks acknowledge late,
 # so it must exceed the longest task, or a healthy long round would be handed out twice.
 REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
+# A Redis that has not accepted a connection within this long is down: senders give up
+# after two such tries (`app.broker`), well before a client's request times out.
+BROKER_CONNECT_TIMEOUT_S = 2.0
 PURGE_INTERVAL_S = 60 * 60
 RECLAIM_INTERVAL_S = 60
 JUDGEMENT_CHECK_INTERVAL_S = 300
@@ -85,6 +88,12 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
     else:
         celery = Celery("alignloop", broker=settings.redis_url, backend=settings.redis_url)
         transport_options = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+        # Celery's Redis caveats: the visibility timeout must be set for the result backend
+        # as well as for the broker, or the shortest value (the 1 h default) may apply, and
+        # a healthy round that trains for longer would be handed out a second time.
+        celery.conf.result_backend_transport_options = {
+            "visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S
+        }
     celery.conf.update(
         # JSON only: no pickle, so a message can never execute code on a worker.
         task_serializer="json",
@@ -103,6 +112,14 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         task_track_started=True,
         result_expires=24 * 60 * 60,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
+        # Keep running the tasks that were running when the broker connection dropped (Celery
+        # 6 will cancel them by default). Their messages, unacknowledged, come back later; the
+        # copy then finds its job or stage held or finished in the database and does nothing,
+        # whereas a cancel would throw away a stage that may have trained for hours over a
+        # Redis restart. (Celery's thread pool, which `alignloop worker` uses, cannot cancel a
+        # running task anyway.)
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options=transport_options,
         worker_hijack_root_logger=False,
         timezone="UTC",

@@ -16,6 +16,7 @@ from functools import partial
 import anyio
 import redis.asyncio
 
+from app.broker import send_task
 from app.config import Settings
 from app.errors import InvalidInput, ServiceUnavailable
 from app.inference import ChatJob, ChoiceDone, TextDelta
@@ -24,6 +25,7 @@ INFER = "alignloop.infer"
 FIRST_EVENT_TIMEOUT_S = 180.0  # includes loading the model on a cold worker
 EVENT_TIMEOUT_S = 120.0
 CANCEL_TTL_S = 600
+BROKER_DOWN = "The task queue (Redis) is unavailable; try again shortly."
 
 
 def cancel_key(channel: str) -> str:
@@ -73,12 +75,18 @@ class CeleryInference:
         self.broker = redis.asyncio.Redis.from_url(settings.redis_url)
 
     async def start(self, job: ChatJob) -> CeleryChatStream:
+        """Send the request and wait for its first event; 503 at once when Redis is down."""
         channel = f"alignloop:infer:{uuid.uuid4().hex}"
         pubsub = self.broker.pubsub()
-        await pubsub.subscribe(channel)  # before sending: published events are not kept
-        await anyio.to_thread.run_sync(
-            partial(self.celery.send_task, INFER, args=[asdict(job), channel])
-        )
+        try:
+            await pubsub.subscribe(channel)  # before sending: published events are not kept
+        except redis.ConnectionError:
+            await pubsub.aclose()
+            raise ServiceUnavailable(BROKER_DOWN) from None
+        send = partial(send_task, self.celery, INFER, args=[asdict(job), channel])
+        if not await anyio.to_thread.run_sync(send):
+            await pubsub.aclose()
+            raise ServiceUnavailable(BROKER_DOWN)
         try:
             first = await _next_event(pubsub, FIRST_EVENT_TIMEOUT_S)
         except TimeoutError:

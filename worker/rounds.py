@@ -1,7 +1,7 @@
 """A training round's stages, run on a worker: snapshot → SFT → reward model → policy →
 evaluate → register.
 
-Each stage is one Celery task in the round's chain (`app.rounds.dispatch`). A stage runs only
+Each stage is one Celery task in the round's chain (`app.rounds.send`). A stage runs only
 while its worker holds the round's lease in the database (renewed by a heartbeat thread); it
 writes its progress and curve points as it goes, and on success records its results on the
 round and moves it to the next stage. A cancel, or a lost lease, stops a stage at its next

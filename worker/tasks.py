@@ -166,33 +166,36 @@ def start_scheduled_round(celery: Celery, context: WorkerContext, *, reason: str
 
 
 def reclaim_work(celery: Celery, context: WorkerContext, *, after_restart: bool) -> dict[str, int]:
-    """Free expired leases, re-send lost jobs and queued rounds, fail rounds whose worker
-    died, and promote policies that waited for the raters' verdict; `after_restart` treats
-    every unfinished job and round as lost (the embedded default's in-memory queue does not
-    survive a restart)."""
+    """Free expired leases, re-send lost jobs and rounds (those never sent, as when the broker
+    was down, and those not taken up in time), fail rounds whose worker died, and promote
+    policies that waited for the raters' verdict; `after_restart` treats every unfinished job
+    and round as lost (the embedded default's in-memory queue does not survive a restart)."""
     with context.session_factory() as db:
         expired = expire_stale_leases(db)
         lost = jobs.jobs_to_redispatch(db, after_restart=after_restart)
         failed_rounds = rounds.fail_lost_rounds(db, after_restart=after_restart)
-        resent_rounds = rounds.rounds_to_redispatch(db, after_restart=after_restart)
+        waiting = rounds.rounds_to_redispatch(db, after_restart=after_restart)
         promoted = rounds.promote_on_human_verdicts(db)
         db.commit()
-        for job in lost:
-            jobs.dispatch(db, celery, job)
-        for round_ in resent_rounds:  # marked as sent by `rounds_to_redispatch`
-            rounds.dispatch(celery, round_.id, from_stage=round_.stage)
-    if expired or lost or failed_rounds or resent_rounds:
+        resent_jobs = sum(jobs.dispatch(db, celery, job) for job in lost)
+        resent_rounds = sum(
+            rounds.send(db, celery, round_.id, from_stage=round_.stage) for round_ in waiting
+        )
+    if expired or lost or failed_rounds or waiting:
         log.info(
-            "reclaimed %d expired leases, re-sent %d jobs and %d rounds, failed %d rounds",
+            "reclaimed %d expired leases, re-sent %d of %d jobs and %d of %d rounds, "
+            "failed %d rounds",
             expired,
+            resent_jobs,
             len(lost),
-            len(resent_rounds),
+            resent_rounds,
+            len(waiting),
             failed_rounds,
         )
     return {
         "expired_leases": expired,
-        "resent_jobs": len(lost),
-        "resent_rounds": len(resent_rounds),
+        "resent_jobs": resent_jobs,
+        "resent_rounds": resent_rounds,
         "failed_rounds": failed_rounds,
         "promoted_rounds": len(promoted),
     }

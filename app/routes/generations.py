@@ -8,19 +8,28 @@ from fastapi import APIRouter, Request
 from app import crud, jobs, model_readiness
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.schemas import (
+    QUEUED,
     GenerationRequest,
     JobAccepted,
     JobOut,
     RowId,
     TrainingRequest,
-    error_responses,
+    documented,
 )
 from worker.training_config import RewardConfig, SFTConfig, build_config
 
 router = APIRouter(tags=["jobs"])
 
+NOT_READY = "No model is ready (the base model is still being prepared, say)"
 
-@router.post("/api/generations", status_code=202)
+
+@router.post(
+    "/api/generations",
+    status_code=202,
+    responses=documented(
+        {202: QUEUED, 409: NOT_READY, 422: "Invalid fields, or unknown prompts or models"}
+    ),
+)
 def start_generation(
     request: Request,
     body: GenerationRequest,
@@ -29,7 +38,9 @@ def start_generation(
     admin: AdminUser,
 ) -> JobAccepted:
     """Queue a candidate-generation job; it runs on a worker (the `train` queue). 409 while
-    no model is ready (the base model is still being prepared, say)."""
+    no model is ready (the base model is still being prepared, say). With the broker down
+    the job is accepted all the same: it is committed first, and sent once the broker is
+    back."""
     params = jobs.candidate_job_params(db, body, default_overlap=settings.default_overlap)
     model_readiness.require_ready_model(db, settings)
     job = jobs.create_job(db, kind=jobs.GENERATE_CANDIDATES, params=params, created_by=admin)
@@ -38,7 +49,13 @@ def start_generation(
     return JobAccepted(job_id=job.id)
 
 
-@router.post("/api/training-jobs", status_code=202, responses=error_responses(404))
+@router.post(
+    "/api/training-jobs",
+    status_code=202,
+    responses=documented(
+        {202: QUEUED, 404: "No served policy has the `base` name", 409: NOT_READY}
+    ),
+)
 def start_training(
     request: Request, body: TrainingRequest, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> JobAccepted:

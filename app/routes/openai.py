@@ -18,7 +18,6 @@ from app.openai_schemas import (
     ModelCard,
     ModelList,
 )
-from app.schemas import error_responses
 
 router = APIRouter(prefix="/v1", tags=["openai"], max_body_size=2 * 1024 * 1024)
 
@@ -35,7 +34,17 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None, responses=error_responses(404))
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={
+        404: {"description": "No served model has this name"},
+        503: {
+            "description": "No worker can take the request now (with "
+            "ALIGNLOOP_INFERENCE=celery: Redis is down, or no inference worker answered)"
+        },
+    },
+)
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:

@@ -12,18 +12,30 @@ from app.deps import AdminUser, DbSession, SettingsDep
 from app.models import Round, RoundMetric
 from app.schemas import (
     INT64_MAX,
+    QUEUED,
     LogLine,
     MetricPoint,
     RoundAccepted,
     RoundOut,
     RoundRequest,
     RowId,
+    documented,
 )
 
 router = APIRouter(prefix="/api/rounds", tags=["rounds"])
 
 
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    responses=documented(
+        {
+            202: QUEUED,
+            409: "The line has a round queued or running, no model is ready, or too few "
+            "pairs are judged",
+        }
+    ),
+)
 def start_round(
     request: Request, body: RoundRequest, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> RoundAccepted:

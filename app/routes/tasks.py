@@ -10,11 +10,27 @@ from app.assignment import assign_next_task, task_view
 from app.deps import DbSession, RaterUser, SettingsDep
 from app.escalation import Escalation
 from app.judgements import skip_task, submit_judgement
-from app.schemas import JudgementIn, JudgementOut, RowId, SkipIn, SkipOut, TaskOut
+from app.schemas import (
+    JudgementIn,
+    JudgementOut,
+    RowId,
+    SkipIn,
+    SkipOut,
+    TaskOut,
+    documented,
+)
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        description="Any unique string (a UUID, say); a retry sends the same key and body",
+    ),
+]
 
 
 @router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
@@ -35,7 +51,20 @@ def next_task(db: DbSession, settings: SettingsDep, rater: RaterUser) -> TaskOut
     return view
 
 
-@router.post("/{task_id}/judgement", status_code=201)
+@router.post(
+    "/{task_id}/judgement",
+    status_code=201,
+    responses=documented(
+        {
+            201: "Stored; a retry with the same Idempotency-Key and body gets the same answer",
+            404: "No such task",
+            409: "Judged already, no live lease on the task, or the Idempotency-Key was used "
+            "for another task",
+            422: "Invalid fields, a ranking that is not of the task's responses, an empty "
+            "Idempotency-Key, or one used before with a different body",
+        }
+    ),
+)
 def judge(
     task_id: RowId,
     body: JudgementIn,

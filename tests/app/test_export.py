@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 from datasets import load_dataset
 from trl.data_utils import is_conversational, maybe_apply_chat_template, unpair_preference_dataset
 
-from app import crud
+from app import crud, export
 from app.cli import main
 from app.db import make_session_factory, session_scope
 from app.export import FORMATS
@@ -115,6 +116,44 @@ def test_a_rounds_export_is_its_snapshot(client, judged, admin, settings):
     assert len(rows(download(client, judged, admin, format="raw", round=round_.id))) == 3
     pairs = download(client, judged, admin, format="pairs", round=round_.id)
     assert pairs == (settings.snapshots_dir / f"{round_.snapshot_sha256}.jsonl").read_bytes()
+
+
+def judge_new_tasks(factory, rater_id: int, count: int) -> None:
+    """`count` new two-answer tasks, each judged with a clear winner, committed."""
+    with session_scope(factory) as db:
+        for _ in range(count):
+            task = create_task(db)
+            ranking = [link.response_id for link in task.responses]
+            db.add(Judgement(task_id=task.id, rater_id=rater_id, ranking=ranking))
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+def test_an_export_holds_what_was_committed_when_it_started(
+    committed_engine, tmp_path, monkeypatch, file_format
+):
+    """Judgements submitted while an export streams stay out of it, and the export holds no
+    lock that keeps the raters who submit them waiting (on SQLite, a transaction would)."""
+    monkeypatch.setattr(export, "RAW_BATCH_SIZE", 1)  # the raw export reads row by row
+    factory = make_session_factory(committed_engine)
+    with session_scope(factory) as db:
+        rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
+    judge_new_tasks(factory, rater.id, 3)
+
+    def export_now(db) -> Iterator[bytes]:
+        return export.export_lines(
+            db, file_format=file_format, round_id=None, snapshots_dir=tmp_path
+        )
+
+    with factory() as db:
+        before = list(export_now(db))
+    with factory() as db:
+        lines = export_now(db)
+        streamed = [next(lines)]
+        judge_new_tasks(factory, rater.id, 2)  # raters submit while the export streams
+        streamed += lines
+    assert streamed == before
+    with factory() as db:
+        assert len(list(export_now(db))) > len(before)  # the next export has them
 
 
 def test_bad_export_requests_are_refused(client, judged, admin, rater):

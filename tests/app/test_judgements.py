@@ -114,11 +114,36 @@ def test_a_second_judgement_is_a_conflict(client, db, headers, leased):
 def test_a_retry_with_the_same_idempotency_key_returns_the_original(client, db, headers, leased):
     task_id, (a, b) = leased
     keyed = {**headers, "Idempotency-Key": "retry-me"}
-    first = post(client, task_id, keyed, ranking=[a, b])
-    retry = post(client, task_id, keyed, ranking=[b, a])
+    first = post(client, task_id, keyed, ranking=[a, b], critique="ok")
+    # The same body, its fields in another order and spaced otherwise, is the same request.
+    content = f'{{ "critique": "ok",  "ranking": [{a}, {b}] }}'
+    retry = client.post(
+        f"/api/tasks/{task_id}/judgement",
+        content=content,
+        headers={**keyed, "Content-Type": "application/json"},
+    )
     assert first.status_code == retry.status_code == 201
     assert retry.json() == first.json()
     assert len(judgements(db)) == 1
+
+
+def test_the_same_idempotency_key_with_another_body_is_refused(client, db, headers, leased):
+    task_id, (a, b) = leased
+    keyed = {**headers, "Idempotency-Key": "retry-me"}
+    assert post(client, task_id, keyed, ranking=[a, b]).status_code == 201
+    other = post(client, task_id, keyed, ranking=[b, a])
+    assert other.status_code == 422
+    assert "already used with a different body" in other.json()["detail"]
+    assert [stored.ranking for stored in judgements(db)] == [[a, b]]
+
+
+def test_an_empty_idempotency_key_is_refused(client, db, headers, leased):
+    task_id, (a, b) = leased
+    refused = post(client, task_id, {**headers, "Idempotency-Key": ""}, ranking=[a, b])
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert judgements(db) == []
+    assert post(client, task_id, headers, ranking=[a, b]).status_code == 201  # lease intact
 
 
 def test_an_idempotency_key_cannot_be_reused_for_another_task(client, db, headers, leased):

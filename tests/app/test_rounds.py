@@ -218,10 +218,11 @@ def test_a_cancelled_round_whose_worker_stopped_reads_cancelled(db, queued):
     assert (round_.status, round_.error) == (RunStatus.CANCELLED, "cancelled by an admin")
 
 
-def test_rounds_whose_message_was_lost_are_sent_again(db, queued):
+def test_rounds_whose_message_was_lost_are_sent_again(db, queued, app):
     never_sent = queued(db)
     assert [r.id for r in rounds.rounds_to_redispatch(db)] == [never_sent.id]
-    assert rounds.rounds_to_redispatch(db) == []  # marked as sent
+    assert rounds.send(db, app.state.celery, never_sent.id)
+    assert rounds.rounds_to_redispatch(db) == []  # sent: it may wait in the queue a while
     between = queued(db, line="other")
     rounds.claim_stage(db, round_id=between.id, stage=RoundStage.SNAPSHOT, worker="w1")
     rounds.complete_stage(db, round_id=between.id, worker="w1", seconds=1)
@@ -233,6 +234,23 @@ def test_rounds_whose_message_was_lost_are_sent_again(db, queued):
         never_sent.id,
         between.id,
     }
+
+
+def test_a_next_stage_lost_with_the_broker_is_sent_again_within_minutes(db, queued, monkeypatch):
+    """The chain sends the next stage as a stage ends; with the broker down just then, that
+    message is lost, and reclaim (every minute) sends it again once `NEXT_STAGE_DUE` passed,
+    not half an hour later."""
+    round_ = queued(db)
+    rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
+    rounds.complete_stage(db, round_id=round_.id, worker="w1", seconds=1)
+    db.flush()
+    assert rounds.rounds_to_redispatch(db) == []
+    ended = utcnow()
+    monkeypatch.setattr(rounds, "utcnow", lambda: ended + timedelta(minutes=3))
+    waiting = rounds.rounds_to_redispatch(db)
+    assert [(r.id, r.status, r.stage) for r in waiting] == [
+        (round_.id, RunStatus.RUNNING, RoundStage.SFT)
+    ]
 
 
 def test_curve_points_skip_values_that_are_not_finite_numbers(db, queued):

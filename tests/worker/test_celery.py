@@ -18,7 +18,13 @@ from app import crud
 from app.db import make_session_factory, session_scope
 from app.models import Role, WebSession
 from tests.conftest import REDIS_URL, make_settings
-from worker.celery_app import DEFAULT_QUEUE, INFERENCE_QUEUE, TRAIN_QUEUE, create_celery
+from worker.celery_app import (
+    DEFAULT_QUEUE,
+    INFERENCE_QUEUE,
+    TRAIN_QUEUE,
+    TRAIN_TIME_LIMIT_S,
+    create_celery,
+)
 from worker.embedded import EmbeddedWorker
 from worker.tasks import PING, PURGE_EXPIRED_CREDENTIALS
 
@@ -44,6 +50,14 @@ def test_production_uses_redis_as_broker_and_result_backend(tmp_path):
     celery = create_celery(make_settings(tmp_path, redis_url=REDIS_URL))
     assert celery.conf.broker_url == REDIS_URL
     assert celery.conf.result_backend == REDIS_URL
+
+
+def test_a_long_round_outlives_redis_timeouts_and_connection_losses(tmp_path):
+    conf = create_celery(make_settings(tmp_path, redis_url=REDIS_URL)).conf
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert conf.result_backend_transport_options["visibility_timeout"] == visibility
+    assert visibility > TRAIN_TIME_LIMIT_S
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
 
 
 @pytest.mark.parametrize("queue", [DEFAULT_QUEUE, TRAIN_QUEUE])
