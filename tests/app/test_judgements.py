@@ -133,7 +133,7 @@ def test_the_same_idempotency_key_with_another_body_is_refused(client, db, heade
     assert post(client, task_id, keyed, ranking=[a, b]).status_code == 201
     other = post(client, task_id, keyed, ranking=[b, a])
     assert other.status_code == 422
-    assert "already used with a different body" in other.json()["detail"]
+    assert "already used with a different body" in problem(other)
     assert [stored.ranking for stored in judgements(db)] == [[a, b]]
 
 
