@@ -432,9 +432,9 @@ def prompts_import(
 ) -> None:
     """Import prompts from a JSONL, JSON or CSV FILE, skipping duplicates and invalid rows."""
     options = options_from_text(tags=tags, split=split or "", source=source)
-    with session_scope(_session_factory(settings)) as session:
+    with session_scope(_session_factory(settings)) as session, file.open("rb") as content:
         report = import_prompts(
-            session, content=file.read_bytes(), filename=file.name, options=options, created_by=None
+            session, file=content, filename=file.name, options=options, created_by=None
         )
     click.echo(
         f"created {report.created}, duplicates {report.duplicates}, skipped {len(report.skipped)}"

@@ -319,21 +319,32 @@ class PromptCounts(NamedTuple):
     created: int
     already_stored: int
     repeated: int
-    """Copies of a prompt that came earlier in the same batch."""
+    """Copies of a prompt that came earlier in the same batch (or import: `seen`)."""
     created_ids: list[int]
     """The new prompts' ids, in the order they came."""
 
 
 def add_prompts(
-    db: Session, *, prompts: Iterable[PromptIn], created_by: User | None
+    db: Session,
+    *,
+    prompts: Iterable[PromptIn],
+    created_by: User | None,
+    seen: set[str] | None = None,
 ) -> PromptCounts:
-    """Insert the prompts not seen before; a duplicate keeps the stored prompt's tags."""
+    """Insert the prompts not seen before; a duplicate keeps the stored prompt's tags.
+
+    `seen` holds the hashes of the prompts that came earlier in an import that arrives in
+    batches (they count as repeated here), and gets this batch's added."""
+    seen = set() if seen is None else seen
     by_hash: dict[str, PromptIn] = {}
     repeated = 0
     for prompt in prompts:
         digest = prompt_dedup_hash(prompt)
-        repeated += digest in by_hash
-        by_hash.setdefault(digest, prompt)
+        if digest in seen or digest in by_hash:
+            repeated += 1
+        else:
+            by_hash[digest] = prompt
+    seen.update(by_hash)
     existing = set(
         db.scalars(select(Prompt.dedup_hash).where(Prompt.dedup_hash.in_(list(by_hash))))
     )

@@ -1,4 +1,5 @@
-"""A real `alignloop run` process on a free port, for tests that talk to it over HTTP."""
+"""Real `alignloop run` and `alignloop web` processes on free ports, for tests that talk to them
+over HTTP."""
 
 from __future__ import annotations
 
@@ -50,16 +51,32 @@ def alignloop_run(
 ) -> Iterator[LiveServer]:
     """`alignloop run` on the tiny model over `data_dir` (with `ALIGNLOOP_` `settings` on top),
     answering /healthz; on leaving, it is stopped with Ctrl+C and must exit cleanly."""
+    settings = {"base_model": "tiny-random", **(settings or {})}
+    with _alignloop_server("run", data_dir, output, settings) as server:
+        yield server
+
+
+@contextmanager
+def alignloop_web(data_dir: Path, output: Path, settings: dict[str, str]) -> Iterator[LiveServer]:
+    """`alignloop web`, the production web tier, over the database and secret key that
+    `settings` name; stopped and checked as `alignloop_run` is."""
+    with _alignloop_server("web", data_dir, output, settings) as server:
+        yield server
+
+
+@contextmanager
+def _alignloop_server(
+    command: str, data_dir: Path, output: Path, settings: dict[str, str]
+) -> Iterator[LiveServer]:
     port = free_port()
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("ALIGNLOOP_")},
         "ALIGNLOOP_DATA_DIR": str(data_dir),
-        "ALIGNLOOP_BASE_MODEL": "tiny-random",
-        **{f"ALIGNLOOP_{name.upper()}": value for name, value in (settings or {}).items()},
+        **{f"ALIGNLOOP_{name.upper()}": value for name, value in settings.items()},
     }
     with open(output, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "run", "--port", str(port)],
+            [sys.executable, "-m", "app.cli", command, "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -74,7 +91,7 @@ def alignloop_run(
             return False
 
     try:
-        wait_for(healthy, STARTUP_TIMEOUT_S, "alignloop run to answer /healthz")
+        wait_for(healthy, STARTUP_TIMEOUT_S, f"alignloop {command} to answer /healthz")
         yield server
     finally:
         exit_code = _interrupt(process)

@@ -10,7 +10,7 @@ from pydantic import BeforeValidator
 
 from app.deps import AdminUser, DbSession, SettingsDep
 from app.export import FORMATS, export_lines
-from app.schemas import RowId, error_responses
+from app.schemas import RowId, documented
 
 router = APIRouter(prefix="/api/export", tags=["export"])
 
@@ -21,7 +21,17 @@ RoundId = Annotated[
 ]
 
 
-@router.get("/preferences", responses=error_responses(404))
+@router.get(
+    "/preferences",
+    responses=documented(
+        {
+            200: "JSON Lines, streamed: the judgements committed when the export started (what "
+            "raters submit meanwhile goes into the next one), or exactly a round's snapshot",
+            404: "No round with a snapshot has this id, or its snapshot file is missing",
+            422: "Unknown format or invalid round id",
+        }
+    ),
+)
 def export_preferences(
     db: DbSession,
     settings: SettingsDep,

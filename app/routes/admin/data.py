@@ -45,19 +45,20 @@ def import_prompt_file(
     source: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     """The same import as `POST /api/prompts`, reported on the page; a bad file or option is
-    a message on the page, with nothing written. Sync: parsing runs on the thread pool."""
+    a message on the page, with nothing written. Sync: it runs on the thread pool."""
     try:
         if file is None or not file.filename:
             raise InvalidInput("Choose a file to import.")
         report = import_prompts(
             db,
-            content=file.file.read(),
+            file=file.file,
             filename=file.filename,
             file_format=file_format,
             options=options_from_text(tags=tags, split=split, source=source),
             created_by=admin,
         )
     except InvalidInput as exc:
+        db.rollback()  # the batches stored before the file proved unreadable
         return _data_page(request, db, settings, error=exc.detail, status_code=422)
     db.commit()
     return _data_page(request, db, settings, report=report)
