@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app import bootstrap, crud
 from app.db import make_session_factory, session_scope
-from app.models import Prompt, Role
+from app.models import KeyScope, Prompt, Role
 from app.prompt_import import UnreadableFile, detect_format, parse_prompts
 from tests.helpers import TEST_SECRET
 from tests.live_server import alignloop_web
@@ -150,7 +150,7 @@ def test_the_event_loop_answers_while_a_large_upload_is_imported(committed_engin
     """`alignloop web` in a process of its own, as in production, takes a 15 MiB file."""
     with session_scope(make_session_factory(committed_engine)) as db:
         admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-        _, key = crud.create_api_key(db, user=admin, name="upload")
+        _, key = crud.create_api_key(db, user=admin, name="upload", scope=KeyScope.ADMIN)
     settings = {
         "database_url": committed_engine.url.render_as_string(hide_password=False),
         "secret_key": TEST_SECRET,
