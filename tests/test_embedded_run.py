@@ -47,7 +47,17 @@ def test_make_run_serves_logs_in_the_printed_admin_and_accepts_cli_keys(server, 
         assert "Version 1" in browser.get("/guidelines").text  # the shipped guidelines
 
     key = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--username", "admin"],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "--username",
+            "admin",
+            "--scope",
+            "admin",
+        ],
         env=env,
         capture_output=True,
         text=True,

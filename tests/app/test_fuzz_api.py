@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.helpers import api_key_for
 
-FAST_EXAMPLES = 8
+FAST_EXAMPLES = 5
 LONG_EXAMPLES = 130
 
 

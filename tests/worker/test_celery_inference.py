@@ -16,6 +16,7 @@ from app.db import make_engine, make_session_factory, session_scope
 from app.main import create_app
 from app.models import KeyScope, Role
 from tests.conftest import REDIS_URL
+from tests.helpers import TEST_SECRET
 from tests.live_server import serve_in_thread
 from worker.model_store import ModelStore
 
@@ -94,7 +95,7 @@ def test_the_web_tier_does_not_load_torch_in_this_mode(model_settings):
     code = (
         "import sys; from app.main import create_app; from app.config import Settings; "
         f"create_app(Settings(_env_file=None, data_dir={str(model_settings.data_dir)!r}, "
-        f"secret_key='{'x' * 40}', redis_url={REDIS_URL!r}, inference='celery')); "
+        f"secret_key={TEST_SECRET!r}, redis_url={REDIS_URL!r}, inference='celery')); "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
