@@ -13,13 +13,9 @@ import pytest
 import redis
 import yaml
 
+from tests.live_server import free_port
+
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -27,7 +23,7 @@ def compose_redis(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     service = yaml.safe_load(COMPOSE.read_text())["services"]["redis"]
-    password, port = "a-url-safe-password", _free_port()
+    password, port = "a-url-safe-password", free_port()
     command = service["command"][-1].replace("$$REDIS_PASSWORD", password)
     command += f" --port {port} --bind 127.0.0.1 --dir {tmp_path}"
     server = subprocess.Popen(["sh", "-c", command], stdout=subprocess.DEVNULL)
