@@ -99,7 +99,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             **LORA_TOP,
         },
         # One epoch, as InstructGPT trains its reward model (Ouyang et al. 2022): more overfits.
-        # LoRA at 1e-3: 1e-4 reached 0.66 held-out accuracy on the learning test's 150 pairs and
+        # LoRA at 1e-3: 1e-4 reached 0.66 held-out accuracy on 150 rule-labelled pairs and
         # 0.48-0.63 in bench/alignment.py; 1e-3 reached 1.00 (tests/worker/test_reward_learning).
         "reward_model": {
             "epochs": 1,

@@ -7,13 +7,20 @@ the app under test shares that transaction through savepoints.
 
 from __future__ import annotations
 
-import itertools
 import os
+
+# Under pytest-xdist (`make test` runs 2 workers), one torch thread per worker, for this process
+# and every process it starts: two workers of 2 threads each on 2 cores thrash.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import itertools
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from argon2 import PasswordHasher
@@ -35,8 +42,32 @@ from tests.helpers import PASSWORD, TEST_SECRET, scratch_postgres_database
 POSTGRES_URL = os.environ.get(
     "ALIGNLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("ALIGNLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_url_of_this_worker(base: str) -> str:
+    """`base` for the first pytest-xdist worker (gw0); the database below it for gw1, and so
+    on: a test that flushes its database or consumes a queue never touches another worker's."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    url = urlsplit(base)
+    database = int(url.path.strip("/") or 0) - worker
+    if database < 0:
+        raise pytest.UsageError(f"{base}: too few Redis databases below it for worker {worker}")
+    return urlunsplit(url._replace(path=f"/{database}"))
+
+
+REDIS_URL = _redis_url_of_this_worker(
+    os.environ.get("ALIGNLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+)
 BACKENDS = ["sqlite", "postgresql"]
+
+
+# The modules that take longest, started first so that pytest-xdist's workers end together
+# rather than one running them alone at the end.
+LONGEST_MODULES = ("test_reward_learning.py", "test_admin_browser.py", "test_rounds.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_MODULES)
 
 
 @pytest.fixture(scope="session", autouse=True)

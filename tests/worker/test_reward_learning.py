@@ -40,7 +40,7 @@ ADVICE = [
 ]
 
 
-def rule_labelled_pairs(*, per_prompt: int = 2, seed: int = 0) -> list[Pair]:
+def rule_labelled_pairs(*, per_prompt: int = 1, seed: int = 0) -> list[Pair]:
     """`per_prompt` pairs per English demo prompt: a respectful answer over a belittling one."""
     rng = random.Random(seed)
     rows = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
@@ -70,11 +70,11 @@ def rule_labelled_pairs(*, per_prompt: int = 2, seed: int = 0) -> list[Pair]:
 
 
 @pytest.mark.slow
-def test_the_reward_model_learns_the_rule_from_at_most_200_pairs(bundled_model_dir):
+def test_the_reward_model_learns_the_rule_from_at_most_100_pairs(bundled_model_dir):
     pairs = rule_labelled_pairs()
     train = [pair for pair in pairs if pair.split == "train"]
     held_out = [pair for pair in pairs if pair.split == "eval"]
-    assert len(train) <= 200 and len(held_out) >= 20
+    assert len(train) <= 100 and len(held_out) >= 20
     # The `quick` preset's settings, as a round would train it (LoRA on the top blocks).
     config = RewardConfig(**{**PRESETS["quick"]["reward_model"], "max_length": 192}, seed=0)
     _, _, report = train_reward_model(pairs, bundled_model_dir, config)
