@@ -22,7 +22,7 @@ SECURITY_HEADERS = [
     (
         b"content-security-policy",
         b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        b"object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     ),
 ]
 

@@ -7,6 +7,7 @@ check fails here without anyone having to remember to write a test for it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from fastapi.dependencies.models import Dependant
@@ -119,3 +120,73 @@ def test_api_key_only_routes_ignore_a_signed_in_browser(app, client, admin):
     for method, path in routes:
         response = client.request(method, path, json={}, headers={"X-CSRF-Token": csrf})
         assert response.status_code == 401, path
+
+
+def test_every_page_sends_an_enforcing_content_security_policy(app, client, admin):
+    browser_login(client, admin.username)
+    pages = [
+        re.sub(r"\{[^}]+\}", "1", route.path)
+        for route in api_routes(app)
+        if "GET" in route.methods and not route.path.startswith(("/api/", "/v1/"))
+    ]
+    checked = 0
+    for url in pages:
+        response = client.get(url, headers={"Accept": "text/html"}, follow_redirects=False)
+        if not response.headers.get("content-type", "").startswith("text/html"):
+            continue
+        checked += 1
+        policy = response.headers["content-security-policy"]
+        assert "content-security-policy-report-only" not in response.headers, url
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy, url
+        assert {"object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'"} <= {
+            part.strip() for part in policy.split(";")
+        }, url
+        assert response.headers["x-content-type-options"] == "nosniff", url
+    assert checked >= 15
+
+
+def test_no_script_builds_code_at_run_time():
+    """An enforcing CSP without 'unsafe-eval' would break such a script; keep it that way."""
+    static = Path(__file__).resolve().parents[2] / "static"
+    scripts = list(static.rglob("*.js"))
+    assert scripts
+    for script in scripts:
+        assert not re.search(r"\beval\s*\(|new\s+Function\s*\(", script.read_text()), script
+
+
+def test_no_response_schema_exposes_a_password_hash_or_secret(app):
+    """The one-time key-creation response carries `key`; nothing carries a hash or password."""
+    description = app.openapi()
+    responses = [
+        response
+        for operations in description["paths"].values()
+        for operation in operations.values()
+        for response in operation.get("responses", {}).values()
+    ]
+    schemas = referenced_schemas(responses, description["components"]["schemas"])
+    assert len(schemas) >= 20
+    exposed = [
+        field
+        for schema in schemas
+        for field in schema.get("properties", {})
+        if re.search(r"password|hash|secret|api_key", field, re.IGNORECASE)
+    ]
+    assert exposed == []
+
+
+def referenced_schemas(node, components: dict, seen: set | None = None) -> list[dict]:
+    """The component schemas that `node` refers to, directly or through other schemas."""
+    seen = set() if seen is None else seen
+    found = []
+    if isinstance(node, dict):
+        name = node.get("$ref", "").rpartition("/")[2]
+        if name and name not in seen:
+            seen.add(name)
+            found.append(components[name])
+            found += referenced_schemas(components[name], components, seen)
+        for value in node.values():
+            found += referenced_schemas(value, components, seen)
+    elif isinstance(node, list):
+        for value in node:
+            found += referenced_schemas(value, components, seen)
+    return found
