@@ -68,3 +68,38 @@ def test_concurrent_raters_keep_every_invariant(committed_engine):
         assert len(leases) == TASKS * OVERLAP  # one lease per slot, none granted twice
         assert {status for *_, status in leases} == {AssignmentStatus.SUBMITTED}
         assert db.scalar(select(func.count()).where(Task.status != "complete")) == 0
+
+
+def test_the_same_submit_sent_many_times_at_once_is_stored_once(committed_engine):
+    """A client that retries before its first attempt has answered (checklist DATA-03)."""
+    factory = make_session_factory(committed_engine)
+    with session_scope(factory) as db:
+        task_id = create_task(db, overlap=1).id
+        rater = crud.create_user(db, username="r", password="long enough pw", role=Role.RATER)
+        assignment = assign_next_task(db, rater=rater, lease_minutes=30, max_open_leases=1)
+        rater_id, order = rater.id, assignment.response_order
+    copies = 8
+    start = threading.Barrier(copies)
+
+    def submit(_: int) -> tuple[int, bool]:
+        start.wait()
+        with factory() as db:
+            judgement, new = submit_judgement(
+                db,
+                rater=db.get(User, rater_id),
+                task_id=task_id,
+                body=JudgementIn(ranking=order),
+                aspects=["helpfulness"],
+                idempotency_key="one-click",
+            )
+            db.commit()
+            return judgement.id, new
+
+    with ThreadPoolExecutor(max_workers=copies) as pool:
+        answers = list(pool.map(submit, range(copies)))
+
+    assert len({judgement_id for judgement_id, _ in answers}) == 1
+    assert sorted(new for _, new in answers) == [False] * (copies - 1) + [True]
+    with factory() as db:
+        assert db.scalar(select(func.count()).select_from(Judgement)) == 1
+        assert db.get(Task, task_id).status == "complete"
