@@ -20,9 +20,12 @@ run: $(STAMP)
 
 # Two pytest-xdist workers: most tests wait on servers, browsers and databases, so two share
 # 2 cores well (the suite's wall time falls by about a third). PYTEST_WORKERS=0 runs in-process.
+# Tests that measure latency (marked `serial`) run afterwards, alone; pytest's exit code 5 means
+# that PYTEST_ARGS selected none of them.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) browser audit
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not long and not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "serial and not long" $(PYTEST_ARGS) || [ $$? = 5 ]
 
 # bandit over our code and pip-audit over the installed packages (see .ci/audit.py).
 audit: $(STAMP)

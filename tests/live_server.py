@@ -18,7 +18,8 @@ from typing import TypeVar
 import httpx
 
 STARTUP_TIMEOUT_S = 60
-SHUTDOWN_TIMEOUT_S = 30
+# Ctrl+C is a warm shutdown: a job still running (a promoted model's A/B answers) ends first.
+SHUTDOWN_TIMEOUT_S = 90
 
 T = TypeVar("T")
 

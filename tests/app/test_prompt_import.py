@@ -146,6 +146,7 @@ async def healthz_during_upload(
         return latencies, await uploading
 
 
+@pytest.mark.serial
 def test_the_event_loop_answers_while_a_large_upload_is_imported(committed_engine, tmp_path):
     """`alignloop web` in a process of its own, as in production, takes a 15 MiB file."""
     with session_scope(make_session_factory(committed_engine)) as db:
