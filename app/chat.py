@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import anyio
@@ -41,14 +41,16 @@ DISCONNECT_POLL_S = 0.25
 
 
 async def serve_chat(
-    request: Request, body: ChatCompletionRequest, user: User, *, limit_key: Hashable
+    request: Request, body: ChatCompletionRequest, user: User, *, limit_key: str
 ) -> Response:
     """The response to one chat request by `user`, limited under `limit_key`."""
-    version = await anyio.to_thread.run_sync(_served_version, request, body.model)
     limiter: KeyLimiter = request.app.state.limiter
-    limiter.acquire(limit_key)  # 429 now; the slot is released when the answer ends
-    release = partial(limiter.release, limit_key)
+    # 429 now (every request counts, one for an unknown model too); the slot is released when
+    # the answer ends
+    slot = await anyio.to_thread.run_sync(limiter.acquire, limit_key)
+    release = partial(limiter.release, limit_key, slot)
     try:
+        version = await anyio.to_thread.run_sync(_served_version, request, body.model)
         stream = await request.app.state.inference.start(_job(body, version))
     except BaseException:
         release()
