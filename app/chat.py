@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 
 import anyio
 from fastapi import Request
@@ -24,6 +23,7 @@ from app import crud
 from app.db import session_scope
 from app.feedback import record_completion
 from app.inference import ChatJob, ChatStream, ChoiceDone, TextDelta
+from app.metrics import ObservedStream
 from app.models import ModelVersion, User
 from app.openai_schemas import (
     AssistantMessage,
@@ -48,10 +48,16 @@ async def serve_chat(
     # 429 now (every request counts, one for an unknown model too); the slot is released when
     # the answer ends
     slot = await anyio.to_thread.run_sync(limiter.acquire, limit_key)
-    release = partial(limiter.release, limit_key, slot)
+    observation = request.app.state.metrics.serving.accepted()
+
+    def release() -> None:  # once, when the answer ends, however it ends
+        limiter.release(limit_key, slot)
+        observation.ended()
+
     try:
         version = await anyio.to_thread.run_sync(_served_version, request, body.model)
-        stream = await request.app.state.inference.start(_job(body, version))
+        started = await request.app.state.inference.start(_job(body, version))
+        stream = ObservedStream(started, observation)
     except BaseException:
         release()
         raise
