@@ -11,7 +11,7 @@ limit per key; without it they live in this process's memory (one web process: e
   counting when their lease (`v1_slot_lease_seconds`) ends, rather than never.
 - If Redis is configured but unreachable, requests are let through (fail open) with a warning
   in the log when the outage starts and a line when it ends: a limiter outage should not take
-  the API down with it.
+  the API down with it. Redis is tried again every `OUTAGE_RETRY_S` meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "alignloop:v1"
 REDIS_TIMEOUT_S = 0.5  # a limiter that cannot answer this fast is treated as down
+# While Redis is down, try it again after this long rather than on every request: a Redis that
+# drops packets would otherwise cost each request the whole timeout.
+OUTAGE_RETRY_S = 5.0
 UNREACHABLE = (redis.RedisError, StorageError)
 
 # Drop the expired leases, then take a slot if fewer than ARGV[1] are held.
@@ -79,10 +82,14 @@ class KeyLimiter:
         self._in_flight: Counter[str] = Counter()  # without Redis
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._last_try = 0.0
 
     def acquire(self, key: str) -> str:
         """Take a request's worth of rate and an in-flight slot for `key`; returns the slot
         (for `release`). Blocks on Redis: call it from a thread in async code."""
+        if self._down_since is not None and time.monotonic() - self._last_try < OUTAGE_RETRY_S:
+            return ""  # failing open until the next try
+        self._last_try = time.monotonic()
         try:
             slot = self._take(key)
             self._reachable()

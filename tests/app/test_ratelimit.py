@@ -4,21 +4,24 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import cycle
 
 import httpx
 import pytest
 import redis
 
-from app import crud
+from app import crud, ratelimit
 from app.db import make_session_factory, session_scope
 from app.errors import RateLimited
 from app.models import KeyScope, Role
 from app.ratelimit import KEY_PREFIX, KeyLimiter
 from tests.conftest import REDIS_URL
 from tests.helpers import TEST_SECRET
-from tests.live_server import alignloop_web
+from tests.live_server import alignloop_web, free_port, wait_for
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
@@ -92,6 +95,45 @@ def test_with_redis_down_requests_pass_and_the_outage_is_logged_once(caplog):
     assert slots == ["", "", ""]
     [logged] = [record.message for record in caplog.records if record.name == "app.ratelimit"]
     assert "not enforced: Redis is unreachable" in logged
+
+
+@contextmanager
+def redis_server(port: int) -> Iterator[None]:
+    """A Redis server of this test's own on `port`, stopped on leaving."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _answers(port), 10, "redis-server to start")
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_limits_fail_open_while_redis_is_down_and_hold_again_once_it_is_back(caplog, monkeypatch):
+    port = free_port()
+    limiter = KeyLimiter(max_concurrent=5, per_minute=1, redis_url=f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setattr(ratelimit, "OUTAGE_RETRY_S", 0.0)
+    with caplog.at_level(logging.WARNING, logger="app.ratelimit"):
+        with redis_server(port):
+            assert limiter.acquire("key:1")
+        assert limiter.acquire("key:1") == ""  # over the limit, but Redis is down
+        with redis_server(port):  # back, empty
+            assert limiter.acquire("key:1")
+            with pytest.raises(RateLimited):
+                limiter.acquire("key:1")
+    logged = [record.message for record in caplog.records if record.name == "app.ratelimit"]
+    assert len(logged) == 2
+    assert "not enforced" in logged[0] and "enforced again" in logged[1]
 
 
 def test_without_redis_the_limits_hold_in_this_process():
