@@ -1,4 +1,5 @@
-"""Sending messages to the workers: the one way every caller publishes a Celery message.
+"""Sending messages to the workers: the one way every caller publishes a Celery message; and
+the probes `alignloop status` makes (messages waiting per queue, workers that answer a ping).
 
 A message only says "look at job N" or "run stage S of round N"; the database row it names is
 the truth, and the reclaim task sends again what was never sent. So a send must never hold a
@@ -19,6 +20,7 @@ from typing import Any
 
 from celery import Celery, chain
 from celery.canvas import Signature
+from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -56,3 +58,27 @@ def _published(publish: Callable[[], object], *, what: str) -> bool:
         log.warning("%s not sent, the broker is unavailable (%s); it will be sent later", what, exc)
         return False
     return True
+
+
+def queued_messages(celery: Celery, queues: Sequence[str]) -> dict[str, int] | None:
+    """Messages waiting in each of `queues` on the broker; None when it is unreachable."""
+    try:
+        with celery.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.default_channel
+            return {name: _message_count(channel, name) for name in queues}
+    except (BrokerUnavailable, OSError) as exc:
+        log.warning("the broker is unavailable (%s)", exc)
+        return None
+
+
+def answering_workers(celery: Celery, *, timeout_s: float) -> list[str]:
+    """The names of the workers that answer a ping within `timeout_s`."""
+    return sorted(celery.control.inspect(timeout=timeout_s).ping() or {})
+
+
+def _message_count(channel, queue: str) -> int:
+    try:
+        return channel.queue_declare(queue, passive=True).message_count
+    except ChannelError:  # Redis drops a queue's list once it is empty
+        return 0

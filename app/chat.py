@@ -13,8 +13,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
-from functools import partial
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from fastapi import Request
@@ -24,6 +23,7 @@ from app import crud
 from app.db import session_scope
 from app.feedback import record_completion
 from app.inference import ChatJob, ChatStream, ChoiceDone, TextDelta
+from app.metrics import ObservedStream
 from app.models import ModelVersion, User
 from app.openai_schemas import (
     AssistantMessage,
@@ -41,15 +41,23 @@ DISCONNECT_POLL_S = 0.25
 
 
 async def serve_chat(
-    request: Request, body: ChatCompletionRequest, user: User, *, limit_key: Hashable
+    request: Request, body: ChatCompletionRequest, user: User, *, limit_key: str
 ) -> Response:
     """The response to one chat request by `user`, limited under `limit_key`."""
-    version = await anyio.to_thread.run_sync(_served_version, request, body.model)
     limiter: KeyLimiter = request.app.state.limiter
-    limiter.acquire(limit_key)  # 429 now; the slot is released when the answer ends
-    release = partial(limiter.release, limit_key)
+    # 429 now (every request counts, one for an unknown model too); the slot is released when
+    # the answer ends
+    slot = await anyio.to_thread.run_sync(limiter.acquire, limit_key)
+    observation = request.app.state.metrics.serving.accepted()
+
+    def release() -> None:  # once, when the answer ends, however it ends
+        limiter.release(limit_key, slot)
+        observation.ended()
+
     try:
-        stream = await request.app.state.inference.start(_job(body, version))
+        version = await anyio.to_thread.run_sync(_served_version, request, body.model)
+        started = await request.app.state.inference.start(_job(body, version))
+        stream = ObservedStream(started, observation)
     except BaseException:
         release()
         raise

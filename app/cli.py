@@ -7,19 +7,22 @@ message with a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import access_links, bootstrap, broker, crud, migrate, rounds
+from app import access_links, bootstrap, broker, cli_reports, crud, jobs, migrate, rounds
 from app.config import ConfigurationError, Settings
+from app.dashboard import queue_health
 from app.db import engine_for, make_session_factory, session_scope
-from app.errors import AppError
+from app.errors import AppError, NotFound
 from app.export import FORMATS, export_lines
 from app.models import (
     DEFAULT_ALGORITHM,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger("alignloop")
+T = TypeVar("T")
 
 
 def load_settings() -> Settings:
@@ -70,6 +74,7 @@ class AlignloopGroup(click.Group):
 
 
 @click.group(cls=AlignloopGroup)
+@click.version_option(importlib.metadata.version("alignloop"), prog_name="alignloop")
 @click.option("--log-level", default=None, help="Override ALIGNLOOP_LOG_LEVEL.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:
@@ -507,6 +512,40 @@ def _wait_for_round(settings: Settings, round_id: int) -> None:
     click.echo(f"round {round_id} succeeded: {version}")
 
 
+@rounds_group.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--active", is_flag=True, help="Only the queued and running rounds.")
+@click.pass_obj
+def rounds_list(settings: Settings, limit: int, active: bool) -> None:
+    """The newest rounds first."""
+    with _session_factory(settings)() as session:
+        click.echo(
+            cli_reports.rounds_table(rounds.recent_rounds(session, limit=limit, active=active))
+        )
+
+
+@rounds_group.command("show")
+@click.argument("round_id", type=int)
+@click.pass_obj
+def rounds_show(settings: Settings, round_id: int) -> None:
+    """A round's status, stage, progress, timings, data, error and metrics."""
+    with _session_factory(settings)() as session:
+        click.echo(
+            cli_reports.round_details(_existing(rounds.get_round, session, round_id, "round"))
+        )
+
+
+@rounds_group.command("watch")
+@click.argument("round_id", type=int)
+@click.pass_obj
+def rounds_watch(settings: Settings, round_id: int) -> None:
+    """Follow a round with a progress bar until it ends (as `rounds start --wait` does); exit
+    non-zero unless it succeeded."""
+    with _session_factory(settings)() as session:
+        _existing(rounds.get_round, session, round_id, "round")
+    _wait_for_round(settings, round_id)
+
+
 @rounds_group.command("cancel")
 @click.argument("round_id", type=int)
 @click.pass_obj
@@ -515,6 +554,91 @@ def rounds_cancel(settings: Settings, round_id: int) -> None:
     with session_scope(_session_factory(settings)) as session:
         round_ = rounds.cancel_round(session, round_id=round_id)
         click.echo(f"round {round_id}: {round_.status.value}")
+
+
+@main.group(name="jobs")
+def jobs_group() -> None:
+    """Background jobs (candidate generation and the like)."""
+
+
+@jobs_group.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--active", is_flag=True, help="Only the queued and running jobs.")
+@click.pass_obj
+def jobs_list(settings: Settings, limit: int, active: bool) -> None:
+    """The newest jobs first."""
+    with _session_factory(settings)() as session:
+        click.echo(cli_reports.jobs_table(jobs.recent_jobs(session, limit=limit, active=active)))
+
+
+@jobs_group.command("show")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def jobs_show(settings: Settings, job_id: int) -> None:
+    """A job's status, progress, timings, parameters, result and error."""
+    with _session_factory(settings)() as session:
+        click.echo(cli_reports.job_details(_existing(jobs.get_job, session, job_id, "job")))
+
+
+def _existing(get: Callable[[Session, int], T], session: Session, row_id: int, what: str) -> T:
+    """`get(session, row_id)`, or a clean error naming the unknown id."""
+    try:
+        return get(session, row_id)
+    except NotFound:
+        raise click.ClickException(f"no {what} has id {row_id}") from None
+
+
+# --- status ------------------------------------------------------------------------------------
+
+PING_TIMEOUT_S = 1.0
+
+
+@main.command()
+@click.pass_obj
+def status(settings: Settings) -> None:
+    """What the installation is doing: models (* the current one), queue and workers, active
+    rounds and jobs."""
+    with _session_factory(settings)() as session:
+        click.echo("Models")
+        current = crud.current_policy(session)
+        click.echo(_indented(cli_reports.models_table(crud.list_model_versions(session), current)))
+        health = queue_health(session)
+        click.echo("\nQueue")
+        jobs_by_status, rounds_by_status = _in_lifecycle_order(health.jobs, health.rounds)
+        click.echo(f"  jobs: {_counts(jobs_by_status)}; rounds: {_counts(rounds_by_status)}")
+        click.echo(f"  oldest queued: {cli_reports.cell(health.oldest_queued)}")
+        click.echo(_indented(_broker_status(settings)))
+        click.echo("\nActive rounds")
+        click.echo(_indented(cli_reports.rounds_table(rounds.recent_rounds(session, active=True))))
+        click.echo("\nActive jobs")
+        click.echo(_indented(cli_reports.jobs_table(jobs.recent_jobs(session, active=True))))
+
+
+def _broker_status(settings: Settings) -> str:
+    """Messages waiting per queue and the workers that answer a ping, from the broker."""
+    if settings.embedded:
+        return "broker: no broker configured (embedded mode: `alignloop run` holds the worker)"
+    from worker.celery_app import QUEUES, create_celery
+
+    celery = create_celery(settings)
+    waiting = broker.queued_messages(celery, QUEUES)
+    if waiting is None:
+        return "broker: unreachable; no worker can be asked"
+    workers = broker.answering_workers(celery, timeout_s=PING_TIMEOUT_S)
+    answered = ", ".join(workers) if workers else f"none answered within {PING_TIMEOUT_S:g} s"
+    return f"broker: messages waiting: {_counts(waiting)}\nworkers: {answered}"
+
+
+def _in_lifecycle_order(*counts: dict[str, int]) -> list[dict[str, int]]:
+    return [{status: each[status] for status in RunStatus if status in each} for each in counts]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
 
 
 if __name__ == "__main__":

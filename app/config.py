@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     """`/v1` requests one API key may have running at once (429 beyond)."""
     v1_requests_per_minute: int = Field(default=600, ge=1)
     """`/v1` requests one API key may start per minute (429 beyond)."""
+    v1_slot_lease_seconds: int = Field(default=900, ge=1)
+    """With Redis: how long a running `/v1` request counts against its key's concurrency cap at
+    most. A web process that dies mid-request cannot release its slots; they end after this."""
     generation_interval_hours: float = Field(default=0.0, ge=0)
     """Generate candidates for prompts without open tasks this often; 0 switches it off."""
     round_interval_hours: float = Field(default=0.0, ge=0)

@@ -177,5 +177,9 @@ def get_job(db: Session, job_id: int) -> Job:
     return job
 
 
-def recent_jobs(db: Session, *, limit: int = 20) -> list[Job]:
-    return list(db.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+def recent_jobs(db: Session, *, limit: int = 20, active: bool = False) -> list[Job]:
+    """The newest jobs first; with `active`, only the queued and running ones."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if active:
+        query = query.where(Job.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+    return list(db.scalars(query))

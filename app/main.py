@@ -117,6 +117,8 @@ def create_app(
     app.state.limiter = KeyLimiter(
         max_concurrent=settings.v1_max_concurrent_per_key,
         per_minute=settings.v1_requests_per_minute,
+        redis_url=settings.redis_url,
+        slot_lease_s=settings.v1_slot_lease_seconds,
     )
     app.add_middleware(RejectNulMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseQueryCredentials)

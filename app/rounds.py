@@ -388,6 +388,14 @@ def get_round(db: Session, round_id: int) -> Round:
     return round_
 
 
+def recent_rounds(db: Session, *, limit: int = 20, active: bool = False) -> list[Round]:
+    """The newest rounds first; with `active`, only the queued and running ones."""
+    query = select(Round).order_by(Round.id.desc()).limit(limit)
+    if active:
+        query = query.where(Round.status.in_(ACTIVE))
+    return list(db.scalars(query))
+
+
 def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -> Round | None:
     """Take the round's lease to run `stage`: None when the round is not waiting for that
     stage, is finished or cancelled, or a live worker holds it. One compare-and-set update."""

@@ -48,7 +48,7 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:
-    return await serve_chat(request, body, principal.user, limit_key=principal.api_key_id)
+    return await serve_chat(request, body, principal.user, limit_key=f"key:{principal.api_key_id}")
 
 
 def _epoch(version: ModelVersion) -> int:

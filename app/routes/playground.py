@@ -35,4 +35,4 @@ async def chat(
     """Stream an answer for the page's script (session cookie and CSRF header)."""
     db.commit()  # end the sign-in lookup's transaction before a generation that may run long
     streamed = body.model_copy(update={"stream": True})
-    return await serve_chat(request, streamed, user, limit_key=("user", user.id))
+    return await serve_chat(request, streamed, user, limit_key=f"user:{user.id}")

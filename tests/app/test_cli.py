@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import threading
 import time
@@ -16,8 +17,24 @@ from app import round_follower as follower
 from app.cli import main
 from app.db import make_engine, make_session_factory, session_scope
 from app.errors import NotFound
-from app.models import AccessLink, ApiKey, Prompt, Role, Round, RoundStage, RunStatus, User
+from app.models import (
+    AccessLink,
+    Algorithm,
+    ApiKey,
+    Job,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    Prompt,
+    Role,
+    Round,
+    RoundStage,
+    RunStatus,
+    User,
+    utcnow,
+)
 from app.security import token_digest, verify_password
+from tests.conftest import REDIS_URL
 from tests.helpers import TEST_SECRET, ready_for_a_round
 from tests.live_server import wait_for
 
@@ -37,8 +54,9 @@ def cli(tmp_path, committed_engine):
         "ALIGNLOOP_REDIS_URL": "",
     }
 
-    def invoke(*args: str, input: str | None = None):
-        return runner.invoke(main, list(args), env=env, input=input)
+    def invoke(*args: str, input: str | None = None, **settings: str):
+        overrides = {f"ALIGNLOOP_{name.upper()}": value for name, value in settings.items()}
+        return runner.invoke(main, list(args), env=env | overrides, input=input)
 
     return invoke
 
@@ -254,3 +272,134 @@ def test_rounds_start_wait_follows_the_round_until_it_ends(cli, db, outcome, exi
         assert "round 1 failed: policy: the stage's process crashed" in result.output
     else:
         assert "round 1 succeeded" in result.output
+
+
+def test_version_is_the_installed_packages():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"alignloop, version {importlib.metadata.version('alignloop')}"
+
+
+def some_work(db) -> dict[str, int]:
+    """Two policies (v1 promoted, so current), a running round, a running and a finished job."""
+    base = ModelVersion(name="base", kind=ModelKind.POLICY, status=ModelStatus.READY, path="b")
+    db.add(base)
+    db.flush()
+    promoted = ModelVersion(
+        name="v1",
+        kind=ModelKind.POLICY,
+        status=ModelStatus.READY,
+        path="v1",
+        parent_id=base.id,
+        promoted_at=utcnow(),
+    )
+    running = Round(
+        algorithm=Algorithm.DPO,
+        status=RunStatus.RUNNING,
+        stage=RoundStage.POLICY,
+        progress=0.42,
+        progress_detail="step 21/50",
+    )
+    generating = Job(kind="generate_candidates", status=RunStatus.RUNNING, params={"n": 2})
+    finished = Job(kind="pull_base_model", status=RunStatus.SUCCEEDED, result={"version": "base"})
+    db.add_all([promoted, running, generating, finished])
+    db.commit()
+    return {"round": running.id, "running job": generating.id, "finished job": finished.id}
+
+
+def section(output: str, title: str) -> list[str]:
+    """The lines under `title` in `alignloop status`, up to the next blank line."""
+    lines = output.splitlines()
+    start = lines.index(title) + 1
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return [line.split() for line in lines[start:end]]
+
+
+def test_status_shows_the_current_model_the_queue_and_the_active_work(cli, db):
+    ids = some_work(db)
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    models = section(result.output, "Models")
+    assert models[0][:3] == ["CURRENT", "NAME", "KIND"]
+    assert [row[:2] for row in models[1:]] == [["base", "policy"], ["*", "v1"]]
+    queue = "\n".join(" ".join(row) for row in section(result.output, "Queue"))
+    assert "jobs: running 1, succeeded 1; rounds: running 1" in queue
+    assert "no broker configured" in queue
+    [round_row] = section(result.output, "Active rounds")[1:]
+    assert round_row[0] == str(ids["round"]) and "42%" in round_row
+    [job_row] = section(result.output, "Active jobs")[1:]
+    assert job_row[:3] == [str(ids["running job"]), "generate_candidates", "running"]
+
+
+def test_status_with_redis_asks_the_broker_and_pings_the_workers(cli):
+    result = cli("status", redis_url=REDIS_URL)
+    assert result.exit_code == 0, result.output
+    assert "broker: messages waiting: default" in result.output
+    assert "workers: none answered within 1 s" in result.output
+
+
+def test_status_with_redis_down_says_so_and_still_reports_the_database(cli):
+    result = cli("status", redis_url="redis://127.0.0.1:1/0")
+    assert result.exit_code == 0, result.output
+    assert "broker: unreachable" in result.output and "Active rounds" in result.output
+
+
+def test_rounds_list_and_show(cli, db):
+    ids = some_work(db)
+    listed = cli("rounds", "list")
+    assert listed.exit_code == 0, listed.output
+    header, row = [line.split() for line in listed.output.splitlines()]
+    assert header[:6] == ["ID", "LINE", "ALGORITHM", "PRESET", "STATUS", "STAGE"]
+    assert row[:6] == [str(ids["round"]), "main", "dpo", "quick", "running", "policy"]
+    shown = cli("rounds", "show", str(ids["round"]))
+    assert shown.exit_code == 0, shown.output
+    assert "progress:      42% · step 21/50" in shown.output
+    assert "error:         -" in shown.output
+
+
+def test_jobs_list_and_show(cli, db):
+    ids = some_work(db)
+    active = cli("jobs", "list", "--active").output.splitlines()[1:]
+    assert [line.split()[0] for line in active] == [str(ids["running job"])]
+    everything = cli("jobs", "list").output.splitlines()[1:]
+    assert [line.split()[0] for line in everything] == [
+        str(ids["finished job"]),
+        str(ids["running job"]),
+    ]
+    shown = cli("jobs", "show", str(ids["finished job"]))
+    assert shown.exit_code == 0, shown.output
+    assert "status:   succeeded" in shown.output
+    assert 'result:   {"version": "base"}' in shown.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["rounds", "show", "99"], "no round has id 99"),
+        (["rounds", "watch", "99"], "no round has id 99"),
+        (["jobs", "show", "99"], "no job has id 99"),
+    ],
+)
+def test_unknown_ids_end_with_a_message_and_a_nonzero_status(cli, args, message):
+    result = cli(*args)
+    assert result.exit_code == 1 and f"Error: {message}" in result.output
+
+
+def test_rounds_watch_follows_a_running_round_until_it_ends(cli, db):
+    round_id = some_work(db)["round"]
+    db.close()
+    factory = make_session_factory(db.get_bind())
+
+    def finish() -> None:
+        time.sleep(follower.POLL_S * 1.5)
+        with session_scope(factory) as session:
+            session.execute(update(Round).values(status=RunStatus.FAILED, error="policy: boom"))
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    result = cli("rounds", "watch", str(round_id))
+    thread.join()
+    assert result.exit_code == 1
+    assert f"round {round_id} failed: policy: boom" in result.output
+    ended = cli("rounds", "watch", str(round_id))  # an ended round: its outcome at once
+    assert ended.exit_code == 1 and "failed: policy: boom" in ended.output

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app import crud
@@ -193,7 +194,6 @@ def test_a_wrong_key_or_a_cookie_is_not_enough(world):
 
 def test_per_key_rate_limits_answer_429_with_retry_after(world, client):
     world["app"].state.limiter.per_minute = 2
-    world["app"].state.limiter._buckets.clear()
     for _ in range(2):
         client.chat.completions.create(model="base", messages=HELLO, max_tokens=1)
     with pytest.raises(openai.RateLimitError) as raised:
@@ -294,3 +294,22 @@ def test_the_playground_streams_over_the_same_path_for_signed_in_users(world):
             headers={"X-CSRF-Token": csrf},
         )
         assert thumbs.status_code == 201
+
+
+def test_serving_metrics_count_an_answer_in_flight_and_after(world, client):
+    def sample(name: str) -> float:
+        text = httpx.get(world["url"] + "/metrics").text
+        families = text_string_to_metric_families(text)
+        return next(s.value for family in families for s in family.samples if s.name == name)
+
+    stream = client.chat.completions.create(
+        model="base", messages=HELLO, max_tokens=8, temperature=0, stream=True
+    )
+    next(iter(stream))
+    assert sample("alignloop_chat_requests_in_flight") == 1
+    list(stream)
+    wait_for(lambda: sample("alignloop_chat_requests_in_flight") == 0, 5, "the answer to end")
+    assert sample("alignloop_chat_requests_waiting") == 0
+    assert sample("alignloop_time_to_first_token_seconds_count") == 1
+    assert sample("alignloop_generation_duration_seconds_count") == 1
+    assert sample("alignloop_generation_tokens_per_second_sum") > 0
