@@ -18,7 +18,7 @@ from app import crud, quality
 from app.config import Settings
 from app.deps import DbSession, PageAdmin, SettingsDep
 from app.errors import AppError, InvalidInput
-from app.schemas import MAX_REASON_CHARS, RowId
+from app.schemas import MAX_REASON_CHARS, RowId, documented
 from app.templating import render
 
 router = APIRouter(prefix="/admin/quality")
@@ -65,7 +65,11 @@ def resume(user_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     return RedirectResponse(PAGE, status_code=303)
 
 
-@router.post("/gold", response_class=HTMLResponse)
+@router.post(
+    "/gold",
+    response_class=HTMLResponse,
+    responses=documented({404: "No task has that id: the form is shown again, with the message"}),
+)
 def mark_gold(
     request: Request,
     db: DbSession,
