@@ -112,8 +112,14 @@ def _is_openai(request: Request) -> bool:
 def openai_error(
     status_code: int, message: str, *, code: str | None = None, param=None, headers=None
 ):
-    """OpenAI's error body, which OpenAI clients parse into their exceptions."""
-    body = {
+    """OpenAI's error response, which OpenAI clients parse into their exceptions."""
+    body = openai_error_body(status_code, message, code=code, param=param)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def openai_error_body(status_code: int, message: str, *, code: str | None = None, param=None):
+    """OpenAI's error body (also what a stream sends when it fails midway)."""
+    return {
         "error": {
             "message": message,
             "type": OPENAI_ERROR_TYPES.get(status_code, "server_error"),
@@ -121,7 +127,6 @@ def openai_error(
             "code": code,
         }
     }
-    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _wants_html(request: Request) -> bool:
