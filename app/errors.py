@@ -175,7 +175,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     if _is_openai(request):
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"][1:])
-        return openai_error(400, f"{where}: {first['msg']}" if where else first["msg"], param=where)
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's, for a ValueError
+        return openai_error(400, f"{where}: {message}" if where else message, param=where)
     errors = [
         {key: error[key] for key in ("type", "loc", "msg") if key in error}
         for error in exc.errors()

@@ -35,7 +35,7 @@ MAX_TOKENS = 1 << 20
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"]
     text: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)]
@@ -50,6 +50,17 @@ class ChatMessageIn(BaseModel):
         Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | list[TextPart] | None
     ) = None
     name: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        if isinstance(content, list):
+            kinds = {part.get("type") for part in content if isinstance(part, dict)} - {"text"}
+            if kinds:
+                raise ValueError(
+                    f"content parts of type {sorted(map(str, kinds))} are not supported"
+                )
+        return content
 
     def as_chat(self) -> dict[str, str]:
         """The message for a chat template: plain text, `developer` read as `system`."""
@@ -78,6 +89,13 @@ class ResponseFormat(BaseModel):
         if kind != "text":
             raise ValueError(f"response_format {kind!r} is not supported: only 'text' is")
         return kind
+
+
+CONSTRAINED_DECODING = frozenset(
+    {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}
+)
+"""vLLM's extensions for constrained output: refused, since ignoring them would silently give
+unconstrained text to a client that relies on the constraint."""
 
 
 def _unsupported_unless_empty(value: Any, what: str) -> Any:
@@ -126,6 +144,12 @@ class GenerationRequest(BaseModel):
     def _stream_options_need_a_stream(self) -> GenerationRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @model_validator(mode="after")
+    def _no_constrained_decoding(self) -> GenerationRequest:
+        if asked := sorted(CONSTRAINED_DECODING & set(self.model_extra or {})):
+            raise ValueError(f"{', '.join(asked)}: constrained decoding is not supported")
         return self
 
     def ignored_fields(self) -> list[str]:
@@ -201,22 +225,35 @@ class ChatCompletionRequest(GenerationRequest):
 class CompletionRequest(GenerationRequest):
     """`/v1/completions` for one plain-text prompt."""
 
-    prompt: (
-        Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
-        | Annotated[
-            list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]],
-            Field(min_length=1, max_length=1),
-        ]
-    )
+    prompt: str | list[str]
     """One string (a list of exactly one is read the same); token ids are not supported."""
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = DEFAULT_COMPLETION_MAX_TOKENS
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     """The legacy API's: this many alternatives per token (0: only the sampled token's)."""
-    echo: Literal[False] | None = False
-    """Only false: echoing the prompt back is not supported."""
-    suffix: None = None
-    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
-    """Only 1: choosing the best of several samples is not supported."""
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_text_prompt(cls, prompt: Any) -> Any:
+        one = isinstance(prompt, str) or (
+            isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str)
+        )
+        text = prompt if isinstance(prompt, str) else prompt[0] if one else ""
+        if not one or not 0 < len(text) <= MAX_MESSAGE_CHARS:
+            raise ValueError(
+                f"one text prompt of 1 to {MAX_MESSAGE_CHARS} characters is supported (a string, "
+                "or a list of one); token ids and several prompts per request are not"
+            )
+        return prompt
+
+    @field_validator("echo", "suffix", "best_of", mode="before")
+    @classmethod
+    def _unsupported_options(cls, value: Any) -> Any:
+        if value not in (None, False, "", 1) or value is True:
+            raise ValueError("not supported by this server")
+        return value
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
