@@ -32,6 +32,8 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16
 """OpenAI's default for `/v1/completions`."""
 MAX_TOKENS = 1 << 20
 """Beyond any model's context; the engine refuses what exceeds the served model's own."""
+MAX_TOKEN_ID = 1 << 24
+"""Beyond any vocabulary; the engine refuses ids outside the served model's own."""
 
 
 class TextPart(BaseModel):
@@ -125,14 +127,15 @@ class GenerationRequest(BaseModel):
     """A 64-bit integer, as vLLM bounds it; each choice `i` samples with `seed + i`."""
     min_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = 0
     """vLLM's extension: no end of turn before this many tokens (for benchmarks, mostly)."""
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)] | None = None
     """vLLM's extension: sample among the k most likely tokens (0 or absent: all)."""
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = 0.0
     logit_bias: (
-        dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100, le=100)]] | None
+        dict[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)], Annotated[float, Field(ge=-100, le=100)]]
+        | None
     ) = None
     """Token id (a string of digits in JSON) to a bias added to its logit."""
     user: Annotated[str, StringConstraints(max_length=256)] | None = None
@@ -232,7 +235,7 @@ class CompletionRequest(GenerationRequest):
     """The legacy API's: this many alternatives per token (0: only the sampled token's)."""
     echo: bool | None = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod

@@ -26,8 +26,13 @@ router = APIRouter(prefix="/v1", tags=["openai"], max_body_size=2 * 1024 * 1024)
 CURRENT = "current"
 GENERATION_RESPONSES = {
     200: {
-        "description": "The answer, whole or as server-sent events (`stream`); unknown request "
-        f"fields are ignored and named in the `{IGNORED_FIELDS_HEADER}` header"
+        "description": "The answer, whole or as server-sent events (`stream`)",
+        "headers": {
+            IGNORED_FIELDS_HEADER: {
+                "description": "The unknown request fields that were ignored, comma-separated",
+                "schema": {"type": "string"},
+            }
+        },
     },
     404: {"description": "No served model has this name"},
     503: {
