@@ -353,7 +353,9 @@ def _record(request: Request, answer: Answer, user: User) -> None:
                 {"text": choice.text, "finish_reason": choice.finish_reason}
                 for _, choice in sorted(answer.done.items())
             ],
-            params=answer.body.model_dump(exclude={"messages", "prompt"}, exclude_none=True),
+            params=answer.body.model_dump(
+                exclude={"messages", "prompt", *answer.body.ignored_fields()}, exclude_none=True
+            ),
             prompt_tokens=answer.stream.prompt_tokens,
             completion_tokens=answer.usage().completion_tokens,
         )

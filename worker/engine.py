@@ -60,6 +60,11 @@ class Sampling:
     """None: no log-probabilities; k >= 0: each sampled token's, with its k most likely
     alternatives."""
 
+    @property
+    def shifts_logits(self) -> bool:
+        """Whether penalties or a bias change the logits before sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
 
 @dataclass(frozen=True)
 class TokenLogprob:
@@ -427,12 +432,14 @@ class GenerationEngine:
         """The next token (B,) of each of `rows`, from their last logits (B, V); rows that ask
         for log-probabilities get them recorded, from the logits as the model gave them."""
         raw = logits.float()
-        logits = raw.clone()
+        wanted = any(row.generation.sampling.logprobs is not None for row in rows)
+        logits = raw.clone() if wanted else raw
         for index, row in enumerate(rows):
             sampling = row.generation.sampling
             if row.generated < sampling.min_new_tokens:
                 logits[index, list(self.eos_ids)] = float("-inf")
-            logits[index] = penalised(logits[index], row.tokens, sampling)
+            if sampling.shifts_logits:
+                logits[index] = penalised(logits[index], row.tokens, sampling)
         tokens = sample_tokens(
             logits,
             [row.generation.sampling for row in rows],
