@@ -1,9 +1,10 @@
-"""Answering one chat request, from whichever door it came in (`/v1` or the playground).
+"""Answering one generation request, from whichever door it came in (`/v1` or the playground).
 
 Per-key limits are taken before anything starts; the request runs on the configured
-`app.inference` backend; the answer goes back whole or as OpenAI-style server-sent events; a
-client that disconnects cancels its generation; every answer is recorded under its
-`chatcmpl-` id so that `POST /api/feedback` can refer to it.
+`app.inference` backend; the answer goes back whole or as OpenAI-style server-sent events, in
+the chat shape (`/v1/chat/completions`) or the legacy text shape (`/v1/completions`); a client
+that disconnects cancels its generation; every answer is recorded under its public id so that
+`POST /api/feedback` can refer to it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from app import crud
 from app.db import session_scope
+from app.errors import openai_error_body
 from app.feedback import record_completion
-from app.inference import ChatJob, ChatStream, ChoiceDone, TextDelta
+from app.inference import ChatJob, ChatStream, ChoiceDone, LogprobEntry, TextDelta
 from app.metrics import ObservedStream
 from app.models import ModelVersion, User
 from app.openai_schemas import (
@@ -30,6 +33,12 @@ from app.openai_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
+    CompletionRequest,
+    GenerationRequest,
+    TextChoice,
+    TextCompletion,
+    TextLogprobs,
     Usage,
 )
 from app.ratelimit import KeyLimiter
@@ -37,13 +46,16 @@ from app.ratelimit import KeyLimiter
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = "X-Model-Version"
+IGNORED_FIELDS_HEADER = "X-Ignored-Fields"
+"""Lists the unknown top-level request fields that were ignored (absent when there were none)."""
 DISCONNECT_POLL_S = 0.25
 
 
-async def serve_chat(
-    request: Request, body: ChatCompletionRequest, user: User, *, limit_key: str
+async def serve_generation(
+    request: Request, body: GenerationRequest, user: User, *, limit_key: str
 ) -> Response:
-    """The response to one chat request by `user`, limited under `limit_key`."""
+    """The response to one chat or text completion request by `user`, limited under
+    `limit_key`."""
     limiter: KeyLimiter = request.app.state.limiter
     # 429 now (every request counts, one for an unknown model too); the slot is released when
     # the answer ends
@@ -61,8 +73,9 @@ async def serve_chat(
     except BaseException:
         release()
         raise
-    answer = Answer(f"chatcmpl-{secrets.token_urlsafe(18)}", version, body, stream)
-    headers = {VERSION_HEADER: version.name}
+    answer_type = TextAnswer if isinstance(body, CompletionRequest) else ChatAnswer
+    answer = answer_type(version, body, stream)
+    headers = _headers(version, body)
     if body.stream:
         events = _sse(request, answer, user, release)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -74,30 +87,55 @@ async def serve_chat(
     return JSONResponse(answer.completion().model_dump(mode="json"), headers=headers)
 
 
-class Answer:
-    """The choices of one request as they arrive."""
+def _headers(version: ModelVersion, body: GenerationRequest) -> dict[str, str]:
+    headers = {VERSION_HEADER: version.name}
+    if ignored := body.ignored_fields():
+        headers[IGNORED_FIELDS_HEADER] = ", ".join(ignored)
+    return headers
 
-    def __init__(
-        self, public_id: str, version: ModelVersion, body: ChatCompletionRequest, stream: ChatStream
-    ) -> None:
-        self.public_id = public_id
+
+class Answer:
+    """The choices of one request as they arrive; subclasses give OpenAI's two shapes."""
+
+    id_prefix = ""
+    chunk_object = ""
+
+    def __init__(self, version: ModelVersion, body: GenerationRequest, stream: ChatStream) -> None:
+        self.public_id = f"{self.id_prefix}-{secrets.token_urlsafe(18)}"
         self.version = version
         self.body = body
         self.stream = stream
         self.created = int(time.time())
         self.done: dict[int, ChoiceDone] = {}
 
-    def chunk(self, index: int, delta: dict, finish_reason: str | None = None) -> str:
+    def event(self, choices: list[dict], **extra) -> str:
+        """One server-sent event carrying `choices` (and `extra` fields) in the chunk shape."""
         payload = {
             "id": self.public_id,
-            "object": "chat.completion.chunk",
+            "object": self.chunk_object,
             "created": self.created,
             "model": self.version.name,
-            "choices": [
-                {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            ],
+            "choices": choices,
+            **extra,
         }
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def opening(self) -> list[str]:
+        """Events sent before any text."""
+        return []
+
+    def delta(self, event: TextDelta) -> str:
+        raise NotImplementedError
+
+    def finish(self, event: ChoiceDone) -> str:
+        raise NotImplementedError
+
+    def completion(self) -> BaseModel:
+        raise NotImplementedError
+
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt as recorded for feedback."""
+        raise NotImplementedError
 
     def usage(self) -> Usage:
         completion_tokens = sum(choice.completion_tokens for choice in self.done.values())
@@ -108,6 +146,45 @@ class Answer:
             total_tokens=prompt_tokens + completion_tokens,
         )
 
+    def fingerprint(self) -> str:
+        return f"alignloop-{self.version.name}"
+
+
+class ChatAnswer(Answer):
+    """`chat.completion` and its chunks."""
+
+    id_prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+    body: ChatCompletionRequest
+
+    def opening(self) -> list[str]:
+        return [
+            self._chunk(index, {"role": "assistant", "content": ""}) for index in range(self.body.n)
+        ]
+
+    def delta(self, event: TextDelta) -> str:
+        return self._chunk(event.index, {"content": event.text}, logprobs=event.logprobs)
+
+    def finish(self, event: ChoiceDone) -> str:
+        return self._chunk(event.index, {}, finish_reason=event.finish_reason)
+
+    def _chunk(
+        self,
+        index: int,
+        delta: dict,
+        *,
+        finish_reason: str | None = None,
+        logprobs: list[LogprobEntry] | None = None,
+    ) -> str:
+        wanted = self.body.logprobs and logprobs is not None
+        choice = {
+            "index": index,
+            "delta": delta,
+            "finish_reason": finish_reason,
+            "logprobs": {"content": logprobs} if wanted else None,
+        }
+        return self.event([choice])
+
     def completion(self) -> ChatCompletion:
         return ChatCompletion(
             id=self.public_id,
@@ -116,14 +193,88 @@ class Answer:
             choices=[
                 Choice(
                     index=index,
-                    message=AssistantMessage(content=self.done[index].text),
-                    finish_reason=self.done[index].finish_reason,
+                    message=AssistantMessage(content=done.text),
+                    finish_reason=done.finish_reason,
+                    logprobs=None
+                    if done.logprobs is None
+                    else ChoiceLogprobs(content=done.logprobs),
                 )
-                for index in sorted(self.done)
+                for index, done in sorted(self.done.items())
             ],
             usage=self.usage(),
-            system_fingerprint=f"alignloop-{self.version.name}",
+            system_fingerprint=self.fingerprint(),
         )
+
+    def messages(self) -> list[dict[str, str]]:
+        return [message.as_chat() for message in self.body.messages]
+
+
+class TextAnswer(Answer):
+    """`text_completion` and its chunks (the legacy `/v1/completions`)."""
+
+    id_prefix = "cmpl"
+    chunk_object = "text_completion"
+    body: CompletionRequest
+
+    def __init__(self, version: ModelVersion, body: GenerationRequest, stream: ChatStream) -> None:
+        super().__init__(version, body, stream)
+        self.streamed: dict[int, int] = {}  # characters streamed so far, per choice
+
+    def delta(self, event: TextDelta) -> str:
+        offset = self.streamed.get(event.index, 0)
+        self.streamed[event.index] = offset + len(event.text)
+        choice = TextChoice(
+            index=event.index,
+            text=event.text,
+            finish_reason=None,
+            logprobs=text_logprobs(event.logprobs, offset) if self._wanted() else None,
+        )
+        return self.event([choice.model_dump(mode="json")])
+
+    def finish(self, event: ChoiceDone) -> str:
+        choice = TextChoice(index=event.index, text="", finish_reason=event.finish_reason)
+        return self.event([choice.model_dump(mode="json")])
+
+    def completion(self) -> TextCompletion:
+        return TextCompletion(
+            id=self.public_id,
+            created=self.created,
+            model=self.version.name,
+            choices=[
+                TextChoice(
+                    index=index,
+                    text=done.text,
+                    finish_reason=done.finish_reason,
+                    logprobs=None if done.logprobs is None else text_logprobs(done.logprobs, 0),
+                )
+                for index, done in sorted(self.done.items())
+            ],
+            usage=self.usage(),
+            system_fingerprint=self.fingerprint(),
+        )
+
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.body.text()}]
+
+    def _wanted(self) -> bool:
+        return self.body.logprobs is not None
+
+
+def text_logprobs(entries: list[LogprobEntry], offset: int) -> TextLogprobs:
+    """Chat-shaped log-probabilities in the legacy parallel lists; `offset` is where the first
+    token starts in the generated text."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return TextLogprobs(
+        tokens=[entry["token"] for entry in entries],
+        token_logprobs=[entry["logprob"] for entry in entries],
+        top_logprobs=[
+            {top["token"]: top["logprob"] for top in entry["top_logprobs"]} for entry in entries
+        ],
+        text_offset=offsets,
+    )
 
 
 def _served_version(request: Request, name: str) -> ModelVersion:
@@ -131,20 +282,15 @@ def _served_version(request: Request, name: str) -> ModelVersion:
         return crud.served_policy(db, name=name)
 
 
-def _job(body: ChatCompletionRequest, version: ModelVersion) -> ChatJob:
+def _job(body: GenerationRequest, version: ModelVersion) -> ChatJob:
+    chat = isinstance(body, ChatCompletionRequest)
     return ChatJob(
         version_name=version.name,
         version_path=version.path,
-        messages=[message.as_chat() for message in body.messages],
+        messages=[message.as_chat() for message in body.messages] if chat else [],
         n=body.n,
-        sampling={
-            "max_new_tokens": body.token_limit(),
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "stop": body.stop_strings(),
-            "seed": body.seed,
-            "min_new_tokens": min(body.min_tokens, body.token_limit()),
-        },
+        sampling=body.sampling(),
+        prompt=None if chat else body.text(),
     )
 
 
@@ -176,31 +322,23 @@ async def _sse(
     status line has already gone out."""
     finished = False
     try:
-        for index in range(answer.body.n):
-            yield answer.chunk(index, {"role": "assistant", "content": ""})
+        for opening in answer.opening():
+            yield opening
         try:
             async for event in answer.stream:
                 if isinstance(event, TextDelta):
-                    yield answer.chunk(event.index, {"content": event.text})
+                    yield answer.delta(event)
                 else:
                     answer.done[event.index] = event
-                    yield answer.chunk(event.index, {}, event.finish_reason)
+                    yield answer.finish(event)
         except Exception as exc:
             log.warning("stream %s failed: %s", answer.public_id, exc)
-            error = {"message": "The generation failed on the server.", "type": "server_error"}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            error = openai_error_body(500, "The generation failed on the server.")
+            yield f"data: {json.dumps(error)}\n\n"
             yield "data: [DONE]\n\n"
             return
         if answer.body.stream_options and answer.body.stream_options.include_usage:
-            usage = {
-                "id": answer.public_id,
-                "object": "chat.completion.chunk",
-                "created": answer.created,
-                "model": answer.version.name,
-                "choices": [],
-                "usage": answer.usage().model_dump(),
-            }
-            yield f"data: {json.dumps(usage)}\n\n"
+            yield answer.event([], usage=answer.usage().model_dump())
         yield "data: [DONE]\n\n"
         finished = True
     finally:
@@ -218,12 +356,14 @@ def _record(request: Request, answer: Answer, user: User) -> None:
             public_id=answer.public_id,
             version=answer.version,
             user=user,
-            messages=[message.as_chat() for message in answer.body.messages],
+            messages=answer.messages(),
             choices=[
                 {"text": choice.text, "finish_reason": choice.finish_reason}
                 for _, choice in sorted(answer.done.items())
             ],
-            params=answer.body.model_dump(exclude={"messages"}, exclude_none=True),
+            params=answer.body.model_dump(
+                exclude={"messages", "prompt", *answer.body.ignored_fields()}, exclude_none=True
+            ),
             prompt_tokens=answer.stream.prompt_tokens,
             completion_tokens=answer.usage().completion_tokens,
         )

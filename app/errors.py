@@ -112,8 +112,14 @@ def _is_openai(request: Request) -> bool:
 def openai_error(
     status_code: int, message: str, *, code: str | None = None, param=None, headers=None
 ):
-    """OpenAI's error body, which OpenAI clients parse into their exceptions."""
-    body = {
+    """OpenAI's error response, which OpenAI clients parse into their exceptions."""
+    body = openai_error_body(status_code, message, code=code, param=param)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def openai_error_body(status_code: int, message: str, *, code: str | None = None, param=None):
+    """OpenAI's error body (also what a stream sends when it fails midway)."""
+    return {
         "error": {
             "message": message,
             "type": OPENAI_ERROR_TYPES.get(status_code, "server_error"),
@@ -121,7 +127,6 @@ def openai_error(
             "code": code,
         }
     }
-    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _wants_html(request: Request) -> bool:
@@ -170,7 +175,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     if _is_openai(request):
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"][1:])
-        return openai_error(400, f"{where}: {first['msg']}" if where else first["msg"], param=where)
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's, for a ValueError
+        return openai_error(400, f"{where}: {message}" if where else message, param=where)
     errors = [
         {key: error[key] for key in ("type", "loc", "msg") if key in error}
         for error in exc.errors()

@@ -15,20 +15,32 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class ChatJob:
-    """One chat request: which stored model, which conversation, how to sample, how many."""
+    """One request: which stored model, which conversation (or plain-text prompt), how to
+    sample, how many."""
 
     version_name: str
     version_path: str
     messages: list[dict[str, str]]
     n: int = 1
     sampling: dict[str, Any] = field(default_factory=dict)
-    """Fields of `worker.engine.Sampling`: max_new_tokens, temperature, top_p, top_k, stop, seed."""
+    """Fields of `worker.engine.Sampling` (max_new_tokens, temperature, top_p, top_k, stop, seed,
+    penalties, logprobs), with `logit_bias` as a `{token id: bias}` mapping."""
+    prompt: str | None = None
+    """A plain-text prompt (`/v1/completions`), sent as is instead of the `messages` in the
+    chat template."""
+
+
+LogprobEntry = dict[str, Any]
+"""One token's log-probability in OpenAI's chat shape: `token`, `logprob`, `bytes`,
+`top_logprobs` (a list of the same without `top_logprobs`)."""
 
 
 @dataclass(frozen=True)
 class TextDelta:
     index: int
     text: str
+    logprobs: list[LogprobEntry] = field(default_factory=list)
+    """The tokens this delta completes, when the request asked for log-probabilities."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,8 @@ class ChoiceDone:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: list[LogprobEntry] | None = None
+    """Every token's, when the request asked for log-probabilities."""
 
 
 ChatEvent = TextDelta | ChoiceDone

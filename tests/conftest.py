@@ -224,12 +224,17 @@ def bundled_model_dir(tmp_path_factory) -> Path:
     return store.save("bundled", model, tokenizer)
 
 
+def settings_with_tokenizer(data_dir: Path, tokenizer_dir: Path) -> Settings:
+    """Settings whose model store already holds the converted tokenizer."""
+    settings = make_settings(data_dir)
+    shutil.copytree(tokenizer_dir, settings.models_dir / tokenizer_dir.name)
+    return settings
+
+
 @pytest.fixture
 def model_settings(tmp_path, bundled_tokenizer_dir) -> Settings:
     """Settings whose model store already holds the converted tokenizer."""
-    settings = make_settings(tmp_path / "data")
-    shutil.copytree(bundled_tokenizer_dir, settings.models_dir / bundled_tokenizer_dir.name)
-    return settings
+    return settings_with_tokenizer(tmp_path / "data", bundled_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

@@ -217,3 +217,29 @@ def scratch_postgres_database(server_url: str, *, prefix: str) -> Iterator[str]:
         with server.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+@contextmanager
+def serving_tiny_model(settings) -> Iterator[dict]:
+    """A live server on a fresh SQLite database in `settings.data_dir`, whose model store holds
+    the tiny model as version `base`, with a rater's API key: `{"url", "key", "app",
+    "factory"}`. `settings` must hold the converted tokenizer."""
+    from app import migrate
+    from app.db import make_engine, make_session_factory, session_scope
+    from app.main import create_app
+    from tests.live_server import serve_in_thread
+    from worker.model_store import ModelStore
+
+    engine = make_engine(f"sqlite:///{settings.data_dir / 'serving.db'}")
+    migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    ModelStore(settings).ensure_base_version(factory)
+    with session_scope(factory) as db:
+        user = crud.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
+        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)  # + feedback
+    app = create_app(settings.model_copy(update={"v1_requests_per_minute": 600}), engine=engine)
+    try:
+        with serve_in_thread(app) as url:
+            yield {"url": url, "key": key, "app": app, "factory": factory}
+    finally:
+        engine.dispose()

@@ -7,7 +7,9 @@ lets finished or cancelled ones leave at once. The KV cache is the model's own `
 in left-padded layout, the same layout as `model.generate` uses for a batch; rows are merged,
 dropped and trimmed by editing its tensors.
 
-Sampling is per request: temperature, top-p, top-k, stop strings, a token limit and a seed.
+Sampling is per request: temperature, top-p, top-k, stop strings, a token limit, a seed,
+OpenAI's presence and frequency penalties and logit bias, and on request each sampled token's
+log-probability with its most likely alternatives.
 The random draws come from the request's own generator (an exponential race, the same
 distribution as Gumbel-max), so a seeded request gets the same tokens whatever else shares its
 batch, up to floating-point noise.
@@ -48,6 +50,35 @@ class Sampling:
     seed: int | None = None
     min_new_tokens: int = 0
     """The end-of-turn token is not allowed before this many tokens."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted once from the logit of every token generated so far."""
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once for every time it was generated."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before sampling."""
+    logprobs: int | None = None
+    """None: no log-probabilities; k >= 0: each sampled token's, with its k most likely
+    alternatives."""
+
+    @property
+    def shifts_logits(self) -> bool:
+        """Whether penalties or a bias change the logits before sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability and its most likely alternatives, from the model's
+    raw distribution (before temperature, penalties and bias, as vLLM reports them)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+TextCallback = Callable[[str, tuple[TokenLogprob, ...]], None]
+"""Hears each text delta with the log-probabilities of the tokens it completes (empty unless
+asked for)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +93,8 @@ class Completion:
     token_ids: tuple[int, ...] = ()
     """The sampled tokens, the end-of-turn token included when it ended the answer (what a
     policy-gradient step scores)."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """One per sampled token but the end of turn, when `Sampling.logprobs` asked for them."""
 
 
 class Generation:
@@ -71,7 +104,7 @@ class Generation:
         self,
         prompt_ids: list[int],
         sampling: Sampling,
-        on_text: Callable[[str], None] | None,
+        on_text: TextCallback | None,
         generator: torch.Generator,
     ) -> None:
         self.prompt_ids = prompt_ids
@@ -134,6 +167,8 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     generated: int = 0  # tokens sampled, the end-of-turn token included
     emitted: int = 0  # characters of text already handed to on_text
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs_emitted: int = 0  # entries of `logprobs` already handed to on_text
     first_token_at: float | None = None
 
 
@@ -186,7 +221,7 @@ class GenerationEngine:
         self,
         prompt_ids: list[int],
         sampling: Sampling,
-        on_text: Callable[[str], None] | None = None,
+        on_text: TextCallback | None = None,
     ) -> Generation:
         """Queue a request; `on_text` receives text deltas on the engine's thread. A request
         that cannot run raises `ValueError` here, before it can join (and harm) a batch."""
@@ -217,11 +252,17 @@ class GenerationEngine:
                 raise
         return generations
 
+    def encode_text(self, prompt: str) -> list[int]:
+        """Token ids of a plain-text prompt, with the tokenizer's usual special tokens."""
+        return list(self.tokenizer(prompt)["input_ids"])
+
     def _check_prompt(self, prompt_ids: list[int], sampling: Sampling) -> None:
         if not prompt_ids:
             raise ValueError("empty prompt")
         if not all(isinstance(token, int) and 0 <= token < self.vocab_size for token in prompt_ids):
             raise ValueError(f"prompt token ids must lie in 0..{self.vocab_size - 1}")
+        if any(not 0 <= token < self.vocab_size for token, _ in sampling.logit_bias):
+            raise ValueError(f"logit_bias token ids must lie in 0..{self.vocab_size - 1}")
         if len(prompt_ids) + sampling.max_new_tokens > self.context_length:
             raise ValueError(
                 f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_new_tokens}) "
@@ -388,15 +429,39 @@ class GenerationEngine:
         self._advance_rows(tokens, first_row=0)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """The next token (B,) of each of `rows`, from their last logits (B, V)."""
-        logits = logits.float()
+        """The next token (B,) of each of `rows`, from their last logits (B, V); rows that ask
+        for log-probabilities get them recorded, from the logits as the model gave them."""
+        raw = logits.float()
+        wanted = any(row.generation.sampling.logprobs is not None for row in rows)
+        logits = raw.clone() if wanted else raw
         for index, row in enumerate(rows):
-            if row.generated < row.generation.sampling.min_new_tokens:
+            sampling = row.generation.sampling
+            if row.generated < sampling.min_new_tokens:
                 logits[index, list(self.eos_ids)] = float("-inf")
-        return sample_tokens(
+            if sampling.shifts_logits:
+                logits[index] = penalised(logits[index], row.tokens, sampling)
+        tokens = sample_tokens(
             logits,
             [row.generation.sampling for row in rows],
             [row.generation.generator for row in rows],
+        )
+        for index, row in enumerate(rows):
+            if (top := row.generation.sampling.logprobs) is not None:
+                token = int(tokens[index])
+                if token not in self.eos_ids:
+                    row.logprobs.append(self._token_logprob(raw[index], token, top))
+        return tokens
+
+    def _token_logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        logprobs = logits.log_softmax(-1)  # (V,)
+        best, ids = logprobs.topk(top)
+        return TokenLogprob(
+            token=self.tokenizer.decode([token]),
+            logprob=float(logprobs[token]),
+            top=tuple(
+                (self.tokenizer.decode([id_]), value)
+                for id_, value in zip(ids.tolist(), best.tolist(), strict=True)
+            ),
         )
 
     def _advance_rows(self, tokens: torch.Tensor, *, first_row: int) -> None:
@@ -454,13 +519,18 @@ class GenerationEngine:
     def _text(self, row: _Row) -> str:
         return self.tokenizer.decode(row.tokens, skip_special_tokens=True)
 
-    def _emit(self, row: _Row, text: str, upto: int) -> None:
-        if upto > row.emitted and row.generation.on_text is not None:
-            row.generation.on_text(text[row.emitted : upto])
+    def _emit(self, row: _Row, text: str, upto: int, *, final: bool = False) -> None:
+        """Hand `text[emitted:upto]` to the callback with the log-probabilities of the tokens
+        it completes (all the rest when `final`)."""
+        covered = len(row.logprobs) if final or upto >= len(text) else len(row.logprobs) - 1
+        logprobs = tuple(row.logprobs[row.logprobs_emitted : max(covered, 0)])
+        if (upto > row.emitted or logprobs) and row.generation.on_text is not None:
+            row.generation.on_text(text[row.emitted : upto], logprobs)
         row.emitted = max(row.emitted, upto)
+        row.logprobs_emitted += len(logprobs)
 
     def _complete(self, row: _Row, reason: str, text: str) -> None:
-        self._emit(row, text, len(text))
+        self._emit(row, text, len(text), final=True)
         generation = row.generation
         generation._finish(
             Completion(
@@ -470,6 +540,7 @@ class GenerationEngine:
                 completion_tokens=row.generated,
                 first_token_at=row.first_token_at,
                 token_ids=tuple(row.tokens),
+                logprobs=tuple(row.logprobs),
             )
         )
 
@@ -552,6 +623,26 @@ def length_groups(arrivals: list[Generation], *, slack: float = 1.25) -> list[li
         else:
             groups.append([generation])
     return groups
+
+
+def penalised(logits: torch.Tensor, generated: list[int], sampling: Sampling) -> torch.Tensor:
+    """One row's logits (V,) with OpenAI's penalties and logit bias applied: a token generated
+    c times so far loses `c * frequency_penalty + (c > 0) * presence_penalty`, as OpenAI's
+    parameter guide defines them (the prompt's tokens do not count)."""
+    if generated and (sampling.presence_penalty or sampling.frequency_penalty):
+        counts = torch.bincount(
+            torch.tensor(generated, device=logits.device), minlength=logits.shape[-1]
+        )[: logits.shape[-1]].to(logits.dtype)
+        logits = logits - counts * sampling.frequency_penalty
+        logits = logits - (counts > 0).to(logits.dtype) * sampling.presence_penalty
+    if sampling.logit_bias:
+        ids, biases = zip(*sampling.logit_bias, strict=True)
+        logits = logits.index_add(
+            0,
+            torch.tensor(ids, device=logits.device),
+            torch.tensor(biases, device=logits.device, dtype=logits.dtype),
+        )
+    return logits
 
 
 NUCLEUS_CANDIDATES = 1024

@@ -46,16 +46,12 @@ class CeleryChatStream:
         try:
             while self._remaining:
                 event = await _next_event(self._pubsub, EVENT_TIMEOUT_S)
-                if event["type"] == "delta":
-                    yield TextDelta(event["index"], event["text"])
-                elif event["type"] == "done":
+                kind = event.pop("type")
+                if kind == "delta":
+                    yield TextDelta(**event)
+                elif kind == "done":
                     self._remaining -= 1
-                    yield ChoiceDone(
-                        event["index"],
-                        event["text"],
-                        event["finish_reason"],
-                        event["completion_tokens"],
-                    )
+                    yield ChoiceDone(**event)
                 else:
                     raise RuntimeError(event.get("message", "the worker failed"))
         finally:

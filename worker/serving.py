@@ -14,15 +14,17 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import asdict
 from functools import partial
 
 import anyio
 import redis
+from jinja2 import TemplateError
 
 from app.config import Settings
 from app.errors import InvalidInput
-from app.inference import ChatEvent, ChatJob, ChoiceDone, TextDelta
-from worker.engine import Generation, GenerationEngine, Sampling
+from app.inference import ChatEvent, ChatJob, ChoiceDone, LogprobEntry, TextDelta
+from worker.engine import Completion, Generation, GenerationEngine, Sampling, TokenLogprob
 from worker.inference_client import cancel_key
 from worker.model_store import ModelStore
 
@@ -66,28 +68,70 @@ def sampling_for(job: ChatJob, choice: int) -> Sampling:
     """The engine's sampling settings for choice `choice` of `job` (seeds differ per choice)."""
     fields = dict(job.sampling)
     fields["stop"] = tuple(fields.get("stop") or ())
+    bias = fields.get("logit_bias") or {}
+    fields["logit_bias"] = tuple((int(token), float(value)) for token, value in bias.items())
     if fields.get("seed") is not None:
         fields["seed"] += choice
     return Sampling(**fields)
 
 
+def prompt_ids(engine: GenerationEngine, job: ChatJob) -> list[int]:
+    """The job's prompt as token ids; a conversation its chat template cannot render (a role
+    it does not know, say) is the request's `ValueError`."""
+    if job.prompt is not None:
+        return engine.encode_text(job.prompt)
+    try:
+        return engine.encode_chat(job.messages)
+    except TemplateError as exc:
+        raise ValueError(f"the model's chat template refused the messages: {exc}") from None
+
+
+def openai_logprobs(entries: tuple[TokenLogprob, ...]) -> list[LogprobEntry]:
+    """The engine's log-probabilities in OpenAI's chat shape."""
+    return [
+        {
+            **_logprob(entry.token, entry.logprob),
+            "top_logprobs": [_logprob(token, value) for token, value in entry.top],
+        }
+        for entry in entries
+    ]
+
+
+def _logprob(token: str, value: float) -> LogprobEntry:
+    return {"token": token, "logprob": value, "bytes": list(token.encode())}
+
+
+def choice_done(index: int, done: Completion, sampling: dict) -> ChoiceDone:
+    """The event for a finished choice (log-probabilities only when the request asked)."""
+    wanted = sampling.get("logprobs") is not None
+    return ChoiceDone(
+        index,
+        done.text,
+        done.finish_reason,
+        done.completion_tokens,
+        openai_logprobs(done.logprobs) if wanted else None,
+    )
+
+
 class LocalChatStream:
     """Events of one request served in this process, delivered onto the event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, choices: int, prompt_tokens: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, job: ChatJob, prompt_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
+        self._sampling = job.sampling
         self._loop = loop
         self._events: asyncio.Queue[ChatEvent | BaseException] = asyncio.Queue()
-        self._remaining = choices
+        self._remaining = job.n
         self.generations: list[Generation] = []
 
-    def on_text(self, index: int, text: str) -> None:
-        self._loop.call_soon_threadsafe(self._events.put_nowait, TextDelta(index, text))
+    def on_text(self, index: int, text: str, logprobs: tuple[TokenLogprob, ...]) -> None:
+        event = TextDelta(index, text, openai_logprobs(logprobs))
+        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     def on_done(self, index: int, generation: Generation) -> None:
         done = generation.completion
         event: ChatEvent | BaseException = (
-            ChoiceDone(index, done.text, done.finish_reason, done.completion_tokens)
+            choice_done(index, done, self._sampling)
             if done is not None
             else RuntimeError(f"generation failed: {generation.error}")
         )
@@ -117,12 +161,15 @@ class LocalInference:
         engine = await anyio.to_thread.run_sync(
             self.server.engine, job.version_name, job.version_path
         )
-        prompt_ids = await anyio.to_thread.run_sync(engine.encode_chat, job.messages)
-        stream = LocalChatStream(asyncio.get_running_loop(), job.n, len(prompt_ids))
+        try:
+            ids = await anyio.to_thread.run_sync(prompt_ids, engine, job)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        stream = LocalChatStream(asyncio.get_running_loop(), job, len(ids))
         try:
             for index in range(job.n):
                 generation = engine.submit(
-                    prompt_ids, sampling_for(job, index), on_text=partial(stream.on_text, index)
+                    ids, sampling_for(job, index), on_text=partial(stream.on_text, index)
                 )
                 stream.generations.append(generation)
                 generation.add_done_callback(partial(stream.on_done, index))
@@ -164,20 +211,21 @@ def serve_on_worker(settings: Settings, job: ChatJob, channel: str) -> str:
         broker.publish(channel, json.dumps(event))
 
     engine = process_model_server(settings).engine(job.version_name, job.version_path)
-    prompt_ids = engine.encode_chat(job.messages)
     generations: list[Generation] = []
     starting = threading.Lock()  # no delta goes out before `start`: the engine may be quick
 
-    def publish_delta(index: int, text: str) -> None:
+    def publish_delta(index: int, text: str, logprobs: tuple[TokenLogprob, ...]) -> None:
+        delta = {"type": "delta", "index": index, "text": text}
         with starting:
-            publish({"type": "delta", "index": index, "text": text})
+            publish({**delta, "logprobs": openai_logprobs(logprobs)})
 
     with starting:
         try:
+            ids = prompt_ids(engine, job)
             for index in range(job.n):
                 generations.append(
                     engine.submit(
-                        prompt_ids, sampling_for(job, index), on_text=partial(publish_delta, index)
+                        ids, sampling_for(job, index), on_text=partial(publish_delta, index)
                     )
                 )
         except ValueError as exc:
@@ -185,7 +233,7 @@ def serve_on_worker(settings: Settings, job: ChatJob, channel: str) -> str:
                 generation.cancel()
             publish({"type": "error", "message": str(exc)})
             return "invalid"
-        publish({"type": "start", "prompt_tokens": len(prompt_ids)})
+        publish({"type": "start", "prompt_tokens": len(ids)})
     for index, generation in enumerate(generations):
         while not generation.done:
             if broker.exists(cancel_key(channel)):
@@ -196,13 +244,5 @@ def serve_on_worker(settings: Settings, job: ChatJob, channel: str) -> str:
         if done is None:
             publish({"type": "error", "message": f"generation failed: {generation.error}"})
             return "failed"
-        publish(
-            {
-                "type": "done",
-                "index": index,
-                "text": done.text,
-                "finish_reason": done.finish_reason,
-                "completion_tokens": done.completion_tokens,
-            }
-        )
+        publish({"type": "done", **asdict(choice_done(index, done, job.sampling))})
     return "served"

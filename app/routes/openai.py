@@ -1,4 +1,5 @@
-"""`/v1`: the OpenAI-compatible API (`GET /v1/models`, `POST /v1/chat/completions`).
+"""`/v1`: the OpenAI-compatible API (`GET /v1/models[/{id}]`, `POST /v1/chat/completions`,
+`POST /v1/completions`).
 
 Bearer API keys only; cookies are ignored, so no browser session can be ridden here. The
 answering itself (limits, streaming, recording) is `app.chat`'s, shared with the playground.
@@ -10,11 +11,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app import crud
-from app.chat import serve_chat
+from app.chat import IGNORED_FIELDS_HEADER, serve_generation
 from app.deps import ApiKeyPrincipal, DbSession
 from app.models import ModelVersion
 from app.openai_schemas import (
     ChatCompletionRequest,
+    CompletionRequest,
     ModelCard,
     ModelList,
 )
@@ -22,34 +24,57 @@ from app.openai_schemas import (
 router = APIRouter(prefix="/v1", tags=["openai"], max_body_size=2 * 1024 * 1024)
 
 CURRENT = "current"
+GENERATION_RESPONSES = {
+    200: {
+        "description": "The answer, whole or as server-sent events (`stream`)",
+        "headers": {
+            IGNORED_FIELDS_HEADER: {
+                "description": "The unknown request fields that were ignored, comma-separated",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    404: {"description": "No served model has this name"},
+    503: {
+        "description": "No worker can take the request now (with "
+        "ALIGNLOOP_INFERENCE=celery: Redis is down, or no inference worker answered)"
+    },
+}
 
 
 @router.get("/models")
 def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
     versions = crud.list_policies(db)
     current = crud.current_policy(db)
-    cards = [ModelCard(id=version.name, created=_epoch(version)) for version in versions]
+    cards = [_card(version.name, version) for version in versions]
     if current is not None:
-        cards.append(ModelCard(id=CURRENT, created=_epoch(current)))
+        cards.append(_card(CURRENT, current))
     return ModelList(data=cards)
 
 
-@router.post(
-    "/chat/completions",
-    response_model=None,
-    responses={
-        404: {"description": "No served model has this name"},
-        503: {
-            "description": "No worker can take the request now (with "
-            "ALIGNLOOP_INFERENCE=celery: Redis is down, or no inference worker answered)"
-        },
-    },
-)
+@router.get("/models/{model_id}")
+def get_model(model_id: str, db: DbSession, principal: ApiKeyPrincipal) -> ModelCard:
+    return _card(model_id, crud.served_policy(db, name=model_id))
+
+
+@router.post("/chat/completions", response_model=None, responses=GENERATION_RESPONSES)
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:
-    return await serve_chat(request, body, principal.user, limit_key=f"key:{principal.api_key_id}")
+    return await serve_generation(
+        request, body, principal.user, limit_key=f"key:{principal.api_key_id}"
+    )
 
 
-def _epoch(version: ModelVersion) -> int:
-    return int(version.created_at.timestamp())
+@router.post("/completions", response_model=None, responses=GENERATION_RESPONSES)
+async def completions(
+    request: Request, body: CompletionRequest, principal: ApiKeyPrincipal
+) -> Response:
+    """A plain-text prompt continued as it is (no chat template)."""
+    return await serve_generation(
+        request, body, principal.user, limit_key=f"key:{principal.api_key_id}"
+    )
+
+
+def _card(name: str, version: ModelVersion) -> ModelCard:
+    return ModelCard(id=name, created=int(version.created_at.timestamp()))

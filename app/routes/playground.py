@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app import crud
-from app.chat import serve_chat
+from app.chat import serve_generation
 from app.deps import DbSession, PageRater, RaterUser
 from app.openai_schemas import DEFAULT_MAX_TOKENS, ChatCompletionRequest
 from app.schemas import error_responses
@@ -35,4 +35,4 @@ async def chat(
     """Stream an answer for the page's script (session cookie and CSRF header)."""
     db.commit()  # end the sign-in lookup's transaction before a generation that may run long
     streamed = body.model_copy(update={"stream": True})
-    return await serve_chat(request, streamed, user, limit_key=f"user:{user.id}")
+    return await serve_generation(request, streamed, user, limit_key=f"user:{user.id}")

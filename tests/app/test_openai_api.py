@@ -12,38 +12,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app import crud
-from app.db import make_session_factory, session_scope
-from app.main import create_app
-from app.models import KeyScope, ModelVersion, Prompt, Role, ServedCompletion, Task, utcnow
-from tests.live_server import serve_in_thread, wait_for
+from app.db import session_scope
+from app.models import ModelVersion, Prompt, ServedCompletion, Task, utcnow
+from tests.helpers import serving_tiny_model
+from tests.live_server import wait_for
 from worker.model_store import ModelStore
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path):
-    from app import migrate
-    from app.db import make_engine
-
-    engine = make_engine(f"sqlite:///{tmp_path / 'serving.db'}")
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def world(model_settings, sqlite_engine):
+def world(model_settings):
     """The tiny model as version `base`, a rater with an API key, and a live server."""
-    factory = make_session_factory(sqlite_engine)
-    ModelStore(model_settings).ensure_base_version(factory)
-    with session_scope(factory) as db:
-        user = crud.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)  # + feedback
-    settings = model_settings.model_copy(update={"v1_requests_per_minute": 600})
-    app = create_app(settings, engine=sqlite_engine)
-    with serve_in_thread(app) as url:
-        yield {"url": url, "key": key, "app": app, "factory": factory}
+    with serving_tiny_model(model_settings) as world:
+        yield world
 
 
 @pytest.fixture
@@ -313,3 +295,35 @@ def test_serving_metrics_count_an_answer_in_flight_and_after(world, client):
     assert sample("alignloop_time_to_first_token_seconds_count") == 1
     assert sample("alignloop_generation_duration_seconds_count") == 1
     assert sample("alignloop_generation_tokens_per_second_sum") > 0
+
+
+def test_streamed_logprobs_and_text_match_the_whole_answer_on_both_endpoints(client):
+    ask = {"model": "base", "max_tokens": 8, "temperature": 0}
+    chat = {**ask, "messages": HELLO, "logprobs": True, "top_logprobs": 2}
+    whole = client.chat.completions.create(**chat).choices[0]
+    chunks = [
+        c.choices[0] for c in client.chat.completions.create(**chat, stream=True) if c.choices
+    ]
+    streamed = [entry for chunk in chunks if chunk.logprobs for entry in chunk.logprobs.content]
+    assert streamed == whole.logprobs.content
+    assert "".join(chunk.delta.content or "" for chunk in chunks) == whole.message.content
+    text = {**ask, "prompt": "Once upon a time", "logprobs": 2}
+    plain = client.completions.create(**text).choices[0]
+    pieces = [c.choices[0] for c in client.completions.create(**text, stream=True) if c.choices]
+    assert "".join(piece.text for piece in pieces) == plain.text
+    tokens = [token for piece in pieces if piece.logprobs for token in piece.logprobs.tokens]
+    assert tokens == plain.logprobs.tokens and "".join(tokens).startswith(plain.text)
+
+
+def test_unknown_fields_are_ignored_named_in_a_header_and_not_recorded(world):
+    body = {"model": "base", "messages": HELLO, "max_tokens": 2, "zeta": 1, "alpha": {}}
+    headers = {"Authorization": f"Bearer {world['key']}"}
+    response = httpx.post(world["url"] + "/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["x-ignored-fields"] == "alpha, zeta"
+    with world["factory"]() as db:
+        params = db.scalar(select(ServedCompletion)).params
+    assert params["max_tokens"] == 2 and not {"alpha", "zeta"} & set(params)
+    plain = {"model": "base", "messages": HELLO, "max_tokens": 2}
+    known = httpx.post(world["url"] + "/v1/chat/completions", json=plain, headers=headers)
+    assert "x-ignored-fields" not in known.headers

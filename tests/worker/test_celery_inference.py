@@ -86,6 +86,22 @@ def test_a_worker_serves_plain_and_streaming_completions(remote):
     assert streamed == completion.choices[0].message.content
 
 
+def test_a_worker_serves_logprobs_and_plain_text_prompts(remote):
+    ask = {"model": "base", "max_tokens": 4, "temperature": 0, "logit_bias": {"1000": 100}}
+    chat = remote.chat.completions.create(**ask, messages=HELLO, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(entry.top_logprobs) == 2 for entry in content)
+    assert len({entry.token for entry in content}) == 1  # the bias reached the worker's engine
+    pieces = list(remote.completions.create(**ask, prompt="Once", logprobs=1, stream=True))
+    tokens = [
+        token
+        for piece in pieces
+        if piece.choices[0].logprobs
+        for token in piece.choices[0].logprobs.tokens
+    ]
+    assert tokens == [entry.token for entry in content]
+
+
 def test_the_workers_refusal_is_a_400(remote):
     with pytest.raises(openai.BadRequestError, match="context"):
         remote.chat.completions.create(model="base", messages=HELLO, max_tokens=100_000)

@@ -11,7 +11,14 @@ import torch
 from transformers import LlamaForCausalLM
 
 from tests.conftest import make_settings
-from worker.engine import Generation, GenerationEngine, Sampling, length_groups, sample_tokens
+from worker.engine import (
+    Generation,
+    GenerationEngine,
+    Sampling,
+    length_groups,
+    penalised,
+    sample_tokens,
+)
 from worker.model_store import ModelStore, tiny_random_config
 
 PROMPTS = ["Hello there", "Tell me a story about a fox", "2 + 2 =", "Name three colours"]
@@ -82,10 +89,17 @@ def test_a_seeded_request_is_repeatable_whatever_shares_its_batch(engine):
     assert again == alone
 
 
+def text_collector(deltas: list[str]):
+    """An `on_text` callback that keeps the text deltas."""
+    return lambda text, _logprobs: deltas.append(text)
+
+
 def test_streamed_deltas_add_up_to_the_text(engine):
     deltas: list[str] = []
     completion = engine.submit(
-        chat(engine, PROMPTS[0]), Sampling(max_new_tokens=15, seed=1), on_text=deltas.append
+        chat(engine, PROMPTS[0]),
+        Sampling(max_new_tokens=15, seed=1),
+        on_text=text_collector(deltas),
     ).wait(30)
     assert "".join(deltas) == completion.text
     assert completion.completion_tokens <= 15 and completion.prompt_tokens > 0
@@ -98,7 +112,7 @@ def test_a_stop_string_ends_the_text_before_it(engine):
     stopped = engine.submit(
         chat(engine, PROMPTS[2]),
         Sampling(max_new_tokens=12, temperature=0, stop=(stop,)),
-        on_text=deltas.append,
+        on_text=text_collector(deltas),
     ).wait(30)
     assert stopped.finish_reason == "stop"
     assert stopped.text == free[: free.index(stop)]
@@ -210,3 +224,39 @@ def test_prefill_groups_hold_prompts_of_similar_length():
     arrivals = [Generation([1] * n, GREEDY, None, torch.Generator()) for n in lengths]
     groups = [[len(g.prompt_ids) for g in group] for group in length_groups(arrivals)]
     assert groups == [[3], [4, 5], [40, 45], [100]]
+
+
+def test_penalties_follow_openai_definition_and_bias_adds_to_logits():
+    logits = torch.zeros(4)
+    sampling = Sampling(presence_penalty=0.5, frequency_penalty=0.25, logit_bias=((3, -100.0),))
+    # token 1 generated twice, token 2 once: 2 * 0.25 + 0.5 and 1 * 0.25 + 0.5
+    assert penalised(logits, [1, 2, 1], sampling).tolist() == [0.0, -1.0, -0.75, -100.0]
+    assert penalised(logits, [1], Sampling()).tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_logit_bias_of_100_forces_its_token_and_a_bad_id_is_refused(engine, model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    token = tokenizer.convert_tokens_to_ids("Hello")
+    forced = Sampling(max_new_tokens=4, seed=5, logit_bias=((token, 100.0),))
+    completion = engine.submit(chat(engine, PROMPTS[0]), forced).wait(30)
+    assert completion.token_ids == (token,) * 4
+    with pytest.raises(ValueError, match="logit_bias"):
+        engine.submit(chat(engine, PROMPTS[0]), Sampling(logit_bias=((engine.vocab_size, 1.0),)))
+
+
+def test_logprobs_give_each_token_its_alternatives_whole_and_streamed(engine):
+    streamed = []
+    completion = engine.submit(
+        chat(engine, PROMPTS[1]),
+        Sampling(max_new_tokens=8, temperature=0, logprobs=3),
+        on_text=lambda _text, logprobs: streamed.extend(logprobs),
+    ).wait(30)
+    tokens = [token for token in completion.token_ids if token not in engine.eos_ids]
+    assert len(completion.logprobs) == len(tokens) and list(completion.logprobs) == streamed
+    for entry in completion.logprobs:
+        values = [value for _, value in entry.top]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert entry.logprob == pytest.approx(values[0])  # greedy takes the likeliest
+        assert entry.top[0][0] == entry.token and entry.logprob <= 0
+    plain = engine.submit(chat(engine, PROMPTS[1]), Sampling(max_new_tokens=8, temperature=0))
+    assert plain.wait(30).logprobs == () and plain.completion.text == completion.text
