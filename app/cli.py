@@ -70,6 +70,7 @@ class AlignloopGroup(click.Group):
 
 
 @click.group(cls=AlignloopGroup)
+@click.version_option(package_name="alignloop", prog_name="alignloop")  # importlib.metadata's
 @click.option("--log-level", default=None, help="Override ALIGNLOOP_LOG_LEVEL.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:

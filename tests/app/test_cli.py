@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from importlib.metadata import version
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -160,6 +161,12 @@ def test_a_placeholder_secret_stops_every_command():
     result = CliRunner().invoke(main, ["db", "upgrade"], env={"ALIGNLOOP_SECRET_KEY": "changeme"})
     assert result.exit_code == 1
     assert "ALIGNLOOP_SECRET_KEY is a placeholder" in result.output
+
+
+def test_version_prints_the_installed_version_without_reading_settings():
+    result = CliRunner().invoke(main, ["--version"], env={"ALIGNLOOP_SECRET_KEY": "changeme"})
+    assert result.exit_code == 0
+    assert result.output == f"alignloop, version {version('alignloop')}\n"
 
 
 def test_db_upgrade_creates_the_schema(tmp_path):
