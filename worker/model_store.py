@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -40,6 +41,7 @@ from app.config import BUNDLED_MODEL, TINY_RANDOM_MODEL, Settings
 from app.db import session_scope
 from app.errors import Conflict
 from app.models import ModelKind, ModelVersion
+from worker.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,13 @@ class ModelStore:
             tokenizer.save_pretrained(tmp)
         return path
 
+    def register(self, db: Session, **fields: Any) -> ModelVersion:
+        """Register a stored version (`crud.register_model_version` with `fields`) and write
+        its model card into its folder."""
+        version = crud.register_model_version(db, **fields)
+        write_model_card(self.path_for(version.path), version, base_model=self.base_model)
+        return version
+
     def load(
         self, folder: str, device: torch.device | None = None
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -289,7 +298,7 @@ class ModelStore:
             config = {"source": self.base_model}
         try:
             with session_scope(session_factory) as db:
-                return crud.register_model_version(
+                return self.register(
                     db, name=BASE_VERSION, kind=ModelKind.POLICY, path=BASE_VERSION, config=config
                 )
         except Conflict:
