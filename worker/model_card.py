@@ -17,9 +17,9 @@ import transformers
 from app.models import ModelVersion
 
 CARD_FILE = "README.md"
-MIN_TRANSFORMERS = "5.0"
-"""transformers 4.x misreads these folders: the config keeps `rope_theta` under
-`rope_parameters` (4.x falls back to 10000) and the tokenizer file is in the newer format."""
+MIN_TRANSFORMERS = "4.57"
+"""The oldest transformers that was seen to load these folders correctly (same tokens, same
+logits as 5), thanks to the fields `worker.model_store.write_pretrained` adds for 4.x."""
 
 
 def model_card(version: ModelVersion, *, base_model: str) -> str:
@@ -46,8 +46,7 @@ def model_card(version: ModelVersion, *, base_model: str) -> str:
             f"# {version.name}",
             "",
             f"A {version.kind.value} model that alignloop trained and stored. Load it with "
-            f"transformers>={MIN_TRANSFORMERS} (saved with {transformers.__version__}); "
-            "older versions misread its configuration and tokenizer.",
+            f"transformers>={MIN_TRANSFORMERS} (saved with {transformers.__version__}).",
             "",
             "## Lineage",
             "",

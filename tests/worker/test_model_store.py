@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,18 @@ def test_a_saved_version_loads_back_identically(model_settings):
     ids = loaded_tokenizer("Hello there", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, loaded(ids).logits)
+
+
+def test_a_saved_version_keeps_the_fields_transformers_4_reads(model_settings):
+    """transformers 4.57 (tried by hand: same tokens and logits) reads `rope_theta` at the top
+    and has no `TokenizersBackend` class; 5 reads the same model from these files."""
+    store = ModelStore(model_settings)
+    model, tokenizer = store.load_source("tiny-random")
+    path = store.save("v1", model, tokenizer)
+    config = json.loads((path / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path):
@@ -129,7 +142,7 @@ def test_each_registered_version_gets_a_model_card_with_lineage_data_and_metrics
     base = store.ensure_base_version(factory)
     base_card = (model_settings.models_dir / BASE_VERSION / "README.md").read_text()
     assert "parent version: none" in base_card and "base model: `tiny-random`" in base_card
-    assert "transformers>=5.0" in base_card
+    assert "transformers>=4.57" in base_card
     (model_settings.models_dir / "sft-1").mkdir()
     with factory() as db:
         store.register(
