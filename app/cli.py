@@ -7,7 +7,6 @@ message with a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import logging
 import sys
 from collections.abc import Callable
@@ -74,7 +73,7 @@ class AlignloopGroup(click.Group):
 
 
 @click.group(cls=AlignloopGroup)
-@click.version_option(importlib.metadata.version("alignloop"), prog_name="alignloop")
+@click.version_option(package_name="alignloop", prog_name="alignloop")  # importlib.metadata's
 @click.option("--log-level", default=None, help="Override ALIGNLOOP_LOG_LEVEL.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:

@@ -71,6 +71,10 @@ class PayloadTooLarge(AppError):
     status_code = 413
 
 
+class UnsupportedMediaType(AppError):
+    status_code = 415
+
+
 class RateLimited(AppError):
     status_code = 429
 

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
 from app.api_description import describe
+from app.bundled import bundled_dir
 from app.config import Settings
 from app.db import engine_for, make_session_factory
 from app.errors import install_error_handlers
@@ -42,7 +43,6 @@ from app.routes import (
     tasks,
     users,
 )
-from app.templating import STATIC_DIR
 from worker.celery_app import create_celery
 
 ROUTERS = (
@@ -127,7 +127,7 @@ def create_app(
     app.state.metrics = AppMetrics(lambda: app.state.session_factory())
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=bundled_dir("static")), name="static")
     for module in ROUTERS:
         app.include_router(module.router)
     app.openapi = partial(describe, app)

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import gc
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -40,6 +42,7 @@ from app.config import BUNDLED_MODEL, TINY_RANDOM_MODEL, Settings
 from app.db import session_scope
 from app.errors import Conflict
 from app.models import ModelKind, ModelVersion
+from worker.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,37 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_pretrained(
+    folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """`save_pretrained` of the model (safetensors) and its tokenizer into `folder`, in a form
+    that transformers 4.57 reads correctly too (`_legacy_fields`)."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    _legacy_fields(folder)
+
+
+def _legacy_fields(folder: Path) -> None:
+    """Add what transformers 4.x looks for to what 5 writes. 5 keeps `rope_theta` inside
+    `rope_parameters`, where 4.x does not look (it falls back to 10000: wrong for SmolLM2's
+    100000), and names the tokenizer class `TokenizersBackend`, which 4.x lacks. 5 reads the
+    top-level `rope_theta` only when `rope_parameters` is absent, and `PreTrainedTokenizerFast`
+    as the same class, so both versions load the same model."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope and "rope_theta" not in config:
+        config["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_file = folder / "tokenizer_config.json"
+    tokenizer = json.loads(tokenizer_file.read_text())
+    if tokenizer.get("tokenizer_class") == "TokenizersBackend":
+        tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tokenizer_file.write_text(json.dumps(tokenizer, indent=2) + "\n")
+
+
 def from_folder(auto_class: type, folder: str | Path, **kwargs):
     """`auto_class.from_pretrained` on a folder on disk (a model store version, or one a
     trainer was given): never a download, so no Hub revision to pin."""
@@ -240,9 +274,15 @@ class ModelStore:
         """Write a version folder atomically; returns its final path."""
         path = self.path_for(name)
         with atomic_directory(path) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            write_pretrained(tmp, model, tokenizer)
         return path
+
+    def register(self, db: Session, **fields: Any) -> ModelVersion:
+        """Register a stored version (`crud.register_model_version` with `fields`) and write
+        its model card into its folder."""
+        version = crud.register_model_version(db, **fields)
+        write_model_card(self.path_for(version.path), version, base_model=self.base_model)
+        return version
 
     def load(
         self, folder: str, device: torch.device | None = None
@@ -289,7 +329,7 @@ class ModelStore:
             config = {"source": self.base_model}
         try:
             with session_scope(session_factory) as db:
-                return crud.register_model_version(
+                return self.register(
                     db, name=BASE_VERSION, kind=ModelKind.POLICY, path=BASE_VERSION, config=config
                 )
         except Conflict:

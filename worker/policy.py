@@ -29,6 +29,7 @@ from worker.model_store import (
     resolve_device,
     training_dtype,
     with_lora,
+    write_pretrained,
 )
 from worker.optimisation import autocast
 from worker.reward_model import model_parts, shared_prefix_hidden
@@ -160,8 +161,7 @@ class Policy:
 
     def save(self, path: Path) -> Path:
         with atomic_directory(path) as tmp:
-            self.merged().save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+            write_pretrained(tmp, self.merged(), self.tokenizer)
         return path
 
 

@@ -48,6 +48,7 @@ from worker.model_store import (
     resolve_device,
     training_dtype,
     with_lora,
+    write_pretrained,
 )
 from worker.optimisation import autocast, optimiser_step
 from worker.step_bar import step_bar
@@ -467,8 +468,7 @@ def save_reward_model(
 ) -> Path:
     """Write the model, its tokenizer and its normalisation constants atomically."""
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        write_pretrained(tmp, model, tokenizer)
         normalization = {"mean": report.reward_mean, "std": report.reward_std}
         (tmp / NORMALIZATION_FILE).write_text(json.dumps(normalization))
     return path

@@ -578,7 +578,7 @@ def register_stage(stage: Stage) -> dict[str, Any]:
     evaluation = stage.metrics.get("evaluation", {})
     with session_scope(stage.context.session_factory) as db:
         round_ = db.get(Round, stage.round_id)
-        version = crud.register_model_version(
+        version = stage.store.register(
             db,
             name=f"round-{stage.round_id}",
             kind=ModelKind.POLICY,

@@ -33,6 +33,7 @@ from worker.model_store import (
     resolve_device,
     training_dtype,
     with_lora,
+    write_pretrained,
 )
 from worker.optimisation import autocast, optimiser_step
 from worker.step_bar import step_bar
@@ -116,8 +117,7 @@ def train_sft(
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        write_pretrained(tmp, model, tokenizer)
     return path
 
 

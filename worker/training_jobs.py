@@ -76,7 +76,7 @@ def fit_reward_model(
     )
     save_reward_model(model, tokenizer, report, store.path_for(name))
     with session_scope(context.session_factory) as db:
-        version = crud.register_model_version(
+        version = store.register(
             db,
             name=name,
             kind=ModelKind.REWARD,
@@ -110,7 +110,7 @@ def train_sft_job(context: WorkerContext, job: Job, progress: Progress) -> dict[
     name = f"sft-{job.id}"
     save_policy(model, tokenizer, store.path_for(name))
     with session_scope(context.session_factory) as db:
-        crud.register_model_version(
+        store.register(
             db,
             name=name,
             kind=ModelKind.POLICY,

@@ -174,6 +174,36 @@ def test_the_api_runs_the_same_import(client, db, admin):
     assert bad.status_code == 422 and "Invalid JSON" in problem(bad)
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["list", "object"])
+def test_the_api_imports_a_json_body_with_the_same_report(client, db, admin, wrapped):
+    rows = [{"prompt": "One"}, {"messages": [{"role": "user", "content": "One"}]}, {"prompt": ""}]
+    response = client.post(
+        "/api/prompts",
+        json={"prompts": rows} if wrapped else rows,
+        headers=api_key_for(db, admin),
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["file_format"], body["created"], body["repeated_in_file"]) == ("json", 1, 1)
+    assert body["skipped"][0]["line"] == 3
+    assert [prompt.id for prompt in stored_prompts(db)] == body["created_ids"]
+
+
+def test_the_api_refuses_a_body_that_is_neither_json_nor_an_upload(client, db, admin):
+    headers = api_key_for(db, admin)
+    text = client.post(
+        "/api/prompts",
+        content=b'[{"prompt": "a"}]',
+        headers={**headers, "Content-Type": "text/plain"},
+    )
+    assert text.status_code == 415 and "multipart/form-data" in text.json()["detail"]
+    no_file = client.post("/api/prompts", files={"other": ("p.jsonl", b"{}")}, headers=headers)
+    assert no_file.status_code == 422 and "`file`" in problem(no_file)
+    not_prompts = client.post("/api/prompts", json={"prompt": "a"}, headers=headers)
+    assert not_prompts.status_code == 422 and '{"prompts": [...]}' in problem(not_prompts)
+    assert stored_prompts(db) == []
+
+
 # --- browsing ------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForSequenceClassification
 
 from app.db import make_session_factory
-from app.models import ModelVersion
+from app.models import ModelKind, ModelVersion
 from worker.model_store import (
     ABANDONED_AFTER_S,
     BASE_VERSION,
@@ -55,6 +56,18 @@ def test_a_saved_version_loads_back_identically(model_settings):
     ids = loaded_tokenizer("Hello there", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, loaded(ids).logits)
+
+
+def test_a_saved_version_keeps_the_fields_transformers_4_reads(model_settings):
+    """transformers 4.57 (tried by hand: same tokens and logits) reads `rope_theta` at the top
+    and has no `TokenizersBackend` class; 5 reads the same model from these files."""
+    store = ModelStore(model_settings)
+    model, tokenizer = store.load_source("tiny-random")
+    path = store.save("v1", model, tokenizer)
+    config = json.loads((path / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path):
@@ -119,6 +132,36 @@ def test_the_base_version_is_imported_and_registered_once(model_settings, commit
     with factory() as db:
         assert db.scalar(select(func.count()).select_from(ModelVersion)) == 1
     assert (model_settings.models_dir / BASE_VERSION / "config.json").is_file()
+
+
+def test_each_registered_version_gets_a_model_card_with_lineage_data_and_metrics(
+    model_settings, committed_engine
+):
+    store = ModelStore(model_settings)
+    factory = make_session_factory(committed_engine)
+    base = store.ensure_base_version(factory)
+    base_card = (model_settings.models_dir / BASE_VERSION / "README.md").read_text()
+    assert "parent version: none" in base_card and "base model: `tiny-random`" in base_card
+    assert "transformers>=4.57" in base_card
+    (model_settings.models_dir / "sft-1").mkdir()
+    with factory() as db:
+        store.register(
+            db,
+            name="sft-1",
+            kind=ModelKind.POLICY,
+            path="sft-1",
+            parent=db.get(ModelVersion, base.id),
+            config={},
+            metrics={"final_loss": 0.25},
+            snapshot_sha256="ab" * 32,
+            rater_count=3,
+        )
+        db.commit()
+    card = (model_settings.models_dir / "sft-1" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "parent version: base" in card and f"sha256 `{'ab' * 32}`" in card
+    assert '"final_loss": 0.25' in card and "raters in the snapshot: 3" in card
+    assert not list((model_settings.models_dir / "sft-1").glob(".*.tmp"))
 
 
 def test_cpu_runs_in_float32_and_cuda_in_bfloat16():

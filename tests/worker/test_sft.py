@@ -105,6 +105,9 @@ def test_the_reward_model_job_registers_a_version_with_its_lineage(world, model_
     assert version.metrics["train_pairs"] + version.metrics["eval_pairs"] == 24  # pairs + rewrites
     assert (model_settings.snapshots_dir / f"{version.snapshot_sha256}.jsonl").is_file()
     assert (model_settings.models_dir / version.path / "alignloop_reward.json").is_file()
+    card = (model_settings.models_dir / version.path / "README.md").read_text()
+    assert "parent version: base" in card and version.snapshot_sha256 in card
+    assert '"train_pairs"' in card
 
 
 def test_the_sft_job_registers_a_policy_trained_on_the_rewrites(world):
