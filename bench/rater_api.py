@@ -372,12 +372,18 @@ class Client:
         return head.encode() + payload
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send on the kept-alive connection. A GET whose reused connection turns out closed
+        (the server ends idle connections after 5 s, and a rater may think that long) is sent
+        again once on a new one, as HTTP clients do for idempotent requests."""
+        reused = self._connection is not None
         if self._connection is None:
             self._connection = await Connection.open(self.spec.host, self.spec.port)
         try:
             return await self._connection.send(request)
         except ConnectionError:
             self.close()
+            if reused and request.startswith(b"GET "):
+                return await self.send(request)
             raise
 
     def close(self) -> None:
