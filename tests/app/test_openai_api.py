@@ -284,8 +284,11 @@ def test_serving_metrics_count_an_answer_in_flight_and_after(world, client):
         families = text_string_to_metric_families(text)
         return next(s.value for family in families for s in family.samples if s.name == name)
 
+    # Long enough that the answer is still being generated after its first chunk (a short one
+    # can be sent whole before the client reads it).
+    long = {"max_tokens": 400, "extra_body": {"min_tokens": 400}}
     stream = client.chat.completions.create(
-        model="base", messages=HELLO, max_tokens=8, temperature=0, stream=True
+        model="base", messages=HELLO, temperature=0, stream=True, **long
     )
     next(iter(stream))
     assert sample("alignloop_chat_requests_in_flight") == 1

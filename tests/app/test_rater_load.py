@@ -1,4 +1,4 @@
-"""Load test: 200 raters with think time for 10 minutes on PostgreSQL (about 11 minutes).
+"""Load test: 200 raters with think time for 10 minutes on PostgreSQL (about 13 minutes).
 
 It runs `bench/rater_api.py`, which exits non-zero on any error response, any request left
 unanswered, or any violated SQL check (a task over its required judgements, a rater twice on a
