@@ -1,12 +1,14 @@
-"""Rater API throughput: `GET /api/tasks/next` + `POST /api/tasks/{id}/judgement` on PostgreSQL.
+"""Rater API throughput: `GET /api/tasks/next` + `POST /api/tasks/{id}/judgement`, on PostgreSQL
+or SQLite.
 
 What it measures
     64 concurrent raters (by default), each with its own API key, loop "fetch the next task,
     submit a ranking for it" against the real web tier (`alignloop web`, uvicorn) on a scratch
-    PostgreSQL database. The reference is the same clients hitting the app's no-op endpoint
-    (`GET /healthz`) on the same server in the same run, measured before and after the rating
-    workload; the result is a ratio, because absolute numbers on our shared 2-core machines
-    vary from run to run far more than the ratio does.
+    PostgreSQL database, or with `--database sqlite` on the app's embedded default, a SQLite
+    file in a temporary folder. The reference is the same clients hitting the app's no-op
+    endpoint (`GET /healthz`) on the same server in the same run, measured before and after the
+    rating workload; the result is a ratio, because absolute numbers on our shared 2-core
+    machines vary from run to run far more than the ratio does.
 
     With `--think LOW-HIGH` the raters are people rather than scripts: each pauses a random
     LOW..HIGH seconds after every submit (their arrivals spread over the first pause), so the
@@ -15,10 +17,11 @@ What it measures
 
     Reported: requests/s and pairs/s (one pair = next + submit), the ratio of the workload's
     request rate to the no-op request rate (the figure the target refers to) and the stricter
-    pair-rate ratio, p50/p99 latency per endpoint, CPU used by server, PostgreSQL and client,
-    every non-2xx response, and SQL checks that no task got more judgements than it needs and
-    no rater judged a task twice. Targets: request ratio >= 0.5 and p99 < 100 ms for the closed
-    loop; p99 < 100 ms and no errors with think time.
+    pair-rate ratio, p50/p99 latency per endpoint, CPU used by server, PostgreSQL (on SQLite the
+    server does the database's work) and client, every non-2xx response, and SQL checks that no
+    task got more judgements than it needs and no rater judged a task twice. Targets: request
+    ratio >= 0.5 and p99 < 100 ms for the closed loop; p99 < 100 ms and no errors with think
+    time.
 
 Why this shape
     The load generator runs in its own process (asyncio on uvloop, HTTP/1.1 parsed by
@@ -30,13 +33,15 @@ Usage
     .venv/bin/python bench/rater_api.py [--clients 64] [--seconds 20] [--workers 1]
         [--think 2-5 [--reference-seconds 20]]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+    .venv/bin/python bench/rater_api.py --database sqlite [--clients 64] [--seconds 20] ...
 
     200 raters with think time for 10 minutes (issue 14's load test; `pytest -m long
     tests/app/test_rater_load.py` runs it and fails on any error or violated check):
     .venv/bin/python bench/rater_api.py --clients 200 --think 2-5 --seconds 600 --tasks 20000
 
 `--database-url` names a database on the PostgreSQL server to use; the benchmark creates a
-scratch database beside it (dropped at the end) and never touches the named one.
+scratch database beside it (dropped at the end) and never touches the named one. The SQLite
+database is deleted with its folder at the end.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from typing import Literal
 import httptools
 import psutil
 import uvloop
+from sqlalchemy import Connection as SqlConnection
 from sqlalchemy import create_engine, insert, make_url, text
 from sqlalchemy.pool import NullPool
 
@@ -109,8 +115,9 @@ def prepare_database(url: str, *, raters: int, tasks: int) -> list[str]:
             keys = _seed_raters(session, raters)
             _seed_tasks(session, tasks)
         # A live database has statistics (autovacuum gathers them); without them the planner
-        # sorts every open task instead of walking the free-slots index.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # sorts every open task instead of walking the free-slots index. In a transaction: on
+        # SQLite, the app's engine would roll back an autocommit connection's `BEGIN IMMEDIATE`.
+        with engine.begin() as connection:
             connection.execute(text("ANALYZE"))
     finally:
         engine.dispose()
@@ -192,17 +199,25 @@ CHECKS = {
 }
 
 
+DATABASES = {  # --database: the name shown, the query for its version
+    "postgresql": ("PostgreSQL", "SHOW server_version"),
+    "sqlite": ("SQLite", "SELECT sqlite_version()"),
+}
+
+
 @dataclass
 class DatabaseState:
     judgements: int
     open_tasks: int
     active_leases: int
     violations: dict[str, int]
-    server_version: str
+    database: str
+    version: str
 
 
 def inspect_database(url: str) -> DatabaseState:
     engine = create_engine(url)
+    database, version_sql = DATABASES[engine.url.get_backend_name()]
     try:
         with engine.connect() as connection:
             value = lambda sql: connection.execute(text(sql)).scalar_one()  # noqa: E731
@@ -211,10 +226,22 @@ def inspect_database(url: str) -> DatabaseState:
                 open_tasks=value("SELECT count(*) FROM tasks WHERE status = 'open'"),
                 active_leases=value("SELECT count(*) FROM assignments WHERE status = 'active'"),
                 violations={name: value(sql) for name, sql in CHECKS.items()},
-                server_version=value("SHOW server_version"),
+                database=database,
+                version=value(version_sql),
             )
     finally:
         engine.dispose()
+
+
+@contextmanager
+def scratch_database(args: argparse.Namespace, folder: Path) -> Iterator[str]:
+    """The URL of an empty database for the run, gone afterwards: on PostgreSQL a scratch
+    database beside `--database-url`, on SQLite a file in `folder` (removed with it)."""
+    if args.database == "sqlite":
+        yield f"sqlite:///{folder / 'bench.db'}"
+        return
+    with scratch_postgres_database(args.database_url, prefix="alignloop_bench") as url:
+        yield url
 
 
 # --- the server under test --------------------------------------------------------------------
@@ -503,34 +530,58 @@ DATABASE_COUNTERS = """
 
 
 class Meter:
-    """What the phase cost: CPU seconds of the server (with its worker processes), of the
-    PostgreSQL backends serving the scratch database, of the client processes and of the whole
-    machine; and PostgreSQL's count of new connections, commits and rollbacks."""
+    """What the phase cost: CPU seconds of the server (with its worker processes), of the client
+    processes and of the whole machine. On SQLite the database's work is the server's."""
 
-    def __init__(self, server_pid: int, database_url: str) -> None:
+    def __init__(self, server_pid: int) -> None:
         self.server = psutil.Process(server_pid)
-        self.database_name = make_url(database_url).database
         self.clients: list[psutil.Process] = []
-        self._engine = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        self._connection = self._engine.connect()
 
-    def close(self) -> None:
-        self._connection.close()
-        self._engine.dispose()
+    def snapshot(self) -> dict[str, dict]:
+        """Counters so far: CPU seconds per component and process id."""
+        machine = psutil.cpu_times()
+        server = [self.server, *self.server.children(recursive=True)]
+        return {
+            "server": _cpu_seconds(server),
+            "client": _cpu_seconds(self.clients),
+            "machine": {0: sum(machine) - machine.idle - machine.iowait},
+        }
+
+    @staticmethod
+    def usage(before: dict, after: dict, seconds: float) -> dict[str, float]:
+        """Cores busy per component (processes that ended are left out) and database
+        counters per second, between two snapshots."""
+        cores = {
+            name: sum(used - before[name].get(key, 0.0) for key, used in by_pid.items()) / seconds
+            for name, by_pid in after.items()
+            if name != "database"
+        }
+        ours = sum(used for name, used in cores.items() if name != "machine")
+        cores["other"] = max(0.0, cores["machine"] - ours)  # tick-sampling jitter can go below 0
+        database = after.get("database", {})
+        rates = {
+            f"{name}/s": (database[name] - before["database"][name]) / seconds for name in database
+        }
+        return cores | rates
+
+
+class PostgresMeter(Meter):
+    """Also the CPU seconds of the PostgreSQL backends serving the scratch database, and
+    PostgreSQL's count of new connections, commits and rollbacks."""
+
+    def __init__(self, server_pid: int, connection: SqlConnection) -> None:
+        super().__init__(server_pid)
+        self.database_name = connection.engine.url.database
+        self._connection = connection
 
     def snapshot(self) -> dict[str, dict]:
         """Counters so far: CPU seconds per component and process id, database counters."""
-        machine = psutil.cpu_times()
         self._connection.execute(text("SELECT pg_stat_clear_snapshot()"))
         counters = self._connection.execute(
             text(DATABASE_COUNTERS), {"name": self.database_name}
         ).one()
-        server = [self.server, *self.server.children(recursive=True)]
-        return {
-            "server": _cpu_seconds(server),
+        return super().snapshot() | {
             "postgres": _cpu_seconds(self._backends()),
-            "client": _cpu_seconds(self.clients),
-            "machine": {0: sum(machine) - machine.idle - machine.iowait},
             "database": counters._asdict(),
         }
 
@@ -543,22 +594,19 @@ class Meter:
             and self.database_name in " ".join(process.info["cmdline"] or ())
         ]
 
-    @staticmethod
-    def usage(before: dict, after: dict, seconds: float) -> dict[str, float]:
-        """Cores busy per component (processes that ended are left out) and database
-        counters per second, between two snapshots."""
-        cores = {
-            name: sum(used - before[name].get(key, 0.0) for key, used in after[name].items())
-            / seconds
-            for name in ("server", "postgres", "client", "machine")
-        }
-        ours = cores["server"] + cores["postgres"] + cores["client"]
-        cores["other"] = max(0.0, cores["machine"] - ours)  # tick-sampling jitter can go below 0
-        rates = {
-            f"{name}/s": (after["database"][name] - before["database"][name]) / seconds
-            for name in after["database"]
-        }
-        return cores | rates
+
+@contextmanager
+def metering(server_pid: int, database_url: str) -> Iterator[Meter]:
+    """A `Meter` for the server; on PostgreSQL a `PostgresMeter` with its own connection."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        yield Meter(server_pid)
+        return
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            yield PostgresMeter(server_pid, connection)
+    finally:
+        engine.dispose()
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
@@ -703,7 +751,7 @@ def summarise(noop_before: PhaseResult, rate: PhaseResult, noop_after: PhaseResu
     )
 
 
-def machine_description(postgres_version: str) -> str:
+def machine_description(state: DatabaseState) -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -714,7 +762,7 @@ def machine_description(postgres_version: str) -> str:
     )
     return (
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"PostgreSQL {postgres_version}"
+        f"{state.database} {state.version}"
     )
 
 
@@ -737,7 +785,7 @@ def print_report(
     args: argparse.Namespace, summary: Summary, phases: list[PhaseResult], state: DatabaseState
 ) -> None:
     print(
-        f"\nmachine: {machine_description(state.server_version)}; "
+        f"\nmachine: {machine_description(state)}; "
         f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}"
     )
     print(f"code: {source_description()}")
@@ -774,22 +822,33 @@ def _print_rates(summary: Summary, rate: PhaseResult, *, closed_loop: bool) -> N
     )
 
 
+USAGE_COLUMNS = (
+    "server",
+    "postgres",
+    "client",
+    "other",
+    "machine",
+    "sessions/s",
+    "xact_commit/s",
+    "xact_rollback/s",
+)
+
+
 def _print_usage(phases: list[PhaseResult]) -> None:
-    columns = (
-        "server",
-        "postgres",
-        "client",
-        "other",
-        "machine",
-        "sessions/s",
-        "xact_commit/s",
-        "xact_rollback/s",
-    )
-    print(
-        f"\nmeasured windows: cores busy (of {os.cpu_count()}) and PostgreSQL counters per second"
-        "\n  postgres: backends alive at the window's end; other: the rest of the machine,"
-        "\n  including backends that exited (see sessions/s, new connections) and other users"
-    )
+    """The CPU table; its PostgreSQL columns only where there is a PostgreSQL."""
+    columns = [name for name in USAGE_COLUMNS if name in phases[0].usage]
+    if "postgres" in columns:
+        print(
+            f"\nmeasured windows: cores busy (of {os.cpu_count()}) and PostgreSQL counters per "
+            "second\n  postgres: backends alive at the window's end; other: the rest of the "
+            "machine,\n  including backends that exited (see sessions/s, new connections) and "
+            "other users"
+        )
+    else:
+        print(
+            f"\nmeasured windows: cores busy (of {os.cpu_count()})\n  server: SQLite's work "
+            "included; other: the rest of the machine, including other users"
+        )
     print(f"{'':<15}" + "".join(f"{name:>{max(9, len(name) + 1)}}" for name in columns))
     for phase, label in zip(phases, PHASE_LABELS, strict=True):
         print(
@@ -851,7 +910,7 @@ def results_line(
     think = f", think {args.think[0]:g}-{args.think[1]:g} s" if args.think else ""
     met = summary.met(closed_loop=not args.think) and not errors
     return (
-        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {args.clients} clients{think}, "
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {state.database}, {args.clients} clients{think}, "
         f"{args.workers} worker(s), {args.seconds:g} s "
         f"| {summary.noop_rps:.0f} | {summary.workload_rps:.0f} | {summary.pairs_per_s:.0f} "
         f"| **{summary.request_ratio:.2f}** | {summary.pair_ratio:.2f} "
@@ -890,9 +949,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="open tasks seeded (default 6000: enough for a run at twice the target rate)",
     )
     add(
+        "--database",
+        choices=DATABASES,
+        default="postgresql",
+        help="postgresql (default): a scratch database beside --database-url; "
+        "sqlite: the embedded default, a file in a temporary folder",
+    )
+    add(
         "--database-url",
         default=DEFAULT_DATABASE_URL,
-        help="a database on the PostgreSQL server; the scratch database goes beside it",
+        help="with --database postgresql: a database on the PostgreSQL server; the scratch "
+        "database goes beside it",
     )
     return parser.parse_args(argv)
 
@@ -913,16 +980,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="alignloop-bench-") as folder,
-        scratch_postgres_database(args.database_url, prefix="alignloop_bench") as url,
+        scratch_database(args, Path(folder)) as url,
     ):
         print(f"seeding {args.clients} raters and {args.tasks} tasks ...", flush=True)
         keys = prepare_database(url, raters=args.clients, tasks=args.tasks)
-        with running_server(url, workers=args.workers, folder=Path(folder)) as (port, pid):
-            meter = Meter(pid, url)
-            try:
-                phases = [measure(workload, args, port, keys, meter) for workload in PHASES]
-            finally:
-                meter.close()
+        with (
+            running_server(url, workers=args.workers, folder=Path(folder)) as (port, pid),
+            metering(pid, url) as meter,
+        ):
+            phases = [measure(workload, args, port, keys, meter) for workload in PHASES]
         state = inspect_database(url)
     summary = summarise(*phases)
     print_report(args, summary, phases, state)
