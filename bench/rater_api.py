@@ -23,6 +23,15 @@ What it measures
     ratio >= 0.5 and p99 < 100 ms for the closed loop; p99 < 100 ms and no errors with think
     time.
 
+    Then the server's CPU ms per request of each route (mean and p50 for no-op, next and
+    submit): after the measured phases, one rater sends `--calibration-requests` no-op requests
+    and as many next+submit pairs, each after the last answer, and the kernel's run time of
+    every server thread (/proc/<pid>/task/*/schedstat, in ns) is read before and after each.
+    With no other load that difference is the request's cost, free of queueing and of the
+    10 ms ticks of the CPU table: the figure that bounds the ratio while one server process is
+    the limit, steadier than the rates on a shared machine. It includes the database's work on
+    SQLite, not PostgreSQL's. Linux only: elsewhere the calibration is skipped.
+
 Why this shape
     The load generator runs in its own process (asyncio on uvloop, HTTP/1.1 parsed by
     httptools), so it never competes with the server for its GIL, and is cheap enough per
@@ -33,6 +42,7 @@ Usage
     .venv/bin/python bench/rater_api.py [--clients 64] [--seconds 20] [--workers 1]
         [--think 2-5 [--reference-seconds 20]]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--calibration-requests 300]
     .venv/bin/python bench/rater_api.py --database sqlite [--clients 64] [--seconds 20] ...
 
     200 raters with think time for 10 minutes (issue 14's load test; `pytest -m long
@@ -439,6 +449,12 @@ class Samples:
         """Plain data for the pipe (a client process's classes live in `__mp_main__`)."""
         return self.endpoint, self.status, self.end, self.latency, self.errors
 
+    def statuses(self) -> Counter[tuple[str, int]]:
+        """Every response, by endpoint and status."""
+        return Counter(
+            (ENDPOINTS[e], code) for e, code in zip(self.endpoint, self.status, strict=True)
+        )
+
 
 class Recorder:
     """Times requests into `Samples`, keeping the first few error bodies as examples."""
@@ -485,12 +501,16 @@ async def rater_client(client: Client, recorder: Recorder, deadline: float) -> N
         if status != 200:
             await asyncio.sleep(IDLE_PAUSE_S if not think else random.uniform(*think))
             continue
-        task = json.loads(body)
-        ranking = {"ranking": [response["id"] for response in task["responses"]]}
-        submit = client.post_json(f"/api/tasks/{task['task_id']}/judgement", ranking)
-        await recorder.request(client, "submit", submit)
+        await recorder.request(client, "submit", judgement_request(client, body))
         if think:
             await asyncio.sleep(random.uniform(*think))
+
+
+def judgement_request(client: Client, next_body: bytes) -> bytes:
+    """The submit for the task `next` answered: its responses ranked in the order shown."""
+    task = json.loads(next_body)
+    ranking = {"ranking": [response["id"] for response in task["responses"]]}
+    return client.post_json(f"/api/tasks/{task['task_id']}/judgement", ranking)
 
 
 CLIENT_LOOPS = {"noop": noop_client, "rate": rater_client}
@@ -520,6 +540,88 @@ def client_process(connection: PipeEnd, spec: PhaseSpec, keys: list[str]) -> Non
     start_at = connection.recv()
     connection.send(uvloop.run(drive(spec, keys, start_at)).as_tuple())
     connection.close()
+
+
+# --- calibration: the server's CPU per request, one request at a time ------------------------
+
+
+def thread_runtimes(pids: list[int]) -> dict[int, int]:
+    """Nanoseconds each thread of these processes has run so far: the first field of its
+    schedstat, exact where the CPU times in /proc/<pid>/stat count 10 ms clock ticks."""
+    runtimes = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                    runtimes[int(tid)] = int(stat.read().split(maxsplit=1)[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # the thread ended after the listing
+    return runtimes
+
+
+def cpu_ms_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU ms between two `thread_runtimes`. Threads that ended in between are left out rather
+    than counted negative (anyio ends worker threads idle for 10 s); new ones count from 0."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e6
+
+
+@dataclass
+class Calibration:
+    """One client's requests, sent one at a time, and the server's CPU (ms) for each: with no
+    other load, what the server's threads ran between send and answer is that request's cost."""
+
+    samples: Samples
+    cpu_ms: array
+    """One value per request of `samples`, in the same order."""
+
+    def cost(self, endpoint: str) -> tuple[int, float, float]:
+        """Count, mean and p50 of the CPU ms of `endpoint`'s answered requests."""
+        index = ENDPOINTS.index(endpoint)
+        s = self.samples
+        values = [
+            ms
+            for e, status, ms in zip(s.endpoint, s.status, self.cpu_ms, strict=True)
+            if e == index and answered(status)
+        ]
+        mean = sum(values) / len(values) if values else float("nan")
+        return len(values), mean, percentile(values, 0.50)
+
+
+async def calibrate(spec: PhaseSpec, key: str, pids: list[int], count: int) -> Calibration:
+    """`count` no-op requests, then `count` next+submit pairs, each sent after the last answer."""
+    recorder, client, cpu_ms = Recorder(), Client(spec, key), array("d")
+
+    async def timed(endpoint: str, request: bytes) -> tuple[int, bytes]:
+        before = thread_runtimes(pids)
+        answer = await recorder.request(client, endpoint, request)
+        cpu_ms.append(cpu_ms_between(before, thread_runtimes(pids)))
+        return answer
+
+    try:
+        noop, next_request = client.get("/healthz"), client.get("/api/tasks/next")
+        for _ in range(count):
+            await timed("noop", noop)
+        for _ in range(count):
+            status, body = await timed("next", next_request)
+            if status != 200:
+                break  # no task left for this rater (204) or an error: both reported as errors
+            await timed("submit", judgement_request(client, body))
+    finally:
+        client.close()
+    return Calibration(recorder.samples, cpu_ms)
+
+
+def run_calibration(args: argparse.Namespace, port: int, pid: int, key: str) -> Calibration | None:
+    """Calibrate as rater `key`, on the server and its worker processes; None where the kernel
+    keeps no per-thread schedstat (not Linux, or built without it)."""
+    if not Path(f"/proc/{pid}/task/{pid}/schedstat").exists():
+        print("calibration skipped: no /proc/<pid>/task/<tid>/schedstat here", flush=True)
+        return None
+    count = args.calibration_requests
+    print(f"calibration: {count} no-op requests, then {count} next+submit pairs ...", flush=True)
+    pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    spec = PhaseSpec("rate", HOST, port, warmup_s=0.0, seconds=0.0)
+    return uvloop.run(calibrate(spec, key, pids, count))
 
 
 # --- measuring a phase ------------------------------------------------------------------------
@@ -649,11 +751,6 @@ class PhaseResult:
         requests = sum(self.rate(endpoint) for endpoint in ENDPOINTS)
         return self.usage["server"] * 1000 / requests if requests else float("nan")
 
-    def statuses(self) -> Counter[tuple[str, int]]:
-        """Every response of the phase, warm-up included, by endpoint and status."""
-        s = self.samples
-        return Counter((ENDPOINTS[e], code) for e, code in zip(s.endpoint, s.status, strict=True))
-
 
 def run_phase(spec: PhaseSpec, keys: list[str], *, processes: int, meter: Meter) -> PhaseResult:
     """Start `processes` client processes sharing the keys, run the phase, gather results."""
@@ -782,7 +879,11 @@ PHASE_LABELS = ("no-op (before)", "next+submit", "no-op (after)")
 
 
 def print_report(
-    args: argparse.Namespace, summary: Summary, phases: list[PhaseResult], state: DatabaseState
+    args: argparse.Namespace,
+    summary: Summary,
+    phases: list[PhaseResult],
+    calibration: Calibration | None,
+    state: DatabaseState,
 ) -> None:
     print(
         f"\nmachine: {machine_description(state)}; "
@@ -797,8 +898,10 @@ def print_report(
     )
     _print_rates(summary, phases[1], closed_loop=not args.think)
     _print_usage(phases)
-    _print_problems(phases, state)
-    line = results_line(args, summary, state, error_count(phases))
+    _print_calibration(calibration, state)
+    requests = all_samples(phases, calibration)
+    _print_problems(requests, state)
+    line = results_line(args, summary, calibration, state, error_count(requests))
     print(f"\nRESULTS.md line:\n{RESULTS_HEADER}\n{line}")
 
 
@@ -862,29 +965,49 @@ def _print_usage(phases: list[PhaseResult]) -> None:
     print(f"server CPU ms per request: {costs}")
 
 
-def unexpected_responses(phases: list[PhaseResult]) -> dict[tuple[str, int], int]:
+def _print_calibration(calibration: Calibration | None, state: DatabaseState) -> None:
+    if calibration is None:
+        print("\nserver CPU per request, one at a time: not measured (no per-thread schedstat)")
+        return
+    included = "included" if state.database == "SQLite" else "not included"
+    print(f"\nserver CPU per request, one at a time ({state.database}'s work {included})")
+    print(f"{'':<16}{'requests':>9}{'mean ms':>9}{'p50 ms':>9}")
+    for name in ENDPOINTS:
+        count, mean, p50 = calibration.cost(name)
+        print(f"{name:<16}{count:>9}{mean:>9.2f}{p50:>9.2f}")
+
+
+def answered(status: int) -> bool:
+    """A 2xx with content, what every request here should get (204: no task was left)."""
+    return 200 <= status < 300 and status != 204
+
+
+def all_samples(phases: list[PhaseResult], calibration: Calibration | None) -> list[Samples]:
+    """Every request of the run: the phases' and the calibration's."""
+    return [phase.samples for phase in phases] + ([calibration.samples] if calibration else [])
+
+
+def unexpected_responses(requests: list[Samples]) -> dict[tuple[str, int], int]:
     """Responses that are not a 2xx with content, by endpoint and status (0: transport error)."""
-    statuses = sum((phase.statuses() for phase in phases), Counter())
-    return {key: n for key, n in statuses.items() if not 200 <= key[1] < 300 or key[1] == 204}
+    statuses = sum((samples.statuses() for samples in requests), Counter())
+    return {key: n for key, n in statuses.items() if not answered(key[1])}
 
 
-def error_count(phases: list[PhaseResult]) -> int:
+def error_count(requests: list[Samples]) -> int:
     """Unexpected responses plus requests that never finished."""
-    unfinished = sum(
-        "still open" in example for phase in phases for example in phase.samples.errors
-    )
-    return sum(unexpected_responses(phases).values()) + unfinished
+    unfinished = sum("still open" in example for samples in requests for example in samples.errors)
+    return sum(unexpected_responses(requests).values()) + unfinished
 
 
-def _print_problems(phases: list[PhaseResult], state: DatabaseState) -> None:
-    statuses = sum((phase.statuses() for phase in phases), Counter())
-    unexpected = unexpected_responses(phases)
-    print(f"\nresponses, warm-up included: {dict(sorted(statuses.items()))}")
+def _print_problems(requests: list[Samples], state: DatabaseState) -> None:
+    statuses = sum((samples.statuses() for samples in requests), Counter())
+    unexpected = unexpected_responses(requests)
+    print(f"\nresponses, warm-up and calibration included: {dict(sorted(statuses.items()))}")
     print(f"non-2xx or 204: {unexpected or 'none'}")
     if any(code == 204 for _, code in unexpected):
         print("  204 means the raters ran out of tasks: raise --tasks")
-    for phase in phases:
-        for example in phase.samples.errors:
+    for samples in requests:
+        for example in samples.errors:
             print(f"  e.g. {example}")
     print(
         f"database after the run: {state.judgements} judgements, {state.open_tasks} tasks "
@@ -896,26 +1019,34 @@ def _print_problems(phases: list[PhaseResult], state: DatabaseState) -> None:
 
 RESULTS_HEADER = (
     "| date (UTC) | setup | no-op req/s | next+submit req/s | pairs/s | request ratio "
-    "| pair ratio | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | p99 ms | errors "
-    "| checks | target |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| pair ratio | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | p99 ms "
+    "| server CPU ms per no-op, mean / p50 | per next | per submit | errors | checks | target |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def results_line(
-    args: argparse.Namespace, summary: Summary, state: DatabaseState, errors: int
+    args: argparse.Namespace,
+    summary: Summary,
+    calibration: Calibration | None,
+    state: DatabaseState,
+    errors: int,
 ) -> str:
     checks = "ok" if not any(state.violations.values()) else "VIOLATED"
     lat = {name: " / ".join(f"{ms:.0f}" for ms in q) for name, q in summary.latency_ms.items()}
     think = f", think {args.think[0]:g}-{args.think[1]:g} s" if args.think else ""
+    costs = " | ".join(
+        "n/a" if calibration is None else "{1:.2f} / {2:.2f}".format(*calibration.cost(name))
+        for name in ENDPOINTS
+    )
     met = summary.met(closed_loop=not args.think) and not errors
     return (
         f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {state.database}, {args.clients} clients{think}, "
         f"{args.workers} worker(s), {args.seconds:g} s "
         f"| {summary.noop_rps:.0f} | {summary.workload_rps:.0f} | {summary.pairs_per_s:.0f} "
         f"| **{summary.request_ratio:.2f}** | {summary.pair_ratio:.2f} "
-        f"| {lat['next']} | {lat['submit']} | **{summary.p99_ms:.0f}** | {errors} | {checks} "
-        f"| {'met' if met else 'not met'} |"
+        f"| {lat['next']} | {lat['submit']} | **{summary.p99_ms:.0f}** | {costs} | {errors} "
+        f"| {checks} | {'met' if met else 'not met'} |"
     )
 
 
@@ -961,6 +1092,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --database postgresql: a database on the PostgreSQL server; the scratch "
         "database goes beside it",
     )
+    add(
+        "--calibration-requests",
+        type=int,
+        default=300,
+        help="no-op requests and next+submit pairs sent one at a time after the phases, to "
+        "measure the server's CPU per request (default 300)",
+    )
     return parser.parse_args(argv)
 
 
@@ -989,10 +1127,12 @@ def main(argv: list[str] | None = None) -> int:
             metering(pid, url) as meter,
         ):
             phases = [measure(workload, args, port, keys, meter) for workload in PHASES]
+            calibration = run_calibration(args, port, pid, keys[0])
         state = inspect_database(url)
     summary = summarise(*phases)
-    print_report(args, summary, phases, state)
-    return 1 if any(state.violations.values()) or error_count(phases) else 0
+    print_report(args, summary, phases, calibration, state)
+    errors = error_count(all_samples(phases, calibration))
+    return 1 if any(state.violations.values()) or errors else 0
 
 
 PHASES: tuple[Workload, ...] = ("noop", "rate", "noop")
