@@ -274,6 +274,9 @@ def running_server(database_url: str, *, workers: int, folder: Path) -> Iterator
         "ALIGNLOOP_REDIS_URL": REDIS_URL,
         "ALIGNLOOP_DATA_DIR": str(folder / "data"),
         "ALIGNLOOP_LOG_LEVEL": "WARNING",
+        # The app of this checkout, as measured by `source_description`: a worktree sharing
+        # another checkout's virtualenv would otherwise serve that one's (an editable install).
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
     }
     command = [
         sys.executable,
