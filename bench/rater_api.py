@@ -1,12 +1,14 @@
-"""Rater API throughput: `GET /api/tasks/next` + `POST /api/tasks/{id}/judgement` on PostgreSQL.
+"""Rater API throughput: `GET /api/tasks/next` + `POST /api/tasks/{id}/judgement`, on PostgreSQL
+or SQLite.
 
 What it measures
     64 concurrent raters (by default), each with its own API key, loop "fetch the next task,
     submit a ranking for it" against the real web tier (`alignloop web`, uvicorn) on a scratch
-    PostgreSQL database. The reference is the same clients hitting the app's no-op endpoint
-    (`GET /healthz`) on the same server in the same run, measured before and after the rating
-    workload; the result is a ratio, because absolute numbers on our shared 2-core machines
-    vary from run to run far more than the ratio does.
+    PostgreSQL database, or with `--database sqlite` on the app's embedded default, a SQLite
+    file in a temporary folder. The reference is the same clients hitting the app's no-op
+    endpoint (`GET /healthz`) on the same server in the same run, measured before and after the
+    rating workload; the result is a ratio, because absolute numbers on our shared 2-core
+    machines vary from run to run far more than the ratio does.
 
     With `--think LOW-HIGH` the raters are people rather than scripts: each pauses a random
     LOW..HIGH seconds after every submit (their arrivals spread over the first pause), so the
@@ -15,10 +17,20 @@ What it measures
 
     Reported: requests/s and pairs/s (one pair = next + submit), the ratio of the workload's
     request rate to the no-op request rate (the figure the target refers to) and the stricter
-    pair-rate ratio, p50/p99 latency per endpoint, CPU used by server, PostgreSQL and client,
-    every non-2xx response, and SQL checks that no task got more judgements than it needs and
-    no rater judged a task twice. Targets: request ratio >= 0.5 and p99 < 100 ms for the closed
-    loop; p99 < 100 ms and no errors with think time.
+    pair-rate ratio, p50/p99 latency per endpoint, CPU used by server, PostgreSQL (on SQLite the
+    server does the database's work) and client, every non-2xx response, and SQL checks that no
+    task got more judgements than it needs and no rater judged a task twice. Targets: request
+    ratio >= 0.5 and p99 < 100 ms for the closed loop; p99 < 100 ms and no errors with think
+    time.
+
+    Then the server's CPU ms per request of each route (mean and p50 for no-op, next and
+    submit): after the measured phases, one rater sends `--calibration-requests` no-op requests
+    and as many next+submit pairs, each after the last answer, and the kernel's run time of
+    every server thread (/proc/<pid>/task/*/schedstat, in ns) is read before and after each.
+    With no other load that difference is the request's cost, free of queueing and of the
+    10 ms ticks of the CPU table: the figure that bounds the ratio while one server process is
+    the limit, steadier than the rates on a shared machine. It includes the database's work on
+    SQLite, not PostgreSQL's. Linux only: elsewhere the calibration is skipped.
 
 Why this shape
     The load generator runs in its own process (asyncio on uvloop, HTTP/1.1 parsed by
@@ -30,13 +42,16 @@ Usage
     .venv/bin/python bench/rater_api.py [--clients 64] [--seconds 20] [--workers 1]
         [--think 2-5 [--reference-seconds 20]]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--calibration-requests 300]
+    .venv/bin/python bench/rater_api.py --database sqlite [--clients 64] [--seconds 20] ...
 
     200 raters with think time for 10 minutes (issue 14's load test; `pytest -m long
     tests/app/test_rater_load.py` runs it and fails on any error or violated check):
     .venv/bin/python bench/rater_api.py --clients 200 --think 2-5 --seconds 600 --tasks 20000
 
 `--database-url` names a database on the PostgreSQL server to use; the benchmark creates a
-scratch database beside it (dropped at the end) and never touches the named one.
+scratch database beside it (dropped at the end) and never touches the named one. The SQLite
+database is deleted with its folder at the end.
 """
 
 from __future__ import annotations
@@ -69,6 +84,7 @@ from typing import Literal
 import httptools
 import psutil
 import uvloop
+from sqlalchemy import Connection as SqlConnection
 from sqlalchemy import create_engine, insert, make_url, text
 from sqlalchemy.pool import NullPool
 
@@ -109,8 +125,9 @@ def prepare_database(url: str, *, raters: int, tasks: int) -> list[str]:
             keys = _seed_raters(session, raters)
             _seed_tasks(session, tasks)
         # A live database has statistics (autovacuum gathers them); without them the planner
-        # sorts every open task instead of walking the free-slots index.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # sorts every open task instead of walking the free-slots index. In a transaction: on
+        # SQLite, the app's engine would roll back an autocommit connection's `BEGIN IMMEDIATE`.
+        with engine.begin() as connection:
             connection.execute(text("ANALYZE"))
     finally:
         engine.dispose()
@@ -192,17 +209,25 @@ CHECKS = {
 }
 
 
+DATABASES = {  # --database: the name shown, the query for its version
+    "postgresql": ("PostgreSQL", "SHOW server_version"),
+    "sqlite": ("SQLite", "SELECT sqlite_version()"),
+}
+
+
 @dataclass
 class DatabaseState:
     judgements: int
     open_tasks: int
     active_leases: int
     violations: dict[str, int]
-    server_version: str
+    database: str
+    version: str
 
 
 def inspect_database(url: str) -> DatabaseState:
     engine = create_engine(url)
+    database, version_sql = DATABASES[engine.url.get_backend_name()]
     try:
         with engine.connect() as connection:
             value = lambda sql: connection.execute(text(sql)).scalar_one()  # noqa: E731
@@ -211,10 +236,22 @@ def inspect_database(url: str) -> DatabaseState:
                 open_tasks=value("SELECT count(*) FROM tasks WHERE status = 'open'"),
                 active_leases=value("SELECT count(*) FROM assignments WHERE status = 'active'"),
                 violations={name: value(sql) for name, sql in CHECKS.items()},
-                server_version=value("SHOW server_version"),
+                database=database,
+                version=value(version_sql),
             )
     finally:
         engine.dispose()
+
+
+@contextmanager
+def scratch_database(args: argparse.Namespace, folder: Path) -> Iterator[str]:
+    """The URL of an empty database for the run, gone afterwards: on PostgreSQL a scratch
+    database beside `--database-url`, on SQLite a file in `folder` (removed with it)."""
+    if args.database == "sqlite":
+        yield f"sqlite:///{folder / 'bench.db'}"
+        return
+    with scratch_postgres_database(args.database_url, prefix="alignloop_bench") as url:
+        yield url
 
 
 # --- the server under test --------------------------------------------------------------------
@@ -237,6 +274,9 @@ def running_server(database_url: str, *, workers: int, folder: Path) -> Iterator
         "ALIGNLOOP_REDIS_URL": REDIS_URL,
         "ALIGNLOOP_DATA_DIR": str(folder / "data"),
         "ALIGNLOOP_LOG_LEVEL": "WARNING",
+        # The app of this checkout, as measured by `source_description`: a worktree sharing
+        # another checkout's virtualenv would otherwise serve that one's (an editable install).
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
     }
     command = [
         sys.executable,
@@ -412,6 +452,12 @@ class Samples:
         """Plain data for the pipe (a client process's classes live in `__mp_main__`)."""
         return self.endpoint, self.status, self.end, self.latency, self.errors
 
+    def statuses(self) -> Counter[tuple[str, int]]:
+        """Every response, by endpoint and status."""
+        return Counter(
+            (ENDPOINTS[e], code) for e, code in zip(self.endpoint, self.status, strict=True)
+        )
+
 
 class Recorder:
     """Times requests into `Samples`, keeping the first few error bodies as examples."""
@@ -458,12 +504,16 @@ async def rater_client(client: Client, recorder: Recorder, deadline: float) -> N
         if status != 200:
             await asyncio.sleep(IDLE_PAUSE_S if not think else random.uniform(*think))
             continue
-        task = json.loads(body)
-        ranking = {"ranking": [response["id"] for response in task["responses"]]}
-        submit = client.post_json(f"/api/tasks/{task['task_id']}/judgement", ranking)
-        await recorder.request(client, "submit", submit)
+        await recorder.request(client, "submit", judgement_request(client, body))
         if think:
             await asyncio.sleep(random.uniform(*think))
+
+
+def judgement_request(client: Client, next_body: bytes) -> bytes:
+    """The submit for the task `next` answered: its responses ranked in the order shown."""
+    task = json.loads(next_body)
+    ranking = {"ranking": [response["id"] for response in task["responses"]]}
+    return client.post_json(f"/api/tasks/{task['task_id']}/judgement", ranking)
 
 
 CLIENT_LOOPS = {"noop": noop_client, "rate": rater_client}
@@ -495,6 +545,88 @@ def client_process(connection: PipeEnd, spec: PhaseSpec, keys: list[str]) -> Non
     connection.close()
 
 
+# --- calibration: the server's CPU per request, one request at a time ------------------------
+
+
+def thread_runtimes(pids: list[int]) -> dict[int, int]:
+    """Nanoseconds each thread of these processes has run so far: the first field of its
+    schedstat, exact where the CPU times in /proc/<pid>/stat count 10 ms clock ticks."""
+    runtimes = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                    runtimes[int(tid)] = int(stat.read().split(maxsplit=1)[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # the thread ended after the listing
+    return runtimes
+
+
+def cpu_ms_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU ms between two `thread_runtimes`. Threads that ended in between are left out rather
+    than counted negative (anyio ends worker threads idle for 10 s); new ones count from 0."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e6
+
+
+@dataclass
+class Calibration:
+    """One client's requests, sent one at a time, and the server's CPU (ms) for each: with no
+    other load, what the server's threads ran between send and answer is that request's cost."""
+
+    samples: Samples
+    cpu_ms: array
+    """One value per request of `samples`, in the same order."""
+
+    def cost(self, endpoint: str) -> tuple[int, float, float]:
+        """Count, mean and p50 of the CPU ms of `endpoint`'s answered requests."""
+        index = ENDPOINTS.index(endpoint)
+        s = self.samples
+        values = [
+            ms
+            for e, status, ms in zip(s.endpoint, s.status, self.cpu_ms, strict=True)
+            if e == index and answered(status)
+        ]
+        mean = sum(values) / len(values) if values else float("nan")
+        return len(values), mean, percentile(values, 0.50)
+
+
+async def calibrate(spec: PhaseSpec, key: str, pids: list[int], count: int) -> Calibration:
+    """`count` no-op requests, then `count` next+submit pairs, each sent after the last answer."""
+    recorder, client, cpu_ms = Recorder(), Client(spec, key), array("d")
+
+    async def timed(endpoint: str, request: bytes) -> tuple[int, bytes]:
+        before = thread_runtimes(pids)
+        answer = await recorder.request(client, endpoint, request)
+        cpu_ms.append(cpu_ms_between(before, thread_runtimes(pids)))
+        return answer
+
+    try:
+        noop, next_request = client.get("/healthz"), client.get("/api/tasks/next")
+        for _ in range(count):
+            await timed("noop", noop)
+        for _ in range(count):
+            status, body = await timed("next", next_request)
+            if status != 200:
+                break  # no task left for this rater (204) or an error: both reported as errors
+            await timed("submit", judgement_request(client, body))
+    finally:
+        client.close()
+    return Calibration(recorder.samples, cpu_ms)
+
+
+def run_calibration(args: argparse.Namespace, port: int, pid: int, key: str) -> Calibration | None:
+    """Calibrate as rater `key`, on the server and its worker processes; None where the kernel
+    keeps no per-thread schedstat (not Linux, or built without it)."""
+    if not Path(f"/proc/{pid}/task/{pid}/schedstat").exists():
+        print("calibration skipped: no /proc/<pid>/task/<tid>/schedstat here", flush=True)
+        return None
+    count = args.calibration_requests
+    print(f"calibration: {count} no-op requests, then {count} next+submit pairs ...", flush=True)
+    pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    spec = PhaseSpec("rate", HOST, port, warmup_s=0.0, seconds=0.0)
+    return uvloop.run(calibrate(spec, key, pids, count))
+
+
 # --- measuring a phase ------------------------------------------------------------------------
 
 
@@ -503,34 +635,58 @@ DATABASE_COUNTERS = """
 
 
 class Meter:
-    """What the phase cost: CPU seconds of the server (with its worker processes), of the
-    PostgreSQL backends serving the scratch database, of the client processes and of the whole
-    machine; and PostgreSQL's count of new connections, commits and rollbacks."""
+    """What the phase cost: CPU seconds of the server (with its worker processes), of the client
+    processes and of the whole machine. On SQLite the database's work is the server's."""
 
-    def __init__(self, server_pid: int, database_url: str) -> None:
+    def __init__(self, server_pid: int) -> None:
         self.server = psutil.Process(server_pid)
-        self.database_name = make_url(database_url).database
         self.clients: list[psutil.Process] = []
-        self._engine = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        self._connection = self._engine.connect()
 
-    def close(self) -> None:
-        self._connection.close()
-        self._engine.dispose()
+    def snapshot(self) -> dict[str, dict]:
+        """Counters so far: CPU seconds per component and process id."""
+        machine = psutil.cpu_times()
+        server = [self.server, *self.server.children(recursive=True)]
+        return {
+            "server": _cpu_seconds(server),
+            "client": _cpu_seconds(self.clients),
+            "machine": {0: sum(machine) - machine.idle - machine.iowait},
+        }
+
+    @staticmethod
+    def usage(before: dict, after: dict, seconds: float) -> dict[str, float]:
+        """Cores busy per component (processes that ended are left out) and database
+        counters per second, between two snapshots."""
+        cores = {
+            name: sum(used - before[name].get(key, 0.0) for key, used in by_pid.items()) / seconds
+            for name, by_pid in after.items()
+            if name != "database"
+        }
+        ours = sum(used for name, used in cores.items() if name != "machine")
+        cores["other"] = max(0.0, cores["machine"] - ours)  # tick-sampling jitter can go below 0
+        database = after.get("database", {})
+        rates = {
+            f"{name}/s": (database[name] - before["database"][name]) / seconds for name in database
+        }
+        return cores | rates
+
+
+class PostgresMeter(Meter):
+    """Also the CPU seconds of the PostgreSQL backends serving the scratch database, and
+    PostgreSQL's count of new connections, commits and rollbacks."""
+
+    def __init__(self, server_pid: int, connection: SqlConnection) -> None:
+        super().__init__(server_pid)
+        self.database_name = connection.engine.url.database
+        self._connection = connection
 
     def snapshot(self) -> dict[str, dict]:
         """Counters so far: CPU seconds per component and process id, database counters."""
-        machine = psutil.cpu_times()
         self._connection.execute(text("SELECT pg_stat_clear_snapshot()"))
         counters = self._connection.execute(
             text(DATABASE_COUNTERS), {"name": self.database_name}
         ).one()
-        server = [self.server, *self.server.children(recursive=True)]
-        return {
-            "server": _cpu_seconds(server),
+        return super().snapshot() | {
             "postgres": _cpu_seconds(self._backends()),
-            "client": _cpu_seconds(self.clients),
-            "machine": {0: sum(machine) - machine.idle - machine.iowait},
             "database": counters._asdict(),
         }
 
@@ -543,22 +699,19 @@ class Meter:
             and self.database_name in " ".join(process.info["cmdline"] or ())
         ]
 
-    @staticmethod
-    def usage(before: dict, after: dict, seconds: float) -> dict[str, float]:
-        """Cores busy per component (processes that ended are left out) and database
-        counters per second, between two snapshots."""
-        cores = {
-            name: sum(used - before[name].get(key, 0.0) for key, used in after[name].items())
-            / seconds
-            for name in ("server", "postgres", "client", "machine")
-        }
-        ours = cores["server"] + cores["postgres"] + cores["client"]
-        cores["other"] = max(0.0, cores["machine"] - ours)  # tick-sampling jitter can go below 0
-        rates = {
-            f"{name}/s": (after["database"][name] - before["database"][name]) / seconds
-            for name in after["database"]
-        }
-        return cores | rates
+
+@contextmanager
+def metering(server_pid: int, database_url: str) -> Iterator[Meter]:
+    """A `Meter` for the server; on PostgreSQL a `PostgresMeter` with its own connection."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        yield Meter(server_pid)
+        return
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            yield PostgresMeter(server_pid, connection)
+    finally:
+        engine.dispose()
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
@@ -600,11 +753,6 @@ class PhaseResult:
         disturbs less than the rates do."""
         requests = sum(self.rate(endpoint) for endpoint in ENDPOINTS)
         return self.usage["server"] * 1000 / requests if requests else float("nan")
-
-    def statuses(self) -> Counter[tuple[str, int]]:
-        """Every response of the phase, warm-up included, by endpoint and status."""
-        s = self.samples
-        return Counter((ENDPOINTS[e], code) for e, code in zip(s.endpoint, s.status, strict=True))
 
 
 def run_phase(spec: PhaseSpec, keys: list[str], *, processes: int, meter: Meter) -> PhaseResult:
@@ -703,7 +851,7 @@ def summarise(noop_before: PhaseResult, rate: PhaseResult, noop_after: PhaseResu
     )
 
 
-def machine_description(postgres_version: str) -> str:
+def machine_description(state: DatabaseState) -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -714,7 +862,7 @@ def machine_description(postgres_version: str) -> str:
     )
     return (
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"PostgreSQL {postgres_version}"
+        f"{state.database} {state.version}"
     )
 
 
@@ -734,10 +882,14 @@ PHASE_LABELS = ("no-op (before)", "next+submit", "no-op (after)")
 
 
 def print_report(
-    args: argparse.Namespace, summary: Summary, phases: list[PhaseResult], state: DatabaseState
+    args: argparse.Namespace,
+    summary: Summary,
+    phases: list[PhaseResult],
+    calibration: Calibration | None,
+    state: DatabaseState,
 ) -> None:
     print(
-        f"\nmachine: {machine_description(state.server_version)}; "
+        f"\nmachine: {machine_description(state)}; "
         f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}"
     )
     print(f"code: {source_description()}")
@@ -749,8 +901,10 @@ def print_report(
     )
     _print_rates(summary, phases[1], closed_loop=not args.think)
     _print_usage(phases)
-    _print_problems(phases, state)
-    line = results_line(args, summary, state, error_count(phases))
+    _print_calibration(calibration, state)
+    requests = all_samples(phases, calibration)
+    _print_problems(requests, state)
+    line = results_line(args, summary, calibration, state, error_count(requests))
     print(f"\nRESULTS.md line:\n{RESULTS_HEADER}\n{line}")
 
 
@@ -774,22 +928,33 @@ def _print_rates(summary: Summary, rate: PhaseResult, *, closed_loop: bool) -> N
     )
 
 
+USAGE_COLUMNS = (
+    "server",
+    "postgres",
+    "client",
+    "other",
+    "machine",
+    "sessions/s",
+    "xact_commit/s",
+    "xact_rollback/s",
+)
+
+
 def _print_usage(phases: list[PhaseResult]) -> None:
-    columns = (
-        "server",
-        "postgres",
-        "client",
-        "other",
-        "machine",
-        "sessions/s",
-        "xact_commit/s",
-        "xact_rollback/s",
-    )
-    print(
-        f"\nmeasured windows: cores busy (of {os.cpu_count()}) and PostgreSQL counters per second"
-        "\n  postgres: backends alive at the window's end; other: the rest of the machine,"
-        "\n  including backends that exited (see sessions/s, new connections) and other users"
-    )
+    """The CPU table; its PostgreSQL columns only where there is a PostgreSQL."""
+    columns = [name for name in USAGE_COLUMNS if name in phases[0].usage]
+    if "postgres" in columns:
+        print(
+            f"\nmeasured windows: cores busy (of {os.cpu_count()}) and PostgreSQL counters per "
+            "second\n  postgres: backends alive at the window's end; other: the rest of the "
+            "machine,\n  including backends that exited (see sessions/s, new connections) and "
+            "other users"
+        )
+    else:
+        print(
+            f"\nmeasured windows: cores busy (of {os.cpu_count()})\n  server: SQLite's work "
+            "included; other: the rest of the machine, including other users"
+        )
     print(f"{'':<15}" + "".join(f"{name:>{max(9, len(name) + 1)}}" for name in columns))
     for phase, label in zip(phases, PHASE_LABELS, strict=True):
         print(
@@ -803,29 +968,49 @@ def _print_usage(phases: list[PhaseResult]) -> None:
     print(f"server CPU ms per request: {costs}")
 
 
-def unexpected_responses(phases: list[PhaseResult]) -> dict[tuple[str, int], int]:
+def _print_calibration(calibration: Calibration | None, state: DatabaseState) -> None:
+    if calibration is None:
+        print("\nserver CPU per request, one at a time: not measured (no per-thread schedstat)")
+        return
+    included = "included" if state.database == "SQLite" else "not included"
+    print(f"\nserver CPU per request, one at a time ({state.database}'s work {included})")
+    print(f"{'':<16}{'requests':>9}{'mean ms':>9}{'p50 ms':>9}")
+    for name in ENDPOINTS:
+        count, mean, p50 = calibration.cost(name)
+        print(f"{name:<16}{count:>9}{mean:>9.2f}{p50:>9.2f}")
+
+
+def answered(status: int) -> bool:
+    """A 2xx with content, what every request here should get (204: no task was left)."""
+    return 200 <= status < 300 and status != 204
+
+
+def all_samples(phases: list[PhaseResult], calibration: Calibration | None) -> list[Samples]:
+    """Every request of the run: the phases' and the calibration's."""
+    return [phase.samples for phase in phases] + ([calibration.samples] if calibration else [])
+
+
+def unexpected_responses(requests: list[Samples]) -> dict[tuple[str, int], int]:
     """Responses that are not a 2xx with content, by endpoint and status (0: transport error)."""
-    statuses = sum((phase.statuses() for phase in phases), Counter())
-    return {key: n for key, n in statuses.items() if not 200 <= key[1] < 300 or key[1] == 204}
+    statuses = sum((samples.statuses() for samples in requests), Counter())
+    return {key: n for key, n in statuses.items() if not answered(key[1])}
 
 
-def error_count(phases: list[PhaseResult]) -> int:
+def error_count(requests: list[Samples]) -> int:
     """Unexpected responses plus requests that never finished."""
-    unfinished = sum(
-        "still open" in example for phase in phases for example in phase.samples.errors
-    )
-    return sum(unexpected_responses(phases).values()) + unfinished
+    unfinished = sum("still open" in example for samples in requests for example in samples.errors)
+    return sum(unexpected_responses(requests).values()) + unfinished
 
 
-def _print_problems(phases: list[PhaseResult], state: DatabaseState) -> None:
-    statuses = sum((phase.statuses() for phase in phases), Counter())
-    unexpected = unexpected_responses(phases)
-    print(f"\nresponses, warm-up included: {dict(sorted(statuses.items()))}")
+def _print_problems(requests: list[Samples], state: DatabaseState) -> None:
+    statuses = sum((samples.statuses() for samples in requests), Counter())
+    unexpected = unexpected_responses(requests)
+    print(f"\nresponses, warm-up and calibration included: {dict(sorted(statuses.items()))}")
     print(f"non-2xx or 204: {unexpected or 'none'}")
     if any(code == 204 for _, code in unexpected):
         print("  204 means the raters ran out of tasks: raise --tasks")
-    for phase in phases:
-        for example in phase.samples.errors:
+    for samples in requests:
+        for example in samples.errors:
             print(f"  e.g. {example}")
     print(
         f"database after the run: {state.judgements} judgements, {state.open_tasks} tasks "
@@ -837,26 +1022,34 @@ def _print_problems(phases: list[PhaseResult], state: DatabaseState) -> None:
 
 RESULTS_HEADER = (
     "| date (UTC) | setup | no-op req/s | next+submit req/s | pairs/s | request ratio "
-    "| pair ratio | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | p99 ms | errors "
-    "| checks | target |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| pair ratio | next p50 / p95 / p99 ms | submit p50 / p95 / p99 ms | p99 ms "
+    "| server CPU ms per no-op, mean / p50 | per next | per submit | errors | checks | target |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def results_line(
-    args: argparse.Namespace, summary: Summary, state: DatabaseState, errors: int
+    args: argparse.Namespace,
+    summary: Summary,
+    calibration: Calibration | None,
+    state: DatabaseState,
+    errors: int,
 ) -> str:
     checks = "ok" if not any(state.violations.values()) else "VIOLATED"
     lat = {name: " / ".join(f"{ms:.0f}" for ms in q) for name, q in summary.latency_ms.items()}
     think = f", think {args.think[0]:g}-{args.think[1]:g} s" if args.think else ""
+    costs = " | ".join(
+        "n/a" if calibration is None else "{1:.2f} / {2:.2f}".format(*calibration.cost(name))
+        for name in ENDPOINTS
+    )
     met = summary.met(closed_loop=not args.think) and not errors
     return (
-        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {args.clients} clients{think}, "
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {state.database}, {args.clients} clients{think}, "
         f"{args.workers} worker(s), {args.seconds:g} s "
         f"| {summary.noop_rps:.0f} | {summary.workload_rps:.0f} | {summary.pairs_per_s:.0f} "
         f"| **{summary.request_ratio:.2f}** | {summary.pair_ratio:.2f} "
-        f"| {lat['next']} | {lat['submit']} | **{summary.p99_ms:.0f}** | {errors} | {checks} "
-        f"| {'met' if met else 'not met'} |"
+        f"| {lat['next']} | {lat['submit']} | **{summary.p99_ms:.0f}** | {costs} | {errors} "
+        f"| {checks} | {'met' if met else 'not met'} |"
     )
 
 
@@ -890,9 +1083,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="open tasks seeded (default 6000: enough for a run at twice the target rate)",
     )
     add(
+        "--database",
+        choices=DATABASES,
+        default="postgresql",
+        help="postgresql (default): a scratch database beside --database-url; "
+        "sqlite: the embedded default, a file in a temporary folder",
+    )
+    add(
         "--database-url",
         default=DEFAULT_DATABASE_URL,
-        help="a database on the PostgreSQL server; the scratch database goes beside it",
+        help="with --database postgresql: a database on the PostgreSQL server; the scratch "
+        "database goes beside it",
+    )
+    add(
+        "--calibration-requests",
+        type=int,
+        default=300,
+        help="no-op requests and next+submit pairs sent one at a time after the phases, to "
+        "measure the server's CPU per request (default 300)",
     )
     return parser.parse_args(argv)
 
@@ -913,20 +1121,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="alignloop-bench-") as folder,
-        scratch_postgres_database(args.database_url, prefix="alignloop_bench") as url,
+        scratch_database(args, Path(folder)) as url,
     ):
         print(f"seeding {args.clients} raters and {args.tasks} tasks ...", flush=True)
         keys = prepare_database(url, raters=args.clients, tasks=args.tasks)
-        with running_server(url, workers=args.workers, folder=Path(folder)) as (port, pid):
-            meter = Meter(pid, url)
-            try:
-                phases = [measure(workload, args, port, keys, meter) for workload in PHASES]
-            finally:
-                meter.close()
+        with (
+            running_server(url, workers=args.workers, folder=Path(folder)) as (port, pid),
+            metering(pid, url) as meter,
+        ):
+            phases = [measure(workload, args, port, keys, meter) for workload in PHASES]
+            calibration = run_calibration(args, port, pid, keys[0])
         state = inspect_database(url)
     summary = summarise(*phases)
-    print_report(args, summary, phases, state)
-    return 1 if any(state.violations.values()) or error_count(phases) else 0
+    print_report(args, summary, phases, calibration, state)
+    errors = error_count(all_samples(phases, calibration))
+    return 1 if any(state.violations.values()) or errors else 0
 
 
 PHASES: tuple[Workload, ...] = ("noop", "rate", "noop")
