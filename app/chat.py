@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from fastapi import Request
@@ -62,8 +62,9 @@ async def serve_generation(
     slot = await anyio.to_thread.run_sync(limiter.acquire, limit_key)
     observation = request.app.state.metrics.serving.accepted()
 
-    def release() -> None:  # once, when the answer ends, however it ends
-        limiter.release(limit_key, slot)
+    async def release() -> None:  # once, when the answer ends, however it ends
+        with anyio.CancelScope(shield=True):  # Redis blocks: off the event loop, even if cancelled
+            await anyio.to_thread.run_sync(limiter.release, limit_key, slot)
         observation.ended()
 
     try:
@@ -71,7 +72,7 @@ async def serve_generation(
         started = await request.app.state.inference.start(_job(body, version))
         stream = ObservedStream(started, observation)
     except BaseException:
-        release()
+        await release()
         raise
     answer_type = TextAnswer if isinstance(body, CompletionRequest) else ChatAnswer
     answer = answer_type(version, body, stream)
@@ -82,7 +83,7 @@ async def serve_generation(
     try:
         await _collect_unless_disconnected(request, answer)
     finally:
-        release()
+        await release()
     await anyio.to_thread.run_sync(_record, request, answer, user)
     return JSONResponse(answer.completion().model_dump(mode="json"), headers=headers)
 
@@ -315,7 +316,7 @@ async def _collect_unless_disconnected(request: Request, answer: Answer) -> None
 
 
 async def _sse(
-    request: Request, answer: Answer, user: User, release: Callable[[], None]
+    request: Request, answer: Answer, user: User, release: Callable[[], Awaitable[None]]
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. A generation
     that fails midway is reported in the stream as an `error` event (as vLLM does), since the
@@ -342,7 +343,7 @@ async def _sse(
         yield "data: [DONE]\n\n"
         finished = True
     finally:
-        release()
+        await release()
         if not finished:  # the client went away (or the server is stopping): stop generating
             await answer.stream.cancel()
         else:
