@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app import preconditions, security
+from app.credentials import credentials_changed
 from app.errors import Conflict, NotFound, PermissionDenied
 from app.models import (
     ApiKey,
@@ -83,6 +84,7 @@ def update_user(
         user.role = role
     if is_active is not None:
         user.is_active = is_active
+    credentials_changed(db)
     if disabling:  # revoked, not just unusable while disabled: enabling revives no old key
         end_user_sessions(db, user=user)
         _revoke_keys(db, ApiKey.user_id == user.id)
@@ -145,6 +147,7 @@ def get_web_session(db: Session, *, token: str) -> WebSession | None:
 
 
 def end_web_session(db: Session, *, token: str) -> None:
+    credentials_changed(db)
     db.execute(delete(WebSession).where(WebSession.token_hash == security.token_digest(token)))
 
 
@@ -271,12 +274,14 @@ def _revoke_owned(db: Session, *conditions: ColumnElement[bool], what: str) -> A
         raise NotFound(f"{what} not found")
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
+        credentials_changed(db)
     return api_key
 
 
 def _revoke_keys(db: Session, *conditions: ColumnElement[bool]) -> int:
     """Revoke every live key matching `conditions`; returns how many."""
     statement = update(ApiKey).where(ApiKey.revoked_at.is_(None), *conditions)
+    credentials_changed(db)
     return db.execute(statement.values(revoked_at=utcnow())).rowcount or 0
 
 

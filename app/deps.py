@@ -7,30 +7,35 @@ a browser session cannot forget the CSRF check: it is part of being authenticate
 
 A caller with an API key acts with the lesser of the owner's role and the key's scope: an
 `inference` key reaches `/v1` only, and an admin's `rater` key no admin route. Invalid keys are
-throttled per client address (`app.throttles`).
+throttled per client address (`app.throttles`). Verified credentials are remembered for a few
+seconds (`app.credentials`), so most requests authenticate without the database; the rater
+API's hot path (`RaterCredential`) then needs no database session at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import urlsplit
 
+import anyio
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app import crud, security, throttles
 from app.config import Settings
+from app.credentials import REMEMBERED, Credential
 from app.errors import LoginRequired, PermissionDenied, Unauthenticated
-from app.models import ApiKey, KeyScope, Role, User, WebSession
+from app.models import KeyScope, Role, User
 
 SESSION_COOKIE = "alignloop_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FORM_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+RATER_ROLES = frozenset({Role.RATER, Role.ADMIN})
 INVALID_KEY = "Invalid, expired or revoked API key"
 INFERENCE_ONLY = (
     "This API key has the 'inference' scope, which serves /v1 only; use a key with the "
@@ -53,33 +58,30 @@ DbSession = Annotated[Session, Depends(get_db)]
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller, how they proved it, and what that lets them do."""
+    """The authenticated caller as a user row, with the credential they proved it by."""
 
     user: User
-    via: Literal["session", "api_key"]
-    web_session: WebSession | None = None
-    api_key_id: int | None = None
-    scope: KeyScope | None = None
-    """The API key's scope; None for a browser session."""
+    credential: Credential
 
-    @classmethod
-    def with_key(cls, api_key: ApiKey) -> Principal:
-        return cls(user=api_key.user, via="api_key", api_key_id=api_key.id, scope=api_key.scope)
+    @property
+    def api_key_id(self) -> int | None:
+        return self.credential.api_key_id
+
+    @property
+    def scope(self) -> KeyScope | None:
+        return self.credential.scope
 
     @property
     def csrf_token(self) -> str | None:
-        return self.web_session.csrf_token if self.web_session else None
+        return self.credential.csrf_token
 
     @property
     def power(self) -> KeyScope:
-        """What the caller may do: the user's role, narrowed by the key's scope."""
-        of_role = KeyScope.of_role(self.user.role)
-        return of_role if self.scope is None else self.scope.narrowed_to(of_role)
+        return self.credential.power
 
     @property
     def role(self) -> Role | None:
-        """The role the caller acts with; None for an `inference` key (`/v1` only)."""
-        return None if self.power is KeyScope.INFERENCE else Role(self.power.value)
+        return self.credential.role
 
 
 async def submitted_csrf_token(request: Request) -> str | None:
@@ -113,52 +115,102 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _live_api_key(request: Request, db: Session, key: str) -> ApiKey:
-    """The row of a presented key. An invalid one counts against the caller's address, and an
-    address that sent too many gets 429 for any key until its lock ends, so that guessing
-    stops there (checking reads only: a valid key writes nothing here)."""
-    counters = throttles.api_key_counters(
-        request.app.state.settings, address=client_address(request)
-    )
+def _verified_key(request: Request, db: Session, key: str, address: str) -> Credential:
+    """Check a presented key against the database. An invalid one counts against the caller's
+    address, and an address that sent too many gets 429 for any key until its lock ends, so
+    that guessing stops there. A valid key writes nothing here but its last use (at most once
+    a minute)."""
+    counters = throttles.api_key_counters(request.app.state.settings, address=address)
     throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_INVALID_KEYS)
     api_key = crud.get_api_key(db, key=key)
     if api_key is None:
         throttles.record_failure(db, counters)
         db.commit()
+        REMEMBERED.forget_address(address)
         raise Unauthenticated(INVALID_KEY)
-    return api_key
+    credential = Credential.of_key(api_key)
+    db.commit()  # last_used_at, when it moved on; and no transaction is held past this
+    return credential
+
+
+def _presented(request: Request, *, cookies: bool = True) -> tuple[str, str, str] | None:
+    """(kind, token, remembered-under address) of the credential a request presents."""
+    if (key := bearer_token(request)) is not None:
+        return "api_key", key, throttles.address_group(client_address(request))
+    if cookies and (token := request.cookies.get(SESSION_COOKIE)):
+        return "session", token, ""
+    return None
+
+
+def _recalled(presented: tuple[str, str, str] | None) -> Credential | None:
+    """The presented credential if this process verified it in the last few seconds."""
+    if presented is None:
+        return None
+    _, token, address = presented
+    return REMEMBERED.recall(security.token_digest(token), address)
+
+
+def _verified(
+    request: Request, db: Session, presented: tuple[str, str, str] | None
+) -> Credential | None:
+    """The presented credential, from memory or verified against the database (None for a
+    session cookie that is unknown or ended: the caller is then not signed in)."""
+    if presented is None:
+        return None
+    if (credential := _recalled(presented)) is not None:
+        return credential
+    kind, token, address = presented
+    if kind == "api_key":
+        credential = _verified_key(request, db, token, address)
+    elif web_session := crud.get_web_session(db, token=token):
+        credential = Credential.of_session(web_session)
+        db.commit()
+    else:
+        return None
+    REMEMBERED.remember(security.token_digest(token), address, credential)
+    return credential
+
+
+def _checked(
+    request: Request, credential: Credential | None, csrf_token: str | None, *, missing
+) -> Credential:
+    """The credential, refused when absent, when it is an `inference` key, or when a browser's
+    write lacks its CSRF token or comes from another site."""
+    if credential is None:
+        raise missing()
+    if credential.role is None:
+        raise PermissionDenied(INFERENCE_ONLY)
+    if credential.via == "session" and request.method not in SAFE_METHODS:
+        _check_cookie_write(request, credential, csrf_token)
+    return credential
+
+
+def _principal(request: Request, db: Session, credential: Credential, *, missing) -> Principal:
+    user = db.get(User, credential.user_id)
+    if user is None:
+        raise missing()
+    principal = Principal(user=user, credential=credential)
+    request.state.principal = principal
+    return principal
 
 
 def _authenticate(
     request: Request, db: Session, csrf_token: str | None, *, missing: type[Unauthenticated]
 ) -> Principal:
-    if (key := bearer_token(request)) is not None:
-        api_key = _live_api_key(request, db, key)
-        if db.dirty:  # last_used_at moved on (at most once a minute)
-            db.commit()
-        principal = Principal.with_key(api_key)
-        if principal.role is None:
-            raise PermissionDenied(INFERENCE_ONLY)
-    elif (token := request.cookies.get(SESSION_COOKIE)) and (
-        web_session := crud.get_web_session(db, token=token)
-    ):
-        if request.method not in SAFE_METHODS:
-            _check_cookie_write(request, web_session, csrf_token)
-        principal = Principal(user=web_session.user, via="session", web_session=web_session)
-    else:
-        raise missing()
-    request.state.principal = principal
-    return principal
+    credential = _verified(request, db, _presented(request))
+    return _principal(
+        request, db, _checked(request, credential, csrf_token, missing=missing), missing=missing
+    )
 
 
-def _check_cookie_write(request: Request, web_session: WebSession, csrf_token: str | None) -> None:
+def _check_cookie_write(request: Request, credential: Credential, csrf_token: str | None) -> None:
     """A browser's write must come from our own pages: the session's CSRF token, and an
     `Origin` (which browsers send with every cross-site POST) naming this host. A request
     without `Origin` (an older browser) still needs the token."""
     origin = request.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
         raise PermissionDenied(f"Cross-site request refused (Origin {origin[:100]}).")
-    if not security.tokens_match(web_session.csrf_token, csrf_token):
+    if not security.tokens_match(credential.csrf_token, csrf_token):
         raise PermissionDenied("CSRF token missing or invalid; reload the page and retry.")
 
 
@@ -180,24 +232,44 @@ def current_page_principal(
 
 def optional_page_principal(request: Request, db: DbSession) -> Principal | None:
     """The browser session's principal if there is one, for public pages such as the login form."""
-    token = request.cookies.get(SESSION_COOKIE)
-    web_session = crud.get_web_session(db, token=token) if token else None
-    if web_session is None:
+    presented = _presented(request)
+    if presented is None or presented[0] != "session":
         return None
-    principal = Principal(user=web_session.user, via="session", web_session=web_session)
-    request.state.principal = principal
-    return principal
+    credential = _verified(request, db, presented)
+    return (
+        None if credential is None else _principal(request, db, credential, missing=LoginRequired)
+    )
 
 
 def api_key_principal(request: Request, db: DbSession) -> Principal:
     """Bearer API keys only, of any scope: `/v1` ignores cookies, so no browser session can be
     ridden."""
-    if (key := bearer_token(request)) is None:
+    presented = _presented(request, cookies=False)
+    if presented is None:
         raise Unauthenticated("A valid API key is required (Authorization: Bearer <key>).")
-    principal = Principal.with_key(_live_api_key(request, db, key))
+    principal = _principal(request, db, _verified(request, db, presented), missing=Unauthenticated)
     db.commit()  # end the transaction: a generation can outlive it by minutes
-    request.state.principal = principal
     return principal
+
+
+async def rater_credential(
+    request: Request, csrf_token: Annotated[str | None, Depends(submitted_csrf_token)]
+) -> Credential:
+    """A rater's or admin's credential, without a database session: the rater API's hot path.
+    Remembered credentials answer on the event loop; others are verified in a thread."""
+    presented = _presented(request)
+    credential = _recalled(presented)
+    if credential is None and presented is not None:
+        credential = await anyio.to_thread.run_sync(_verify_in_own_session, request, presented)
+    credential = _checked(request, credential, csrf_token, missing=Unauthenticated)
+    if credential.role not in RATER_ROLES:
+        raise PermissionDenied("Your role does not allow this.")
+    return credential
+
+
+def _verify_in_own_session(request: Request, presented: tuple[str, str, str]) -> Credential | None:
+    with request.app.state.session_factory() as db:
+        return _verified(request, db, presented)
 
 
 def _require(*roles: Role, principal_dependency):
@@ -246,6 +318,8 @@ PageUser = Annotated[User, Depends(_page_user)]
 PageRater = Annotated[User, Depends(require_page_rater)]
 PageAdmin = Annotated[User, Depends(require_page_admin)]
 ApiKeyPrincipal = Annotated[Principal, Depends(api_key_principal)]
+RaterCredential = Annotated[Credential, Depends(rater_credential)]
+"""A rater's or admin's credential, with no database session (the rater API's hot path)."""
 OptionalPagePrincipal = Annotated[Principal | None, Depends(optional_page_principal)]
 Form = Annotated[FormData, Depends(form_data)]
 
@@ -261,6 +335,7 @@ ROLE_DEPENDENCIES = frozenset(
         require_page_rater,
         require_page_admin,
         api_key_principal,
+        rater_credential,
     }
 )
 """Every route must depend on one of these (checked by a test that walks the routes)."""
