@@ -2,19 +2,40 @@
 
 A task needs `required_judgements` judgements from different raters. Its slots are counted on
 the task row itself (`judgement_count + lease_count`), and every change to them happens while
-holding that row's lock. On PostgreSQL the next task is picked and locked by one
-`SELECT ... FOR UPDATE SKIP LOCKED`: concurrent raters skip each other's rows instead of
-queueing, and a row that changed meanwhile is re-checked against its new counts. SQLite ignores
-row locks; there the `BEGIN IMMEDIATE` transactions of `app.db` serialise writers instead.
+holding that row's lock. On PostgreSQL the next task is picked, locked, leased and returned by
+one data-modifying CTE around `SELECT ... FOR UPDATE SKIP LOCKED`: concurrent raters skip each
+other's rows instead of queueing. SQLite ignores row locks; there the `BEGIN IMMEDIATE`
+transactions of `app.db` serialise writers, and the same steps run one by one.
+
+The rater API's hot path (`lease_next`) is Core statements on a connection: no ORM objects are
+loaded. `assign_next_task` wraps it for code that works in an ORM session.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
+from sqlalchemy.sql.elements import Grouping
 
 from app.errors import PermissionDenied, RateLimited
 from app.models import (
@@ -27,9 +48,10 @@ from app.models import (
     TaskResponse,
     TaskStatus,
     User,
+    UTCDateTime,
     utcnow,
 )
-from app.schemas import MessageOut, PromptOut, ResponseOut, TaskOut
+from app.schemas import MAX_RESPONSES_PER_TASK, MessageOut, PromptOut, ResponseOut, TaskOut
 
 FINISHED = (AssignmentStatus.SUBMITTED, AssignmentStatus.SKIPPED)
 REMAINING = Task.required_judgements - Task.judgement_count - Task.lease_count
@@ -72,6 +94,66 @@ def open_leases(db: Session, *, rater_id: int) -> list[Assignment]:
     )
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A task slot leased to a rater, with what the rater is shown."""
+
+    assignment_id: int
+    task_id: int
+    response_order: list[int]
+    expires_at: datetime
+    prompt_id: int
+    messages: list[dict]
+    texts: dict[int, str]
+
+    def view(self) -> TaskOut:
+        """The task as its rater sees it, responses in the order recorded on the lease."""
+        return TaskOut(
+            task_id=self.task_id,
+            prompt=PromptOut(
+                id=self.prompt_id, messages=[MessageOut(**message) for message in self.messages]
+            ),
+            responses=[
+                ResponseOut(id=response_id, text=self.texts[response_id])
+                for response_id in self.response_order
+            ],
+            lease_expires_at=self.expires_at,
+        )
+
+
+def lease_next(
+    connection: Connection,
+    *,
+    rater_id: int,
+    lease_minutes: float,
+    max_open_leases: int,
+    gold_rate: float = 0.0,
+    rng: random.Random | None = None,
+) -> Lease | None:
+    """Lease the open task closest to completion that this rater may judge, or None.
+
+    With probability `gold_rate` it is a gold task the rater has not done yet (while one is
+    left), otherwise an ordinary task. Raises RaterPaused for a paused rater, and RateLimited
+    when the rater already holds `max_open_leases` live leases. On PostgreSQL: two statements,
+    the rater's state and then one CTE that picks, leases and returns the task.
+    """
+    rng = rng or random
+    now = utcnow()
+    _check_may_lease(connection, rater_id=rater_id, now=now, max_open_leases=max_open_leases)
+    take = _take_in_one_statement if connection.dialect.name == "postgresql" else _take_in_steps
+    slot = {
+        "rater": rater_id,
+        "at": now,
+        "until": now + timedelta(minutes=lease_minutes),
+        # a sort key per response position: position bias is measured against this order
+        "shuffle": [rng.random() for _ in range(MAX_RESPONSES_PER_TASK)],
+    }
+    lease = None
+    if gold_rate > 0 and rng.random() < gold_rate:
+        lease = take(connection, slot, gold=True)
+    return lease or take(connection, slot, gold=False)
+
+
 def assign_next_task(
     db: Session,
     *,
@@ -81,34 +163,103 @@ def assign_next_task(
     gold_rate: float = 0.0,
     rng: random.Random | None = None,
 ) -> Assignment | None:
-    """Lease the open task closest to completion that this rater may judge, or None.
-
-    With probability `gold_rate` it is a gold task the rater has not done yet (while one is
-    left), otherwise an ordinary task.
-    Raises RaterPaused for a paused rater, and RateLimited when the rater already holds
-    `max_open_leases` live leases.
-    """
-    if rater.paused_at is not None:
-        raise RaterPaused(rater.pause_reason)
-    now = utcnow()
-    active = _active_assignments(db, rater_id=rater.id)
-    held = [assignment for assignment in active if assignment.expires_at > now]
-    if len(held) >= max_open_leases:
-        retry_after = (held[0].expires_at - now).total_seconds()
-        raise RateLimited("Finish or skip the tasks you hold before taking more.", int(retry_after))
-    task = None
-    if gold_rate > 0 and (rng or random).random() < gold_rate:
-        task = _first_unlocked(db, _gold_candidates(rater_id=rater.id, now=now))
-    task = task or _first_unlocked(db, _candidates(rater_id=rater.id, now=now))
-    if task is None:
-        return None
-    # A lease of this rater's on this task that ran out is still "active" until reclaimed;
-    # close it, so that the one-live-lease-per-rater index admits the new one.
-    for stale in (assignment for assignment in active if assignment.task_id == task.id):
-        stale.status, stale.finished_at = AssignmentStatus.EXPIRED, now
-        task.lease_count -= 1
+    """`lease_next` in an ORM session, returning the lease's row."""
     db.flush()
-    return _lease(db, task, rater_id=rater.id, now=now, minutes=lease_minutes, rng=rng)
+    lease = lease_next(
+        db.connection(),
+        rater_id=rater.id,
+        lease_minutes=lease_minutes,
+        max_open_leases=max_open_leases,
+        gold_rate=gold_rate,
+        rng=rng,
+    )
+    if lease is None:
+        return None
+    forget_loaded(db, Task, lease.task_id)
+    return db.get(Assignment, lease.assignment_id)
+
+
+def forget_loaded(db: Session, entity: type, *ids: int) -> None:
+    """Expire the session's copies of rows that Core statements changed beneath it."""
+    for row_id in ids:
+        if (loaded := db.identity_map.get(identity_key(entity, row_id))) is not None:
+            db.expire(loaded)
+
+
+def _check_may_lease(
+    connection: Connection, *, rater_id: int, now: datetime, max_open_leases: int
+) -> None:
+    """Raise unless the rater may take one more lease. Leases of theirs that ran out stay
+    "active" until reclaimed; they end here, so that the one-live-lease index admits a new one."""
+    paused_at, reason, held, first_expiry, stale = connection.execute(
+        _RATER_STATE, {"rater": rater_id, "at": now}
+    ).one()
+    if paused_at is not None:
+        raise RaterPaused(reason)
+    if held >= max_open_leases:
+        retry_after = (first_expiry - now).total_seconds()
+        raise RateLimited("Finish or skip the tasks you hold before taking more.", int(retry_after))
+    if stale:
+        _end_leases_that_ran_out(connection, rater_id=rater_id, now=now)
+
+
+def _end_leases_that_ran_out(connection: Connection, *, rater_id: int, now: datetime) -> None:
+    """End the rater's leases that ran out, freeing their slots. Their tasks are locked first,
+    in id order, as every path locks them (the task, then its leases): no deadlock."""
+    ran_out = and_(
+        Assignment.rater_id == rater_id,
+        Assignment.status == AssignmentStatus.ACTIVE,
+        Assignment.expires_at <= now,
+    )
+    tasks = select(Assignment.task_id).where(ran_out)
+    connection.execute(
+        select(Task.id).where(Task.id.in_(tasks)).order_by(Task.id).with_for_update()
+    ).all()
+    ended = connection.execute(
+        update(Assignment)
+        .where(ran_out)
+        .values(status=AssignmentStatus.EXPIRED, finished_at=now)
+        .returning(Assignment.task_id)
+    ).scalars()
+    for task_id, count in Counter(ended).items():
+        connection.execute(
+            update(Task).where(Task.id == task_id).values(lease_count=Task.lease_count - count)
+        )
+
+
+def _take_in_one_statement(connection: Connection, slot: dict, *, gold: bool) -> Lease | None:
+    """PostgreSQL: lock the first free candidate (skipping rows that other raters are leasing
+    right now), insert the lease with its shuffled response order, count it on the task, and
+    return the task's prompt and responses: one round trip."""
+    rows = connection.execute(_LEASE_IN_ONE_STATEMENT[gold], slot).all()
+    if not rows:
+        return None
+    assignment_id, task_id, order, prompt_id, messages = rows[0][:5]
+    texts = {response_id: text for *_, response_id, text in rows}
+    return Lease(assignment_id, task_id, order, slot["until"], prompt_id, messages, texts)
+
+
+def _take_in_steps(connection: Connection, slot: dict, *, gold: bool) -> Lease | None:
+    """The steps of `_take_in_one_statement` in turn, for SQLite, whose `BEGIN IMMEDIATE`
+    (`app.db`) already holds the database's one write lock."""
+    task_id = connection.scalar(_FIRST_CANDIDATE[gold], slot)
+    if task_id is None:
+        return None
+    rows = connection.execute(_SHOWN_ROWS, {"task": task_id}).all()
+    shuffle = slot["shuffle"]
+    keyed = sorted(rows, key=lambda row: (shuffle[row.position % len(shuffle)], row.position))
+    order = [row.response_id for row in keyed]
+    lease = {**slot, "task": task_id, "order": order}
+    assignment_id = connection.scalar(_INSERT_LEASE, lease)
+    connection.execute(_COUNT_LEASE, {"task": task_id})
+    return _lease_of(assignment_id, task_id, order, slot["until"], rows)
+
+
+def _lease_of(assignment_id, task_id, order, expires_at, rows) -> Lease:
+    texts = {row.response_id: row.text for row in rows}
+    return Lease(
+        assignment_id, task_id, order, expires_at, rows[0].prompt_id, rows[0].messages, texts
+    )
 
 
 def _active_assignments(
@@ -125,80 +276,149 @@ def _active_assignments(
     return list(db.scalars(query.execution_options(populate_existing=True)))
 
 
-def _first_unlocked(db: Session, candidates) -> Task | None:
-    """The first of the candidate tasks that nobody else is leasing right now, locked."""
-    return db.scalar(candidates.limit(1).with_for_update(skip_locked=True, of=Task))
-
-
-def _candidates(*, rater_id: int, now: datetime):
+def _candidates():
     """Open tasks with a free slot that the rater has not judged, skipped or leased, the ones
     closest to completion first (gold tasks apart)."""
     return (
         select(Task)
-        .where(
-            Task.status == TaskStatus.OPEN,
-            ~Task.is_gold,
-            REMAINING > 0,
-            ~_touched_by_rater(Task.id, rater_id=rater_id, now=now),
-        )
+        .where(Task.status == TaskStatus.OPEN, ~Task.is_gold, REMAINING > 0, ~_touched_by_rater())
         .order_by(REMAINING, Task.id)
     )
 
 
-def _gold_candidates(*, rater_id: int, now: datetime):
+def _gold_candidates():
     """Gold tasks the rater has not judged, skipped or leased. Every rater may do each one, so
     their slots are not counted."""
     return (
         select(Task)
-        .where(
-            Task.status == TaskStatus.OPEN,
-            Task.is_gold,
-            ~_touched_by_rater(Task.id, rater_id=rater_id, now=now),
-        )
+        .where(Task.status == TaskStatus.OPEN, Task.is_gold, ~_touched_by_rater())
         .order_by(Task.id)
     )
 
 
-def _touched_by_rater(task_id, *, rater_id: int, now: datetime):
+def _touched_by_rater():
     """Whether the rater judged or skipped the task, or holds a live lease on it."""
     return or_(
         exists().where(
-            Assignment.task_id == task_id,
-            Assignment.rater_id == rater_id,
-            or_(Assignment.status.in_(FINISHED), _is_live(now)),
+            Assignment.task_id == Task.id,
+            Assignment.rater_id == _RATER_ID,
+            # `or` rather than `in_`: an IN list is rendered into the SQL on every execution
+            or_(*(Assignment.status == status for status in FINISHED), _is_live(_NOW)),
         ),
-        exists().where(Judgement.task_id == task_id, Judgement.rater_id == rater_id),
+        exists().where(Judgement.task_id == Task.id, Judgement.rater_id == _RATER_ID),
     )
 
 
-def _lease(
-    db: Session,
-    task: Task,
-    *,
-    rater_id: int,
-    now: datetime,
-    minutes: float,
-    rng: random.Random | None,
-) -> Assignment:
-    order = list(
-        db.scalars(
-            select(TaskResponse.response_id)
-            .where(TaskResponse.task_id == task.id)
-            .order_by(TaskResponse.position)
+def _rater_state():
+    """Whether the rater is paused, and their live leases (how many, the first to end) and
+    leases that ran out."""
+    mine = and_(Assignment.rater_id == _RATER_ID, Assignment.status == AssignmentStatus.ACTIVE)
+
+    def of_mine(column, *, live: bool):
+        alive = Assignment.expires_at > _NOW if live else Assignment.expires_at <= _NOW
+        return select(column).select_from(Assignment).where(mine, alive).scalar_subquery()
+
+    return select(
+        User.paused_at,
+        User.pause_reason,
+        of_mine(func.count(), live=True),
+        of_mine(func.min(Assignment.expires_at), live=True),
+        of_mine(func.count(), live=False),
+    ).where(User.id == _RATER_ID)
+
+
+def _lease_in_one_statement(candidates):
+    picked = (
+        candidates.with_only_columns(Task.id, Task.prompt_id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Task)
+        .cte("picked")
+    )
+    shuffle = Grouping(bindparam("shuffle", type_=ARRAY(Float)))  # (...)[i] needs parentheses
+    order = (
+        select(
+            func.jsonb_agg(
+                aggregate_order_by(
+                    TaskResponse.response_id,
+                    shuffle[TaskResponse.position + 1].nulls_last(),
+                    TaskResponse.position,
+                )
+            )
         )
+        .where(TaskResponse.task_id == picked.c.id)
+        .scalar_subquery()
     )
-    (rng or random).shuffle(order)  # position bias is measured against this recorded order
-    assignment = Assignment(
-        task_id=task.id,
-        rater_id=rater_id,
-        response_order=order,
-        leased_at=now,
-        expires_at=now + timedelta(minutes=minutes),
+    leased = (
+        insert(Assignment)
+        .from_select(
+            ["task_id", "rater_id", "response_order", "status", "leased_at", "expires_at"],
+            select(
+                picked.c.id,
+                _RATER_ID,
+                order,
+                literal(AssignmentStatus.ACTIVE.value),
+                _NOW,
+                bindparam("until", type_=UTCDateTime()),
+            ),
+        )
+        .returning(Assignment.id, Assignment.task_id, Assignment.response_order)
+        .cte("leased")
     )
-    db.add(assignment)
-    task.lease_count += 1
-    db.flush()
-    return assignment
+    counted = (
+        update(Task)
+        .where(Task.id == picked.c.id)
+        .values(lease_count=Task.lease_count + 1)
+        .cte("counted")
+    )
+    return (
+        select(leased, picked.c.prompt_id, Prompt.messages, Response.id, Response.text)
+        .add_cte(counted)
+        .join(picked, picked.c.id == leased.c.task_id)
+        .join(Prompt, Prompt.id == picked.c.prompt_id)
+        .join(TaskResponse, TaskResponse.task_id == leased.c.task_id)
+        .join(Response, Response.id == TaskResponse.response_id)
+    )
+
+
+# Built once: a statement object reused with new parameters skips SQLAlchemy's per-statement
+# work (building, cache keys), most of this path's CPU when it was built per request. Parameter
+# names are no column's: Core would add a parameter named like a column to an INSERT or UPDATE.
+_RATER_ID = bindparam("rater", type_=Integer())
+_NOW = bindparam("at", type_=UTCDateTime())
+_RATER_STATE = _rater_state()
+_CANDIDATES = {False: _candidates(), True: _gold_candidates()}
+_LEASE_IN_ONE_STATEMENT = {gold: _lease_in_one_statement(c) for gold, c in _CANDIDATES.items()}
+_FIRST_CANDIDATE = {gold: c.with_only_columns(Task.id).limit(1) for gold, c in _CANDIDATES.items()}
+_SHOWN_ROWS = (
+    select(
+        Prompt.id.label("prompt_id"),
+        Prompt.messages,
+        TaskResponse.position,
+        TaskResponse.response_id,
+        Response.text,
+    )
+    .select_from(Task)
+    .join(Prompt, Prompt.id == Task.prompt_id)
+    .join(TaskResponse, TaskResponse.task_id == Task.id)
+    .join(Response, Response.id == TaskResponse.response_id)
+    .where(Task.id == bindparam("task"))
+)
+"""The task's prompt and responses, one row per response."""
+_INSERT_LEASE = (
+    insert(Assignment)
+    .values(
+        task_id=bindparam("task"),
+        rater_id=_RATER_ID,
+        response_order=bindparam("order"),
+        status=AssignmentStatus.ACTIVE,
+        leased_at=_NOW,
+        expires_at=bindparam("until"),
+    )
+    .returning(Assignment.id)
+)
+_COUNT_LEASE = (
+    update(Task).where(Task.id == bindparam("task")).values(lease_count=Task.lease_count + 1)
+)
 
 
 def release_lease(task: Task, assignment: Assignment, status: AssignmentStatus) -> None:
@@ -285,34 +505,17 @@ def rating_progress(db: Session, *, rater_id: int) -> dict[str, int]:
         .select_from(Assignment)
         .where(Assignment.rater_id == rater_id, Assignment.status == AssignmentStatus.SKIPPED)
     )
-    available = select(func.count()).select_from(
-        _candidates(rater_id=rater_id, now=utcnow()).order_by(None).subquery()
-    )
+    available = select(func.count()).select_from(_CANDIDATES[False].order_by(None).subquery())
     return {
         "judged": db.scalar(judged) or 0,
         "today": db.scalar(judged.where(Judgement.created_at >= today)) or 0,
         "skipped": db.scalar(skipped) or 0,
-        "available": db.scalar(available) or 0,
+        "available": db.scalar(available, {"rater": rater_id, "at": utcnow()}) or 0,
     }
 
 
 def task_view(db: Session, assignment: Assignment) -> TaskOut:
     """The leased task as its rater sees it, responses in the order recorded on the lease."""
-    prompt = db.scalar(
-        select(Prompt).join(Task, Task.prompt_id == Prompt.id).where(Task.id == assignment.task_id)
-    )
-    rows = db.execute(
-        select(Response.id, Response.text).where(Response.id.in_(assignment.response_order))
-    )
-    texts = {response_id: text for response_id, text in rows}
-    return TaskOut(
-        task_id=assignment.task_id,
-        prompt=PromptOut(
-            id=prompt.id, messages=[MessageOut(**message) for message in prompt.messages]
-        ),
-        responses=[
-            ResponseOut(id=response_id, text=texts[response_id])
-            for response_id in assignment.response_order
-        ],
-        lease_expires_at=assignment.expires_at,
-    )
+    rows = db.execute(_SHOWN_ROWS, {"task": assignment.task_id}).all()
+    order, expires_at = assignment.response_order, assignment.expires_at
+    return _lease_of(assignment.id, assignment.task_id, order, expires_at, rows).view()

@@ -8,15 +8,20 @@ processes. PostgreSQL uses row locks in the queries themselves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, make_url
+import anyio
+from sqlalchemy import Connection, Engine, Row, Select, create_engine, event, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from app.config import Settings
 
+T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_POOL_SIZE = 40  # the web tier's thread pool runs up to 40 requests at once
 
@@ -78,3 +83,40 @@ def ping(engine: Engine) -> None:
         cursor.close()
     finally:
         connection.close()
+
+
+def execute_together(
+    connection: Connection,
+    parameters: dict,
+    first: Insert | Update | Delete,
+    *others: Insert | Update | Delete,
+) -> Row:
+    """Run `first` (a statement with RETURNING) and `others` with `parameters` as one unit,
+    returning `first`'s row: on PostgreSQL one statement (the others as data-modifying CTEs:
+    one round trip), on SQLite one after another in the caller's transaction."""
+    if connection.dialect.name == "postgresql":
+        return connection.execute(_together(first, *others), parameters).one()
+    row = connection.execute(first, parameters).one()
+    for statement in others:
+        connection.execute(statement, parameters)
+    return row
+
+
+@functools.cache
+def _together(first: Insert | Update | Delete, *others: Insert | Update | Delete) -> Select:
+    """One statement for `execute_together`, built once per combination of statements."""
+    main = first.cte("main")
+    also = [statement.cte(f"also_{index}") for index, statement in enumerate(others)]
+    return select(main).add_cte(*also)
+
+
+async def in_transaction(factory: sessionmaker[Session], work: Callable[[Connection], T]) -> T:
+    """`work(connection)` in one transaction on one pooled connection, in a worker thread: the
+    request makes one thread hop and one connection checkout, however many statements it runs.
+    (A session only lends the connection: it loads no objects.)"""
+
+    def run() -> T:
+        with session_scope(factory) as session:
+            return work(session.connection())
+
+    return await anyio.to_thread.run_sync(run)

@@ -2,7 +2,7 @@
 
 When the judgement that fills a task's last slot arrives, the task's pair agreement is
 measured; below `low_agreement_threshold` the task gets one more slot (at most
-`max_extra_judgements` times) and stays open. This runs inside `submit_judgement`'s
+`max_extra_judgements` times) and stays open. This runs inside `record_judgement`'s
 transaction, under the task's row lock, so the count and the extra slot change together.
 Gold tasks are never escalated: they stay open for every rater anyway.
 """
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from itertools import combinations
 from statistics import fmean
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, select
 
 from app.config import Settings
-from app.models import Judgement, Task
+from app.models import Judgement
 from app.preferences import expand_ranking, is_current
 
 
@@ -67,17 +66,24 @@ def _pair_verdicts(ranking: list) -> dict[tuple[int, int], int]:
     return verdicts
 
 
-def escalate_if_disagreed(db: Session, task: Task, escalation: Escalation) -> bool:
-    """Give a task whose last slot was just filled one more slot when its raters disagree;
-    True when it did. The caller holds the task's row lock and has added the judgement."""
-    if task.is_gold or task.extra_judgements >= escalation.max_extra:
+def needs_another_rater(
+    connection: Connection,
+    *,
+    task_id: int,
+    extra_judgements: int,
+    new_ranking: list,
+    escalation: Escalation,
+) -> bool:
+    """Whether a task whose last slot `new_ranking` is filling gets one more slot, because its
+    raters disagree. The caller holds the task's row lock and has not stored `new_ranking` yet."""
+    if extra_judgements >= escalation.max_extra or escalation.threshold <= 0:
         return False
-    rankings = db.scalars(
-        select(Judgement.ranking).where(Judgement.task_id == task.id, is_current())
-    ).all()
-    agreement = pair_agreement(rankings)
-    if agreement is None or agreement >= escalation.threshold:
-        return False
-    task.required_judgements += 1
-    task.extra_judgements += 1
-    return True
+    stored = connection.scalars(_CURRENT_RANKINGS, {"task": task_id}).all()
+    agreement = pair_agreement([*stored, new_ranking])
+    return agreement is not None and agreement < escalation.threshold
+
+
+_CURRENT_RANKINGS = select(Judgement.ranking).where(
+    Judgement.task_id == bindparam("task"), is_current()
+)
+"""Built once: building it per submit (an aliased correction chain) cost more than running it."""

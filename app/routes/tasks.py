@@ -1,15 +1,22 @@
-"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript."""
+"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript.
+
+The busiest routes of a rating platform: each is async, authenticates from memory when it can
+(`app.credentials`), and makes one thread hop with one connection for its few Core statements
+(`app.assignment.lease_next`, `app.judgements.record_judgement`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
+from pydantic import BaseModel
 
-from app.assignment import assign_next_task, task_view
-from app.deps import DbSession, RaterUser, SettingsDep
+from app.assignment import lease_next
+from app.db import in_transaction
+from app.deps import RaterCredential, SettingsDep
 from app.escalation import Escalation
-from app.judgements import skip_task, submit_judgement
+from app.judgements import record_judgement, record_skip
 from app.schemas import (
     JudgementIn,
     JudgementOut,
@@ -34,26 +41,28 @@ IdempotencyKey = Annotated[
 
 
 @router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
-def next_task(db: DbSession, settings: SettingsDep, rater: RaterUser) -> TaskOut | Response:
+async def next_task(request: Request, settings: SettingsDep, rater: RaterCredential) -> Response:
     """Lease the next task to judge; 204 when there is none, 429 when holding too many, 403
     when the rater is paused."""
-    assignment = assign_next_task(
-        db,
-        rater=rater,
-        lease_minutes=settings.lease_minutes,
-        max_open_leases=settings.max_open_leases,
-        gold_rate=settings.gold_rate,
+    lease = await in_transaction(
+        request.app.state.session_factory,
+        partial(
+            lease_next,
+            rater_id=rater.user_id,
+            lease_minutes=settings.lease_minutes,
+            max_open_leases=settings.max_open_leases,
+            gold_rate=settings.gold_rate,
+        ),
     )
-    if assignment is None:
+    if lease is None:
         return Response(status_code=204)
-    view = task_view(db, assignment)
-    db.commit()
-    return view
+    return _json(lease.view())
 
 
 @router.post(
     "/{task_id}/judgement",
     status_code=201,
+    response_model=JudgementOut,
     responses=documented(
         {
             201: "Stored; a retry with the same Idempotency-Key and body gets the same answer",
@@ -65,29 +74,40 @@ def next_task(db: DbSession, settings: SettingsDep, rater: RaterUser) -> TaskOut
         }
     ),
 )
-def judge(
+async def judge(
     task_id: RowId,
     body: JudgementIn,
-    db: DbSession,
+    request: Request,
     settings: SettingsDep,
-    rater: RaterUser,
+    rater: RaterCredential,
     idempotency_key: IdempotencyKey = None,
-) -> JudgementOut:
-    judgement, _ = submit_judgement(
-        db,
-        rater=rater,
-        task_id=task_id,
-        body=body,
-        aspects=settings.aspects,
-        idempotency_key=idempotency_key,
-        escalation=Escalation.from_settings(settings),
+) -> Response:
+    recorded = await in_transaction(
+        request.app.state.session_factory,
+        partial(
+            record_judgement,
+            rater_id=rater.user_id,
+            task_id=task_id,
+            body=body,
+            aspects=settings.aspects,
+            idempotency_key=idempotency_key,
+            escalation=Escalation.from_settings(settings),
+        ),
     )
-    db.commit()
-    return JudgementOut(id=judgement.id, task_id=task_id, created_at=judgement.created_at)
+    stored = JudgementOut(id=recorded.judgement_id, task_id=task_id, created_at=recorded.created_at)
+    return _json(stored, status_code=201)
 
 
-@router.post("/{task_id}/skip")
-def skip(task_id: RowId, body: SkipIn, db: DbSession, rater: RaterUser) -> SkipOut:
-    skip_task(db, rater=rater, task_id=task_id, reason=body.reason)
-    db.commit()
-    return SkipOut(task_id=task_id)
+@router.post("/{task_id}/skip", response_model=SkipOut)
+async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCredential) -> Response:
+    await in_transaction(
+        request.app.state.session_factory,
+        partial(record_skip, rater_id=rater.user_id, task_id=task_id, reason=body.reason),
+    )
+    return _json(SkipOut(task_id=task_id))
+
+
+def _json(model: BaseModel, *, status_code: int = 200) -> Response:
+    """The model's JSON, as the declared response model has it: FastAPI would validate it
+    again before serialising."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
