@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
 from app import crud
@@ -62,6 +62,11 @@ def browser_login(client: TestClient, username: str, password: str = PASSWORD) -
     assert response.status_code == 303, response.text
     page = html(client.get("/account"))
     return page.select_one("input[name=csrf_token]")["value"]
+
+
+def cookie_domain(client: TestClient) -> str:
+    """The domain the client's cookies are stored under (to plant one back)."""
+    return next(cookie.domain for cookie in client.cookies.jar)
 
 
 def bearer(client: TestClient, username: str, password: str = PASSWORD, **extra) -> dict[str, str]:
@@ -243,3 +248,18 @@ def serving_tiny_model(settings) -> Iterator[dict]:
             yield {"url": url, "key": key, "app": app, "factory": factory}
     finally:
         engine.dispose()
+
+
+@contextmanager
+def statements_on(connection) -> Iterator[list[str]]:
+    """The SQL statements sent on `connection` (the tests' one connection) inside the block."""
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_):
+        sent.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(connection, "before_cursor_execute", record)

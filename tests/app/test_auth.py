@@ -7,7 +7,15 @@ from sqlalchemy import func, select
 from app import crud
 from app.deps import SESSION_COOKIE
 from app.models import ApiKey, KeyScope, Role, User, WebSession
-from tests.helpers import PASSWORD, api_key_for, bearer, browser_login, html, submit_login
+from tests.helpers import (
+    PASSWORD,
+    api_key_for,
+    bearer,
+    browser_login,
+    cookie_domain,
+    html,
+    submit_login,
+)
 
 
 def test_login_page_renders_a_form_with_a_signed_token(client):
@@ -90,10 +98,6 @@ def test_successful_login_resets_the_failure_count(client, rater, settings):
     for _ in range(settings.login_max_failures - 1):
         client.post("/api/auth/token", json=body)
     assert client.post("/api/auth/token", json={**body, "password": PASSWORD}).status_code == 200
-
-
-def cookie_domain(client) -> str:
-    return next(cookie.domain for cookie in client.cookies.jar)
 
 
 def test_login_rotates_the_session(client, rater, db):
