@@ -45,8 +45,10 @@ from app.routes import (
 )
 from worker.celery_app import create_celery
 
-ROUTERS = (
+ROUTERS = (  # the busiest first: a request is matched against each route in turn
     health,
+    tasks,
+    openai,
     auth,
     links,
     rate,
@@ -55,7 +57,6 @@ ROUTERS = (
     playground,
     keys,
     users,
-    tasks,
     generations,
     prompts,
     models,
@@ -64,7 +65,6 @@ ROUTERS = (
     rounds,
     stats,
     quality,
-    openai,
 )
 
 
