@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     update,
@@ -55,6 +56,10 @@ from app.schemas import MAX_RESPONSES_PER_TASK, MessageOut, PromptOut, ResponseO
 
 FINISHED = (AssignmentStatus.SUBMITTED, AssignmentStatus.SKIPPED)
 REMAINING = Task.required_judgements - Task.judgement_count - Task.lease_count
+IS_OPEN = Task.status == literal_column(f"'{TaskStatus.OPEN.value}'")
+"""Literals rather than parameters where a partial index depends on them: the plan PostgreSQL
+caches for a prepared statement (after five executions) must be able to use the index of open
+tasks by free slots, or each `next` sorts every open task."""
 
 
 class RaterPaused(PermissionDenied):
@@ -281,7 +286,7 @@ def _candidates():
     closest to completion first (gold tasks apart)."""
     return (
         select(Task)
-        .where(Task.status == TaskStatus.OPEN, ~Task.is_gold, REMAINING > 0, ~_touched_by_rater())
+        .where(IS_OPEN, ~Task.is_gold, literal_column("0") < REMAINING, ~_touched_by_rater())
         .order_by(REMAINING, Task.id)
     )
 
@@ -289,11 +294,7 @@ def _candidates():
 def _gold_candidates():
     """Gold tasks the rater has not judged, skipped or leased. Every rater may do each one, so
     their slots are not counted."""
-    return (
-        select(Task)
-        .where(Task.status == TaskStatus.OPEN, Task.is_gold, ~_touched_by_rater())
-        .order_by(Task.id)
-    )
+    return select(Task).where(IS_OPEN, Task.is_gold, ~_touched_by_rater()).order_by(Task.id)
 
 
 def _touched_by_rater():
@@ -330,7 +331,7 @@ def _rater_state():
 def _lease_in_one_statement(candidates):
     picked = (
         candidates.with_only_columns(Task.id, Task.prompt_id)
-        .limit(1)
+        .limit(literal_column("1"))
         .with_for_update(skip_locked=True, of=Task)
         .cte("picked")
     )

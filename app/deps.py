@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import anyio
@@ -133,26 +133,31 @@ def _verified_key(request: Request, db: Session, key: str, address: str) -> Cred
     return credential
 
 
-def _presented(request: Request, *, cookies: bool = True) -> tuple[str, str, str] | None:
-    """(kind, token, remembered-under address) of the credential a request presents."""
+class Presented(NamedTuple):
+    """A credential as a request presents it."""
+
+    kind: Literal["session", "api_key"]
+    token: str
+    address: str
+    """The client address a key is remembered under (none for a session)."""
+
+
+def _presented(request: Request, *, cookies: bool = True) -> Presented | None:
     if (key := bearer_token(request)) is not None:
-        return "api_key", key, throttles.address_group(client_address(request))
+        return Presented("api_key", key, throttles.address_group(client_address(request)))
     if cookies and (token := request.cookies.get(SESSION_COOKIE)):
-        return "session", token, ""
+        return Presented("session", token, "")
     return None
 
 
-def _recalled(presented: tuple[str, str, str] | None) -> Credential | None:
+def _recalled(presented: Presented | None) -> Credential | None:
     """The presented credential if this process verified it in the last few seconds."""
     if presented is None:
         return None
-    _, token, address = presented
-    return REMEMBERED.recall(security.token_digest(token), address)
+    return REMEMBERED.recall(security.token_digest(presented.token), presented.address)
 
 
-def _verified(
-    request: Request, db: Session, presented: tuple[str, str, str] | None
-) -> Credential | None:
+def _verified(request: Request, db: Session, presented: Presented | None) -> Credential | None:
     """The presented credential, from memory or verified against the database (None for a
     session cookie that is unknown or ended: the caller is then not signed in)."""
     if presented is None:
@@ -233,7 +238,7 @@ def current_page_principal(
 def optional_page_principal(request: Request, db: DbSession) -> Principal | None:
     """The browser session's principal if there is one, for public pages such as the login form."""
     presented = _presented(request)
-    if presented is None or presented[0] != "session":
+    if presented is None or presented.kind != "session":
         return None
     credential = _verified(request, db, presented)
     return (
@@ -267,7 +272,7 @@ async def rater_credential(
     return credential
 
 
-def _verify_in_own_session(request: Request, presented: tuple[str, str, str]) -> Credential | None:
+def _verify_in_own_session(request: Request, presented: Presented) -> Credential | None:
     with request.app.state.session_factory() as db:
         return _verified(request, db, presented)
 
