@@ -2,7 +2,8 @@
 
 It runs `bench/rater_api.py`, which exits non-zero on any error response, any request left
 unanswered, or any violated SQL check (a task over its required judgements, a rater twice on a
-task, a complete task still open). Latency is issue 16's target and is printed, not asserted.
+task, a complete task still open); and the latency target of issue 16 must be met: p99 under
+100 ms for next and submit (the bench prints "-> MET").
 """
 
 import subprocess
@@ -17,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "rater_api.py"
 
 
 @pytest.mark.long
-def test_200_raters_for_ten_minutes_on_postgresql_get_no_errors() -> None:
+def test_200_raters_for_ten_minutes_on_postgresql_get_no_errors_and_a_p99_under_100_ms() -> None:
     command = [
         *(sys.executable, str(BENCH), "--clients", "200", "--think", "2-5"),
         *("--seconds", "600", "--tasks", "20000", "--database-url", POSTGRES_URL),
@@ -26,3 +27,4 @@ def test_200_raters_for_ten_minutes_on_postgresql_get_no_errors() -> None:
     print(done.stdout, done.stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "VIOLATION" not in done.stdout
+    assert "-> MET" in done.stdout, done.stdout[-3000:]
