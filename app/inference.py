@@ -2,8 +2,8 @@
 
 The web tier never imports torch. In the embedded default `worker.serving.LocalInference` runs
 the engine inside the web process; with `ALIGNLOOP_INFERENCE=celery`,
-`worker.serving.CeleryInference` hands each request to a GPU worker on the `inference` queue and
-streams the tokens back through Redis. Both produce the same events.
+`worker.inference_client.CeleryInference` hands each request to a GPU worker on the `inference`
+queue and streams the tokens back through Redis. Both produce the same events.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ other people. Data for scripts goes through the `tojson` filter, never string co
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from app.bundled import bundled_dir
 from app.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
@@ -43,6 +45,33 @@ def time_left(seconds: float | None) -> str:
 
 
 templates.env.filters["time_left"] = time_left
+
+MOMENT_FORMATS = {
+    "minute": "%Y-%m-%d %H:%M",
+    "second": "%Y-%m-%d %H:%M:%S",
+    "date": "%Y-%m-%d",
+    "clock": "%H:%M",
+    "clock_second": "%H:%M:%S",
+}
+
+
+def when(moment: datetime | None, precision: str = "minute") -> str:
+    """A moment (UTC) as every page writes it, to the minute unless asked; "" for None."""
+    return moment.strftime(MOMENT_FORMATS[precision]) if moment else ""
+
+
+templates.env.filters["when"] = when
+
+
+@jinja2.pass_context
+def csrf_field(context: jinja2.runtime.Context) -> Markup:
+    """The hidden input that carries the session's CSRF token, in every form that posts."""
+    return Markup('<input type="hidden" name="csrf_token" value="{}">').format(
+        context["csrf_token"]
+    )
+
+
+templates.env.globals["csrf_field"] = csrf_field
 
 
 def render(
