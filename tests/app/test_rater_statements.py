@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import make_settings
 from tests.helpers import api_key_for, create_task, statements_on
 
 STATEMENTS = {"postgresql": {"next": 2, "submit": 3}, "sqlite": {"next": 5, "submit": 5}}
 """On PostgreSQL the rater's state and one CTE, then the lock, one read and one CTE; SQLite's
 single writer runs the CTEs' steps one by one."""
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+@pytest.fixture
+def settings(tmp_path, engine):
+    """No gold mixing: a gold draw would add its own pick first (one more statement)."""
+    url = engine.url.render_as_string(False)
+    return make_settings(tmp_path / "data", database_url=url, gold_rate=0.0)
 
 
 @pytest.fixture
