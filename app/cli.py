@@ -17,12 +17,14 @@ import click
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import access_links, bootstrap, broker, cli_reports, crud, jobs, migrate, rounds
+from app import broker, cli_reports, migrate, round_config
 from app.config import ConfigurationError, Settings
-from app.dashboard import queue_health
 from app.db import engine_for, make_session_factory, session_scope
+from app.domain import access_links, bootstrap, crud, jobs, rounds
+from app.domain.dashboard import queue_health
+from app.domain.export import FORMATS, export_lines
+from app.domain.prompt_import import import_prompts, options_from_text
 from app.errors import AppError, NotFound
-from app.export import FORMATS, export_lines
 from app.models import (
     DEFAULT_ALGORITHM,
     Algorithm,
@@ -32,9 +34,9 @@ from app.models import (
     RunStatus,
     User,
 )
-from app.prompt_import import import_prompts, options_from_text
-from app.query_credentials import RedactQueryCredentials
 from app.schemas import InvitationNote, Password, Username
+from app.tasks_contract import PULL_BASE_MODEL, QUEUES, RECLAIM
+from app.web.query_credentials import RedactQueryCredentials
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -97,11 +99,10 @@ def run(settings: Settings, host: str, port: int) -> None:
     """Everything in one process: migrate, first admin, demo prompts, web, worker, scheduler."""
     import uvicorn
 
-    from app.main import create_app
+    from app.web.main import create_app
     from worker.celery_app import create_celery
     from worker.embedded import EmbeddedWorker
     from worker.model_store import remove_abandoned_writes
-    from worker.tasks import PULL_BASE_MODEL, RECLAIM
 
     if not settings.embedded:
         raise click.ClickException(
@@ -174,7 +175,7 @@ def web(settings: Settings, host: str, port: int, workers: int) -> None:
 
     settings.require_secret_key()
     uvicorn.run(
-        "app.main:create_app",
+        "app.web.main:create_app",
         factory=True,
         host=host,
         port=port,
@@ -464,7 +465,7 @@ def rounds_group() -> None:
     show_default=True,
 )
 @click.option(
-    "--preset", type=click.Choice(list(rounds.PRESETS)), default="quick", show_default=True
+    "--preset", type=click.Choice(list(round_config.PRESETS)), default="quick", show_default=True
 )
 @click.option("--line", default="main", show_default=True, help="The model line to train.")
 @click.option("--wait", is_flag=True, help="Follow the round with a progress bar until it ends.")
@@ -617,7 +618,7 @@ def _broker_status(settings: Settings) -> str:
     """Messages waiting per queue and the workers that answer a ping, from the broker."""
     if settings.embedded:
         return "broker: no broker configured (embedded mode: `alignloop run` holds the worker)"
-    from worker.celery_app import QUEUES, create_celery
+    from worker.celery_app import create_celery
 
     celery = create_celery(settings)
     waiting = broker.queued_messages(celery, QUEUES)

@@ -1,8 +1,8 @@
 """What the web tier asks of a text-generation backend, wherever the model runs.
 
-The web tier never imports torch. In the embedded default `worker.serving.LocalInference` runs
+The web tier never imports torch. In the embedded default `worker.serving.local.LocalInference` runs
 the engine inside the web process; with `ALIGNLOOP_INFERENCE=celery`,
-`worker.inference_client.CeleryInference` hands each request to a GPU worker on the `inference`
+`worker.serving.remote.CeleryInference` hands each request to a GPU worker on the `inference`
 queue and streams the tokens back through Redis. Both produce the same events.
 """
 
@@ -23,8 +23,8 @@ class ChatJob:
     messages: list[dict[str, str]]
     n: int = 1
     sampling: dict[str, Any] = field(default_factory=dict)
-    """Fields of `worker.engine.Sampling` (max_new_tokens, temperature, top_p, top_k, stop, seed,
-    penalties, logprobs), with `logit_bias` as a `{token id: bias}` mapping."""
+    """Fields of `worker.serving.engine.Sampling` (max_new_tokens, temperature, top_p, top_k,
+    stop, seed, penalties, logprobs), with `logit_bias` as a `{token id: bias}` mapping."""
     prompt: str | None = None
     """A plain-text prompt (`/v1/completions`), sent as is instead of the `messages` in the
     chat template."""

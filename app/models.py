@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
+from app.round_config import RoundConfig
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -294,7 +296,7 @@ class AccessLink(Base):
 
 class LoginThrottle(Base):
     """A counter of failed logins or invalid API keys (per account, address, or both; see
-    `app.throttles`), for 429s after repeated failures."""
+    `app.web.throttles`), for 429s after repeated failures."""
 
     __tablename__ = "login_throttles"
 
@@ -412,7 +414,7 @@ class Task(Base):
         CheckConstraint("required_judgements >= 1", name="required_judgements_positive"),
         CheckConstraint("judgement_count >= 0 AND lease_count >= 0", name="counts_not_negative"),
         Index("ix_tasks_status", "status"),
-        # The order in which `app.assignment` hands out open tasks: fewest free slots first.
+        # The order in which `app.domain.assignment` hands out open tasks: fewest free slots first.
         Index(
             "ix_tasks_open_by_free_slots",
             text("(required_judgements - judgement_count - lease_count)"),
@@ -651,6 +653,12 @@ class Round(Base):
         if self.status != RunStatus.RUNNING:
             return None
         return remaining_seconds(self.stage_started_at, self.progress)
+
+    def parsed_config(self, *, device: str = "auto", policy_seed: int = 0) -> RoundConfig:
+        """`config` as typed sections (see `RoundConfig.parse`)."""
+        return RoundConfig.parse(
+            self.algorithm, self.config, device=device, policy_seed=policy_seed
+        )
 
 
 class RoundMetric(Base):

@@ -8,9 +8,9 @@ import time
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
+from app.domain.rounds import ACTIVE
 from app.models import Round, RunStatus
-from app.rounds import ACTIVE
-from app.templating import time_left
+from app.web.templating import time_left
 
 POLL_S = 2.0
 BAR_STEPS = 1000

@@ -36,8 +36,8 @@ MAX_TAGS = 32
 INT64_MAX = 2**63 - 1
 
 # Every integer a client sends is one of these (or narrower), so that a number no column can
-# hold is a 422 here, never an overflow in the database driver (tests/app/test_input_bounds.py
-# walks the OpenAPI description to hold every route to it).
+# hold is a 422 here, never an overflow in the database driver
+# (tests/app/web/api/test_input_bounds.py walks the OpenAPI description to hold every route to it).
 RowId = Annotated[int, Interval(ge=1, le=INT64_MAX)]
 """A database id, in a path, a query or a body."""
 Int64 = Annotated[int, Interval(ge=-INT64_MAX - 1, le=INT64_MAX)]
@@ -84,7 +84,7 @@ ERROR_DESCRIPTIONS = {
 def documented(responses: dict[int, str | None]) -> dict[int | str, dict[str, Any]]:
     """A route's OpenAPI `responses`: what each status code means there (None: the meaning in
     `ERROR_DESCRIPTIONS`), errors with their `{"detail": ...}` body. The statuses every route of
-    its kind answers are added by `app.api_description`."""
+    its kind answers are added by `app.web.api_description`."""
     entries: dict[int | str, dict[str, Any]] = {}
     for code, text in responses.items():
         entries[code] = {"description": text or ERROR_DESCRIPTIONS[code]}
@@ -327,7 +327,7 @@ class PauseOut(BaseModel):
 
 
 class RaterQualityOut(BaseModel):
-    """One rater's stored quality figures (see `app.quality` for their definitions)."""
+    """One rater's stored quality figures (see `app.domain.quality` for their definitions)."""
 
     rater_id: int
     username: str

@@ -43,10 +43,10 @@ from sqlalchemy import Engine, insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import crud, migrate, quality  # noqa: E402
+from app import migrate  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_session_factory, session_scope  # noqa: E402
-from app.main import create_app  # noqa: E402
+from app.domain import crud, quality
 from app.models import (  # noqa: E402
     Algorithm,
     Assignment,
@@ -70,6 +70,7 @@ from app.models import (  # noqa: E402
     User,
     utcnow,
 )
+from app.web.main import create_app  # noqa: E402
 from tests.helpers import PASSWORD, TEST_SECRET, browser_login, scratch_postgres_database  # noqa: E402
 
 GATED = ["/admin", "/admin/quality", "/admin/models"]

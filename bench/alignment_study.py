@@ -52,7 +52,7 @@ SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
 # Each setting: an algorithm and its trainer settings. LoRA adapts the top 8 of the model's 30
 # blocks (rank 16) unless the name says otherwise. The online settings start from the `quick`
-# presets (app/rounds.py): 8 steps of 8 prompts, rollouts of 128 tokens, learning rate 1e-3.
+# presets (app/domain/rounds.py): 8 steps of 8 prompts, rollouts of 128 tokens, learning rate 1e-3.
 TOP = {"lora": True, "lora_layers": 8}
 ONLINE = {**TOP, "learning_rate": 1e-3, "steps": 8, "prompts_per_step": 8, "max_new_tokens": 128}
 RLOO2 = {**ONLINE, "samples_per_prompt": 2}
@@ -128,7 +128,7 @@ REWARD_MODELS = {
         "batch_pairs": 4,
         "gradient_accumulation": 2,
     },
-    # The `quick` preset's (app/rounds.py), and the same for two epochs.
+    # The `quick` preset's (app/domain/rounds.py), and the same for two epochs.
     "quick": {**TOP, "learning_rate": 1e-3, "epochs": 1, "batch_pairs": 8, "max_length": 384},
     "quick_2ep": {**TOP, "learning_rate": 1e-3, "epochs": 2, "batch_pairs": 8, "max_length": 384},
     "lora_all_layers": {
@@ -161,7 +161,7 @@ def base_answers(rule: Rule, folder: Path) -> dict:
     path = folder / "base.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from worker.engine import GenerationEngine, Sampling
+    from worker.serving.engine import GenerationEngine, Sampling
 
     train, held_out = split_prompts(rule)
     model, tokenizer = load_base()
@@ -191,7 +191,7 @@ def base_answers(rule: Rule, folder: Path) -> dict:
 
 
 def held_out_answers(engine, prompts: list[dict], seed: int) -> list[str]:
-    from worker.engine import Sampling
+    from worker.serving.engine import Sampling
 
     sampling = Sampling(max_new_tokens=SERVED_TOKENS, seed=seed * 100_000, **SAMPLING)
     done = engine.generate([p["messages"] for p in prompts], sampling)
@@ -231,7 +231,8 @@ def bench_settings():
 def rated_pairs(rule: Rule, data: dict) -> list:
     """Three simulated raters judge every task; each strict judgement becomes a pair, and
     each rewrite a pair of the rewrite over the answer it replaces."""
-    from app.preferences import Pair, split_of
+    from app.domain.preferences import split_of
+    from app.pairs import Pair
 
     pairs = []
     for task, prompt in enumerate(data["train"]):
@@ -286,7 +287,7 @@ def run_variant(rule: Rule, name: str, folder: Path, reward: str) -> dict:
     that need a reward model use `folder / reward`."""
     import torch
 
-    from worker.engine import GenerationEngine
+    from worker.serving.engine import GenerationEngine
 
     torch.manual_seed(0)
     spec = VARIANTS.get(name, {"algorithm": "reward_model"})
@@ -321,8 +322,8 @@ def train_reward(rule: Rule, kind: str, data: dict, pairs: list, folder: Path) -
     """Train reward model `kind` on the pairs; its accuracy on the held-out pairs, and its
     agreement with the rule on the base's two held-out answers to each prompt where the rule
     prefers one (more pairs, and no rater noise)."""
-    from worker.reward_model import RewardScorer, save_reward_model, train_reward_model
-    from worker.training_config import RewardConfig
+    from app.round_config import RewardConfig
+    from worker.training.reward_model import RewardScorer, save_reward_model, train_reward_model
 
     started_cpu, started = time.process_time(), time.perf_counter()
     config = RewardConfig(device="cpu", **REWARD_MODELS[kind])
@@ -362,19 +363,19 @@ def train_policy(spec: dict, pairs: list, data: dict, reward: Path):
 
 
 def _trained_policy(spec: dict, pairs: list, data: dict, reward: Path):
-    from worker.training_config import DPOConfig, PPOConfig, RLOOConfig, build_config
+    from app.round_config import DPOConfig, PPOConfig, RLOOConfig, build_config
 
     algorithm = spec["algorithm"]
     conversations = [p["messages"] for p in data["train"]]
     if algorithm == "dpo":
-        from worker.dpo import train_dpo
+        from worker.training.dpo import train_dpo
 
         return train_dpo(pairs, base_path(), build_config(DPOConfig, spec["policy"], device="cpu"))[
             0
         ]
     if algorithm in ("rloo", "ppo"):
-        from worker.ppo import train_ppo
-        from worker.rloo import train_rloo
+        from worker.training.ppo import train_ppo
+        from worker.training.rloo import train_rloo
 
         train, kind = (train_rloo, RLOOConfig) if algorithm == "rloo" else (train_ppo, PPOConfig)
         config = build_config(kind, spec["policy"], device="cpu")
@@ -394,11 +395,11 @@ def online_dpo(conversations: list, reward: Path, settings: dict):
     against the base as reference."""
     import torch
 
-    from app.preferences import Pair
-    from worker.dpo import dpo_steps_on_pairs
-    from worker.policy import Policy, prompt_batches
-    from worker.reward_model import RewardScorer
-    from worker.training_config import DPOConfig, OnlineConfig, build_config
+    from app.pairs import Pair
+    from app.round_config import DPOConfig, OnlineConfig, build_config
+    from worker.training.dpo import dpo_steps_on_pairs
+    from worker.training.policy import Policy, prompt_batches
+    from worker.training.reward_model import RewardScorer
 
     config = build_config(OnlineConfig, settings, device="cpu")
     dpo = DPOConfig(beta=0.1, batch_pairs=8)
@@ -435,11 +436,11 @@ def online_dpo(conversations: list, reward: Path, settings: dict):
 def rejection_sampling(conversations: list, reward: Path, spec: dict):
     """Best-of-n by the reward model, then supervised fine-tuning on the best answers
     (RAFT, Dong et al. 2023; the rejection-sampling step of Llama 2, Touvron et al. 2023)."""
-    from worker.data import Demonstration
-    from worker.engine import GenerationEngine, Sampling
-    from worker.reward_model import RewardScorer
-    from worker.sft import train_sft
-    from worker.training_config import SFTConfig
+    from app.round_config import SFTConfig
+    from worker.serving.engine import GenerationEngine, Sampling
+    from worker.training.data import Demonstration
+    from worker.training.reward_model import RewardScorer
+    from worker.training.sft import train_sft
 
     model, tokenizer = load_base()
     engine = GenerationEngine(model, tokenizer, name="rsft", max_batch_size=64)
@@ -464,9 +465,9 @@ def sft_on_chosen(pairs: list, spec: dict):
     best-of-two by people rather than by a reward model."""
     from collections import Counter
 
-    from worker.data import Demonstration
-    from worker.sft import train_sft
-    from worker.training_config import SFTConfig
+    from app.round_config import SFTConfig
+    from worker.training.data import Demonstration
+    from worker.training.sft import train_sft
 
     votes: dict[int, Counter] = {}
     for pair in pairs:
@@ -485,8 +486,8 @@ def kl_to_base(model, tokenizer, pad_id: int, held_out: list[dict], answers: dic
     Monte Carlo estimate of KL(policy || base) per answer."""
     import torch
 
-    from worker.data import encode_turn
-    from worker.policy import Rollout, answer_logprobs
+    from worker.training.data import encode_turn
+    from worker.training.policy import Rollout, answer_logprobs
 
     prompts, replies = [], []
     for seed in SEEDS:

@@ -34,11 +34,10 @@ def run_trainer(algorithm: str, steps: int) -> dict:
     import torch
 
     import worker
-    from app.bootstrap import DEMO_PROMPTS
+    from app.domain.bootstrap import DEMO_PROMPTS
     from app.models import Algorithm
-    from app.rounds import POLICY_PRESETS
-    from worker.reward_model import RewardReport, load_reward_model, save_reward_model
-    from worker.training_config import PPOConfig, RLOOConfig
+    from app.round_config import POLICY_PRESETS, PPOConfig, RLOOConfig
+    from worker.training.reward_model import RewardReport, load_reward_model, save_reward_model
 
     reward = BASE.parent / "reward-online-memory"
     if not (reward / "config.json").is_file():
@@ -50,11 +49,11 @@ def run_trainer(algorithm: str, steps: int) -> dict:
     prompts = [row["messages"] for row in rows if "zh" not in row.get("tags", [])][:PROMPTS]
     settings = {**POLICY_PRESETS["quick"][Algorithm(algorithm)], "steps": steps, "device": "cpu"}
     if algorithm == "rloo":
-        from worker.rloo import train_rloo as train
+        from worker.training.rloo import train_rloo as train
 
         config = RLOOConfig(**settings)
     else:
-        from worker.ppo import train_ppo as train
+        from worker.training.ppo import train_ppo as train
 
         config = PPOConfig(**settings)
     _, curve = train(prompts, BASE, reward, config)

@@ -37,16 +37,16 @@ sys.path.insert(0, str(REPO))  # run as a script from bench/: make `app` and `wo
 from reward_model import base_model  # noqa: E402  (bench/reward_model.py, next to this file)
 from serving import machine  # noqa: E402
 
-from app.bootstrap import DEMO_PROMPTS  # noqa: E402
-from worker.policy import Policy  # noqa: E402
-from worker.reward_model import (  # noqa: E402
+from app.domain.bootstrap import DEMO_PROMPTS  # noqa: E402
+from app.round_config import RLOOConfig  # noqa: E402
+from worker.training.policy import Policy  # noqa: E402
+from worker.training.reward_model import (  # noqa: E402
     RewardReport,
     RewardScorer,
     load_reward_model,
     save_reward_model,
 )
-from worker.rloo import RLOOStep  # noqa: E402
-from worker.training_config import RLOOConfig  # noqa: E402
+from worker.training.rloo import RLOOStep  # noqa: E402
 
 TARGET_RATIO = 1.5
 BETA = 0.05

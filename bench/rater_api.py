@@ -46,7 +46,7 @@ Usage
     .venv/bin/python bench/rater_api.py --database sqlite [--clients 64] [--seconds 20] ...
 
     200 raters with think time for 10 minutes (issue 14's load test; `pytest -m long
-    tests/app/test_rater_load.py` runs it and fails on any error or violated check):
+    tests/app/web/api/test_rater_load.py` runs it and fails on any error or violated check):
     .venv/bin/python bench/rater_api.py --clients 200 --think 2-5 --seconds 600 --tasks 20000
 
 `--database-url` names a database on the PostgreSQL server to use; the benchmark creates a
@@ -139,7 +139,7 @@ def prepare_database(url: str, *, raters: int, tasks: int) -> list[str]:
 
 
 def _seed_raters(session, count: int) -> list[str]:
-    from app import crud
+    from app.domain import crud
     from app.models import KeyScope, Role
 
     keys = []

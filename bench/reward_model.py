@@ -43,10 +43,10 @@ sys.path.insert(0, str(REPO))  # run as a script from bench/: make `app` and `wo
 from serving import machine  # noqa: E402  (bench/serving.py, next to this file)
 
 from app.config import Settings  # noqa: E402
-from app.preferences import Pair  # noqa: E402
+from app.pairs import Pair  # noqa: E402
+from app.round_config import RewardConfig  # noqa: E402
 from worker.model_store import BASE_VERSION, ModelStore  # noqa: E402
-from worker.reward_model import load_reward_model, train_reward_model  # noqa: E402
-from worker.training_config import RewardConfig  # noqa: E402
+from worker.training.reward_model import load_reward_model, train_reward_model  # noqa: E402
 
 TARGET_RATIO = 1.3
 SEED = 0

@@ -57,9 +57,10 @@ SAMPLING = {"temperature": 0.7, "top_p": 0.95}
 def prepare(data_dir: Path, model: str) -> tuple[dict[str, str], str]:
     """A SQLite database with the model as version `base` and an API key; returns the server's
     environment and the key. The converted model stays in `data_dir` for the next run."""
-    from app import crud, migrate
+    from app import migrate
     from app.config import Settings
     from app.db import engine_for, make_session_factory, session_scope
+    from app.domain import crud
     from app.models import KeyScope, Role
     from worker.model_store import ModelStore
 

@@ -30,11 +30,12 @@ from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import crud, migrate, security
+from app import migrate, security
 from app.config import Settings
 from app.db import make_engine
-from app.main import create_app
+from app.domain import crud
 from app.models import Role, User
+from app.web.main import create_app
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import PASSWORD, TEST_SECRET, scratch_postgres_database
 

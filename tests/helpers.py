@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
-from app import crud
+from app.domain import crud
+from app.domain.preferences import build_snapshot, split_of, write_snapshot
 from app.models import (
     Judgement,
     KeyScope,
@@ -29,7 +30,6 @@ from app.models import (
     TaskResponse,
     User,
 )
-from app.preferences import build_snapshot, split_of, write_snapshot
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery staple"
@@ -231,7 +231,7 @@ def serving_tiny_model(settings) -> Iterator[dict]:
     "factory"}`. `settings` must hold the converted tokenizer."""
     from app import migrate
     from app.db import make_engine, make_session_factory, session_scope
-    from app.main import create_app
+    from app.web.main import create_app
     from tests.live_server import serve_in_thread
     from worker.model_store import ModelStore
 

@@ -19,9 +19,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from app import crud, migrate
+from app import migrate
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
+from app.domain import crud
 from app.models import KeyScope, Role
 from tests.browser import SCREENS, log_in, new_context, record_errors, save_screenshot
 from tests.helpers import PASSWORD

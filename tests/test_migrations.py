@@ -10,8 +10,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
-from app import crud, migrate
+from app import migrate
 from app.db import make_engine, make_session_factory, session_scope
+from app.domain import crud
 from app.models import Base, Role, User
 from tests.conftest import BACKENDS, scratch_database
 

@@ -22,9 +22,10 @@ from playwright.sync_api import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import crud, migrate
+from app import migrate
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
+from app.domain import crud
 from app.models import Assignment, AssignmentStatus, Judgement, Response, Role
 from tests.browser import (
     SCREENS,

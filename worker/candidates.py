@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from app import crud
 from app.db import session_scope
+from app.domain import crud
 from app.models import (
     Job,
     ModelKind,
@@ -28,10 +28,11 @@ from app.models import (
     TaskResponse,
     TaskStatus,
 )
-from worker.celery_app import WorkerContext
-from worker.engine import GenerationEngine, Sampling
+from worker.context import WorkerContext
 from worker.job_runner import Progress
-from worker.model_store import ModelStore, release_memory
+from worker.model_store import ModelStore
+from worker.serving.engine import GenerationEngine, Sampling
+from worker.training.checkpoints import release_memory
 
 CANDIDATE_SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 FIRST_BATCH = 4

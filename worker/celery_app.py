@@ -7,23 +7,27 @@ kombu's in-memory transport carries the same messages to a worker thread inside
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from celery import Celery
 from kombu import Queue
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import engine_for, make_session_factory
+from app.tasks_contract import (
+    DEFAULT_QUEUE,
+    DEFAULT_TIME_LIMIT_S,
+    PURGE_EXPIRED_CREDENTIALS,
+    QUEUES,
+    RECLAIM,
+    REFRESH_QUALITY,
+    ROUTES,
+    SCHEDULE_GENERATION,
+    SCHEDULE_ROUND,
+    TRAIN_TIME_LIMIT_S,
+)
+from worker.context import WorkerContext
+from worker.tasks import register_tasks
 
-DEFAULT_QUEUE = "default"
-TRAIN_QUEUE = "train"
-INFERENCE_QUEUE = "inference"  # /v1 requests when ALIGNLOOP_INFERENCE=celery
-QUEUES = (DEFAULT_QUEUE, TRAIN_QUEUE, INFERENCE_QUEUE)
-
-DEFAULT_TIME_LIMIT_S = 60 * 60
-TRAIN_TIME_LIMIT_S = 24 * 60 * 60
 # Redis re-delivers unacknowledged messages after this long. Training tasks acknowledge late,
 # so it must exceed the longest task, or a healthy long round would be handed out twice.
 REDIS_VISIBILITY_TIMEOUT_S = TRAIN_TIME_LIMIT_S + 60 * 60
@@ -38,41 +42,32 @@ QUALITY_REFRESH_INTERVAL_S = 600
 EMBEDDED_POLLING_INTERVAL_S = 0.1
 
 
-@dataclass(frozen=True)
-class WorkerContext:
-    """What tasks need from the outside world; tasks get it from their Celery app."""
-
-    settings: Settings
-    engine: Engine
-    session_factory: sessionmaker[Session]
-
-
 def beat_schedule(settings: Settings) -> dict[str, dict]:
     schedule = {
         "purge-expired-credentials": {
-            "task": "alignloop.purge_expired_credentials",
+            "task": PURGE_EXPIRED_CREDENTIALS,
             "schedule": PURGE_INTERVAL_S,
         },
-        "reclaim": {"task": "alignloop.reclaim", "schedule": RECLAIM_INTERVAL_S},
+        "reclaim": {"task": RECLAIM, "schedule": RECLAIM_INTERVAL_S},
         "refresh-quality": {
-            "task": "alignloop.refresh_quality",
+            "task": REFRESH_QUALITY,
             "schedule": QUALITY_REFRESH_INTERVAL_S,
         },
     }
     if settings.generation_interval_hours > 0:
         schedule["generate-candidates"] = {
-            "task": "alignloop.schedule_generation",
+            "task": SCHEDULE_GENERATION,
             "schedule": settings.generation_interval_hours * 3600,
         }
     if settings.round_interval_hours > 0:
         schedule["start-round-on-interval"] = {
-            "task": "alignloop.schedule_round",
+            "task": SCHEDULE_ROUND,
             "schedule": settings.round_interval_hours * 3600,
             "kwargs": {"reason": "interval"},
         }
     if settings.round_after_judgements > 0:
         schedule["start-round-on-judgements"] = {
-            "task": "alignloop.schedule_round",
+            "task": SCHEDULE_ROUND,
             "schedule": JUDGEMENT_CHECK_INTERVAL_S,
             "kwargs": {"reason": "judgements"},
         }
@@ -80,8 +75,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
 
 
 def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery:
-    from worker.tasks import register_tasks  # tasks import this module for the queue names
-
     if settings.embedded:
         celery = Celery("alignloop", broker="memory://localhost/", backend="cache+memory://")
         transport_options = {"polling_interval": EMBEDDED_POLLING_INTERVAL_S}
@@ -125,13 +118,7 @@ def create_celery(settings: Settings, *, engine: Engine | None = None) -> Celery
         timezone="UTC",
         # The in-memory scheduler: the default one persists its state with shelve (pickle).
         beat_scheduler="celery.beat:Scheduler",
-        task_routes={
-            "alignloop.generate_candidates": {"queue": TRAIN_QUEUE},
-            "alignloop.train_reward_model": {"queue": TRAIN_QUEUE},
-            "alignloop.train_sft": {"queue": TRAIN_QUEUE},
-            "alignloop.round_stage": {"queue": TRAIN_QUEUE},
-            "alignloop.infer": {"queue": INFERENCE_QUEUE},
-        },
+        task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
         beat_schedule=beat_schedule(settings),
     )
     engine = engine or engine_for(settings)

@@ -21,7 +21,7 @@ from celery.beat import EmbeddedService
 from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
-from worker.celery_app import DEFAULT_QUEUE, TRAIN_QUEUE
+from app.tasks_contract import DEFAULT_QUEUE, TRAIN_QUEUE
 
 log = logging.getLogger(__name__)
 

@@ -38,11 +38,11 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import jobs, model_readiness, rounds
 from app.config import Settings
 from app.db import engine_for, make_session_factory, session_scope
+from app.domain import jobs, model_readiness, rounds
 from app.models import Job, Round, RoundStage
-from worker.celery_app import WorkerContext
+from worker.context import STOP_REQUESTED, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,6 @@ CHECK_S = 1.0
 """How often the supervisor reads the database for a cancel and for progress."""
 STOP_GRACE_S = 5.0
 """How long a child asked to stop may take before it is killed (a cancel ends within 10 s)."""
-STOP_REQUESTED = threading.Event()
-"""Set in the child by SIGTERM: the work stops at its next step (`worker.rounds.Stage`)."""
 
 
 # --- what the child works on ---------------------------------------------------------------------
@@ -313,7 +311,7 @@ def _request(context: WorkerContext, work: str, args: list[Any]) -> dict[str, An
 
 
 def _round_stage(context: WorkerContext, round_id: int, stage: str) -> str:
-    from worker.rounds import run_stage
+    from worker.stages import run_stage
 
     return run_stage(context, round_id, stage)
 
@@ -379,11 +377,11 @@ PRELOADED = [
     "transformers",
     "worker.candidates",
     "worker.training_jobs",
-    "worker.rounds",
-    "worker.dpo",
-    "worker.ppo",
-    "worker.rloo",
-    "worker.sft",
+    "worker.stages",
+    "worker.training.dpo",
+    "worker.training.ppo",
+    "worker.training.rloo",
+    "worker.training.sft",
 ]
 """What the fork server imports once for every child."""
 FORK_SERVER = multiprocessing.get_context("forkserver")

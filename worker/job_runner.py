@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from app import jobs
 from app.db import session_scope
+from app.domain import jobs
 from app.models import Job
-from worker.celery_app import WorkerContext
+from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 

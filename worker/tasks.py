@@ -10,14 +10,29 @@ import logging
 from celery import Celery
 from sqlalchemy import select
 
-from app import crud, jobs, leaderboard, quality, rounds
-from app.assignment import expire_stale_leases
 from app.db import session_scope
+from app.domain import crud, jobs, leaderboard, quality, rounds
+from app.domain.assignment import expire_stale_leases
 from app.errors import Conflict
 from app.inference import ChatJob
 from app.models import Algorithm, Job, RoundStage, RunStatus
-from worker import inference_client
-from worker.celery_app import DEFAULT_TIME_LIMIT_S, TRAIN_TIME_LIMIT_S, WorkerContext
+from app.tasks_contract import (
+    DEFAULT_TIME_LIMIT_S,
+    GENERATE_CANDIDATES,
+    INFER,
+    PING,
+    PULL_BASE_MODEL,
+    PURGE_EXPIRED_CREDENTIALS,
+    RECLAIM,
+    REFRESH_QUALITY,
+    ROUND_STAGE,
+    SCHEDULE_GENERATION,
+    SCHEDULE_ROUND,
+    TRAIN_REWARD_MODEL,
+    TRAIN_SFT,
+    TRAIN_TIME_LIMIT_S,
+)
+from worker.context import WorkerContext
 from worker.isolation import (
     Watched,
     WatchedBasePreparation,
@@ -28,18 +43,6 @@ from worker.isolation import (
 
 log = logging.getLogger(__name__)
 
-PING = "alignloop.ping"
-PURGE_EXPIRED_CREDENTIALS = "alignloop.purge_expired_credentials"
-PULL_BASE_MODEL = "alignloop.pull_base_model"
-RECLAIM = "alignloop.reclaim"
-REFRESH_QUALITY = quality.REFRESH_TASK
-SCHEDULE_GENERATION = "alignloop.schedule_generation"
-SCHEDULE_ROUND = "alignloop.schedule_round"
-GENERATE_CANDIDATES = jobs.CELERY_TASKS[jobs.GENERATE_CANDIDATES]
-INFER = inference_client.INFER
-TRAIN_REWARD_MODEL = jobs.CELERY_TASKS[jobs.TRAIN_REWARD_MODEL]
-TRAIN_SFT = jobs.CELERY_TASKS[jobs.TRAIN_SFT]
-ROUND_STAGE = rounds.RUN_STAGE_TASK
 TRAINING_LIMITS = {"time_limit": TRAIN_TIME_LIMIT_S, "soft_time_limit": TRAIN_TIME_LIMIT_S - 60}
 """Time limits of the tasks that train a model."""
 
@@ -98,7 +101,7 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
     def infer(job: dict, channel: str) -> str:
         """Serve one `/v1` request on this worker (ALIGNLOOP_INFERENCE=celery). Not retried:
         its client is waiting and gets an error instead."""
-        from worker.serving import serve_on_worker
+        from worker.serving.on_worker import serve_on_worker
 
         return serve_on_worker(context.settings, ChatJob(**job), channel)
 

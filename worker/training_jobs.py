@@ -7,23 +7,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from app import crud
 from app.db import session_scope
+from app.domain import crud
+from app.domain.preferences import build_snapshot, collect_demonstrations, write_snapshot
+from app.domain.quality import snapshot_weights
 from app.models import Job, ModelKind, ModelVersion
-from app.preferences import Pair, build_snapshot, collect_demonstrations, write_snapshot
-from app.quality import snapshot_weights
-from worker.celery_app import WorkerContext
-from worker.data import Demonstration
+from app.pairs import Pair
+from app.round_config import RewardConfig, SFTConfig, build_config
+from worker.context import WorkerContext
 from worker.job_runner import Progress
 from worker.model_store import ModelStore
-from worker.reward_model import (
+from worker.training.data import Demonstration
+from worker.training.reward_model import (
     RewardReport,
     report_metrics,
     save_reward_model,
     train_reward_model,
 )
-from worker.sft import save_policy, train_sft
-from worker.training_config import RewardConfig, SFTConfig, build_config
+from worker.training.sft import save_policy, train_sft
 
 
 def train_reward_model_job(context: WorkerContext, job: Job, progress: Progress) -> dict[str, Any]:

@@ -17,15 +17,15 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app import crud
 from app.db import make_session_factory
-from app.main import create_app
+from app.domain import crud
 from app.models import Job, Role, Round
+from app.tasks_contract import RECLAIM, TRAIN_QUEUE
+from app.web.main import create_app
 from tests.conftest import make_settings
 from tests.helpers import api_key_for, ready_for_a_round
 from tests.live_server import free_port, wait_for
-from worker.celery_app import TRAIN_QUEUE, create_celery
-from worker.tasks import RECLAIM
+from worker.celery_app import create_celery
 
 QUICK_S = 3.0
 """A request the broker cannot serve answers within this (it took 19 s before)."""

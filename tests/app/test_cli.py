@@ -12,10 +12,11 @@ from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from app import access_links, crud, migrate
+from app import migrate
 from app import round_follower as follower
 from app.cli import main
 from app.db import make_engine, make_session_factory, session_scope
+from app.domain import access_links, crud
 from app.errors import NotFound
 from app.models import (
     AccessLink,

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from app import jobs
 from app.db import make_session_factory, session_scope
+from app.domain import jobs
 from app.models import (
     Job,
     ModelVersion,
@@ -21,11 +21,11 @@ from app.models import (
     TaskResponse,
     utcnow,
 )
+from app.tasks_contract import GENERATE_CANDIDATES
 from tests.live_server import wait_for
 from worker.candidates import samples_per_version
 from worker.celery_app import create_celery
 from worker.model_store import ModelStore
-from worker.tasks import GENERATE_CANDIDATES
 
 QUICK = {"max_new_tokens": 8}
 

@@ -14,19 +14,20 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from app import crud
 from app.db import make_session_factory, session_scope
+from app.domain import crud
 from app.models import Role, WebSession
-from tests.conftest import REDIS_URL, make_settings
-from worker.celery_app import (
+from app.tasks_contract import (
     DEFAULT_QUEUE,
     INFERENCE_QUEUE,
+    PING,
+    PURGE_EXPIRED_CREDENTIALS,
     TRAIN_QUEUE,
     TRAIN_TIME_LIMIT_S,
-    create_celery,
 )
+from tests.conftest import REDIS_URL, make_settings
+from worker.celery_app import create_celery
 from worker.embedded import EmbeddedWorker
-from worker.tasks import PING, PURGE_EXPIRED_CREDENTIALS
 
 RESULT_TIMEOUT_S = 60
 

@@ -12,16 +12,17 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from app import crud, jobs, migrate
+from app import migrate
 from app.db import make_engine, make_session_factory, session_scope
+from app.domain import crud, jobs
+from app.domain.rounds import ACTIVE
 from app.models import Job, KeyScope, Role, Round, RoundStage, RunStatus
-from app.rounds import ACTIVE
+from app.tasks_contract import GENERATE_CANDIDATES
 from tests.helpers import judged_tasks_with_rewrites
 from tests.live_server import alignloop_run, wait_for
 from worker.celery_app import WorkerContext, create_celery
 from worker.isolation import FORK_SERVER, Limits, _watch
 from worker.model_store import ModelStore
-from worker.tasks import GENERATE_CANDIDATES
 
 CANCEL_DEADLINE_S = 10.0
 SHORT_ROUND = {

@@ -21,9 +21,11 @@ from worker.model_store import (
     BASE_VERSION,
     ModelSourceError,
     ModelStore,
+    remove_abandoned_writes,
+)
+from worker.training.checkpoints import (
     atomic_directory,
     dtype_for,
-    remove_abandoned_writes,
     resolve_device,
     training_dtype,
     with_lora,
@@ -83,7 +85,7 @@ def test_start_up_removes_the_writes_of_dead_processes_only(tmp_path):
     models = tmp_path / "models"
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from worker.model_store import atomic_directory\n"
+        "from worker.training.checkpoints import atomic_directory\n"
         "with atomic_directory(Path(sys.argv[1])) as tmp:\n"
         "    (tmp / 'model.safetensors').write_bytes(b'half')\n"
         "    print(tmp, flush=True); time.sleep(60)"

@@ -1,0 +1,45 @@
+"""First-start set-up for the embedded default: the first admin, demo prompts, guidelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app import security
+from app.domain import crud
+from app.domain.prompt_import import parse_prompts
+from app.models import Role
+
+DEMO_PROMPTS = Path(__file__).resolve().parents[1] / "demo_prompts.jsonl"
+DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "default_guidelines.md"
+FIRST_ADMIN = "admin"
+
+
+def create_first_admin(db: Session) -> str | None:
+    """On an empty database, create `admin` with a random password and return that password."""
+    if crud.count_users(db) > 0:
+        return None
+    password = security.generate_password()
+    crud.create_user(db, username=FIRST_ADMIN, password=password, role=Role.ADMIN)
+    return password
+
+
+def load_demo_prompts(db: Session) -> int:
+    """Load the shipped demo prompts into a database that has none; returns how many."""
+    if crud.count_prompts(db) > 0:
+        return 0
+    prompts, skipped = parse_prompts(DEMO_PROMPTS.read_bytes(), "jsonl")
+    if skipped:
+        raise RuntimeError(f"{DEMO_PROMPTS} has invalid rows: {skipped}")
+    for prompt in prompts:
+        prompt.source = prompt.source or "alignloop demo"
+    return crud.add_prompts(db, prompts=prompts, created_by=None).created
+
+
+def publish_default_guidelines(db: Session) -> bool:
+    """Publish the shipped guidelines as version 1 when none exist; True if it did."""
+    if crud.current_guidelines(db) is not None:
+        return False
+    crud.publish_guidelines(db, body=DEFAULT_GUIDELINES.read_text(), author=None)
+    return True

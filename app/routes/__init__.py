@@ -1,1 +1,0 @@
-"""HTTP routers, one module per URL prefix; `app.main` includes them all."""

@@ -1,0 +1,74 @@
+"""`/api/models`: model versions with their lineage, their leaderboard, promotion and
+rollback (admins)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.domain import crud
+from app.domain import leaderboard as ranking
+from app.domain.leaderboard import Standing
+from app.models import ModelVersion
+from app.schemas import ModelVersionOut, RowId, error_responses
+from app.web.deps import AdminUser, DbSession
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="The `ETag` of `GET /api/models`: refuse (412) if another promotion or "
+        "rollback happened since."
+    ),
+]
+
+
+@router.get("")
+def list_models(db: DbSession, admin: AdminUser, response: Response) -> list[ModelVersionOut]:
+    """Every version; the `ETag` header names what is served now (send it back in `If-Match`
+    when promoting or rolling back)."""
+    current = crud.current_policy(db)
+    response.headers["ETag"] = crud.serving_etag(current)
+    return [
+        ModelVersionOut.model_validate(version).model_copy(
+            update={"current": current is not None and version.id == current.id}
+        )
+        for version in crud.list_model_versions(db)
+    ]
+
+
+@router.get("/leaderboard")
+def leaderboard(
+    db: DbSession, admin: AdminUser, bootstrap: Annotated[int, Query(ge=0, le=2000)] = 200
+) -> list[Standing]:
+    """Policy versions ranked by a Bradley-Terry fit of raters' blind comparisons, with 95%
+    bootstrap intervals (Elo scale, mean 1000)."""
+    return ranking.leaderboard(db, bootstrap=bootstrap)
+
+
+@router.post("/{version_id}/promote", responses=error_responses(412))
+def promote(
+    version_id: RowId, db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
+) -> ModelVersionOut:
+    """Serve this version as `current` from the next request on; running requests finish on
+    the version they started with."""
+    version = crud.promote(db, version_id=version_id, if_match=if_match)
+    db.commit()
+    return _now_served(version, response)
+
+
+@router.post("/rollback", responses=error_responses(412))
+def roll_back(
+    db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
+) -> ModelVersionOut:
+    """Serve the version that was current before the last promotion (or `base`) again."""
+    version = crud.roll_back(db, if_match=if_match)
+    db.commit()
+    return _now_served(version, response)
+
+
+def _now_served(version: ModelVersion, response: Response) -> ModelVersionOut:
+    response.headers["ETag"] = crud.serving_etag(version)
+    return ModelVersionOut.model_validate(version).model_copy(update={"current": True})

@@ -1,0 +1,113 @@
+"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript.
+
+The busiest routes of a rating platform: each is async, authenticates from memory when it can
+(`app.domain.credentials`), and makes one thread hop with one connection for its few Core statements
+(`app.domain.assignment.lease_next`, `app.domain.judgements.record_judgement`)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from pydantic import BaseModel
+
+from app.db import in_transaction
+from app.domain.assignment import lease_next
+from app.domain.escalation import Escalation
+from app.domain.judgements import record_judgement, record_skip
+from app.schemas import (
+    JudgementIn,
+    JudgementOut,
+    RowId,
+    SkipIn,
+    SkipOut,
+    TaskOut,
+    documented,
+)
+from app.web.deps import RaterCredential, SettingsDep
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        description="Any unique string (a UUID, say); a retry sends the same key and body",
+    ),
+]
+
+
+@router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
+async def next_task(request: Request, settings: SettingsDep, rater: RaterCredential) -> Response:
+    """Lease the next task to judge; 204 when there is none, 429 when holding too many, 403
+    when the rater is paused."""
+    lease = await in_transaction(
+        request.app.state.session_factory,
+        partial(
+            lease_next,
+            rater_id=rater.user_id,
+            lease_minutes=settings.lease_minutes,
+            max_open_leases=settings.max_open_leases,
+            gold_rate=settings.gold_rate,
+        ),
+    )
+    if lease is None:
+        return Response(status_code=204)
+    return _json(lease.view())
+
+
+@router.post(
+    "/{task_id}/judgement",
+    status_code=201,
+    response_model=JudgementOut,
+    responses=documented(
+        {
+            201: "Stored; a retry with the same Idempotency-Key and body gets the same answer",
+            404: "No such task",
+            409: "Judged already, no live lease on the task, or the Idempotency-Key was used "
+            "for another task",
+            422: "Invalid fields, a ranking that is not of the task's responses, an empty "
+            "Idempotency-Key, or one used before with a different body",
+        }
+    ),
+)
+async def judge(
+    task_id: RowId,
+    body: JudgementIn,
+    request: Request,
+    settings: SettingsDep,
+    rater: RaterCredential,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    recorded = await in_transaction(
+        request.app.state.session_factory,
+        partial(
+            record_judgement,
+            rater_id=rater.user_id,
+            task_id=task_id,
+            body=body,
+            aspects=settings.aspects,
+            idempotency_key=idempotency_key,
+            escalation=Escalation.from_settings(settings),
+        ),
+    )
+    stored = JudgementOut(id=recorded.judgement_id, task_id=task_id, created_at=recorded.created_at)
+    return _json(stored, status_code=201)
+
+
+@router.post("/{task_id}/skip", response_model=SkipOut)
+async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCredential) -> Response:
+    await in_transaction(
+        request.app.state.session_factory,
+        partial(record_skip, rater_id=rater.user_id, task_id=task_id, reason=body.reason),
+    )
+    return _json(SkipOut(task_id=task_id))
+
+
+def _json(model: BaseModel, *, status_code: int = 200) -> Response:
+    """The model's JSON, as the declared response model has it: FastAPI would validate it
+    again before serialising."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")

@@ -1,0 +1,136 @@
+"""`/api/users` and `/api/invitations`: accounts, their API keys and one-time links, for admins."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+
+from app.domain import access_links, crud, preconditions
+from app.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    InvitationCreate,
+    InvitationIssued,
+    InvitationOut,
+    LinkIssued,
+    RowId,
+    UserAccountOut,
+    UserCreate,
+    UserUpdate,
+    error_responses,
+)
+from app.web.deps import AdminUser, DbSession, SettingsDep
+
+users = APIRouter(prefix="/api/users", tags=["users"])
+invitations = APIRouter(prefix="/api/invitations", tags=["users"])
+
+
+@users.get("")
+def list_users(db: DbSession, admin: AdminUser) -> list[UserAccountOut]:
+    return [UserAccountOut.model_validate(user) for user in crud.list_users(db)]
+
+
+@users.post("", status_code=201)
+def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> UserAccountOut:
+    user = crud.create_user(db, username=body.username, password=body.password, role=body.role)
+    db.commit()
+    return UserAccountOut.model_validate(user)
+
+
+@users.get("/{user_id}")
+def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response) -> UserAccountOut:
+    """The account, with its `ETag` for `If-Match` on `PATCH`."""
+    user = crud.get_user(db, user_id=user_id)
+    response.headers["ETag"] = crud.user_etag(user)
+    return UserAccountOut.model_validate(user)
+
+
+@users.patch("/{user_id}", responses=error_responses(412))
+def update_user(
+    user_id: RowId,
+    body: UserUpdate,
+    db: DbSession,
+    admin: AdminUser,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(description="The account's `ETag`: refuse (412) if it changed since.")
+    ] = None,
+) -> UserAccountOut:
+    """Disable (which signs the account out at once and revokes all its API keys, so that
+    enabling it again revives none), enable, or change the role."""
+    user = crud.get_user(db, user_id=user_id, for_update=True)
+    preconditions.check_if_match(if_match, crud.user_etag(user), what="This account")
+    crud.update_user(db, user=user, acting=admin, is_active=body.is_active, role=body.role)
+    db.commit()
+    response.headers["ETag"] = crud.user_etag(user)
+    return UserAccountOut.model_validate(user)
+
+
+@users.post("/{user_id}/password-reset", status_code=201)
+def create_password_reset(
+    user_id: RowId, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
+) -> LinkIssued:
+    """A one-time link to hand to the user; earlier reset links for them stop working."""
+    user = crud.get_user(db, user_id=user_id)
+    issued = access_links.create_password_reset(db, user=user, created_by=admin, settings=settings)
+    db.commit()
+    return LinkIssued(url=issued.url(str(request.base_url)), expires_at=issued.link.expires_at)
+
+
+@users.get("/{user_id}/keys")
+def list_user_keys(user_id: RowId, db: DbSession, admin: AdminUser) -> list[ApiKeyOut]:
+    user = crud.get_user(db, user_id=user_id)
+    return [ApiKeyOut.model_validate(key) for key in crud.list_api_keys(db, user=user)]
+
+
+@users.post("/{user_id}/keys", status_code=201, responses=error_responses(401, 403, 404, 422))
+def create_user_key(
+    user_id: RowId, body: ApiKeyCreate, db: DbSession, admin: AdminUser
+) -> ApiKeyCreated:
+    """A key for the user, with a scope no greater than their role (403)."""
+    user = crud.get_user(db, user_id=user_id)
+    api_key, key = crud.create_api_key(db, user=user, name=body.name, scope=body.scope)
+    db.commit()
+    return ApiKeyCreated.shown_once(api_key, key)
+
+
+@users.delete("/{user_id}/keys/{key_id}", status_code=204)
+def revoke_user_key(user_id: RowId, key_id: RowId, db: DbSession, admin: AdminUser) -> Response:
+    crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
+    db.commit()
+    return Response(status_code=204)
+
+
+@invitations.get("")
+def list_invitations(db: DbSession, admin: AdminUser) -> list[InvitationOut]:
+    """Invitations not yet used, revoked or expired (their links cannot be shown again)."""
+    return [InvitationOut.model_validate(link) for link in access_links.pending_invitations(db)]
+
+
+@invitations.post("", status_code=201)
+def create_invitation(
+    body: InvitationCreate, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
+) -> InvitationIssued:
+    issued = access_links.create_invitation(
+        db, role=body.role, note=body.note, created_by=admin, settings=settings
+    )
+    db.commit()
+    return InvitationIssued(
+        id=issued.link.id,
+        url=issued.url(str(request.base_url)),
+        expires_at=issued.link.expires_at,
+    )
+
+
+@invitations.delete("/{invitation_id}", status_code=204)
+def revoke_invitation(invitation_id: RowId, db: DbSession, admin: AdminUser) -> Response:
+    access_links.revoke_invitation(db, link_id=invitation_id)
+    db.commit()
+    return Response(status_code=204)
+
+
+router = APIRouter()
+router.include_router(users)
+router.include_router(invitations)

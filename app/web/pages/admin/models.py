@@ -1,0 +1,74 @@
+"""Admin pages: model versions with their lineage and metrics, the Bradley-Terry leaderboard
+(as last stored in the background), and the promote and rollback buttons."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from app.domain import crud, quality
+from app.domain import leaderboard as ranking
+from app.models import ModelVersion
+from app.schemas import RowId, error_responses
+from app.web.deps import DbSession, PageAdmin
+from app.web.templating import render
+
+router = APIRouter(prefix="/admin")
+
+
+@router.get("/models", response_class=HTMLResponse)
+def model_list(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    versions = crud.list_model_versions(db)
+    current = crud.current_policy(db)
+    context = {
+        "versions": list(reversed(versions)),
+        "lineage": _lineage(versions),
+        "current": current,
+        "serving": crud.serving_etag(current),
+        "can_roll_back": current is not None and current.promoted_at is not None,
+        "leaderboard": ranking.latest(db),
+    }
+    return render(request, "admin/models.html", context)
+
+
+def _lineage(versions: list[ModelVersion]) -> dict[int, list[str]]:
+    """Each version's ancestors' names, parent first."""
+    by_id = {version.id: version for version in versions}
+    chains: dict[int, list[str]] = {}
+    for version in versions:
+        chain, parent_id = [], version.parent_id
+        while parent_id is not None and parent_id in by_id and len(chain) < len(by_id):
+            chain.append(by_id[parent_id].name)
+            parent_id = by_id[parent_id].parent_id
+        chains[version.id] = chain
+    return chains
+
+
+# The buttons send the page's `serving` ETag: an admin who promotes from a page that another
+# admin's promotion or rollback made stale gets a 412 page instead of overwriting it.
+ServedWhenRead = Annotated[str, Form(max_length=64)]
+
+
+@router.post("/models/{version_id}/promote", responses=error_responses(412))
+def promote(
+    version_id: RowId, db: DbSession, admin: PageAdmin, serving: ServedWhenRead = ""
+) -> RedirectResponse:
+    crud.promote(db, version_id=version_id, if_match=serving or None)
+    db.commit()
+    return RedirectResponse("/admin/models", status_code=303)
+
+
+@router.post("/models/leaderboard/refresh")
+def refresh_leaderboard(request: Request, admin: PageAdmin) -> RedirectResponse:
+    """Recompute the leaderboard (with the quality figures) in the background."""
+    quality.request_refresh(request.app.state.celery)
+    return RedirectResponse("/admin/models", status_code=303)
+
+
+@router.post("/models/rollback", responses=error_responses(412))
+def roll_back(db: DbSession, admin: PageAdmin, serving: ServedWhenRead = "") -> RedirectResponse:
+    crud.roll_back(db, if_match=serving or None)
+    db.commit()
+    return RedirectResponse("/admin/models", status_code=303)

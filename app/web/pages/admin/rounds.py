@@ -1,0 +1,126 @@
+"""Admin pages: training rounds: the list with a form to start one, and each round's page with
+its live stage, progress, curves and log, and a cancel button."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
+
+from app import round_config
+from app.domain import crud, model_readiness, rounds
+from app.errors import Conflict
+from app.models import DEFAULT_ALGORITHM, Algorithm, ModelVersion, Round
+from app.schemas import RowId
+from app.web.deps import DbSession, PageAdmin, SettingsDep
+from app.web.templating import render
+
+router = APIRouter(prefix="/admin")
+
+PAGE_SIZE = 50
+
+
+@router.get("/rounds", response_class=HTMLResponse)
+def round_list(
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    admin: PageAdmin,
+    before: Annotated[RowId | None, Query()] = None,
+) -> HTMLResponse:
+    """Newest first, `PAGE_SIZE` at a time (`before` is the last id of the previous page)."""
+    return _round_list(request, db, settings, before=before)
+
+
+def _round_list(
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    *,
+    before: int | None = None,
+    refusal: Conflict | None = None,
+) -> HTMLResponse:
+    """The list and its form; `refusal` (a start the form asked for) is shown above the form,
+    with a link to the round in the way when there is one."""
+    query = select(Round).order_by(Round.id.desc()).limit(PAGE_SIZE + 1)
+    found = list(db.scalars(query.where(Round.id < before) if before else query))
+    context = {
+        "rounds": found[:PAGE_SIZE],
+        "older": found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None,
+        "algorithms": [algorithm.value for algorithm in Algorithm],
+        "default_algorithm": DEFAULT_ALGORITHM.value,
+        "presets": list(round_config.PRESETS),
+        "readiness": _readiness(db, settings),
+        "refusal": refusal.detail if refusal else None,
+        "in_the_way": rounds.active_round(db, line="main") if refusal else None,
+    }
+    status = refusal.status_code if refusal else 200
+    return render(request, "admin/rounds.html", context, status_code=status)
+
+
+def _readiness(db: DbSession, settings: SettingsDep) -> dict:
+    """What a new round would start from: the model, and the judged pairs per preset's need.
+    Counting the pairs builds a snapshot, so it is skipped while a round runs (the page then
+    refreshes itself every few seconds, and a start would be refused anyway)."""
+    model = model_readiness.model_state(db, settings)
+    if not model.ready:
+        return {"model": model.detail, "running": None}
+    if (running := rounds.active_round(db, line="main")) is not None:
+        return {"model": None, "running": running}
+    options = round_config.preset_snapshot(settings.round_preset)
+    available, previous = rounds.pairs_available(db, crud.current_policy(db), options)
+    needed = {name: round_config.preset_snapshot(name).min_pairs for name in round_config.PRESETS}
+    return {"model": None, "running": None, "pairs": available, "since": previous, "needed": needed}
+
+
+@router.post("/rounds", response_model=None)
+def start_round(
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    admin: PageAdmin,
+    algorithm: Annotated[Algorithm, Form()] = DEFAULT_ALGORITHM,
+    preset: Annotated[str, Form(max_length=32)] = "quick",
+) -> RedirectResponse | HTMLResponse:
+    try:
+        round_ = rounds.start_round(
+            db,
+            algorithm=algorithm,
+            preset=preset,
+            overrides={},
+            created_by=admin,
+            settings=settings,
+        )
+    except Conflict as refused:
+        db.rollback()
+        return _round_list(request, db, settings, refusal=refused)
+    db.commit()
+    rounds.send(db, request.app.state.celery, round_.id)
+    return RedirectResponse(f"/admin/rounds/{round_.id}", status_code=303)
+
+
+@router.get("/rounds/{round_id}", response_class=HTMLResponse)
+def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    round_ = rounds.get_round(db, round_id)
+    versions = db.scalars(select(ModelVersion).where(ModelVersion.round_id == round_id)).all()
+    parent = db.get(ModelVersion, round_.parent_version_id) if round_.parent_version_id else None
+    context = {
+        "round": round_,
+        "stages": [stage.value for stage in rounds.STAGES],
+        "active": round_.status in rounds.ACTIVE,
+        "versions": versions,
+        "parent": parent,
+        "log": rounds.read_log(db, round_id=round_id),
+        "human": rounds.human_verdict(db, round_),
+        "too_few": rounds.TOO_FEW_TO_JUDGE,
+    }
+    return render(request, "admin/round.html", context)
+
+
+@router.post("/rounds/{round_id}/cancel")
+def cancel_round(round_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    rounds.cancel_round(db, round_id=round_id)
+    db.commit()
+    return RedirectResponse(f"/admin/rounds/{round_id}", status_code=303)

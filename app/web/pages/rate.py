@@ -1,0 +1,183 @@
+"""Rater pages: home with progress, the task page, its form posts, and the guidelines.
+
+The task page is a plain form that works without JavaScript (each post redirects back to
+`/rate`); `static/rate.js` adds the keyboard and, by sending `X-Requested-With: fetch`, gets
+the next task as an HTML fragment to swap in without reloading the page.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from app.config import Settings
+from app.domain import crud
+from app.domain.assignment import (
+    RaterPaused,
+    current_or_next,
+    live_assignment,
+    open_leases,
+    rating_progress,
+    task_view,
+)
+from app.domain.escalation import Escalation
+from app.domain.judgements import skip_task, submit_judgement
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import Task, User
+from app.schemas import FLAGS, MAX_REASON_CHARS, RowId
+from app.web.deps import DbSession, Form, PageRater, PageUser, SettingsDep
+from app.web.i18n import translate
+from app.web.pages.rating_form import FormProblem, judgement_from_form
+from app.web.templating import render
+
+router = APIRouter()
+
+RESPONSE_LABELS = "ABCD"
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, db: DbSession, rater: PageRater) -> HTMLResponse:
+    context = {
+        "progress": rating_progress(db, rater_id=rater.id),
+        "holding": bool(open_leases(db, rater_id=rater.id)),
+        "guidelines": crud.current_guidelines(db),
+    }
+    return render(request, "rate/home.html", context)
+
+
+@router.get("/rate", response_class=HTMLResponse)
+def rate(request: Request, db: DbSession, settings: SettingsDep, rater: PageRater) -> Response:
+    return _task_page(request, db, settings, rater)
+
+
+@router.post("/rate/tasks/{task_id}/judgement", response_class=HTMLResponse)
+def judge(
+    task_id: RowId,
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    rater: PageRater,
+    form: Form,
+) -> Response:
+    try:
+        body = judgement_from_form(
+            form, response_ids=_response_ids(db, task_id), aspects=settings.aspects
+        )
+        submit_judgement(
+            db,
+            rater=rater,
+            task_id=task_id,
+            body=body,
+            aspects=settings.aspects,
+            idempotency_key=form.get("idempotency_key") or None,
+            escalation=Escalation.from_settings(settings),
+        )
+    except InvalidInput as exc:
+        db.rollback()
+        error = translate(rater.locale, exc.key) if isinstance(exc, FormProblem) else exc.detail
+        return _task_page(
+            request, db, settings, rater, task_id=task_id, error=error, values=form, status=422
+        )
+    except Conflict as exc:
+        db.rollback()
+        return _task_page(request, db, settings, rater, notice=exc.detail, status=409)
+    db.commit()
+    return _next(request, db, settings, rater, notice_key="rate.saved")
+
+
+@router.post("/rate/tasks/{task_id}/skip", response_class=HTMLResponse)
+def skip(
+    task_id: RowId,
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    rater: PageRater,
+    form: Form,
+) -> Response:
+    reason = str(form.get("reason") or "")[:MAX_REASON_CHARS]
+    try:
+        skip_task(db, rater=rater, task_id=task_id, reason=reason)
+    except Conflict as exc:
+        db.rollback()
+        return _task_page(request, db, settings, rater, notice=exc.detail, status=409)
+    db.commit()
+    return _next(request, db, settings, rater, notice_key="rate.skipped")
+
+
+@router.get("/guidelines", response_class=HTMLResponse)
+def guidelines(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
+    return render(request, "guidelines.html", {"guidelines": crud.current_guidelines(db)})
+
+
+def _is_fetch(request: Request) -> bool:
+    return request.headers.get("x-requested-with") == "fetch"
+
+
+def _next(
+    request: Request, db: Session, settings: Settings, rater: User, *, notice_key: str
+) -> Response:
+    if not _is_fetch(request):
+        return RedirectResponse("/rate", status_code=303)
+    notice = translate(rater.locale, notice_key)
+    return _task_page(request, db, settings, rater, notice=notice)
+
+
+def _response_ids(db: Session, task_id: int) -> list[int]:
+    task = db.get(Task, task_id)
+    if task is None:
+        raise NotFound("Task not found")
+    return [link.response_id for link in task.responses]
+
+
+def _task_page(
+    request: Request,
+    db: Session,
+    settings: Settings,
+    rater: User,
+    *,
+    task_id: int | None = None,
+    error: str | None = None,
+    notice: str | None = None,
+    values: FormData | None = None,
+    status: int = 200,
+) -> Response:
+    """The given task if the rater still holds it, else their current or next task (or why
+    a paused rater gets none)."""
+    context = {
+        "task": None,
+        "paused": None,
+        "error": error,
+        "notice": notice,
+        "values": values or FormData(),
+    }
+    try:
+        assignment = (task_id and live_assignment(db, task_id=task_id, rater_id=rater.id)) or (
+            current_or_next(
+                db,
+                rater=rater,
+                lease_minutes=settings.lease_minutes,
+                max_open_leases=settings.max_open_leases,
+                gold_rate=settings.gold_rate,
+            )
+        )
+    except RaterPaused as paused:
+        assignment, context["paused"] = None, paused
+    if assignment is not None:
+        view = task_view(db, assignment)
+        guideline = crud.current_guidelines(db)
+        context |= {
+            "task": view,
+            "responses": list(zip(RESPONSE_LABELS, view.responses, strict=False)),
+            "pairwise": len(view.responses) == 2,
+            "aspects": settings.aspects,
+            "flags": FLAGS,
+            "guideline_version": guideline.version if guideline else None,
+            "idempotency_key": secrets.token_urlsafe(16),
+        }
+    db.commit()
+    template = "rate/_task.html" if _is_fetch(request) else "rate/page.html"
+    return render(request, template, context, status_code=status)

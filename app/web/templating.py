@@ -1,0 +1,123 @@
+"""Server-rendered pages: the Jinja2 environment and the helpers that render with page context.
+
+Autoescaping is always on: prompts, model outputs and rater text are untrusted and shown to
+other people. Data for scripts goes through the `tojson` filter, never string concatenation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from app.bundled import bundled_dir
+from app.web.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
+from app.web.markdown import render_markdown
+
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(bundled_dir("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
+templates.env.filters["markdown"] = render_markdown
+
+
+def time_left(seconds: float | None) -> str:
+    """An ETA in words: "about 40 s left", "about 12 min left" ("" when unknown)."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s left"
+    if seconds < 90 * 60:
+        return f"about {seconds / 60:.0f} min left"
+    return f"about {seconds / 3600:.1f} h left"
+
+
+templates.env.filters["time_left"] = time_left
+
+MOMENT_FORMATS = {
+    "minute": "%Y-%m-%d %H:%M",
+    "second": "%Y-%m-%d %H:%M:%S",
+    "date": "%Y-%m-%d",
+    "clock": "%H:%M",
+    "clock_second": "%H:%M:%S",
+}
+
+
+def when(moment: datetime | None, precision: str = "minute") -> str:
+    """A moment (UTC) as every page writes it, to the minute unless asked; "" for None."""
+    return moment.strftime(MOMENT_FORMATS[precision]) if moment else ""
+
+
+templates.env.filters["when"] = when
+
+
+@jinja2.pass_context
+def csrf_field(context: jinja2.runtime.Context) -> Markup:
+    """The hidden input that carries the session's CSRF token, in every form that posts."""
+    return Markup('<input type="hidden" name="csrf_token" value="{}">').format(
+        context["csrf_token"]
+    )
+
+
+templates.env.globals["csrf_field"] = csrf_field
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """Render a page; templates always see the signed-in user and the session's CSRF token."""
+    principal = getattr(request.state, "principal", None)
+    user = principal.user if principal else None
+    language = user.locale if user and user.locale in LANGUAGES else DEFAULT_LANGUAGE
+    page_context = {
+        "user": user,
+        "csrf_token": principal.csrf_token if principal else None,
+        "language": language,
+        "languages": LANGUAGES,
+        "t": partial(translate, language),
+        **(context or {}),
+    }
+    return templates.TemplateResponse(
+        request, name, page_context, status_code=status_code, headers=headers
+    )
+
+
+def render_error_page(
+    request: Request, status_code: int, detail: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    """The message, with a link back to the page the request came from (a form that was
+    refused, say) when that page is on this site."""
+    return render(
+        request,
+        "error.html",
+        {"status_code": status_code, "detail": detail, "came_from": _came_from(request)},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def _came_from(request: Request) -> str | None:
+    """The path of the referring page, only when it is on this site and not this request's."""
+    referrer = urlsplit(request.headers.get("referer", ""))
+    if referrer.netloc != request.url.netloc or not referrer.path.startswith("/"):
+        return None
+    if referrer.path == request.url.path:
+        return None
+    return referrer.path + (f"?{referrer.query}" if referrer.query else "")

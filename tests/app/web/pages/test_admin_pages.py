@@ -1,0 +1,309 @@
+"""The admin console's dashboard, round and model pages: what they show, and their buttons."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from app.domain import dashboard, leaderboard, rounds
+from app.models import (
+    Algorithm,
+    Job,
+    Judgement,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    Round,
+    RoundStage,
+    RunStatus,
+    utcnow,
+)
+from tests.helpers import (
+    ab_judgement,
+    browser_login,
+    create_task,
+    html,
+    policy_versions,
+    ready_for_a_round,
+)
+
+ADMIN_PAGES = ["/admin", "/admin/rounds", "/admin/models"]
+
+
+@pytest.mark.parametrize("path", ADMIN_PAGES)
+def test_raters_cannot_open_the_console(client, rater, path):
+    browser_login(client, rater.username)
+    assert client.get(path).status_code == 403
+
+
+def test_the_dashboard_counts_what_was_collected_per_day(client, db, admin, make_user):
+    raters = [make_user(username=f"counted-{index}") for index in range(3)]
+    now = utcnow()
+    for days_ago, rater in [(0, raters[0]), (0, raters[1]), (2, raters[0]), (12, raters[2])]:
+        task = create_task(db)
+        first, second = (link.response_id for link in task.responses)
+        db.add(
+            Judgement(
+                task_id=task.id,
+                rater_id=rater.id,
+                ranking=[first, second],
+                created_at=now - timedelta(days=days_ago),
+            )
+        )
+    db.commit()
+
+    figures = dashboard.collection(db)
+    assert figures.judgements == 4 and figures.active_raters == 2 and figures.last_24h == 2
+    assert len(figures.days) == dashboard.HISTORY_DAYS and figures.days[-1].day == now.date()
+    by_day = {day.day: (day.judgements, day.raters) for day in figures.days}
+    assert by_day[now.date()] == (2, 2) and by_day[(now - timedelta(days=2)).date()] == (1, 1)
+    assert sum(day.judgements for day in figures.days) == 4
+
+    browser_login(client, admin.username)
+    page = html(client.get("/admin"))
+    tiles = {div.dt.text: div.dd.text for div in page.select("dl.tiles div")}
+    assert tiles["Judgements"] == "4" and tiles["Active raters (7 days)"] == "2"
+    bars = page.select("figure.chart")[0].select("rect")
+    assert len(bars) == dashboard.HISTORY_DAYS and bars[-1].title.text.endswith(": 2")
+
+
+def test_the_dashboard_names_work_that_lost_its_worker(client, db, admin):
+    stale = utcnow() - timedelta(minutes=5)
+    db.add(
+        Job(
+            kind="generate_candidates",
+            status=RunStatus.RUNNING,
+            lease_owner="gone",
+            lease_expires_at=stale,
+        )
+    )
+    db.add(Round(status=RunStatus.QUEUED, created_at=utcnow() - timedelta(hours=1)))
+    db.commit()
+    health = dashboard.queue_health(db)
+    assert health.lost_leases == 1 and health.rounds == {"queued": 1}
+    assert len(health.problems) == 1  # a job runs (lost or not), so the queue is not stalled
+
+    browser_login(client, admin.username)
+    page = html(client.get("/admin"))
+    problems = [item.text for item in page.select("ul.health li.bad")]
+    assert problems[1:] == ["1 running job(s) or round(s) lost their worker"]
+    assert problems[0].startswith("Model: No model yet")
+
+
+def test_a_queue_that_nobody_takes_is_reported():
+    health = dashboard.QueueHealth(
+        jobs={"queued": 2}, rounds={}, lost_leases=0, oldest_queued=utcnow() - timedelta(hours=1)
+    )
+    assert health.problems == [
+        "work has waited in the queue for over 10 minutes: is a worker running?"
+    ]
+
+
+def a_round(db, **fields) -> Round:
+    round_ = Round(algorithm=Algorithm.PPO, preset="quick", config={}, **fields)
+    db.add(round_)
+    db.flush()
+    return round_
+
+
+def test_a_round_page_shows_its_stages_curves_and_log_and_cancels(client, db, admin):
+    round_ = a_round(db, status=RunStatus.QUEUED)
+    db.commit()
+    claimed = rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SNAPSHOT, worker="w1")
+    rounds.complete_stage(db, round_id=claimed.id, worker="w1", seconds=3.0)
+    rounds.claim_stage(db, round_id=round_.id, stage=RoundStage.SFT, worker="w1")
+    rounds.record_points(db, round_id=round_.id, stage=RoundStage.SFT, step=1, values={"loss": 2.5})
+    rounds.add_log(db, round_id=round_.id, stage=RoundStage.SFT, message="<b>epoch</b> 1")
+    db.commit()
+
+    csrf = browser_login(client, admin.username)
+    page = html(client.get(f"/admin/rounds/{round_.id}"))
+    stages = {item["data-stage"]: item.get("class", []) for item in page.select("#pipeline li")}
+    assert stages["snapshot"] == ["done"] and stages["sft"] == ["current"]
+    assert page.select_one("#round-status").text == "running"
+    log = [item.select_one("span").text for item in page.select("#log li")]
+    assert log[0] == "started on w1" and log[1] == "finished in 3.0 s"
+    assert "<b>epoch</b> 1" in log  # shown as text, not markup
+    assert page.select_one("#round")["data-last-log"] == str(
+        rounds.read_log(db, round_id=round_.id)[-1].id
+    )
+    after = client.get(
+        f"/api/rounds/{round_.id}/log?after={page.select_one('#round')['data-last-log']}"
+    )
+    assert after.status_code == 200 and after.json() == []
+
+    cancelled = client.post(
+        f"/admin/rounds/{round_.id}/cancel", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert cancelled.status_code == 303
+    db.expire_all()
+    assert db.get(Round, round_.id).cancel_requested
+    page = html(client.get(f"/admin/rounds/{round_.id}"))
+    assert page.select_one("#round form button")["disabled"] is not None
+    assert client.post(f"/admin/rounds/{round_.id}/cancel").status_code == 403  # no CSRF token
+
+
+def test_a_round_page_shows_both_win_rates_with_their_intervals(client, db, admin, rater):
+    made = policy_versions(db, "base", "round-1")
+    evaluation = {"win_rate": 0.75, "win_rate_low": 0.55, "win_rate_high": 0.88, "n": 24}
+    round_ = a_round(
+        db,
+        status=RunStatus.SUCCEEDED,
+        stage=RoundStage.DONE,
+        parent_version_id=made["base"].id,
+        metrics={"evaluation": evaluation, "register": {"version": "round-1"}},
+    )
+    for prefer in ("round-1", "round-1", "base"):
+        ab_judgement(db, rater, made, "round-1", "base", prefer=prefer)
+    db.commit()
+    browser_login(client, admin.username)
+    tiles = {
+        div.dt.text: " ".join(div.dd.text.split())
+        for div in html(client.get(f"/admin/rounds/{round_.id}")).select("dl.tiles div")
+    }
+    assert tiles["Win rate against the parent (reward model)"] == "0.75 [0.55, 0.88], n = 24"
+    assert tiles["Win rate against the parent (raters, blind A/B)"] == "0.67 [0.21, 0.94], n = 3"
+
+
+def test_a_figure_over_too_few_examples_is_not_a_headline(client, db, admin):
+    metrics = {
+        "reward_model": {"eval_accuracy": 0.923, "eval_pairs": 13},
+        "evaluation": {"win_rate": 0.8, "n": 60, "prompts": 30, "prompt_source": "eval prompts"},
+    }
+    round_ = a_round(db, status=RunStatus.SUCCEEDED, stage=RoundStage.DONE, metrics=metrics)
+    db.commit()
+    browser_login(client, admin.username)
+    page = html(client.get(f"/admin/rounds/{round_.id}"))
+    accuracy = page.select_one("#reward-accuracy dd")
+    assert "too-few" in accuracy["class"]
+    assert " ".join(accuracy.text.split()) == "0.92 over 13 held-out pairs: too few to judge"
+    assert "too-few" not in page.select_one("#win-rate dd").get("class", [])
+    assert "on 30 eval prompts" in page.select_one("#win-rate").text
+
+
+def test_a_failed_round_shows_its_error_in_the_page_and_the_log(client, db, admin):
+    partial = {"evaluation": {"win_rate": 0.6}, "reward_model": {"version": "reward-r1"}}
+    round_ = a_round(db, status=RunStatus.RUNNING, stage=RoundStage.POLICY, metrics=partial)
+    rounds.fail_round(db, round_id=round_.id, error="policy: out of memory")
+    db.commit()
+    browser_login(client, admin.username)
+    page = html(client.get(f"/admin/rounds/{round_.id}"))
+    assert page.select_one("p.error").text == "policy: out of memory"
+    assert page.select_one("#log li.level-error span").text == "policy: out of memory"
+    assert not page.select("#round form")  # nothing left to cancel
+    shown = [div.dt.text for div in page.select("dl.tiles div")]
+    assert shown == ["Win rate against the parent (reward model)"]  # a partial result: no more
+    assert client.get("/admin/rounds/999999").status_code == 404
+
+
+def test_the_round_list_pages_and_its_form_starts_a_round(client, db, admin):
+    made = [a_round(db, status=RunStatus.SUCCEEDED).id for _ in range(52)]
+    db.commit()
+    csrf = browser_login(client, admin.username)
+    first = html(client.get("/admin/rounds"))
+    shown = [int(row.td.text) for row in first.select("table.jobs tbody tr")]
+    assert shown == sorted(made, reverse=True)[:50]
+    older = first.select_one("a[href^='/admin/rounds?before=']")["href"]
+    rest = [int(row.td.text) for row in html(client.get(older)).select("table.jobs tbody tr")]
+    assert rest == sorted(made, reverse=True)[50:]
+
+    # the form's round waits in the queue: there is no worker in this test
+    db.query(Round).delete()
+    db.commit()
+    no_model = client.post("/admin/rounds", data={"csrf_token": csrf, "preset": "quick"})
+    assert no_model.status_code == 409
+    assert "No model yet" in html(no_model).select_one("p.error").text
+    ready_for_a_round(db)
+    db.commit()
+    assert "32 judged pairs to train on" in html(client.get("/admin/rounds")).text
+    started = client.post(
+        "/admin/rounds",
+        data={"csrf_token": csrf, "algorithm": "rloo", "preset": "quick"},
+        follow_redirects=False,
+    )
+    assert started.status_code == 303
+    round_ = db.query(Round).one()
+    assert started.headers["location"] == f"/admin/rounds/{round_.id}"
+    assert round_.algorithm == Algorithm.RLOO
+    bad = client.post("/admin/rounds", data={"csrf_token": csrf, "preset": "enormous"})
+    assert bad.status_code == 422 and "enormous" in bad.text
+    busy = html(client.post("/admin/rounds", data={"csrf_token": csrf, "preset": "quick"}))
+    assert "already queued or running" in busy.select_one("p.error").text
+    assert busy.select_one("p.error a")["href"] == f"/admin/rounds/{round_.id}"
+    assert busy.select_one("form[action='/admin/rounds']")  # the admin stays on the page
+
+
+def test_the_models_page_shows_lineage_leaderboard_and_promotes(client, db, admin, rater):
+    made = policy_versions(db, "base", "round-1", "round-2")
+    made["round-1"].parent_id = made["base"].id
+    made["round-2"].parent_id = made["round-1"].id
+    made["round-2"].snapshot_sha256 = "ab" * 32
+    reward = ModelVersion(
+        name="reward-r2", kind=ModelKind.REWARD, status=ModelStatus.READY, path="reward-r2"
+    )
+    db.add(reward)
+    for _ in range(6):
+        ab_judgement(db, rater, made, "round-2", "base", prefer="round-2")
+        ab_judgement(db, rater, made, "round-1", "base", prefer="base")
+    db.commit()
+
+    csrf = browser_login(client, admin.username)
+    assert "not computed yet" in client.get("/admin/models").text
+    leaderboard.store(db)
+    db.commit()
+    page = html(client.get("/admin/models"))
+    row = page.select_one(f"#version-{made['round-2'].id}")
+    assert "← round-1 ← base" in row.text and "abababab" in row.text
+    assert page.select_one("tr.current strong").text == "base"
+    promotable = {form["action"] for form in page.select("form[action$='/promote']")}
+    assert promotable == {
+        f"/admin/models/{made[name].id}/promote" for name in ("round-1", "round-2")
+    }
+    standings = [tr.select("td")[1].text for tr in page.select("table.leaderboard tbody tr")]
+    assert standings[0] == "round-2" and standings[-1] == "round-1"
+    low, high = page.select("table.leaderboard tbody tr")[0].select("td")[3].text.split(" – ")
+    assert float(low) < float(high)
+    api = client.get("/api/models/leaderboard").json()  # fitted on request: the same standings
+    assert [standing["version"] for standing in api] == standings
+
+    promoted = client.post(
+        f"/admin/models/{made['round-2'].id}/promote",
+        data={"csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert promoted.status_code == 303
+    assert html(client.get("/admin/models")).select_one("tr.current strong").text == "round-2"
+    rolled = client.post(
+        "/admin/models/rollback", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert rolled.status_code == 303
+    page = html(client.get("/admin/models"))
+    assert page.select_one("tr.current strong").text == "base"
+    assert not page.select("form[action='/admin/models/rollback']")
+    refused = client.post(f"/admin/models/{reward.id}/promote", data={"csrf_token": csrf})
+    assert refused.status_code in (404, 409)
+
+
+def test_the_dashboard_follows_running_jobs_and_refuses_generation_without_a_model(
+    client, db, admin
+):
+    job = Job(
+        kind="generate_candidates",
+        status=RunStatus.RUNNING,
+        progress=0.25,
+        progress_detail="8 of 32 prompts answered, 8 tasks ready",
+        started_at=utcnow() - timedelta(minutes=1),
+    )
+    db.add(job)
+    db.commit()
+    csrf = browser_login(client, admin.username)
+    page = html(client.get("/admin"))
+    assert page.select_one("#jobs")["data-live"] == "active"  # live.js polls while it runs
+    cell = " ".join(page.select_one("#jobs tbody td:nth-of-type(4)").text.split())
+    assert cell == "25% · 8 of 32 prompts answered, 8 tasks ready · about 3 min left"
+    refused = client.post("/admin/generations", data={"csrf_token": csrf, "per_prompt": 2})
+    assert refused.status_code == 409
+    assert "No model yet" in html(refused).select_one("p.error").text
+    assert db.scalar(select(func.count()).select_from(Job)) == 1

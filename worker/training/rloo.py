@@ -1,0 +1,106 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024), no critic.
+
+Each step samples k answers per prompt; an answer's return is its normalised reward-model
+score minus `beta` times its summed KL to the reference, and its advantage is that return minus
+the mean return of the prompt's other k - 1 answers. One policy-gradient update per batch, so
+the sampling log-probs are the update's own (detached); the update runs a micro-batch of
+answers at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from app.round_config import RLOOConfig
+from worker.training.data import Messages
+from worker.training.policy import (
+    Policy,
+    Rollout,
+    StepCallback,
+    answer_logprobs,
+    micro_batches,
+    run_steps,
+)
+from worker.training.reward_model import RewardScorer
+from worker.training.rl_math import clipped_policy_loss, kl_per_token, masked_mean, rloo_advantages
+
+
+def train_rloo(
+    conversations: Sequence[Messages],
+    base: str | Path,
+    reward_model: Path,
+    config: RLOOConfig,
+    *,
+    on_step: StepCallback | None = None,
+) -> tuple[Policy, list[dict[str, float]]]:
+    """Run `config.steps` RLOO steps over `conversations` (cycled); the policy and its curve."""
+    policy = Policy(base, config)
+    scorer = RewardScorer(reward_model, policy.device, normalize=config.normalize_rewards)
+    step = RLOOStep(policy, scorer, config)
+    return policy, run_steps(policy, step, conversations, on_step=on_step)
+
+
+class RLOOStep:
+    """One RLOO update: sample, score, baseline, one gradient step."""
+
+    def __init__(self, policy: Policy, scorer: RewardScorer, config: RLOOConfig) -> None:
+        self.policy, self.scorer, self.config = policy, scorer, config
+        self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=config.learning_rate)
+
+    def __call__(self, conversations: list[Messages], *, seed: int) -> dict[str, float]:
+        started = time.perf_counter()
+        k = self.config.samples_per_prompt
+        rollout = self.policy.rollout(conversations, samples=k, seed=seed)
+        generated = time.perf_counter()
+        mask = rollout.response_mask
+        with torch.no_grad():
+            logprobs, token_entropy = answer_logprobs(self.policy.model, rollout, with_entropy=True)
+            with self.policy.reference() as reference:
+                ref_logprobs, _ = answer_logprobs(reference, rollout)
+            scores = self.scorer.score(
+                [conversations[index] for index in rollout.conversation], rollout.texts
+            )
+            scores = scores - self.config.missing_eos_penalty * (~rollout.ended).float()
+        kl = (kl_per_token(logprobs, ref_logprobs) * mask).sum(1)
+        returns = scores - self.config.beta * kl
+        advantages = rloo_advantages(returns.view(-1, k)).view(-1)
+        loss = self._update(rollout, advantages)
+        return {
+            "reward": scores.mean().item(),
+            "kl": kl.mean().item(),
+            "entropy": masked_mean(token_entropy, mask).item(),
+            "policy_loss": loss,
+            "response_length": mask.sum(1).float().mean().item(),
+            "generated_tokens": int(mask.sum().item()),
+            "generation_seconds": generated - started,
+            "seconds": time.perf_counter() - started,
+        }
+
+    def _update(self, rollout: Rollout, advantages: torch.Tensor) -> float:
+        """One policy-gradient step on every answer, a micro-batch of them at a time (the
+        log-probabilities above, taken without gradients, spare keeping the whole batch's
+        activations); its loss."""
+        self.policy.model.train()
+        loss = 0.0
+        everything = torch.arange(len(rollout), device=advantages.device)
+        for part, share in micro_batches(rollout, everything, self.config.micro_batch_tokens):
+            rows = rollout.rows(part)
+            logprobs, _ = answer_logprobs(self.policy.model, rows)
+            result = clipped_policy_loss(  # at ratio 1: the policy gradient of the advantages
+                logprobs,
+                logprobs.detach(),
+                advantages[part].unsqueeze(1).expand_as(logprobs),
+                rows.response_mask,
+            )
+            (share * result.loss).backward()
+            loss += share * result.loss.item()
+        torch.nn.utils.clip_grad_norm_(
+            self.policy.trainable_parameters(), self.config.max_grad_norm
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
