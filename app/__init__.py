@@ -1,1 +1,1 @@
-"""alignloop web tier: configuration, data layer, authentication and HTTP routes."""
+"""alignloop's web tier and the domain rules over the database; see ARCHITECTURE.md."""

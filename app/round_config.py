@@ -42,11 +42,24 @@ class TrainerConfig:
 
 
 @dataclass
-class RewardConfig(TrainerConfig):
-    """A Bradley-Terry reward model on the raters' pairs (InstructGPT, Ouyang et al. 2022)."""
+class EpochsConfig(TrainerConfig):
+    """Settings of the trainers that pass over a fixed data set with a learning-rate schedule
+    (reward model, SFT)."""
 
     epochs: int = 2
-    """Passes over the training pairs (early stopping may end sooner)."""
+    """Passes over the data (a reward model's early stopping may end sooner)."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming the learning rate up (then it decays linearly)."""
+    max_length: int = 512
+    """Tokens of prompt plus answer; the prompt's start is dropped first."""
+
+
+@dataclass
+class RewardConfig(EpochsConfig):
+    """A Bradley-Terry reward model on the raters' pairs (InstructGPT, Ouyang et al. 2022)."""
+
     batch_pairs: int = 8
     """Pairs per batch; a ranking's pairs are never split across batches."""
     gradient_accumulation: int = 1
@@ -54,12 +67,6 @@ class RewardConfig(TrainerConfig):
     micro_batch_tokens: int = 1024
     """Padded tokens run through the model at once: a batch runs in micro-batches of this
     size whose gradients add up, the same step in bounded memory (as DPOConfig's)."""
-    weight_decay: float = 0.0
-    """AdamW's decoupled weight decay."""
-    warmup_ratio: float = 0.1
-    """Share of the steps spent warming the learning rate up (then it decays linearly)."""
-    max_length: int = 512
-    """Tokens of prompt plus answer; the prompt's start is dropped first."""
     margin: bool = True
     """Use the pairs' margins (from the rater's strength) in the loss (Llama 2, Touvron et al.
     2023)."""
@@ -73,19 +80,11 @@ class RewardConfig(TrainerConfig):
 
 
 @dataclass
-class SFTConfig(TrainerConfig):
+class SFTConfig(EpochsConfig):
     """Supervised fine-tuning on the answers raters wrote."""
 
-    epochs: int = 2
-    """Passes over the demonstrations."""
     batch_size: int = 4
     """Demonstrations per optimiser step."""
-    weight_decay: float = 0.0
-    """AdamW's decoupled weight decay."""
-    warmup_ratio: float = 0.1
-    """Share of the steps spent warming the learning rate up (then it decays linearly)."""
-    max_length: int = 512
-    """Tokens of prompt plus answer; the prompt's start is dropped first."""
 
 
 @dataclass

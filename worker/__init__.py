@@ -1,1 +1,1 @@
-"""alignloop worker tier: Celery app and tasks, model store, training and generation."""
+"""alignloop's worker: the Celery process that generates, trains and serves; see ARCHITECTURE.md."""

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.db import session_scope
-from app.domain import jobs
+from app.domain import jobs, leases
 from app.models import Job
 from worker.context import WorkerContext
 
@@ -57,19 +57,8 @@ def run_job(
             log.info("job %s is not claimable (done, held elsewhere or given up)", job_id)
             return "skipped"
     progress = Progress()
-
-    def renew(progress: Progress) -> bool:
-        with session_scope(context.session_factory) as db:
-            return jobs.renew_lease(
-                db,
-                job_id=job_id,
-                worker=worker,
-                progress=progress.fraction,
-                detail=progress.detail,
-            )
-
     try:
-        with keep_lease(renew, progress, interval=jobs.HEARTBEAT_INTERVAL_S):
+        with keep_lease(context, jobs.renew_lease, progress, job_id=job_id, worker=worker):
             result = work(job, progress)
     except Exception as exc:
         log.exception("job %s failed", job_id)
@@ -81,16 +70,26 @@ def run_job(
 
 @contextmanager
 def keep_lease(
-    renew: Callable[[Progress], bool], progress: Progress, *, interval: float
+    context: WorkerContext,
+    renew_lease: Callable[..., bool],
+    progress: Progress,
+    *,
+    interval: float = leases.HEARTBEAT_INTERVAL_S,
+    **row: Any,
 ) -> Iterator[None]:
-    """Call `renew(progress)` every `interval` seconds from a thread while the block runs;
-    when it answers False (the lease was lost or taken back), set `progress.lost`."""
+    """Renew the lease on `row` (`renew_lease(db, **row, progress=, detail=)`, a job's or a
+    round's) with the work's progress every `interval` seconds from a thread while the block
+    runs; when it answers False (the lease was lost or taken back), set `progress.lost`."""
     stop = threading.Event()
+
+    def renew() -> bool:
+        with session_scope(context.session_factory) as db:
+            return renew_lease(db, **row, progress=progress.fraction, detail=progress.detail)
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                held = renew(progress)
+                held = renew()
             except Exception:  # the database may be restarting; the next beat tries again
                 log.warning("could not renew a lease", exc_info=True)
                 continue

@@ -43,18 +43,16 @@ from app.models import (
 from app.pairs import read_pairs
 from app.round_config import PromotionConfig, RoundConfig
 from worker.context import STOP_REQUESTED, WorkerContext
+from worker.fitting import fit_reward_model, fit_sft, planned_steps
 from worker.job_runner import Progress, keep_lease, lease_owner
 from worker.model_store import ModelStore
 from worker.serving.engine import GenerationEngine, Sampling
 from worker.training.checkpoints import release_memory
-from worker.training.data import Demonstration
 from worker.training.policy import Rollout, answer_logprobs, sample_answers
 from worker.training.reward_model import RewardScorer
-from worker.training_jobs import fit_reward_model
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 5.0  # how often the round's page sees progress, too
 STEP_LOG_INTERVAL_S = 10.0
 LOGGED_SIGNALS = ("loss", "policy_loss", "reward", "kl", "accuracy", "reward_margin")
 """The curve values that a step's log line shows."""
@@ -101,7 +99,7 @@ class Stage:
             raise StageStopped
         self.progress(min(1.0, fraction), detail)
 
-    def curve_point(self, step: int, values: dict[str, Any], *, total: int) -> None:
+    def curve_point(self, step: int, total: int, values: dict[str, Any]) -> None:
         """One training step: its progress, its curve points, and (at most every
         `STEP_LOG_INTERVAL_S`, and for the last step) a line in the round's log."""
         self.report(step / max(1, total), f"step {step} of {total}")
@@ -150,9 +148,7 @@ def run_stage(context: WorkerContext, round_id: int, stage_name: str) -> str:
     try:
         with (
             keep_lease(
-                lambda progress: _renew(context, round_id, worker, progress),
-                running.progress,
-                interval=HEARTBEAT_INTERVAL_S,
+                context, rounds.renew_lease, running.progress, round_id=round_id, worker=worker
             ),
             RoundLogHandler.attached(context, round_id, stage),
             _releasing_memory(),
@@ -238,17 +234,6 @@ def _summary(results: dict[str, Any]) -> str:
     return "results: " + (" ".join(shown) or "none")
 
 
-def _renew(context: WorkerContext, round_id: int, worker: str, progress: Progress) -> bool:
-    with session_scope(context.session_factory) as db:
-        return rounds.renew_lease(
-            db,
-            round_id=round_id,
-            worker=worker,
-            progress=progress.fraction,
-            detail=progress.detail,
-        )
-
-
 def _stopped(context: WorkerContext, round_id: int) -> str:
     with session_scope(context.session_factory) as db:
         round_ = db.get(Round, round_id)
@@ -319,24 +304,21 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
 def sft_stage(stage: Stage) -> dict[str, Any]:
     """Fine-tune on the raters' own answers, when enough new ones have come in: on the new
     ones when the round trains on new pairs only (the parent has learnt the others)."""
-    from worker.training.sft import save_policy, train_sft
-
     config = stage.config.sft
     minimum = max(1, config.min_demonstrations)
     demonstrations, fresh = _demonstrations(stage)
     if fresh < minimum:
         reason = f"{fresh} new demonstrations, fewer than {minimum}"
         return _with_metrics(stage, "sft", {"skipped": reason})
-    examples = [Demonstration(item["messages"], item["answer"]) for item in demonstrations]
-    total = max(1, config.epochs * math.ceil(len(examples) / config.batch_size))
-    model, tokenizer, report = train_sft(
-        examples,
-        stage.store.path_for(stage.parent.path),
-        config,
-        on_step=lambda point: stage.curve_point(point["step"], point, total=total),
-    )
     name = f"round-{stage.round_id}-sft"
-    save_policy(model, tokenizer, stage.store.path_for(name))
+    report = fit_sft(
+        stage.context,
+        demonstrations=demonstrations,
+        base=stage.parent,
+        config=config,
+        name=name,
+        report=stage.curve_point,
+    )
     return _with_metrics(
         stage,
         "sft",
@@ -374,11 +356,6 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
     a fresh head on the parent policy."""
     pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
     config = stage.config.reward_model
-    total = max(
-        1,
-        config.epochs
-        * math.ceil(len([p for p in pairs if p.split == "train"]) / config.batch_pairs),
-    )
     start = _reward_model_start(stage)
     version, report = fit_reward_model(
         stage.context,
@@ -388,7 +365,7 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
         name=f"reward-r{stage.round_id}",
         snapshot_sha256=stage.snapshot_sha256,
         round_id=stage.round_id,
-        on_step=lambda point: stage.curve_point(point["step"], point, total=total),
+        report=stage.curve_point,
     )
     return _with_metrics(
         stage,
@@ -428,7 +405,7 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
     if stage.algorithm == Algorithm.DPO:
         pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
         strict = [p for p in pairs if p.split == "train" and p.target == 1.0]
-        total = config.epochs * math.ceil(len(strict) / config.batch_pairs)
+        total = planned_steps(config.epochs, len(strict), config.batch_pairs)
 
         def reference_pass(done: int, batches: int) -> None:
             stage.report(0.0, f"reference log-probs, batch {done} of {batches}")
@@ -442,7 +419,7 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
         reward_model = stage.store.path_for(stage.metrics["reward_model"]["path"])
         total = config.steps
         run = lambda on_step: train(prompts, start, reward_model, config, on_step=on_step)  # noqa: E731
-    policy, curve = run(lambda point: stage.curve_point(point["step"], point, total=total))
+    policy, curve = run(lambda point: stage.curve_point(point["step"], total, point))
     name = f"round-{stage.round_id}"
     policy.save(stage.store.path_for(name))
     return _with_metrics(stage, "policy", {"path": name, "steps": len(curve), "last": curve[-1]})

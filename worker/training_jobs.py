@@ -1,9 +1,9 @@
-"""Training jobs: a reward model or an SFT policy from the collected data, registered as a
-model version with its lineage (parent, snapshot hash, raters) and metrics."""
+"""Standalone training jobs: a reward model or an SFT policy from the collected data, through
+the same path as a round's stage (`worker.fitting`), registered as a model version with its
+lineage (parent, snapshot hash, raters) and metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -12,19 +12,11 @@ from app.domain import crud
 from app.domain.preferences import build_snapshot, collect_demonstrations, write_snapshot
 from app.domain.quality import snapshot_weights
 from app.models import Job, ModelKind, ModelVersion
-from app.pairs import Pair
 from app.round_config import RewardConfig, SFTConfig, build_config
 from worker.context import WorkerContext
+from worker.fitting import StepReport, fit_reward_model, fit_sft
 from worker.job_runner import Progress
 from worker.model_store import ModelStore
-from worker.training.data import Demonstration
-from worker.training.reward_model import (
-    RewardReport,
-    report_metrics,
-    save_reward_model,
-    train_reward_model,
-)
-from worker.training.sft import save_policy, train_sft
 
 
 def train_reward_model_job(context: WorkerContext, job: Job, progress: Progress) -> dict[str, Any]:
@@ -37,7 +29,6 @@ def train_reward_model_job(context: WorkerContext, job: Job, progress: Progress)
         weights = snapshot_weights(db, context.settings)
         snapshot = build_snapshot(db, ties=job.params.get("ties", "skip"), rater_weights=weights)
     write_snapshot(snapshot, context.settings.snapshots_dir)
-    expected_steps = max(1, config.epochs * len(snapshot.split("train")) // config.batch_pairs)
     version, report = fit_reward_model(
         context,
         pairs=snapshot.pairs,
@@ -46,7 +37,7 @@ def train_reward_model_job(context: WorkerContext, job: Job, progress: Progress)
         name=f"reward-{job.id}",
         snapshot_sha256=snapshot.sha256,
         rater_count=snapshot.rater_count,
-        on_step=lambda point: progress(min(0.95, point["step"] / expected_steps)),
+        report=_reporting(progress),
         job_id=job.id,
     )
     return {
@@ -56,68 +47,29 @@ def train_reward_model_job(context: WorkerContext, job: Job, progress: Progress)
     }
 
 
-def fit_reward_model(
-    context: WorkerContext,
-    *,
-    pairs: Sequence[Pair],
-    base: ModelVersion,
-    config: RewardConfig,
-    name: str,
-    snapshot_sha256: str,
-    on_step: Callable[[dict[str, float]], None],
-    rater_count: int | None = None,
-    round_id: int | None = None,
-    job_id: int | None = None,
-) -> tuple[ModelVersion, RewardReport]:
-    """Train a reward model on `pairs` from `base` (a policy, which gets a fresh head, or a
-    reward model that goes on learning), store it, register it as `name`."""
-    store = ModelStore(context.settings)
-    model, tokenizer, report = train_reward_model(
-        pairs, store.path_for(base.path), config, on_step=on_step
-    )
-    save_reward_model(model, tokenizer, report, store.path_for(name))
-    with session_scope(context.session_factory) as db:
-        version = store.register(
-            db,
-            name=name,
-            kind=ModelKind.REWARD,
-            path=name,
-            parent=db.get(ModelVersion, base.id),
-            config={"trainer": "reward_model", **asdict(config), "job_id": job_id},
-            metrics=report_metrics(report),
-            snapshot_sha256=snapshot_sha256,
-            rater_count=rater_count,
-            round_id=round_id,
-        )
-    return version, report
-
-
 def train_sft_job(context: WorkerContext, job: Job, progress: Progress) -> dict[str, Any]:
     """Fine-tune a policy on the answers raters wrote; register it as a policy version."""
-    store = ModelStore(context.settings)
     config = build_config(SFTConfig, job.params.get("config", {}), device=context.settings.device)
     with session_scope(context.session_factory) as db:
         base = _base_policy(db, job.params.get("base"))
         demonstrations = collect_demonstrations(db)
-        base_path = store.path_for(base.path)
-    examples = [Demonstration(item["messages"], item["answer"]) for item in demonstrations]
-    expected_steps = max(1, config.epochs * len(examples) // config.batch_size)
-    model, tokenizer, report = train_sft(
-        examples,
-        base_path,
-        config,
-        on_step=lambda point: progress(min(0.95, point["step"] / expected_steps)),
-    )
     name = f"sft-{job.id}"
-    save_policy(model, tokenizer, store.path_for(name))
+    report = fit_sft(
+        context,
+        demonstrations=demonstrations,
+        base=base,
+        config=config,
+        name=name,
+        report=_reporting(progress),
+    )
     with session_scope(context.session_factory) as db:
-        store.register(
+        ModelStore(context.settings).register(
             db,
             name=name,
             kind=ModelKind.POLICY,
             path=name,
             parent=db.get(ModelVersion, base.id),
-            config={"trainer": "sft", **config.__dict__, "job_id": job.id},
+            config={"trainer": "sft", **asdict(config), "job_id": job.id},
             metrics={
                 "examples": report.examples,
                 "steps": report.steps,
@@ -125,7 +77,13 @@ def train_sft_job(context: WorkerContext, job: Job, progress: Progress) -> dict[
                 "seconds": report.seconds,
             },
         )
-    return {"version": name, "examples": len(examples), "final_loss": report.final_loss}
+    return {"version": name, "examples": report.examples, "final_loss": report.final_loss}
+
+
+def _reporting(progress: Progress) -> StepReport:
+    """A job's progress: the share of the planned steps done (the last 5% is the saving),
+    and which step in words."""
+    return lambda step, total, _: progress(min(0.95, step / total), f"step {step} of {total}")
 
 
 def _base_policy(db, name: str | None) -> ModelVersion:

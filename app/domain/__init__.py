@@ -1,0 +1,1 @@
+"""What the product does with its rows: rules over the database, free of the web framework."""

@@ -1,4 +1,5 @@
-"""Background jobs: a row says what must be done; workers claim it with a lease they renew.
+"""Background jobs: a row says what must be done; workers hold it under a lease
+(`app.domain.leases`).
 
 The broker only carries "look at job N". A worker runs a job only after claiming it in the
 database, so a message delivered twice (a re-delivery, a re-send after a restart) does nothing
@@ -12,10 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app import broker
+from app.domain import leases
 from app.errors import InvalidInput, NotFound
 from app.models import Job, ModelKind, ModelStatus, ModelVersion, Prompt, RunStatus, User, utcnow
 from app.schemas import GenerationRequest
@@ -24,10 +26,8 @@ from app.tasks_contract import JOB_TASKS
 GENERATE_CANDIDATES = "generate_candidates"
 TRAIN_REWARD_MODEL = "train_reward_model"
 TRAIN_SFT = "train_sft"
-"""The Celery task that runs each kind of job (the contract between web and worker)."""
+"""The kinds of job (`Job.kind`); `app.tasks_contract.JOB_TASKS` names the task of each."""
 
-LEASE = timedelta(minutes=2)
-HEARTBEAT_INTERVAL_S = 5.0  # how often pages see progress, too
 REDISPATCH_AFTER = timedelta(minutes=30)
 MAX_ATTEMPTS = 3
 
@@ -53,33 +53,36 @@ def dispatch(db: Session, celery: Celery, job: Job) -> bool:
 
 
 def claim_job(db: Session, *, job_id: int, worker: str) -> Job | None:
-    """Take the job for `worker` if nobody holds it; None when it is done, held, or given up."""
-    job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    now = utcnow()
-    if job is None or job.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-        return None
-    if job.status == RunStatus.RUNNING and job.lease_expires_at > now:
-        return None
-    if job.attempts >= MAX_ATTEMPTS:
-        job.status, job.finished_at = RunStatus.FAILED, now
-        job.error = f"Gave up after {MAX_ATTEMPTS} attempts; the worker stopped each time."
-        return None
-    job.status, job.attempts = RunStatus.RUNNING, job.attempts + 1
-    job.lease_owner, job.lease_expires_at = worker, now + LEASE
-    job.started_at = job.started_at or now
+    """Take the job for `worker` if nobody holds it; None when it is done, held, or given up
+    (after `MAX_ATTEMPTS` claims, each of which its worker died in)."""
+    job = leases.claim(db, Job, job_id, worker=worker, where=[Job.attempts < MAX_ATTEMPTS])
+    if job is None:
+        _give_up(db, job_id)
     return job
+
+
+def _give_up(db: Session, job_id: int) -> None:
+    db.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(leases.ACTIVE),
+            Job.attempts >= MAX_ATTEMPTS,
+            leases.is_free(Job, utcnow()),
+        )
+        .values(
+            status=RunStatus.FAILED,
+            finished_at=utcnow(),
+            error=f"Gave up after {MAX_ATTEMPTS} attempts; the worker stopped each time.",
+        )
+    )
 
 
 def renew_lease(
     db: Session, *, job_id: int, worker: str, progress: float, detail: str | None = None
 ) -> bool:
     """Extend the lease and record progress; False when the job is no longer this worker's."""
-    job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None or job.status != RunStatus.RUNNING or job.lease_owner != worker:
-        return False
-    job.lease_expires_at, job.progress = utcnow() + LEASE, progress
-    job.progress_detail = detail
-    return True
+    return leases.renew(db, Job, job_id, worker=worker, progress=progress, detail=detail)
 
 
 def finish_job(
@@ -106,9 +109,7 @@ def fail_abandoned_job(db: Session, *, job_id: int, worker: str, error: str) -> 
     """Fail a job whose process (`worker`, a lease-owner prefix) ended without finishing it,
     unless another worker holds it."""
     job = db.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None or job.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-        return
-    if job.lease_owner is not None and not job.lease_owner.startswith(f"{worker}:"):
+    if job is None or job.status not in leases.ACTIVE or leases.held_elsewhere(job, worker):
         return
     job.status, job.error, job.finished_at = RunStatus.FAILED, error, utcnow()
     job.lease_owner = job.lease_expires_at = None
@@ -124,15 +125,12 @@ def jobs_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Job]
     """Jobs whose message may be lost: queued and never (or long ago) sent, or running with an
     expired lease. After a restart of the embedded default every unfinished job qualifies, as
     its in-memory queue and worker are gone."""
-    now = utcnow()
-    if after_restart:
-        condition = Job.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
-    else:
-        condition = or_(
-            (Job.status == RunStatus.QUEUED)
-            & or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - REDISPATCH_AFTER),
-            (Job.status == RunStatus.RUNNING) & (Job.lease_expires_at < now),
-        )
+    unsent = Job.dispatched_at.is_(None) | (Job.dispatched_at < utcnow() - REDISPATCH_AFTER)
+    waiting = Job.status == RunStatus.QUEUED
+    condition = or_(
+        waiting if after_restart else waiting & unsent,
+        leases.is_lost(Job, after_restart=after_restart),
+    )
     jobs = list(db.scalars(select(Job).where(condition).order_by(Job.id)))
     for job in jobs:
         if job.status == RunStatus.RUNNING:
@@ -177,5 +175,5 @@ def recent_jobs(db: Session, *, limit: int = 20, active: bool = False) -> list[J
     """The newest jobs first; with `active`, only the queued and running ones."""
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if active:
-        query = query.where(Job.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+        query = query.where(Job.status.in_(leases.ACTIVE))
     return list(db.scalars(query))

@@ -1,7 +1,7 @@
 """Training rounds in the database: starting, claiming, progress, cancelling, reclaiming.
 
 A round is a row; the broker only carries "run stage S of round N". A worker runs a stage only
-while it holds the round's lease in the database, so a message delivered twice does nothing
+while it holds the round's lease (`app.domain.leases`), so a message delivered twice does nothing
 the second time, and at most one round runs per model line however the broker behaves. A round
 whose worker died is found by its expired lease and failed with the reason, so no round is
 ever left running. Model folders are registered only by the last stage, after they are
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import broker
 from app.config import Settings
-from app.domain import crud, model_readiness
+from app.domain import crud, leases, model_readiness
 from app.domain.leaderboard import HeadToHead, head_to_head
 from app.domain.preferences import build_snapshot
 from app.errors import Conflict, NotFound
@@ -48,8 +48,7 @@ STAGES = (
     RoundStage.EVALUATE,
     RoundStage.REGISTER,
 )
-LEASE = timedelta(minutes=2)
-ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+ACTIVE = leases.ACTIVE
 REDISPATCH_AFTER = timedelta(minutes=30)
 """How long a sent round may wait in the queue (behind other work) before reclaim sends it
 again."""
@@ -198,36 +197,18 @@ def recent_rounds(db: Session, *, limit: int = 20, active: bool = False) -> list
 
 def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -> Round | None:
     """Take the round's lease to run `stage`: None when the round is not waiting for that
-    stage, is finished or cancelled, or a live worker holds it. One compare-and-set update."""
-    now = utcnow()
+    stage, is finished or cancelled, or a live worker holds it."""
     waiting_for = [stage, RoundStage.PENDING] if stage == STAGES[0] else [stage]
-    claimed = db.execute(
-        update(Round)
-        .where(
-            Round.id == round_id,
-            Round.status.in_(ACTIVE),
-            Round.cancel_requested.is_(False),
-            Round.stage.in_(waiting_for),
-            or_(Round.lease_owner.is_(None), Round.lease_expires_at < now),
-        )
-        .values(
-            status=RunStatus.RUNNING,
-            stage=stage,
-            progress=0.0,
-            progress_detail=None,
-            stage_started_at=now,
-            lease_owner=worker,
-            lease_expires_at=now + LEASE,
-            attempts=Round.attempts + 1,
-        )
-        .returning(Round.id)
-    ).first()
-    if claimed is None:
-        return None
-    round_ = db.get(Round, round_id)
-    db.refresh(round_)
-    round_.started_at = round_.started_at or now
-    add_log(db, round_id=round_id, stage=stage, message=f"started on {worker}")
+    round_ = leases.claim(
+        db,
+        Round,
+        round_id,
+        worker=worker,
+        where=[Round.cancel_requested.is_(False), Round.stage.in_(waiting_for)],
+        values={"stage": stage, "stage_started_at": utcnow()},
+    )
+    if round_ is not None:
+        add_log(db, round_id=round_id, stage=stage, message=f"started on {worker}")
     return round_
 
 
@@ -236,18 +217,15 @@ def renew_lease(
 ) -> bool:
     """Extend the lease and record progress; False when the worker no longer holds it or a
     cancel was asked."""
-    renewed = db.execute(
-        update(Round)
-        .where(
-            Round.id == round_id,
-            Round.lease_owner == worker,
-            Round.status == RunStatus.RUNNING,
-            Round.cancel_requested.is_(False),
-        )
-        .values(lease_expires_at=utcnow() + LEASE, progress=progress, progress_detail=detail)
-        .returning(Round.id)
-    ).first()
-    return renewed is not None
+    return leases.renew(
+        db,
+        Round,
+        round_id,
+        worker=worker,
+        progress=progress,
+        detail=detail,
+        where=[Round.cancel_requested.is_(False)],
+    )
 
 
 def complete_stage(
@@ -345,11 +323,9 @@ def end_abandoned_stage(
     finished the stage: killed, crashed, or stopped for a cancel. A round that has moved on,
     or that another worker holds, is left alone."""
     round_ = db.get(Round, round_id, with_for_update=True, populate_existing=True)
-    if round_ is None or round_.status not in ACTIVE:
+    if round_ is None or round_.status not in ACTIVE or leases.held_elsewhere(round_, worker):
         return
     if round_.stage not in (stage, RoundStage.PENDING):
-        return
-    if round_.lease_owner is not None and not round_.lease_owner.startswith(f"{worker}:"):
         return
     status = RunStatus.CANCELLED if cancelled else RunStatus.FAILED
     fail_round(db, round_id=round_id, error=error, status=status)
@@ -373,10 +349,7 @@ def fail_lost_rounds(db: Session, *, after_restart: bool = False) -> int:
     """Fail running rounds whose worker died inside a stage (its lease expired; after a
     restart of the embedded default, any stage that was running), naming the stage; a round
     an admin asked to cancel ends cancelled."""
-    condition = (Round.status == RunStatus.RUNNING) & Round.lease_owner.is_not(None)
-    if not after_restart:
-        condition &= Round.lease_expires_at < utcnow()
-    lost = list(db.scalars(select(Round).where(condition)))
+    lost = list(db.scalars(select(Round).where(leases.is_lost(Round, after_restart=after_restart))))
     for round_ in lost:
         if round_.cancel_requested:
             fail_round(db, round_id=round_.id, error=CANCELLED_BY_ADMIN, status=RunStatus.CANCELLED)
@@ -399,7 +372,7 @@ def rounds_to_redispatch(db: Session, *, after_restart: bool = False) -> list[Ro
     waiting = (
         Round.status.in_(ACTIVE) & Round.lease_owner.is_(None) & Round.cancel_requested.is_(False)
     )
-    if not after_restart:  # never sent (None), or due and not taken up
+    if not after_restart:  # never sent (no due time), or due and not taken up
         waiting &= or_(Round.lease_expires_at.is_(None), Round.lease_expires_at < utcnow())
     return list(db.scalars(select(Round).where(waiting).order_by(Round.id)))
 

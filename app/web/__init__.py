@@ -1,0 +1,1 @@
+"""The web application: FastAPI wiring, request plumbing and the routers."""

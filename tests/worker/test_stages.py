@@ -41,6 +41,7 @@ from app.models import (
     utcnow,
 )
 from app.pairs import read_pairs
+from app.round_config import RoundConfig
 from app.web.main import create_app
 from tests.conftest import POSTGRES_URL, REDIS_URL, make_settings
 from tests.helpers import (
@@ -288,7 +289,15 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
         earlier, policy = promoted_round(db, cutoff)
     config = round_config.round_config(Algorithm.DPO, "quick", {"snapshot": {"min_pairs": 1}})
     snapshot = Stage(
-        context, earlier.id + 1, RoundStage.SNAPSHOT, Algorithm.DPO, config, {}, None, None
+        context=context,
+        round_id=earlier.id + 1,
+        stage=RoundStage.SNAPSHOT,
+        algorithm=Algorithm.DPO,
+        config=RoundConfig.parse(Algorithm.DPO, config),
+        stored_config=config,
+        metrics={},
+        parent=None,
+        snapshot_sha256=None,
     )
     with pytest.raises(RoundError, match=f"no judgements since round {earlier.id}"):
         snapshot_stage(snapshot)
@@ -308,14 +317,14 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
     train = [pair for pair in pairs if pair.split == "train"]
     assert len(train) == 3 and all(pair.judgement_id > cutoff for pair in train)
     assert [pair.split for pair in pairs if pair.judgement_id <= cutoff] == ["eval", "eval"]
-    reward_stage = replace(
-        snapshot, stage=RoundStage.REWARD_MODEL, config=fields["config"], parent=policy
-    )
+    new_pairs = RoundConfig.parse(Algorithm.DPO, fields["config"])
+    all_pairs = snapshot.config
+    reward_stage = replace(snapshot, stage=RoundStage.REWARD_MODEL, config=new_pairs, parent=policy)
     assert _reward_model_start(reward_stage).name == f"reward-r{earlier.id}"
-    assert _reward_model_start(replace(reward_stage, config=config)).name == policy.name
+    assert _reward_model_start(replace(reward_stage, config=all_pairs)).name == policy.name
     demonstrations, fresh = _demonstrations(reward_stage)
     assert fresh == 3 and {item["answer"] for item in demonstrations} == {"Rewritten."}
-    assert len(_demonstrations(replace(reward_stage, config=config))[0]) == 4 + 3
+    assert len(_demonstrations(replace(reward_stage, config=all_pairs))[0]) == 4 + 3
 
 
 def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:

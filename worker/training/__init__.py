@@ -1,0 +1,1 @@
+"""The trainers: pure torch, transformers and peft; no database, no Celery, no HTTP."""

@@ -1,0 +1,1 @@
+"""JSON routers under /api, one module per URL prefix."""

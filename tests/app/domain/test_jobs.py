@@ -94,8 +94,9 @@ def test_lost_jobs_are_found_for_re_sending(db):
     never_sent = new_job(db)
     sent_long_ago = new_job(db, dispatched_at=now - timedelta(hours=1))
     sent_just_now = new_job(db, dispatched_at=now)
-    dead_worker = new_job(db, status=RunStatus.RUNNING, lease_expires_at=now - timedelta(minutes=1))
-    healthy = new_job(db, status=RunStatus.RUNNING, lease_expires_at=now + timedelta(minutes=1))
+    running = {"status": RunStatus.RUNNING, "lease_owner": "host:1:1"}
+    dead_worker = new_job(db, **running, lease_expires_at=now - timedelta(minutes=1))
+    healthy = new_job(db, **running, lease_expires_at=now + timedelta(minutes=1))
     new_job(db, status=RunStatus.SUCCEEDED)
     lost = jobs.jobs_to_redispatch(db)
     assert {job.id for job in lost} == {never_sent.id, sent_long_ago.id, dead_worker.id}
