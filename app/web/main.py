@@ -21,6 +21,8 @@ from app.web.api import (
     feedback,
     generations,
     health,
+    invitations,
+    jobs,
     keys,
     models,
     prompts,
@@ -28,6 +30,7 @@ from app.web.api import (
     rounds,
     stats,
     tasks,
+    training_jobs,
     users,
 )
 from app.web.api_description import describe
@@ -52,7 +55,10 @@ ROUTERS = (  # the busiest first: a request is matched against each route in tur
     playground,
     keys,
     users,
+    invitations,
     generations,
+    training_jobs,
+    jobs,
     prompts,
     models,
     feedback,

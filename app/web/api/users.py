@@ -1,4 +1,4 @@
-"""`/api/users` and `/api/invitations`: accounts, their API keys and one-time links, for admins."""
+"""`/api/users`: accounts, their API keys and password-reset links (admins)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from app.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
-    InvitationCreate,
-    InvitationIssued,
-    InvitationOut,
     LinkIssued,
     RowId,
     UserAccountOut,
@@ -23,23 +20,22 @@ from app.schemas import (
 )
 from app.web.deps import AdminUser, DbSession, SettingsDep
 
-users = APIRouter(prefix="/api/users", tags=["users"])
-invitations = APIRouter(prefix="/api/invitations", tags=["users"])
+router = APIRouter(prefix="/api/users", tags=["users"])
 
 
-@users.get("")
+@router.get("")
 def list_users(db: DbSession, admin: AdminUser) -> list[UserAccountOut]:
     return [UserAccountOut.model_validate(user) for user in crud.list_users(db)]
 
 
-@users.post("", status_code=201)
+@router.post("", status_code=201)
 def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> UserAccountOut:
     user = crud.create_user(db, username=body.username, password=body.password, role=body.role)
     db.commit()
     return UserAccountOut.model_validate(user)
 
 
-@users.get("/{user_id}")
+@router.get("/{user_id}")
 def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response) -> UserAccountOut:
     """The account, with its `ETag` for `If-Match` on `PATCH`."""
     user = crud.get_user(db, user_id=user_id)
@@ -47,7 +43,7 @@ def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response
     return UserAccountOut.model_validate(user)
 
 
-@users.patch("/{user_id}", responses=error_responses(412))
+@router.patch("/{user_id}", responses=error_responses(412))
 def update_user(
     user_id: RowId,
     body: UserUpdate,
@@ -68,7 +64,7 @@ def update_user(
     return UserAccountOut.model_validate(user)
 
 
-@users.post("/{user_id}/password-reset", status_code=201)
+@router.post("/{user_id}/password-reset", status_code=201)
 def create_password_reset(
     user_id: RowId, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> LinkIssued:
@@ -79,13 +75,13 @@ def create_password_reset(
     return LinkIssued(url=issued.url(str(request.base_url)), expires_at=issued.link.expires_at)
 
 
-@users.get("/{user_id}/keys")
+@router.get("/{user_id}/keys")
 def list_user_keys(user_id: RowId, db: DbSession, admin: AdminUser) -> list[ApiKeyOut]:
     user = crud.get_user(db, user_id=user_id)
     return [ApiKeyOut.model_validate(key) for key in crud.list_api_keys(db, user=user)]
 
 
-@users.post("/{user_id}/keys", status_code=201, responses=error_responses(401, 403, 404, 422))
+@router.post("/{user_id}/keys", status_code=201, responses=error_responses(401, 403, 404, 422))
 def create_user_key(
     user_id: RowId, body: ApiKeyCreate, db: DbSession, admin: AdminUser
 ) -> ApiKeyCreated:
@@ -96,41 +92,8 @@ def create_user_key(
     return ApiKeyCreated.shown_once(api_key, key)
 
 
-@users.delete("/{user_id}/keys/{key_id}", status_code=204)
+@router.delete("/{user_id}/keys/{key_id}", status_code=204)
 def revoke_user_key(user_id: RowId, key_id: RowId, db: DbSession, admin: AdminUser) -> Response:
     crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
     db.commit()
     return Response(status_code=204)
-
-
-@invitations.get("")
-def list_invitations(db: DbSession, admin: AdminUser) -> list[InvitationOut]:
-    """Invitations not yet used, revoked or expired (their links cannot be shown again)."""
-    return [InvitationOut.model_validate(link) for link in access_links.pending_invitations(db)]
-
-
-@invitations.post("", status_code=201)
-def create_invitation(
-    body: InvitationCreate, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
-) -> InvitationIssued:
-    issued = access_links.create_invitation(
-        db, role=body.role, note=body.note, created_by=admin, settings=settings
-    )
-    db.commit()
-    return InvitationIssued(
-        id=issued.link.id,
-        url=issued.url(str(request.base_url)),
-        expires_at=issued.link.expires_at,
-    )
-
-
-@invitations.delete("/{invitation_id}", status_code=204)
-def revoke_invitation(invitation_id: RowId, db: DbSession, admin: AdminUser) -> Response:
-    access_links.revoke_invitation(db, link_id=invitation_id)
-    db.commit()
-    return Response(status_code=204)
-
-
-router = APIRouter()
-router.include_router(users)
-router.include_router(invitations)
