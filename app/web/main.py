@@ -26,7 +26,6 @@ from app.web.api import (
     keys,
     models,
     prompts,
-    quality,
     rounds,
     stats,
     tasks,
@@ -65,7 +64,6 @@ ROUTERS = (  # the busiest first: a request is matched against each route in tur
     export,
     rounds,
     stats,
-    quality,
 )
 
 

@@ -1,8 +1,10 @@
-"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript.
+"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript, and gold
+tasks for admins.
 
-The busiest routes of a rating platform: each is async, authenticates from memory when it can
-(`app.domain.credentials`), and makes one thread hop with one connection for its few Core statements
-(`app.domain.assignment.lease_next`, `app.domain.judgements.record_judgement`)."""
+The rating routes are the busiest of a rating platform: each is async, authenticates from memory
+when it can (`app.domain.credentials`), and makes one thread hop with one connection for its few
+Core statements (`app.domain.assignment.lease_next`, `app.domain.judgements.record_judgement`).
+Marking gold tasks is an admin's occasional write, documented under quality control."""
 
 from __future__ import annotations
 
@@ -13,10 +15,13 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel
 
 from app.db import in_transaction
+from app.domain import quality
 from app.domain.assignment import lease_next
 from app.domain.escalation import Escalation
 from app.domain.judgements import record_judgement, record_skip
 from app.schemas import (
+    GoldIn,
+    GoldOut,
     JudgementIn,
     JudgementOut,
     RowId,
@@ -25,9 +30,10 @@ from app.schemas import (
     TaskOut,
     documented,
 )
-from app.web.deps import RaterCredential, SettingsDep
+from app.web.deps import AdminUser, DbSession, RaterCredential, SettingsDep
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks")
+TASKS, QUALITY = ["tasks"], ["quality"]  # the documentation's sections
 
 IdempotencyKey = Annotated[
     str | None,
@@ -40,7 +46,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
+@router.get(
+    "/next", tags=TASKS, response_model=TaskOut, responses={204: {"description": "No task for you"}}
+)
 async def next_task(request: Request, settings: SettingsDep, rater: RaterCredential) -> Response:
     """Lease the next task to judge; 204 when there is none, 429 when holding too many, 403
     when the rater is paused."""
@@ -61,6 +69,7 @@ async def next_task(request: Request, settings: SettingsDep, rater: RaterCredent
 
 @router.post(
     "/{task_id}/judgement",
+    tags=TASKS,
     status_code=201,
     response_model=JudgementOut,
     responses=documented(
@@ -98,13 +107,29 @@ async def judge(
     return _json(stored, status_code=201)
 
 
-@router.post("/{task_id}/skip", response_model=SkipOut)
+@router.post("/{task_id}/skip", tags=TASKS, response_model=SkipOut)
 async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCredential) -> Response:
     await in_transaction(
         request.app.state.session_factory,
         partial(record_skip, rater_id=rater.user_id, task_id=task_id, reason=body.reason),
     )
     return _json(SkipOut(task_id=task_id))
+
+
+@router.post("/{task_id}/gold", tags=QUALITY)
+def mark_gold(task_id: RowId, body: GoldIn, db: DbSession, admin: AdminUser) -> GoldOut:
+    """Make the task a gold task whose known answer is `ranking`; raters get it at the
+    configured gold rate, and it stays out of snapshots."""
+    task = quality.mark_gold(db, task_id=task_id, ranking=body.ranking)
+    db.commit()
+    return GoldOut.model_validate(task)
+
+
+@router.delete("/{task_id}/gold", tags=QUALITY)
+def unmark_gold(task_id: RowId, db: DbSession, admin: AdminUser) -> GoldOut:
+    task = quality.unmark_gold(db, task_id=task_id)
+    db.commit()
+    return GoldOut.model_validate(task)
 
 
 def _json(model: BaseModel, *, status_code: int = 200) -> Response:

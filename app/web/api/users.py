@@ -1,4 +1,4 @@
-"""`/api/users`: accounts, their API keys and password-reset links (admins)."""
+"""`/api/users`: accounts, their API keys and password-reset links, and pausing raters (admins)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
-from app.domain import access_links, crud, preconditions
+from app.domain import access_links, crud, preconditions, quality
 from app.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
     LinkIssued,
+    PauseIn,
+    PauseOut,
     RowId,
     UserAccountOut,
     UserCreate,
@@ -20,22 +22,23 @@ from app.schemas import (
 )
 from app.web.deps import AdminUser, DbSession, SettingsDep
 
-router = APIRouter(prefix="/api/users", tags=["users"])
+router = APIRouter(prefix="/api/users")
+USERS, QUALITY = ["users"], ["quality"]  # the documentation's sections
 
 
-@router.get("")
+@router.get("", tags=USERS)
 def list_users(db: DbSession, admin: AdminUser) -> list[UserAccountOut]:
     return [UserAccountOut.model_validate(user) for user in crud.list_users(db)]
 
 
-@router.post("", status_code=201)
+@router.post("", tags=USERS, status_code=201)
 def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> UserAccountOut:
     user = crud.create_user(db, username=body.username, password=body.password, role=body.role)
     db.commit()
     return UserAccountOut.model_validate(user)
 
 
-@router.get("/{user_id}")
+@router.get("/{user_id}", tags=USERS)
 def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response) -> UserAccountOut:
     """The account, with its `ETag` for `If-Match` on `PATCH`."""
     user = crud.get_user(db, user_id=user_id)
@@ -43,7 +46,7 @@ def get_user(user_id: RowId, db: DbSession, admin: AdminUser, response: Response
     return UserAccountOut.model_validate(user)
 
 
-@router.patch("/{user_id}", responses=error_responses(412))
+@router.patch("/{user_id}", tags=USERS, responses=error_responses(412))
 def update_user(
     user_id: RowId,
     body: UserUpdate,
@@ -64,7 +67,7 @@ def update_user(
     return UserAccountOut.model_validate(user)
 
 
-@router.post("/{user_id}/password-reset", status_code=201)
+@router.post("/{user_id}/password-reset", tags=USERS, status_code=201)
 def create_password_reset(
     user_id: RowId, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> LinkIssued:
@@ -75,13 +78,15 @@ def create_password_reset(
     return LinkIssued(url=issued.url(str(request.base_url)), expires_at=issued.link.expires_at)
 
 
-@router.get("/{user_id}/keys")
+@router.get("/{user_id}/keys", tags=USERS)
 def list_user_keys(user_id: RowId, db: DbSession, admin: AdminUser) -> list[ApiKeyOut]:
     user = crud.get_user(db, user_id=user_id)
     return [ApiKeyOut.model_validate(key) for key in crud.list_api_keys(db, user=user)]
 
 
-@router.post("/{user_id}/keys", status_code=201, responses=error_responses(401, 403, 404, 422))
+@router.post(
+    "/{user_id}/keys", tags=USERS, status_code=201, responses=error_responses(401, 403, 404, 422)
+)
 def create_user_key(
     user_id: RowId, body: ApiKeyCreate, db: DbSession, admin: AdminUser
 ) -> ApiKeyCreated:
@@ -92,8 +97,26 @@ def create_user_key(
     return ApiKeyCreated.shown_once(api_key, key)
 
 
-@router.delete("/{user_id}/keys/{key_id}", status_code=204)
+@router.delete("/{user_id}/keys/{key_id}", tags=USERS, status_code=204)
 def revoke_user_key(user_id: RowId, key_id: RowId, db: DbSession, admin: AdminUser) -> Response:
     crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
     db.commit()
     return Response(status_code=204)
+
+
+@router.post("/{user_id}/pause", tags=QUALITY)
+def pause(user_id: RowId, db: DbSession, admin: AdminUser, body: PauseIn | None = None) -> PauseOut:
+    """Stop giving the rater tasks (their held tasks go back to the pool) until resumed."""
+    rater = crud.get_user(db, user_id=user_id)
+    reason = (body.reason if body else "") or f"paused by {admin.username}"
+    quality.pause_rater(db, rater, reason=reason)
+    db.commit()
+    return PauseOut.model_validate(rater)
+
+
+@router.post("/{user_id}/resume", tags=QUALITY)
+def resume(user_id: RowId, db: DbSession, admin: AdminUser) -> PauseOut:
+    rater = crud.get_user(db, user_id=user_id)
+    quality.resume_rater(rater)
+    db.commit()
+    return PauseOut.model_validate(rater)
