@@ -26,10 +26,11 @@ def start_generation(
     settings: SettingsDep,
     admin: AdminUser,
 ) -> JobAccepted:
-    """Queue a candidate-generation job; it runs on a worker (the `train` queue). 409 while
-    no model is ready (the base model is still being prepared, say). With the broker down
-    the job is accepted all the same: it is committed first, and sent once the broker is
-    back."""
+    """Queue a candidate-generation job: sample responses to prompts (by default every training
+    prompt without an open task) and make rating tasks of them. Answers 202 with the job's id
+    (follow it at `/api/jobs/{id}`), also while the broker is down: the job is then sent once
+    it is back. 409 while no model is ready (the base model is still being prepared, say), 422
+    for unknown prompts or model versions."""
     params = jobs.candidate_job_params(db, body, default_overlap=settings.default_overlap)
     model_readiness.require_ready_model(db, settings)
     job = jobs.create_job(db, kind=jobs.GENERATE_CANDIDATES, params=params, created_by=admin)

@@ -14,7 +14,8 @@ router = APIRouter(prefix="/api/invitations", tags=["users"])
 
 @router.get("")
 def list_invitations(db: DbSession, admin: AdminUser) -> list[InvitationOut]:
-    """Invitations not yet used, revoked or expired (their links cannot be shown again)."""
+    """Invitations not yet used, revoked or expired, newest first (never their links, which
+    were shown once, when created)."""
     return [InvitationOut.model_validate(link) for link in access_links.pending_invitations(db)]
 
 
@@ -22,6 +23,9 @@ def list_invitations(db: DbSession, admin: AdminUser) -> list[InvitationOut]:
 def create_invitation(
     body: InvitationCreate, request: Request, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> InvitationIssued:
+    """Invite someone with a role (and a note for the admins): answers 201 with the one-time
+    link, shown this once, and when it expires. Whoever opens the link chooses a username and
+    a password."""
     issued = access_links.create_invitation(
         db, role=body.role, note=body.note, created_by=admin, settings=settings
     )
@@ -35,6 +39,7 @@ def create_invitation(
 
 @router.delete("/{invitation_id}", status_code=204)
 def revoke_invitation(invitation_id: RowId, db: DbSession, admin: AdminUser) -> Response:
+    """Make an invitation's link unusable at once (a used or revoked one stays as it is)."""
     access_links.revoke_invitation(db, link_id=invitation_id)
     db.commit()
     return Response(status_code=204)

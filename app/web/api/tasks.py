@@ -50,8 +50,9 @@ IdempotencyKey = Annotated[
     "/next", tags=TASKS, response_model=TaskOut, responses={204: {"description": "No task for you"}}
 )
 async def next_task(request: Request, settings: SettingsDep, rater: RaterCredential) -> Response:
-    """Lease the next task to judge; 204 when there is none, 429 when holding too many, 403
-    when the rater is paused."""
+    """Lease the next task to judge (raters and admins): its prompt, its responses in the order
+    to show them, and when the lease ends. 204 when no task is left for the caller, 429 while
+    they hold as many leases as they may, 403 while they are paused."""
     lease = await in_transaction(
         request.app.state.session_factory,
         partial(
@@ -91,6 +92,11 @@ async def judge(
     rater: RaterCredential,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
+    """Record the caller's judgement of a task they hold a live lease on: a `ranking` of all its
+    responses best first (ties as inner lists), with optional strength, ratings, critique,
+    rewrite and flags. Answers 201 with the judgement's id; a retry with the same
+    `Idempotency-Key` and body gets the same answer. Refused with 409 when the task is judged
+    already or the lease is gone, 422 when the ranking is not of the task's responses."""
     recorded = await in_transaction(
         request.app.state.session_factory,
         partial(
@@ -109,6 +115,8 @@ async def judge(
 
 @router.post("/{task_id}/skip", tags=TASKS, response_model=SkipOut)
 async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCredential) -> Response:
+    """Give a leased task back unjudged, with an optional reason; the caller is not offered it
+    again. Refused with 409 when the caller holds no live lease on it."""
     await in_transaction(
         request.app.state.session_factory,
         partial(record_skip, rater_id=rater.user_id, task_id=task_id, reason=body.reason),
@@ -118,8 +126,10 @@ async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCrede
 
 @router.post("/{task_id}/gold", tags=QUALITY)
 def mark_gold(task_id: RowId, body: GoldIn, db: DbSession, admin: AdminUser) -> GoldOut:
-    """Make the task a gold task whose known answer is `ranking`; raters get it at the
-    configured gold rate, and it stays out of snapshots."""
+    """Make the task a gold task whose known answer is `ranking` (admins): raters get it at the
+    configured gold rate, their judgements of it measure them, and it stays out of training
+    data. Answers the task's gold state; 409 for a retired task, 422 when the ranking is not of
+    the task's responses."""
     task = quality.mark_gold(db, task_id=task_id, ranking=body.ranking)
     db.commit()
     return GoldOut.model_validate(task)
@@ -127,6 +137,8 @@ def mark_gold(task_id: RowId, body: GoldIn, db: DbSession, admin: AdminUser) -> 
 
 @router.delete("/{task_id}/gold", tags=QUALITY)
 def unmark_gold(task_id: RowId, db: DbSession, admin: AdminUser) -> GoldOut:
+    """Make a gold task an ordinary one again (admins); it counts as complete if it has its
+    judgements already. Answers the task's gold state."""
     task = quality.unmark_gold(db, task_id=task_id)
     db.commit()
     return GoldOut.model_validate(task)

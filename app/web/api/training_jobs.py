@@ -22,7 +22,11 @@ router = APIRouter(prefix="/api/training-jobs", tags=["jobs"])
 def start_training(
     request: Request, body: TrainingRequest, db: DbSession, settings: SettingsDep, admin: AdminUser
 ) -> JobAccepted:
-    """Queue a reward-model or SFT training job; it registers a model version when done."""
+    """Queue a reward-model or SFT training job on the collected judgements, from the `base`
+    policy version (by default the current one); it registers a model version when done.
+    Answers 202 with the job's id (follow it at `/api/jobs/{id}`), also while the broker is
+    down. 404 when no served version has the `base` name, 409 while no model is ready, 422 for
+    unknown or invalid trainer settings in `config`."""
     kind = jobs.TRAIN_REWARD_MODEL if body.kind == "reward_model" else jobs.TRAIN_SFT
     build_config(RewardConfig if body.kind == "reward_model" else SFTConfig, body.config)
     if body.base is not None:
