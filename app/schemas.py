@@ -110,6 +110,9 @@ QUEUED = (
 )
 """What a 202 means for work that a worker runs."""
 
+NO_READY_MODEL = "No model is ready (the base model is still being prepared, say)"
+"""What a 409 means for work that needs a model to start from."""
+
 
 class TokenRequest(InputModel):
     username: Annotated[str, StringConstraints(max_length=64)]

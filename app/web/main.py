@@ -21,13 +21,15 @@ from app.web.api import (
     feedback,
     generations,
     health,
+    invitations,
+    jobs,
     keys,
     models,
     prompts,
-    quality,
     rounds,
     stats,
     tasks,
+    training_jobs,
     users,
 )
 from app.web.api_description import describe
@@ -52,14 +54,16 @@ ROUTERS = (  # the busiest first: a request is matched against each route in tur
     playground,
     keys,
     users,
+    invitations,
     generations,
+    training_jobs,
+    jobs,
     prompts,
     models,
     feedback,
     export,
     rounds,
     stats,
-    quality,
 )
 
 

@@ -41,7 +41,9 @@ def export_preferences(
     ] = "trl",
     round_id: Annotated[RoundId, Query(alias="round")] = None,
 ) -> StreamingResponse:
-    """Streamed; with `round`, exactly the data that round trained on."""
+    """Download the collected preferences as JSON Lines in the `format` asked for, streamed:
+    the judgements committed when the export started or, with `round`, exactly the data that
+    round trained on. 404 when no round with a snapshot has that id."""
     lines = export_lines(
         db, file_format=file_format, round_id=round_id, snapshots_dir=settings.snapshots_dir
     )

@@ -22,15 +22,18 @@ BROKER_TIMEOUT_S = 2.0
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    """On the event loop itself (nothing here blocks), so that it answers as soon as the loop
-    does, even while every thread of the pool is busy."""
+    """Liveness, for anyone: `{"status": "ok"}` whenever the process answers, whatever the
+    state of the database, the broker or the model (`/readyz` checks those)."""
+    # On the event loop itself (nothing here blocks), so that it answers as soon as the loop
+    # does, even while every thread of the pool is busy.
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency or the model is not ready"}})
 def readyz(request: Request) -> JSONResponse:
-    """200 when the database, the broker and the model store answer and a model is ready to
-    serve; else 503 naming what is not (for the model: why, such as "being prepared")."""
+    """Readiness, for anyone: `status`, the `failing` checks and each check's result, for the
+    database, the broker, the model store and the model. 200 when all are ready to serve; else
+    503 naming what is not (for the model: why, such as "being prepared")."""
     state = request.app.state
     checks = {
         "database": lambda: database.ping(state.engine),

@@ -27,8 +27,9 @@ IfMatch = Annotated[
 
 @router.get("")
 def list_models(db: DbSession, admin: AdminUser, response: Response) -> list[ModelVersionOut]:
-    """Every version; the `ETag` header names what is served now (send it back in `If-Match`
-    when promoting or rolling back)."""
+    """Every model version with its lineage and metrics, `current` true for the one served as
+    `current`; the `ETag` header names what is served now (send it back in `If-Match` when
+    promoting or rolling back)."""
     current = crud.current_policy(db)
     response.headers["ETag"] = crud.serving_etag(current)
     return [
@@ -43,8 +44,9 @@ def list_models(db: DbSession, admin: AdminUser, response: Response) -> list[Mod
 def leaderboard(
     db: DbSession, admin: AdminUser, bootstrap: Annotated[int, Query(ge=0, le=2000)] = 200
 ) -> list[Standing]:
-    """Policy versions ranked by a Bradley-Terry fit of raters' blind comparisons, with 95%
-    bootstrap intervals (Elo scale, mean 1000)."""
+    """Policy versions ranked by a Bradley-Terry fit of raters' blind comparisons, best first:
+    each one's rating (Elo scale, mean 1000) with a 95% interval from `bootstrap` resamples,
+    its comparisons and its win rate. Empty until two versions have been compared."""
     return ranking.leaderboard(db, bootstrap=bootstrap)
 
 
@@ -52,8 +54,10 @@ def leaderboard(
 def promote(
     version_id: RowId, db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
 ) -> ModelVersionOut:
-    """Serve this version as `current` from the next request on; running requests finish on
-    the version they started with."""
+    """Serve this policy version as `current` from the next request on (requests already
+    running finish on the version they started with); answers the version, with the new
+    `ETag`. 404 when no ready policy version has this id, 412 when `If-Match` names an older
+    state (another promotion or rollback happened since)."""
     version = crud.promote(db, version_id=version_id, if_match=if_match)
     db.commit()
     return _now_served(version, response)
@@ -63,7 +67,9 @@ def promote(
 def roll_back(
     db: DbSession, admin: AdminUser, response: Response, if_match: IfMatch = None
 ) -> ModelVersionOut:
-    """Serve the version that was current before the last promotion (or `base`) again."""
+    """Serve the version that was current before the last promotion (or `base`) again;
+    answers it, with the new `ETag`. 409 when no promoted version is being served, 412 as for
+    promotion."""
     version = crud.roll_back(db, if_match=if_match)
     db.commit()
     return _now_served(version, response)

@@ -72,12 +72,13 @@ def upload_prompts(
     split: Annotated[str, Form(description="train or eval; default: as the file says")] = "",
     source: Annotated[str, Form(description="default: as the file says")] = "",
 ) -> PromptImportReport:
-    """Deduplicated import of a JSON body (a list of prompts, or `{"prompts": [...]}`) or of
-    an uploaded file (with the form's options); the report says why each skipped row was
-    skipped.
-
-    Sync, so FastAPI runs it on its thread pool, off the event loop; an uploaded file is read
-    from its spool a batch of rows at a time (`app.domain.prompt_import`)."""
+    """Import prompts from a JSON body (a list of prompts, or `{"prompts": [...]}`) or from an
+    uploaded file (JSON Lines, JSON or CSV, with the form's options), leaving out those already
+    stored or repeated. Answers 201 with a report: how many were created, which were duplicates,
+    and why each skipped row was skipped. Refused with nothing written (422) when the body or
+    file as a whole is unreadable, 415 for any other kind of body."""
+    # Sync, so FastAPI runs it on its thread pool, off the event loop; an uploaded file is read
+    # from its spool a batch of rows at a time (`app.domain.prompt_import`).
     if body is not None:
         upload, filename, file_format = io.BytesIO(body), "", "json"
     elif file is not None:

@@ -22,8 +22,10 @@ ACTIVE_WINDOW = timedelta(days=7)
 
 @router.get("")
 def stats(db: DbSession, admin: AdminUser) -> dict:
-    """Counts, active raters (judged in the last 7 days), Krippendorff's alpha as last computed
-    (null before the first computation) and the raters' quality figures."""
+    """What has been collected (prompts, open and complete tasks, judgements), the raters who
+    judged in the last 7 days, the last agreement report (Krippendorff's alpha overall, per
+    prompt tag and per rating aspect, with `computed_at`; null before the first computation)
+    and each rater's quality figures."""
     by_status = dict(db.execute(select(Task.status, func.count()).group_by(Task.status)).all())
     active = db.scalar(
         select(func.count(func.distinct(Judgement.rater_id))).where(

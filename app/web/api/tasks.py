@@ -1,8 +1,10 @@
-"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript.
+"""`/api/tasks`: the rating workflow for scripts and the rater page's JavaScript, and gold
+tasks for admins.
 
-The busiest routes of a rating platform: each is async, authenticates from memory when it can
-(`app.domain.credentials`), and makes one thread hop with one connection for its few Core statements
-(`app.domain.assignment.lease_next`, `app.domain.judgements.record_judgement`)."""
+The rating routes are the busiest of a rating platform: each is async, authenticates from memory
+when it can (`app.domain.credentials`), and makes one thread hop with one connection for its few
+Core statements (`app.domain.assignment.lease_next`, `app.domain.judgements.record_judgement`).
+Marking gold tasks is an admin's occasional write, documented under quality control."""
 
 from __future__ import annotations
 
@@ -13,10 +15,13 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel
 
 from app.db import in_transaction
+from app.domain import quality
 from app.domain.assignment import lease_next
 from app.domain.escalation import Escalation
 from app.domain.judgements import record_judgement, record_skip
 from app.schemas import (
+    GoldIn,
+    GoldOut,
     JudgementIn,
     JudgementOut,
     RowId,
@@ -25,9 +30,10 @@ from app.schemas import (
     TaskOut,
     documented,
 )
-from app.web.deps import RaterCredential, SettingsDep
+from app.web.deps import AdminUser, DbSession, RaterCredential, SettingsDep
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks")
+TASKS, QUALITY = ["tasks"], ["quality"]  # the documentation's sections
 
 IdempotencyKey = Annotated[
     str | None,
@@ -40,10 +46,13 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.get("/next", response_model=TaskOut, responses={204: {"description": "No task for you"}})
+@router.get(
+    "/next", tags=TASKS, response_model=TaskOut, responses={204: {"description": "No task for you"}}
+)
 async def next_task(request: Request, settings: SettingsDep, rater: RaterCredential) -> Response:
-    """Lease the next task to judge; 204 when there is none, 429 when holding too many, 403
-    when the rater is paused."""
+    """Lease the next task to judge (raters and admins): its prompt, its responses in the order
+    to show them, and when the lease ends. 204 when no task is left for the caller, 429 while
+    they hold as many leases as they may, 403 while they are paused."""
     lease = await in_transaction(
         request.app.state.session_factory,
         partial(
@@ -61,6 +70,7 @@ async def next_task(request: Request, settings: SettingsDep, rater: RaterCredent
 
 @router.post(
     "/{task_id}/judgement",
+    tags=TASKS,
     status_code=201,
     response_model=JudgementOut,
     responses=documented(
@@ -82,6 +92,11 @@ async def judge(
     rater: RaterCredential,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
+    """Record the caller's judgement of a task they hold a live lease on: a `ranking` of all its
+    responses best first (ties as inner lists), with optional strength, ratings, critique,
+    rewrite and flags. Answers 201 with the judgement's id; a retry with the same
+    `Idempotency-Key` and body gets the same answer. Refused with 409 when the task is judged
+    already or the lease is gone, 422 when the ranking is not of the task's responses."""
     recorded = await in_transaction(
         request.app.state.session_factory,
         partial(
@@ -98,13 +113,35 @@ async def judge(
     return _json(stored, status_code=201)
 
 
-@router.post("/{task_id}/skip", response_model=SkipOut)
+@router.post("/{task_id}/skip", tags=TASKS, response_model=SkipOut)
 async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCredential) -> Response:
+    """Give a leased task back unjudged, with an optional reason; the caller is not offered it
+    again. Refused with 409 when the caller holds no live lease on it."""
     await in_transaction(
         request.app.state.session_factory,
         partial(record_skip, rater_id=rater.user_id, task_id=task_id, reason=body.reason),
     )
     return _json(SkipOut(task_id=task_id))
+
+
+@router.post("/{task_id}/gold", tags=QUALITY)
+def mark_gold(task_id: RowId, body: GoldIn, db: DbSession, admin: AdminUser) -> GoldOut:
+    """Make the task a gold task whose known answer is `ranking` (admins): raters get it at the
+    configured gold rate, their judgements of it measure them, and it stays out of training
+    data. Answers the task's gold state; 409 for a retired task, 422 when the ranking is not of
+    the task's responses."""
+    task = quality.mark_gold(db, task_id=task_id, ranking=body.ranking)
+    db.commit()
+    return GoldOut.model_validate(task)
+
+
+@router.delete("/{task_id}/gold", tags=QUALITY)
+def unmark_gold(task_id: RowId, db: DbSession, admin: AdminUser) -> GoldOut:
+    """Make a gold task an ordinary one again (admins); it counts as complete if it has its
+    judgements already. Answers the task's gold state."""
+    task = quality.unmark_gold(db, task_id=task_id)
+    db.commit()
+    return GoldOut.model_validate(task)
 
 
 def _json(model: BaseModel, *, status_code: int = 200) -> Response:

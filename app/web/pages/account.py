@@ -22,6 +22,8 @@ router = APIRouter()
 
 @router.get("/account", response_class=HTMLResponse)
 def account(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
+    """The signed-in user's account page (HTML): their language, API keys and login tokens,
+    with forms to create a key and to revoke one."""
     return _account_page(request, db, user)
 
 
@@ -33,6 +35,8 @@ def create_key(
     name: Annotated[str, Form(min_length=1, max_length=100)],
     scope: Annotated[str, Form(max_length=16)] = KeyScope.INFERENCE.value,
 ) -> HTMLResponse:
+    """Create an API key from the account page: answers the page with the new key, shown this
+    once (201). 403 for a scope beyond the user's role."""
     body = form_input(ApiKeyCreate, name=name.strip() or "key", scope=scope)
     api_key, key = crud.create_api_key(
         db, user=caller.user, name=body.name, scope=body.scope, at_most=caller.power
@@ -63,6 +67,8 @@ def _account_page(
 def set_language(
     db: DbSession, user: PageUser, language: Annotated[str, Form(max_length=8)]
 ) -> RedirectResponse:
+    """Choose the language of the user's pages, then back to the account page (303); 422 for
+    a language the site does not offer."""
     if language not in LANGUAGES:
         raise InvalidInput(f"Unknown language {language!r}")
     user.locale = language
@@ -72,7 +78,8 @@ def set_language(
 
 @router.post("/account/keys/{key_id}/revoke")
 def revoke_key(key_id: RowId, db: DbSession, user: PageUser) -> RedirectResponse:
-    """Revoke one of the user's keys or login tokens."""
+    """Revoke one of the user's API keys or login tokens at once, then back to the account page
+    (303); 404 when it is not theirs."""
     crud.revoke_api_key(db, user=user, key_id=key_id)
     db.commit()
     return RedirectResponse("/account", status_code=303)

@@ -95,6 +95,8 @@ def login_page(
     next: str = "/",
     notice: str = "",
 ) -> Response:
+    """The login form (HTML), which signs in and goes on to `next`; a browser already signed
+    in goes there at once (303)."""
     if principal is not None:
         return RedirectResponse(safe_next_path(next), status_code=303)
     return _login_form(request, settings, next_path=next, notice=LOGIN_NOTICES.get(notice))
@@ -115,6 +117,10 @@ def login(
     login_token: Annotated[str, Form(max_length=500)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
+    """Sign a browser in from the login form: sets the session cookie and redirects (303) to
+    `next` (a path on this site). A wrong username or password shows the form again with 401,
+    a form not sent by this site with 403; repeated failures lock the username and the address
+    for a while (429 with `Retry-After`)."""
     if not LOGIN_FORM.verify(request, settings, login_token):
         error = "The login form expired or was not sent by this site; please sign in again."
         return _login_form(request, settings, next_path=next, error=error, status_code=403)
@@ -155,6 +161,7 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, db: DbSession, user: PageUser) -> RedirectResponse:
+    """End the browser's session and go to the login page (303)."""
     if token := request.cookies.get(SESSION_COOKIE):
         crud.end_web_session(db, token=token)
         db.commit()
@@ -171,7 +178,9 @@ def issue_token(
 ) -> TokenResponse:
     """Exchange a username and password for a bearer token that expires with a session, with
     the scope asked for (by default the user's role). Signing out everywhere (a password reset,
-    a disabled account) or `DELETE /api/auth/tokens/{id}` revokes it."""
+    a disabled account) or `DELETE /api/auth/tokens/{id}` revokes it. 401 for a wrong username
+    or password, 403 for a scope beyond the user's role, 429 with `Retry-After` after repeated
+    failures for the username or from the address."""
     user = verify_login(
         db,
         settings,
@@ -206,4 +215,5 @@ def revoke_login_token(token_id: RowId, db: DbSession, user: CurrentUser) -> Res
 
 @router.get("/api/auth/me", responses=error_responses(401, 403, 429))
 def who_am_i(user: CurrentUser) -> UserOut:
+    """The caller's account: id, username, role and language."""
     return UserOut.model_validate(user)

@@ -36,6 +36,9 @@ FormTokenField = Annotated[str, Form(max_length=500)]
 def invitation_page(
     request: Request, token: str, db: DbSession, settings: SettingsDep
 ) -> HTMLResponse:
+    """The invitation's form (HTML), for anyone with the link: choose a username and a password
+    for an account with the invited role. 404 for a link that is unknown, expired, used or
+    revoked."""
     link = access_links.usable_link(db, token=token, purpose=LinkPurpose.INVITATION)
     return _invitation_form(request, settings, link)
 
@@ -51,6 +54,10 @@ def accept_invitation(
     password_again: PasswordField = "",
     form_token: FormTokenField = "",
 ) -> Response:
+    """Create the invited account and go to the login page (303), which says so; the link is
+    then used up. An invalid or taken username, or passwords that differ, show the form again
+    with what to change (422 or 409), a form not sent by this site with 403; the link stays
+    usable. 404 as for the form."""
     link = access_links.usable_link(db, token=token, purpose=LinkPurpose.INVITATION)
     try:
         _check_form_token(INVITE_FORM, request, settings, form_token)
@@ -72,6 +79,8 @@ def accept_invitation(
 def password_reset_page(
     request: Request, token: str, db: DbSession, settings: SettingsDep
 ) -> HTMLResponse:
+    """The password-reset form (HTML), for anyone with the link: choose a new password for the
+    account it names. 404 for a link that is unknown, expired, used or revoked."""
     link = access_links.usable_link(db, token=token, purpose=LinkPurpose.PASSWORD_RESET)
     return _reset_form(request, settings, db, link)
 
@@ -86,6 +95,10 @@ def reset_password(
     password_again: PasswordField = "",
     form_token: FormTokenField = "",
 ) -> Response:
+    """Set the new password, sign the account out everywhere (sessions and login tokens) and go
+    to the login page (303), which says so; the link is then used up. An invalid password, or
+    passwords that differ, show the form again (422), a form not sent by this site with 403.
+    404 as for the form."""
     link = access_links.usable_link(db, token=token, purpose=LinkPurpose.PASSWORD_RESET)
     try:
         _check_form_token(RESET_FORM, request, settings, form_token)

@@ -18,6 +18,8 @@ router = APIRouter(prefix="/playground")
 
 @router.get("", response_class=HTMLResponse)
 def playground(request: Request, db: DbSession, user: PageRater) -> HTMLResponse:
+    """The playground (HTML), for raters and admins: chat with any model version, or two side
+    by side, and rate the answers."""
     versions = [version.name for version in crud.list_policies(db)]
     current = crud.current_policy(db)
     context = {
@@ -32,7 +34,9 @@ def playground(request: Request, db: DbSession, user: PageRater) -> HTMLResponse
 async def chat(
     request: Request, body: ChatCompletionRequest, db: DbSession, user: RaterUser
 ) -> Response:
-    """Stream an answer for the page's script (session cookie and CSRF header)."""
+    """The playground's chat: a chat completion as `POST /v1/chat/completions` makes it, always
+    streamed, for a browser signed in as a rater or admin (its session cookie and CSRF header,
+    not an API key). Refusals as there, 404 for an unknown model."""
     db.commit()  # end the sign-in lookup's transaction before a generation that may run long
     streamed = body.model_copy(update={"stream": True})
     return await serve_generation(request, streamed, user, limit_key=f"user:{user.id}")

@@ -41,6 +41,8 @@ RESPONSE_LABELS = "ABCD"
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, db: DbSession, rater: PageRater) -> HTMLResponse:
+    """The rater's home page (HTML): their progress, whether they hold a task, and the
+    guidelines. Raters and admins; a browser not signed in goes to the login page (303)."""
     context = {
         "progress": rating_progress(db, rater_id=rater.id),
         "holding": bool(open_leases(db, rater_id=rater.id)),
@@ -51,6 +53,9 @@ def home(request: Request, db: DbSession, rater: PageRater) -> HTMLResponse:
 
 @router.get("/rate", response_class=HTMLResponse)
 def rate(request: Request, db: DbSession, settings: SettingsDep, rater: PageRater) -> Response:
+    """The task page (HTML): the task the rater holds, else the next one leased to them, with
+    the form to judge or skip it; or why there is none (none left, or the rater is paused).
+    With `X-Requested-With: fetch`, only the task's part of the page."""
     return _task_page(request, db, settings, rater)
 
 
@@ -63,6 +68,10 @@ def judge(
     rater: PageRater,
     form: Form,
 ) -> Response:
+    """Judge a task from the task page's form, then go on to the next task: a redirect to
+    `/rate` (303), or with `X-Requested-With: fetch` the next task's part of the page. A form
+    that does not make a judgement shows the task again with what to fix (422); a task judged
+    already or no longer leased shows the next one with why (409)."""
     try:
         body = judgement_from_form(
             form, response_ids=_response_ids(db, task_id), aspects=settings.aspects
@@ -98,6 +107,9 @@ def skip(
     rater: PageRater,
     form: Form,
 ) -> Response:
+    """Give a task back from the task page, with an optional reason, and go on as after a
+    judgement; the rater is not offered it again. 409 (with the next task) when the lease is
+    gone."""
     reason = str(form.get("reason") or "")[:MAX_REASON_CHARS]
     try:
         skip_task(db, rater=rater, task_id=task_id, reason=reason)
@@ -110,6 +122,7 @@ def skip(
 
 @router.get("/guidelines", response_class=HTMLResponse)
 def guidelines(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
+    """The current rating guidelines (HTML), for anyone signed in."""
     return render(request, "guidelines.html", {"guidelines": crud.current_guidelines(db)})
 
 

@@ -44,6 +44,8 @@ GENERATION_RESPONSES = {
 
 @router.get("/models")
 def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
+    """The models a request may name, in OpenAI's list shape: every policy version ready to
+    serve by its name, and `current` (the promoted version, or `base`) once there is one."""
     versions = crud.list_policies(db)
     current = crud.current_policy(db)
     cards = [_card(version.name, version) for version in versions]
@@ -54,6 +56,8 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
 
 @router.get("/models/{model_id}")
 def get_model(model_id: str, db: DbSession, principal: ApiKeyPrincipal) -> ModelCard:
+    """One model that requests may name (a version's name, or `current`), in OpenAI's shape;
+    404 when none is served under that name."""
     return _card(model_id, crud.served_policy(db, name=model_id))
 
 
@@ -61,6 +65,11 @@ def get_model(model_id: str, db: DbSession, principal: ApiKeyPrincipal) -> Model
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:
+    """OpenAI's chat completion: the model's answer to the conversation, whole or streamed as
+    server-sent events (`stream`), under an id that `POST /api/feedback` can refer to; the
+    `X-Model-Version` header names the version that answered. Refused with 400 for what is not
+    supported (tools, JSON output formats, images), 404 for an unknown model, 429 beyond the
+    key's concurrent requests or requests per minute, 503 when no worker can take it now."""
     return await serve_generation(
         request, body, principal.user, limit_key=f"key:{principal.api_key_id}"
     )
@@ -70,7 +79,10 @@ async def chat_completions(
 async def completions(
     request: Request, body: CompletionRequest, principal: ApiKeyPrincipal
 ) -> Response:
-    """A plain-text prompt continued as it is (no chat template)."""
+    """OpenAI's legacy text completion: one plain-text `prompt` continued as it is (no chat
+    template), with the same sampling fields, limits and refusals as chat completions, whole or
+    streamed. Refused with 400 for several prompts, token ids, `echo`, `suffix` or
+    `best_of`."""
     return await serve_generation(
         request, body, principal.user, limit_key=f"key:{principal.api_key_id}"
     )

@@ -26,6 +26,9 @@ RECENT = 8
 def dashboard_page(
     request: Request, db: DbSession, settings: SettingsDep, admin: PageAdmin
 ) -> HTMLResponse:
+    """The admin console's dashboard (HTML): what has been collected, the task queue's and the
+    broker's health, the model's state, recent jobs and rounds, and the form that starts
+    candidate generation."""
     return _dashboard(request, db, settings)
 
 
@@ -65,6 +68,9 @@ def start_generation(
     per_prompt: Annotated[int, Form(ge=2, le=MAX_RESPONSES_PER_TASK)] = 2,
     overlap: Annotated[int, Form(ge=1, le=20)] = 3,
 ) -> RedirectResponse | HTMLResponse:
+    """Queue candidate generation from the dashboard's form, as `POST /api/generations` does
+    for every prompt without an open task, then back to the dashboard (303). While no model is
+    ready, the dashboard again with why (409)."""
     body = GenerationRequest(per_prompt=per_prompt, overlap=overlap)
     params = jobs.candidate_job_params(db, body, default_overlap=settings.default_overlap)
     try:

@@ -29,6 +29,8 @@ SKIPPED_ROWS_SHOWN = 200
 def data_home(
     request: Request, db: DbSession, settings: SettingsDep, admin: PageAdmin
 ) -> HTMLResponse:
+    """The data page (HTML): the forms to import a prompt file and to export the preferences
+    (everything so far, or a round's snapshot), with the number of prompts stored."""
     return _data_page(request, db, settings)
 
 
@@ -44,8 +46,10 @@ def import_prompt_file(
     split: Annotated[str, Form()] = "",
     source: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
-    """The same import as `POST /api/prompts`, reported on the page; a bad file or option is
-    a message on the page, with nothing written. Sync: it runs on the thread pool."""
+    """Import a prompt file as `POST /api/prompts` does, answering the data page with the
+    report. No file, an unreadable one or an invalid option shows the page with why (422),
+    with nothing written."""
+    # Sync: it runs on the thread pool.
     try:
         if file is None or not file.filename:
             raise InvalidInput("Choose a file to import.")
@@ -91,6 +95,7 @@ def _data_page(
 def prompts_page(
     request: Request, db: DbSession, admin: PageAdmin, filters: Annotated[PromptFilter, Query()]
 ) -> HTMLResponse:
+    """The stored prompts (HTML), a page at a time, filtered by the query's fields."""
     context = {
         "page": data_browser.list_prompts(db, filters),
         "filters": filters,
@@ -103,6 +108,7 @@ def prompts_page(
 def tasks_page(
     request: Request, db: DbSession, admin: PageAdmin, filters: Annotated[TaskFilter, Query()]
 ) -> HTMLResponse:
+    """The rating tasks (HTML), a page at a time, filtered by the query's fields."""
     context = {
         "page": data_browser.list_tasks(db, filters),
         "filters": filters,
@@ -119,6 +125,8 @@ def task_page(
     admin: PageAdmin,
     task_id: Annotated[int, Path(ge=1, le=data_browser.MAX_ID)],
 ) -> HTMLResponse:
+    """One task (HTML): its prompt, its responses in position order, and every judgement of it
+    (corrections included); 404 when no task has this id."""
     detail = data_browser.task_detail(db, task_id)
     return render(request, "admin/data_task.html", {"detail": detail})
 
@@ -130,6 +138,7 @@ def judgements_page(
     admin: PageAdmin,
     filters: Annotated[JudgementFilter, Query()],
 ) -> HTMLResponse:
+    """The judgements (HTML), a page at a time, filtered by the query's fields."""
     page, rankings = data_browser.list_judgements(db, filters)
     context = {"page": page, "rankings": rankings, "filters": filters}
     return render(request, "admin/data_judgements.html", context)

@@ -23,6 +23,7 @@ MAX_GUIDELINES_CHARS = 100_000
 
 @router.get("/guidelines", response_class=HTMLResponse)
 def edit_guidelines(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    """The guidelines editor (HTML), opened on the current version's text."""
     latest = crud.current_guidelines(db)
     return _editor(request, based_on=latest, text=latest.body if latest else "")
 
@@ -35,6 +36,9 @@ def publish_guidelines(
     body: Annotated[str, Form(min_length=1, max_length=MAX_GUIDELINES_CHARS)],
     based_on: Annotated[int | None, Form(ge=0, le=2**31)] = None,
 ) -> Response:
+    """Publish the text as the new version of the guidelines, then go to them (303). When
+    another admin published since `based_on`, the editor again (409) with their version beside
+    this text, nothing published."""
     try:
         crud.publish_guidelines(db, body=body, author=admin, based_on=based_on)
     except crud.StaleGuidelines as stale:

@@ -20,6 +20,8 @@ router = APIRouter(prefix="/admin")
 
 @router.get("/models", response_class=HTMLResponse)
 def model_list(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    """The model versions (HTML), newest first, with their lineage and metrics, which one is
+    served, the leaderboard as last computed, and the promote and rollback buttons."""
     versions = crud.list_model_versions(db)
     current = crud.current_policy(db)
     context = {
@@ -55,6 +57,9 @@ ServedWhenRead = Annotated[str, Form(max_length=64)]
 def promote(
     version_id: RowId, db: DbSession, admin: PageAdmin, serving: ServedWhenRead = ""
 ) -> RedirectResponse:
+    """Serve a version as `current`, as `POST /api/models/{id}/promote` does, then back to the
+    models page (303); 412 when another promotion or rollback happened since the page was
+    read."""
     crud.promote(db, version_id=version_id, if_match=serving or None)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)
@@ -62,13 +67,16 @@ def promote(
 
 @router.post("/models/leaderboard/refresh")
 def refresh_leaderboard(request: Request, admin: PageAdmin) -> RedirectResponse:
-    """Recompute the leaderboard (with the quality figures) in the background."""
+    """Ask for the leaderboard (with the quality figures) to be recomputed in the background,
+    then back to the models page (303)."""
     quality.request_refresh(request.app.state.celery)
     return RedirectResponse("/admin/models", status_code=303)
 
 
 @router.post("/models/rollback", responses=error_responses(412))
 def roll_back(db: DbSession, admin: PageAdmin, serving: ServedWhenRead = "") -> RedirectResponse:
+    """Serve the previous version again, as `POST /api/models/rollback` does, then back to the
+    models page (303); 409 with nothing to roll back, 412 as for promotion."""
     crud.roll_back(db, if_match=serving or None)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)

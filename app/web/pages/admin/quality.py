@@ -35,12 +35,17 @@ def quality_page(
     admin: PageAdmin,
     requested: bool = False,
 ) -> HTMLResponse:
+    """The quality page (HTML): the raters' agreement and each rater's figures as last computed,
+    with pause and resume buttons, and the gold tasks with the form to add one. With
+    `requested`, a note that new figures are being computed."""
     notice = "Recomputing; reload in a moment to see the new figures." if requested else None
     return _render(request, db, settings, notice=notice)
 
 
 @router.post("/refresh")
 def recompute(request: Request, admin: PageAdmin) -> RedirectResponse:
+    """Ask for the quality figures to be recomputed in the background, then back to the
+    quality page, which says so (303)."""
     quality.request_refresh(request.app.state.celery)
     return RedirectResponse(f"{PAGE}?requested=true", status_code=303)
 
@@ -52,6 +57,8 @@ def pause(
     admin: PageAdmin,
     reason: Annotated[str, Form(max_length=MAX_REASON_CHARS)] = "",
 ) -> RedirectResponse:
+    """Pause a rater as `POST /api/users/{id}/pause` does, then back to the quality page
+    (303)."""
     rater = crud.get_user(db, user_id=user_id)
     quality.pause_rater(db, rater, reason=reason.strip() or f"paused by {admin.username}")
     db.commit()
@@ -60,6 +67,7 @@ def pause(
 
 @router.post("/raters/{user_id}/resume")
 def resume(user_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    """Give a paused rater tasks again, then back to the quality page (303)."""
     quality.resume_rater(crud.get_user(db, user_id=user_id))
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
@@ -78,6 +86,10 @@ def mark_gold(
     task_id: Annotated[RowId, Form()],
     ranking: Annotated[str, Form(max_length=200)],
 ) -> Response:
+    """Make a task gold with its known answer, written as `12 > 10 = 11` (response ids best
+    first, `=` between ties), then back to the quality page (303). A refusal (no such task, a
+    retired task, a ranking not of the task's responses) shows the page again with why and
+    what was typed, with the status `POST /api/tasks/{id}/gold` would answer."""
     try:
         quality.mark_gold(db, task_id=task_id, ranking=parse_ranking(ranking))
     except AppError as exc:  # shown above the form, which keeps what was typed
@@ -90,6 +102,7 @@ def mark_gold(
 
 @router.post("/gold/{task_id}/unmark")
 def unmark_gold(task_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    """Make a gold task an ordinary one again, then back to the quality page (303)."""
     quality.unmark_gold(db, task_id=task_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)

@@ -30,7 +30,8 @@ def round_list(
     admin: PageAdmin,
     before: Annotated[RowId | None, Query()] = None,
 ) -> HTMLResponse:
-    """Newest first, `PAGE_SIZE` at a time (`before` is the last id of the previous page)."""
+    """The training rounds (HTML), newest first, 50 at a time (`before`: the last id of the
+    previous page), with what a new round would start from and the form that starts one."""
     return _round_list(request, db, settings, before=before)
 
 
@@ -84,6 +85,9 @@ def start_round(
     algorithm: Annotated[Algorithm, Form()] = DEFAULT_ALGORITHM,
     preset: Annotated[str, Form(max_length=32)] = "quick",
 ) -> RedirectResponse | HTMLResponse:
+    """Start a round on the main line, as `POST /api/rounds` does, and go to its page (303).
+    A refusal (a round already queued or running, no model ready, too few judged pairs) shows
+    the list again with why (409)."""
     try:
         round_ = rounds.start_round(
             db,
@@ -103,6 +107,8 @@ def start_round(
 
 @router.get("/rounds/{round_id}", response_class=HTMLResponse)
 def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    """One round's page (HTML): its stage and progress, curves, log, the versions it registered
+    and the raters' verdict, refreshing itself while the round runs, with a cancel button."""
     round_ = rounds.get_round(db, round_id)
     versions = db.scalars(select(ModelVersion).where(ModelVersion.round_id == round_id)).all()
     parent = db.get(ModelVersion, round_.parent_version_id) if round_.parent_version_id else None
@@ -121,6 +127,7 @@ def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmi
 
 @router.post("/rounds/{round_id}/cancel")
 def cancel_round(round_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    """Cancel a round as `POST /api/rounds/{id}/cancel` does, then back to its page (303)."""
     rounds.cancel_round(db, round_id=round_id)
     db.commit()
     return RedirectResponse(f"/admin/rounds/{round_id}", status_code=303)

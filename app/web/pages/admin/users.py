@@ -33,6 +33,8 @@ class ShownOnce(NamedTuple):
 
 @router.get("/users", response_class=HTMLResponse)
 def users_page(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
+    """The users page (HTML): every account with its API keys, the pending invitations, and the
+    forms that manage them."""
     return _users_page(request, db)
 
 
@@ -44,6 +46,8 @@ def create_user(
     password: ShortText = "",
     role: ShortText = "",
 ) -> RedirectResponse:
+    """Create an account, as `POST /api/users` does, then back to the users page (303); 409
+    when the username is taken, 422 for invalid fields."""
     body = form_input(UserCreate, username=username, password=password, role=role)
     crud.create_user(db, username=body.username, password=body.password, role=body.role)
     db.commit()
@@ -54,7 +58,8 @@ def create_user(
 def set_user_status(
     user_id: RowId, db: DbSession, admin: PageAdmin, is_active: Annotated[bool, Form()]
 ) -> RedirectResponse:
-    """Disable (signing the account out at once) or enable an account."""
+    """Disable (signing the account out at once) or enable an account, then back to the users
+    page (303); 409 for the admin's own account."""
     user = crud.get_user(db, user_id=user_id)
     crud.update_user(db, user=user, acting=admin, is_active=is_active)
     db.commit()
@@ -65,6 +70,8 @@ def set_user_status(
 def create_reset_link(
     request: Request, user_id: RowId, db: DbSession, settings: SettingsDep, admin: PageAdmin
 ) -> HTMLResponse:
+    """Make a password-reset link for the user, as `POST /api/users/{id}/password-reset` does:
+    answers the users page with the link, shown this once (201)."""
     user = crud.get_user(db, user_id=user_id)
     issued = access_links.create_password_reset(db, user=user, created_by=admin, settings=settings)
     db.commit()
@@ -81,6 +88,8 @@ def create_key(
     name: ShortText = "",
     scope: ShortText = KeyScope.INFERENCE.value,
 ) -> HTMLResponse:
+    """Create an API key for the user: answers the users page with the key, shown this once
+    (201). 403 for a scope beyond the user's role."""
     user = crud.get_user(db, user_id=user_id)
     body = form_input(ApiKeyCreate, name=name, scope=scope)
     api_key, key = crud.create_api_key(db, user=user, name=body.name, scope=body.scope)
@@ -90,6 +99,7 @@ def create_key(
 
 @router.post("/users/{user_id}/keys/{key_id}/revoke")
 def revoke_key(user_id: RowId, key_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    """Revoke one of the user's API keys at once, then back to the users page (303)."""
     crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
@@ -104,6 +114,8 @@ def create_invitation(
     role: ShortText = "",
     note: ShortText = "",
 ) -> HTMLResponse:
+    """Invite someone with a role: answers the users page with the one-time link, shown this
+    once (201)."""
     body = form_input(InvitationCreate, role=role, note=note)
     issued = access_links.create_invitation(
         db, role=body.role, note=body.note, created_by=admin, settings=settings
@@ -115,6 +127,7 @@ def create_invitation(
 
 @router.post("/invitations/{invitation_id}/revoke")
 def revoke_invitation(invitation_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    """Make an invitation's link unusable at once, then back to the users page (303)."""
     access_links.revoke_invitation(db, link_id=invitation_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
