@@ -42,7 +42,7 @@ def list_models(db: DbSession, admin: AdminUser, response: Response) -> list[Mod
 
 @router.get("/leaderboard")
 def leaderboard(
-    db: DbSession, admin: AdminUser, bootstrap: Annotated[int, Query(ge=0, le=2000)] = 200
+    db: DbSession, admin: AdminUser, bootstrap: Annotated[int, Query(ge=1, le=2000)] = 200
 ) -> list[Standing]:
     """Policy versions ranked by a Bradley-Terry fit of raters' blind comparisons, best first:
     each one's rating (Elo scale, mean 1000) with a 95% interval from `bootstrap` resamples,

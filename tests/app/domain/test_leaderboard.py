@@ -37,6 +37,8 @@ def test_the_api_ranks_versions_by_blind_judgements(client, db, admin, rater):
     db.commit()
     headers = api_key_for(db, admin)
     board = client.get("/api/models/leaderboard?bootstrap=100", headers=headers).json()
+    no_resamples = client.get("/api/models/leaderboard?bootstrap=0", headers=headers)
+    assert no_resamples.status_code == 422  # an interval needs at least one resample
     assert [row["version"] for row in board] == ["round-2", "round-1", "base"]
     for row in board:
         assert row["ci_low"] <= row["rating"] <= row["ci_high"]
