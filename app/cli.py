@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import broker, cli_reports, migrate, round_config
 from app.config import ConfigurationError, Settings
 from app.db import engine_for, make_session_factory, session_scope
-from app.domain import access_links, bootstrap, crud, jobs, rounds
+from app.domain import access_links, accounts, bootstrap, jobs, model_registry, rounds
 from app.domain.dashboard import queue_health
 from app.domain.export import FORMATS, export_lines
 from app.domain.prompt_import import import_prompts, options_from_text
@@ -271,7 +271,7 @@ def users_create(settings: Settings, username: str, password: str, role: str) ->
     username = _validated(Username, username, "--username")
     password = _validated(Password, password, "--password")
     with session_scope(_session_factory(settings)) as session:
-        crud.create_user(session, username=username, password=password, role=Role(role))
+        accounts.create_user(session, username=username, password=password, role=Role(role))
     click.echo(f"created {role} {username}")
 
 
@@ -326,7 +326,7 @@ def users_enable(settings: Settings, username: str) -> None:
 def _set_active(settings: Settings, username: str, *, is_active: bool) -> None:
     with session_scope(_session_factory(settings)) as session:
         user = _existing_user(session, username)
-        crud.update_user(session, user=user, acting=None, is_active=is_active)
+        accounts.update_user(session, user=user, acting=None, is_active=is_active)
     click.echo(f"{'enabled' if is_active else 'disabled'} {user.username}")
 
 
@@ -351,7 +351,7 @@ def keys_create(settings: Settings, username: str, name: str, scope: str) -> Non
     """Create an API key for USERNAME and print it (it is not shown again)."""
     with session_scope(_session_factory(settings)) as session:
         user = _existing_user(session, username)
-        _, key = crud.create_api_key(session, user=user, name=name, scope=KeyScope(scope))
+        _, key = accounts.create_api_key(session, user=user, name=name, scope=KeyScope(scope))
     click.echo(key)
 
 
@@ -363,14 +363,14 @@ def keys_revoke(settings: Settings, username: str, prefix: str) -> None:
     """Revoke USERNAME's live keys that start with PREFIX."""
     with session_scope(_session_factory(settings)) as session:
         user = _existing_user(session, username)
-        revoked = crud.revoke_api_keys_by_prefix(session, user=user, prefix=prefix)
+        revoked = accounts.revoke_api_keys_by_prefix(session, user=user, prefix=prefix)
     if not revoked:
         raise click.ClickException(f"no live key of {username} starts with {prefix!r}")
     click.echo(f"revoked {revoked} key(s)")
 
 
 def _existing_user(session: Session, username: str) -> User:
-    user = crud.get_user_by_username(session, username=username)
+    user = accounts.get_user_by_username(session, username=username)
     if user is None:
         raise click.ClickException(f"no user named {username!r}")
     return user
@@ -600,8 +600,12 @@ def status(settings: Settings) -> None:
     rounds and jobs."""
     with _session_factory(settings)() as session:
         click.echo("Models")
-        current = crud.current_policy(session)
-        click.echo(_indented(cli_reports.models_table(crud.list_model_versions(session), current)))
+        current = model_registry.current_policy(session)
+        click.echo(
+            _indented(
+                cli_reports.models_table(model_registry.list_model_versions(session), current)
+            )
+        )
         health = queue_health(session)
         click.echo("\nQueue")
         jobs_by_status, rounds_by_status = _in_lifecycle_order(health.jobs, health.rounds)

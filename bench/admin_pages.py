@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import migrate  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_session_factory, session_scope  # noqa: E402
-from app.domain import crud, quality
+from app.domain import accounts, quality
 from app.models import (  # noqa: E402
     Algorithm,
     Assignment,
@@ -112,7 +112,7 @@ def page_times(url: str, repeat: int, *, seed: int | None) -> dict[str, tuple[fl
     engine = make_engine(url)
     migrate.upgrade(engine)
     with session_scope(make_session_factory(engine)) as db:
-        crud.create_user(db, username="admin", password=PASSWORD, role=Role.ADMIN)
+        accounts.create_user(db, username="admin", password=PASSWORD, role=Role.ADMIN)
     if seed:
         started = time.perf_counter()
         fill(engine, seed)

@@ -139,19 +139,21 @@ def prepare_database(url: str, *, raters: int, tasks: int) -> list[str]:
 
 
 def _seed_raters(session, count: int) -> list[str]:
-    from app.domain import crud
+    from app.domain import accounts
     from app.models import KeyScope, Role
 
     keys = []
     for number in range(count):
-        user = crud.create_user(
+        user = accounts.create_user(
             session,
             username=f"bench-rater-{number:03d}",
             password=secrets.token_urlsafe(12),
             role=Role.RATER,
         )
         session.flush()
-        keys.append(crud.create_api_key(session, user=user, name="bench", scope=KeyScope.RATER)[1])
+        keys.append(
+            accounts.create_api_key(session, user=user, name="bench", scope=KeyScope.RATER)[1]
+        )
     return keys
 
 

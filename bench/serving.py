@@ -60,7 +60,7 @@ def prepare(data_dir: Path, model: str) -> tuple[dict[str, str], str]:
     from app import migrate
     from app.config import Settings
     from app.db import engine_for, make_session_factory, session_scope
-    from app.domain import crud
+    from app.domain import accounts
     from app.models import KeyScope, Role
     from worker.model_store import ModelStore
 
@@ -85,8 +85,10 @@ def prepare(data_dir: Path, model: str) -> tuple[dict[str, str], str]:
     factory = make_session_factory(engine)
     ModelStore(settings).ensure_base_version(factory)
     with session_scope(factory) as db:
-        user = crud.create_user(db, username="bench", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="bench", scope=KeyScope.INFERENCE)
+        user = accounts.create_user(
+            db, username="bench", password="long enough pw", role=Role.RATER
+        )
+        _, key = accounts.create_api_key(db, user=user, name="bench", scope=KeyScope.INFERENCE)
     engine.dispose()
     return env, key
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import migrate, security
 from app.config import Settings
 from app.db import make_engine
-from app.domain import crud
+from app.domain import accounts
 from app.models import Role, User
 from app.web.main import create_app
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
@@ -164,7 +164,7 @@ def make_user(db) -> Callable[..., User]:
 
     def make(role: Role = Role.RATER, username: str | None = None, password: str = PASSWORD):
         name = username or f"{role.value}{next(numbers)}"
-        user = crud.create_user(db, username=name, password=password, role=role)
+        user = accounts.create_user(db, username=name, password=password, role=role)
         db.commit()
         return user
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
-from app.domain import crud
+from app.domain import accounts, model_registry
 from app.domain.preferences import build_snapshot, split_of, write_snapshot
 from app.models import (
     Judgement,
@@ -81,7 +81,7 @@ def bearer(client: TestClient, username: str, password: str = PASSWORD, **extra)
 def api_key_for(db: Session, user: User, scope: KeyScope | None = None) -> dict[str, str]:
     """Bearer headers with a new key of `user`'s, with all their role's power unless `scope`."""
     scope = scope or KeyScope.of_role(user.role)
-    _, key = crud.create_api_key(db, user=user, name="test", scope=scope)
+    _, key = accounts.create_api_key(db, user=user, name="test", scope=scope)
     db.commit()
     return {"Authorization": f"Bearer {key}"}
 
@@ -150,7 +150,7 @@ def ab_judgement(
 def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:
     """`count` tasks judged kind-over-rude by a new rater, each with the rater's rewrite of
     the kind answer; returns the rater. The first task's prompt is held out, the others train."""
-    rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
+    rater = accounts.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
     for index, key in enumerate(prompt_keys(count, held_out=1)):
         texts = [f"Kind answer {index}.", f"Rude answer {index}."]
         task = create_task(db, texts=texts, dedup_hash=key)
@@ -177,9 +177,11 @@ def judged_tasks_with_rewrites(db: Session, count: int = 12) -> User:
 def ready_for_a_round(db: Session, *, pairs: int = 32) -> None:
     """A ready `base` policy and `pairs` judged training comparisons: what a `quick` round
     needs before it may start."""
-    if crud.get_model_version(db, name="base") is None:
-        crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
-    judge = crud.create_user(
+    if model_registry.get_model_version(db, name="base") is None:
+        model_registry.register_model_version(
+            db, name="base", kind=ModelKind.POLICY, path="base", config={}
+        )
+    judge = accounts.create_user(
         db, username=f"judge-{uuid.uuid4().hex[:8]}", password="long enough pw", role=Role.RATER
     )
     for key in prompt_keys(pairs, held_out=0):
@@ -240,8 +242,10 @@ def serving_tiny_model(settings) -> Iterator[dict]:
     factory = make_session_factory(engine)
     ModelStore(settings).ensure_base_version(factory)
     with session_scope(factory) as db:
-        user = crud.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)  # + feedback
+        user = accounts.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
+        _, key = accounts.create_api_key(
+            db, user=user, name="sdk", scope=KeyScope.RATER
+        )  # + feedback
     app = create_app(settings.model_copy(update={"v1_requests_per_minute": 600}), engine=engine)
     try:
         with serve_in_thread(app) as url:

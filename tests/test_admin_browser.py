@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect
 from app import migrate
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.models import KeyScope, Role
 from tests.browser import SCREENS, log_in, new_context, record_errors, save_screenshot
 from tests.helpers import PASSWORD
@@ -54,10 +54,10 @@ def world(model_settings: Settings, tmp_path: Path) -> Iterator[World]:
     engine = make_engine(model_settings.resolved_database_url)
     migrate.upgrade(engine)
     with session_scope(make_session_factory(engine)) as db:
-        admin = crud.create_user(db, username=ADMIN, password=PASSWORD, role=Role.ADMIN)
-        rater = crud.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
+        admin = accounts.create_user(db, username=ADMIN, password=PASSWORD, role=Role.ADMIN)
+        rater = accounts.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
         keys = [
-            crud.create_api_key(db, user=user, name="e2e", scope=KeyScope.of_role(user.role))[1]
+            accounts.create_api_key(db, user=user, name="e2e", scope=KeyScope.of_role(user.role))[1]
             for user in (rater, admin)
         ]
     engine.dispose()

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select, text
 
 from app import migrate
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.models import Base, Role, User
 from tests.conftest import BACKENDS, scratch_database
 
@@ -53,7 +53,7 @@ def test_upgrading_again_keeps_every_row(empty_engine):
     migrate.upgrade(empty_engine)
     factory = make_session_factory(empty_engine)
     with session_scope(factory) as db:
-        crud.create_user(db, username="keeper", password="long enough pw", role=Role.ADMIN)
+        accounts.create_user(db, username="keeper", password="long enough pw", role=Role.ADMIN)
     migrate.upgrade(empty_engine)
     with session_scope(factory) as db:
         assert db.scalars(select(User.username)).all() == ["keeper"]

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from app import migrate
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.models import Assignment, AssignmentStatus, Judgement, Response, Role
 from tests.browser import (
     SCREENS,
@@ -118,7 +118,7 @@ def seeded(model_settings: Settings) -> Seeded:
     engine = make_engine(url)
     migrate.upgrade(engine)
     with session_scope(make_session_factory(engine)) as db:
-        rater = crud.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
+        rater = accounts.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
         tasks = [
             create_task(
                 db,

@@ -14,7 +14,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
-from app.domain import crud
+from app.domain import model_registry
 from app.models import (
     Job,
     ModelKind,
@@ -175,8 +175,8 @@ def choose_prompts(db: Session, request: CandidateRequest) -> list[Prompt]:
 
 def choose_versions(db: Session, request: CandidateRequest) -> list[ModelVersion]:
     if request.model_versions:
-        return [crud.get_model_version(db, name=name) for name in request.model_versions]
-    current = crud.current_policy(db)
+        return [model_registry.get_model_version(db, name=name) for name in request.model_versions]
+    current = model_registry.current_policy(db)
     parent = db.get(ModelVersion, current.parent_id) if current.parent_id else None
     if (
         parent is not None

@@ -31,7 +31,7 @@ from transformers import (
 
 from app.config import BUNDLED_MODEL, TINY_RANDOM_MODEL, Settings
 from app.db import session_scope
-from app.domain import crud, model_readiness
+from app.domain import model_readiness, model_registry
 from app.errors import Conflict
 from app.models import ModelKind, ModelVersion
 from worker.model_card import write_model_card
@@ -141,9 +141,9 @@ class ModelStore:
         return path
 
     def register(self, db: Session, **fields: Any) -> ModelVersion:
-        """Register a stored version (`crud.register_model_version` with `fields`) and write
-        its model card into its folder."""
-        version = crud.register_model_version(db, **fields)
+        """Register a stored version (`model_registry.register_model_version` with `fields`)
+        and write its model card into its folder."""
+        version = model_registry.register_model_version(db, **fields)
         write_model_card(self.path_for(version.path), version, base_model=self.base_model)
         return version
 
@@ -166,7 +166,7 @@ class ModelStore:
 
     def _ensure_base_version(self, session_factory: sessionmaker[Session]) -> ModelVersion:
         with session_scope(session_factory) as db:
-            if (existing := crud.get_model_version(db, name=BASE_VERSION)) is not None:
+            if (existing := model_registry.get_model_version(db, name=BASE_VERSION)) is not None:
                 return existing
         model_readiness.preparing(self.root, self.base_model)
         try:
@@ -197,7 +197,7 @@ class ModelStore:
                 )
         except Conflict:
             with session_scope(session_factory) as db:
-                return crud.get_model_version(db, name=BASE_VERSION)
+                return model_registry.get_model_version(db, name=BASE_VERSION)
 
     def load_source(self, spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Load a base model from its source, in fp32 on the CPU, ready to be saved."""

@@ -25,7 +25,7 @@ import torch
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.domain import crud, jobs, rounds
+from app.domain import jobs, model_registry, rounds
 from app.domain.leaderboard import wilson_interval
 from app.domain.preferences import build_snapshot, collect_demonstrations, write_snapshot
 from app.domain.quality import snapshot_weights
@@ -259,7 +259,7 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
     the current policy (held-out pairs still come from every judgement)."""
     options = stage.config.snapshot
     with session_scope(stage.context.session_factory) as db:
-        parent = crud.current_policy(db)
+        parent = model_registry.current_policy(db)
         if parent is None:
             raise RoundError("there is no policy yet: run `alignloop models pull-default`")
         previous, train_after = rounds.training_cutoff(db, parent, options)
@@ -390,7 +390,7 @@ def _reward_model_start(stage: Stage) -> ModelVersion:
     with session_scope(stage.context.session_factory) as db:
         previous = rounds.parent_round(db, stage.parent)
         name = previous.metrics.get("reward_model", {}).get("version") if previous else None
-        reward_model = crud.get_model_version(db, name=name) if name else None
+        reward_model = model_registry.get_model_version(db, name=name) if name else None
         return reward_model or stage.parent
 
 
@@ -576,7 +576,7 @@ def register_stage(stage: Stage) -> dict[str, Any]:
         awaiting_raters = passes and gates.min_human_win_rate is not None
         promoted = passes and not awaiting_raters
         if promoted:
-            crud.promote(db, version_id=version.id)
+            model_registry.promote(db, version_id=version.id)
         ab_job = _ab_tasks(db, stage, version)
     return _with_metrics(
         stage,

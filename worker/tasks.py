@@ -11,7 +11,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.domain import crud, jobs, leaderboard, quality, rounds
+from app.domain import accounts, jobs, leaderboard, quality, rounds
 from app.domain.assignment import expire_stale_leases
 from app.errors import Conflict
 from app.inference import ChatJob
@@ -63,7 +63,7 @@ def register_tasks(celery: Celery, context: WorkerContext) -> None:
     def purge_expired_credentials() -> int:
         window = context.settings.longest_throttle_window
         with session_scope(context.session_factory) as db:
-            removed = crud.purge_expired_credentials(db, throttle_window=window)
+            removed = accounts.purge_expired_credentials(db, throttle_window=window)
         log.info("purged %d expired sessions, tokens and login throttles", removed)
         return removed
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from app.db import session_scope
-from app.domain import crud
+from app.domain import model_registry
 from app.domain.preferences import build_snapshot, collect_demonstrations, write_snapshot
 from app.domain.quality import snapshot_weights
 from app.models import Job, ModelKind, ModelVersion
@@ -87,4 +87,4 @@ def _reporting(progress: Progress) -> StepReport:
 
 
 def _base_policy(db, name: str | None) -> ModelVersion:
-    return crud.served_policy(db, name=name or "current")
+    return model_registry.served_policy(db, name=name or "current")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import security
 from app.config import Settings
-from app.domain import crud
+from app.domain import accounts
 from app.errors import NotFound
 from app.models import AccessLink, LinkPurpose, Role, User, utcnow
 
@@ -115,7 +115,7 @@ def accept_invitation(db: Session, *, token: str, username: str, password: str) 
     with db.begin_nested():  # an error below also takes back the claim on the link
         link = _claim(db, token=token, purpose=LinkPurpose.INVITATION)
         assert link.role is not None  # a CHECK constraint: invitations carry a role
-        user = crud.create_user(db, username=username, password=password, role=link.role)
+        user = accounts.create_user(db, username=username, password=password, role=link.role)
         db.flush()
         link.user_id = user.id
     return user
@@ -126,9 +126,9 @@ def reset_password(db: Session, *, token: str, password: str) -> User:
     its login tokens are revoked, so whoever knew the old password keeps no way in."""
     link = _claim(db, token=token, purpose=LinkPurpose.PASSWORD_RESET)
     assert link.user_id is not None  # a CHECK constraint: resets name their user
-    user = crud.get_user(db, user_id=link.user_id)
+    user = accounts.get_user(db, user_id=link.user_id)
     user.password_hash = security.hash_password(password)
-    crud.end_user_sessions(db, user=user)
+    accounts.end_user_sessions(db, user=user)
     return user
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.domain import crud
+from app.domain import prompt_store
 from app.errors import InvalidInput, NotFound
 from app.models import (
     Feedback,
@@ -91,8 +91,10 @@ def _prompt_for(db: Session, completion: ServedCompletion, user: User) -> Prompt
         )
     except ValueError:
         return None
-    crud.add_prompts(db, prompts=[prompt_in], created_by=user)
-    return db.scalar(select(Prompt).where(Prompt.dedup_hash == crud.prompt_dedup_hash(prompt_in)))
+    prompt_store.add_prompts(db, prompts=[prompt_in], created_by=user)
+    return db.scalar(
+        select(Prompt).where(Prompt.dedup_hash == prompt_store.prompt_dedup_hash(prompt_in))
+    )
 
 
 def _comparison_task(

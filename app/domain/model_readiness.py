@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.domain import crud
+from app.domain import model_registry
 from app.errors import Conflict
 from app.models import ModelVersion
 
@@ -54,7 +54,7 @@ def _write(models_dir: Path, state: dict) -> None:
 
 
 def model_state(db: Session, settings: Settings) -> ModelState:
-    current = crud.current_policy(db)
+    current = model_registry.current_policy(db)
     if current is not None:
         return ModelState(True, f"serving {current.name}")
     return ModelState(False, _not_ready_because(settings))
@@ -82,7 +82,7 @@ def _not_ready_because(settings: Settings) -> str:
 
 def require_ready_model(db: Session, settings: Settings) -> ModelVersion:
     """The current policy; 409 saying why there is none (yet)."""
-    current = crud.current_policy(db)
+    current = model_registry.current_policy(db)
     if current is None:
         raise Conflict(_not_ready_because(settings))
     return current

@@ -24,7 +24,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from app.domain import crud
+from app.domain import prompt_store
 from app.errors import InvalidInput
 from app.models import User
 from app.schemas import (
@@ -67,7 +67,7 @@ def import_prompts(
     for rows in _batches(read_prompts(file, file_format, options), IMPORT_BATCH):
         skipped += [row for row in rows if isinstance(row, SkippedRow)]
         prompts = [row for row in rows if isinstance(row, PromptIn)]
-        counts = crud.add_prompts(db, prompts=prompts, created_by=created_by, seen=seen)
+        counts = prompt_store.add_prompts(db, prompts=prompts, created_by=created_by, seen=seen)
         created_ids += counts.created_ids
         already_stored += counts.already_stored
         repeated += counts.repeated

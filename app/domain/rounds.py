@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app import broker
 from app.config import Settings
-from app.domain import crud, leases, model_readiness
+from app.domain import leases, model_readiness, model_registry
 from app.domain.leaderboard import HeadToHead, head_to_head
 from app.domain.preferences import build_snapshot
 from app.errors import Conflict, NotFound
@@ -402,13 +402,13 @@ def promote_on_human_verdicts(db: Session) -> list[int]:
         if verdict is None or verdict.n < gates.min_human_judgements:
             continue
         register = dict(round_.metrics["register"])
-        current = crud.current_policy(db)
+        current = model_registry.current_policy(db)
         threshold = gates.min_human_win_rate
         if current is None or current.id != round_.parent_version_id:
             outcome = "a newer version is current; not promoted"
         elif verdict.low >= threshold:
-            version = crud.get_model_version(db, name=register["version"])
-            crud.promote(db, version_id=version.id)
+            version = model_registry.get_model_version(db, name=register["version"])
+            model_registry.promote(db, version_id=version.id)
             register["promoted"] = True
             promoted.append(round_.id)
             outcome = "promoted"

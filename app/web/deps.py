@@ -26,7 +26,7 @@ from starlette.datastructures import FormData
 
 from app import security
 from app.config import Settings
-from app.domain import crud
+from app.domain import accounts
 from app.domain.credentials import REMEMBERED, Credential
 from app.errors import LoginRequired, PermissionDenied, Unauthenticated
 from app.models import KeyScope, Role, User
@@ -124,7 +124,7 @@ def _verified_key(request: Request, db: Session, key: str, address: str) -> Cred
     a minute)."""
     counters = throttles.api_key_counters(request.app.state.settings, address=address)
     throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_INVALID_KEYS)
-    api_key = crud.get_api_key(db, key=key)
+    api_key = accounts.get_api_key(db, key=key)
     if api_key is None:
         throttles.record_failure(db, counters)
         db.commit()
@@ -169,7 +169,7 @@ def _verified(request: Request, db: Session, presented: Presented | None) -> Cre
     kind, token, address = presented
     if kind == "api_key":
         credential = _verified_key(request, db, token, address)
-    elif web_session := crud.get_web_session(db, token=token):
+    elif web_session := accounts.get_web_session(db, token=token):
         credential = Credential.of_session(web_session)
         db.commit()
     else:

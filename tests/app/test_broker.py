@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.db import make_session_factory
-from app.domain import crud
+from app.domain import accounts
 from app.models import Job, Role, Round
 from app.tasks_contract import RECLAIM, TRAIN_QUEUE
 from app.web.main import create_app
@@ -90,7 +90,7 @@ def production(tmp_path, committed_engine, private_redis):
     )
     with make_session_factory(committed_engine)() as db:
         ready_for_a_round(db)
-        admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
+        admin = accounts.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
         headers = api_key_for(db, admin)  # commits
     return settings, headers
 

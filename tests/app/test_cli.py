@@ -16,7 +16,7 @@ from app import migrate
 from app import round_follower as follower
 from app.cli import main
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import access_links, crud
+from app.domain import access_links, accounts
 from app.errors import NotFound
 from app.models import (
     AccessLink,
@@ -229,11 +229,11 @@ def test_users_disable_and_enable_take_effect_at_once_and_revive_no_key(cli, db)
     cli(*create_user("rita"))
     key = cli("keys", "create", "--username", "rita").stdout.strip()
     assert cli("users", "disable", "--username", "Rita").stdout.strip() == "disabled rita"
-    assert crud.get_api_key(db, key=key) is None
+    assert accounts.get_api_key(db, key=key) is None
     db.rollback()  # end the read, so the next command can write (SQLite)
     assert cli("users", "enable", "--username", "rita").exit_code == 0
     assert db.scalar(select(User.is_active).where(User.username == "rita"))
-    assert crud.get_api_key(db, key=key) is None  # revoked when disabled
+    assert accounts.get_api_key(db, key=key) is None  # revoked when disabled
 
 
 def test_users_reset_link_replaces_the_previous_one(cli, db):

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import func, select
 
 from app.db import make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.models import Role, WebSession
 from app.tasks_contract import (
     DEFAULT_QUEUE,
@@ -144,9 +144,9 @@ def test_a_redis_worker_process_answers_ping(tmp_path, redis_worker):
 def test_purging_removes_expired_sessions_only(tmp_path, committed_engine):
     factory = make_session_factory(committed_engine)
     with session_scope(factory) as db:
-        user = crud.create_user(db, username="sam", password="long enough pw", role=Role.RATER)
-        crud.create_web_session(db, user=user, ttl=timedelta(hours=1))
-        crud.create_web_session(db, user=user, ttl=timedelta(seconds=-1))
+        user = accounts.create_user(db, username="sam", password="long enough pw", role=Role.RATER)
+        accounts.create_web_session(db, user=user, ttl=timedelta(hours=1))
+        accounts.create_web_session(db, user=user, ttl=timedelta(seconds=-1))
     celery = create_celery(make_settings(tmp_path), engine=committed_engine)
     assert celery.tasks[PURGE_EXPIRED_CREDENTIALS].apply().get() == 1
     with factory() as db:

@@ -14,7 +14,7 @@ import pytest
 
 from app import migrate
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import crud, jobs
+from app.domain import accounts, jobs
 from app.domain.rounds import ACTIVE
 from app.models import Job, KeyScope, Role, Round, RoundStage, RunStatus
 from app.tasks_contract import GENERATE_CANDIDATES
@@ -91,8 +91,8 @@ def embedded(tmp_path, model_settings) -> Iterator[Embedded]:
     ModelStore(settings).ensure_base_version(factory)
     with session_scope(factory) as db:
         judged_tasks_with_rewrites(db, count=24)
-        admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-        _, key = crud.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
+        admin = accounts.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
+        _, key = accounts.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
     with alignloop_run(settings.data_dir, tmp_path / "run.log", {"demo_prompts": "false"}) as live:
         yield Embedded(live.base_url, {"Authorization": f"Bearer {key}"}, factory)
     engine.dispose()

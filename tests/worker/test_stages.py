@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 
 from app import migrate, round_config
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts, model_registry
 from app.domain.rounds import STAGES
 from app.models import (
     Algorithm,
@@ -113,9 +113,13 @@ def world(model_settings) -> Iterator[World]:
         ModelStore(model_settings).ensure_base_version(factory)
         judged_data(factory)
         with session_scope(factory) as db:
-            admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-            _, admin_key = crud.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
-            _, key = crud.create_api_key(db, user=admin, name="sdk", scope=KeyScope.INFERENCE)
+            admin = accounts.create_user(
+                db, username="ada", password="long enough pw", role=Role.ADMIN
+            )
+            _, admin_key = accounts.create_api_key(
+                db, user=admin, name="admin", scope=KeyScope.ADMIN
+            )
+            _, key = accounts.create_api_key(db, user=admin, name="sdk", scope=KeyScope.INFERENCE)
         settings = model_settings.model_copy(update={"redis_url": REDIS_URL, "database_url": url})
         worker = start_worker(settings.data_dir, url)
         try:
@@ -247,11 +251,13 @@ def test_scheduled_rounds_wait_for_enough_new_judgements(tmp_path, committed_eng
     celery = create_celery(settings, engine=committed_engine)
     schedule = lambda reason="judgements": start_scheduled_round(celery, context, reason=reason)  # noqa: E731
     with session_scope(factory) as db:
-        crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
+        model_registry.register_model_version(
+            db, name="base", kind=ModelKind.POLICY, path="base", config={}
+        )
 
     def judge() -> int:
         with session_scope(factory) as db:
-            rater = db.scalar(select(User)) or crud.create_user(
+            rater = db.scalar(select(User)) or accounts.create_user(
                 db, username="rita", password="long enough pw", role=Role.RATER
             )
             task = create_task(db)
@@ -330,7 +336,7 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
 def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:
     """A finished round that snapshotted judgements up to `cutoff` and fine-tuned on every
     rewrite so far, with its reward model and its promoted policy (trained from `base`)."""
-    base = crud.register_model_version(
+    base = model_registry.register_model_version(
         db, name="base", kind=ModelKind.POLICY, path="base", config={}
     )
     earlier = Round(status=RunStatus.SUCCEEDED, config={"snapshot": {"up_to_judgement_id": cutoff}})
@@ -341,7 +347,7 @@ def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:
         "sft": {"up_to_response_id": db.scalar(select(func.max(Response.id)))},
     }
     _reward_model, policy = (
-        crud.register_model_version(
+        model_registry.register_model_version(
             db, name=name, kind=kind, path=path, config={}, parent=base, round_id=earlier.id
         )
         for name, kind, path in (
@@ -349,5 +355,5 @@ def promoted_round(db, cutoff: int) -> tuple[Round, ModelVersion]:
             (f"round-{earlier.id}", ModelKind.POLICY, "p"),
         )
     )
-    crud.promote(db, version_id=policy.id)
+    model_registry.promote(db, version_id=policy.id)
     return earlier, policy

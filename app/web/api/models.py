@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.domain import crud
 from app.domain import leaderboard as ranking
+from app.domain import model_registry
 from app.domain.leaderboard import Standing
 from app.models import ModelVersion
 from app.schemas import ModelVersionOut, RowId, error_responses
@@ -30,13 +30,13 @@ def list_models(db: DbSession, admin: AdminUser, response: Response) -> list[Mod
     """Every model version with its lineage and metrics, `current` true for the one served as
     `current`; the `ETag` header names what is served now (send it back in `If-Match` when
     promoting or rolling back)."""
-    current = crud.current_policy(db)
-    response.headers["ETag"] = crud.serving_etag(current)
+    current = model_registry.current_policy(db)
+    response.headers["ETag"] = model_registry.serving_etag(current)
     return [
         ModelVersionOut.model_validate(version).model_copy(
             update={"current": current is not None and version.id == current.id}
         )
-        for version in crud.list_model_versions(db)
+        for version in model_registry.list_model_versions(db)
     ]
 
 
@@ -58,7 +58,7 @@ def promote(
     running finish on the version they started with); answers the version, with the new
     `ETag`. 404 when no ready policy version has this id, 412 when `If-Match` names an older
     state (another promotion or rollback happened since)."""
-    version = crud.promote(db, version_id=version_id, if_match=if_match)
+    version = model_registry.promote(db, version_id=version_id, if_match=if_match)
     db.commit()
     return _now_served(version, response)
 
@@ -70,11 +70,11 @@ def roll_back(
     """Serve the version that was current before the last promotion (or `base`) again;
     answers it, with the new `ETag`. 409 when no promoted version is being served, 412 as for
     promotion."""
-    version = crud.roll_back(db, if_match=if_match)
+    version = model_registry.roll_back(db, if_match=if_match)
     db.commit()
     return _now_served(version, response)
 
 
 def _now_served(version: ModelVersion, response: Response) -> ModelVersionOut:
-    response.headers["ETag"] = crud.serving_etag(version)
+    response.headers["ETag"] = model_registry.serving_etag(version)
     return ModelVersionOut.model_validate(version).model_copy(update={"current": True})

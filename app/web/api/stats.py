@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.domain import crud, quality
+from app.domain import prompt_store, quality
 from app.models import Judgement, Task, TaskStatus, utcnow
 from app.schemas import RaterQualityOut
 from app.web.deps import AdminUser, DbSession
@@ -33,7 +33,7 @@ def stats(db: DbSession, admin: AdminUser) -> dict:
         )
     )
     return {
-        "prompts": crud.count_prompts(db),
+        "prompts": prompt_store.count_prompts(db),
         "tasks": {
             "open": by_status.get(TaskStatus.OPEN, 0),
             "complete": by_status.get(TaskStatus.COMPLETE, 0),

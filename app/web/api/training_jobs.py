@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.domain import crud, jobs, model_readiness
+from app.domain import jobs, model_readiness, model_registry
 from app.round_config import RewardConfig, SFTConfig, build_config
 from app.schemas import NO_READY_MODEL, QUEUED, JobAccepted, TrainingRequest, documented
 from app.web.deps import AdminUser, DbSession, SettingsDep
@@ -30,7 +30,7 @@ def start_training(
     kind = jobs.TRAIN_REWARD_MODEL if body.kind == "reward_model" else jobs.TRAIN_SFT
     build_config(RewardConfig if body.kind == "reward_model" else SFTConfig, body.config)
     if body.base is not None:
-        crud.served_policy(db, name=body.base)  # 404 now rather than a failed job later
+        model_registry.served_policy(db, name=body.base)  # 404 now rather than a failed job later
     else:
         model_readiness.require_ready_model(db, settings)
     params = body.model_dump(exclude={"kind"})

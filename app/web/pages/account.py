@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from app.domain import crud
+from app.domain import accounts
 from app.errors import InvalidInput
 from app.models import KeyScope, User
 from app.schemas import ApiKeyCreate, RowId, form_input
@@ -38,7 +38,7 @@ def create_key(
     """Create an API key from the account page: answers the page with the new key, shown this
     once (201). 403 for a scope beyond the user's role."""
     body = form_input(ApiKeyCreate, name=name.strip() or "key", scope=scope)
-    api_key, key = crud.create_api_key(
+    api_key, key = accounts.create_api_key(
         db, user=caller.user, name=body.name, scope=body.scope, at_most=caller.power
     )
     db.commit()
@@ -54,8 +54,8 @@ def _account_page(
     new_key_name: str | None = None,
 ) -> HTMLResponse:
     context = {
-        "keys": crud.list_api_keys(db, user=user),
-        "login_tokens": crud.list_login_tokens(db, user=user),
+        "keys": accounts.list_api_keys(db, user=user),
+        "login_tokens": accounts.list_login_tokens(db, user=user),
         "scopes": KeyScope.up_to(KeyScope.of_role(user.role)),
         "new_key": new_key,
         "new_key_name": new_key_name,
@@ -80,6 +80,6 @@ def set_language(
 def revoke_key(key_id: RowId, db: DbSession, user: PageUser) -> RedirectResponse:
     """Revoke one of the user's API keys or login tokens at once, then back to the account page
     (303); 404 when it is not theirs."""
-    crud.revoke_api_key(db, user=user, key_id=key_id)
+    accounts.revoke_api_key(db, user=user, key_id=key_id)
     db.commit()
     return RedirectResponse("/account", status_code=303)

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.domain import crud
+from app.domain import accounts
 from app.errors import RateLimited, Unauthenticated
 from app.models import KeyScope, User, utcnow
 from app.schemas import (
@@ -55,7 +55,7 @@ def verify_login(
     the right password gets 429, and an unknown username is counted just like a known one."""
     counters = throttles.login_counters(settings, username=username, address=address)
     throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_LOGINS)
-    user = crud.authenticate_user(db, username=username, password=password)
+    user = accounts.authenticate_user(db, username=username, password=password)
     if user is None:
         throttles.record_failure(db, counters)
         db.commit()
@@ -143,8 +143,10 @@ def login(
         )
     # Rotate: a session that existed before login (possibly planted) never becomes authenticated.
     if previous_token := request.cookies.get(SESSION_COOKIE):
-        crud.end_web_session(db, token=previous_token)
-    _, token = crud.create_web_session(db, user=user, ttl=timedelta(hours=settings.session_hours))
+        accounts.end_web_session(db, token=previous_token)
+    _, token = accounts.create_web_session(
+        db, user=user, ttl=timedelta(hours=settings.session_hours)
+    )
     db.commit()
     response = RedirectResponse(safe_next_path(next), status_code=303)
     response.set_cookie(
@@ -163,7 +165,7 @@ def login(
 def logout(request: Request, db: DbSession, user: PageUser) -> RedirectResponse:
     """End the browser's session and go to the login page (303)."""
     if token := request.cookies.get(SESSION_COOKIE):
-        crud.end_web_session(db, token=token)
+        accounts.end_web_session(db, token=token)
         db.commit()
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
@@ -190,7 +192,7 @@ def issue_token(
     )
     expires_at = utcnow() + timedelta(hours=settings.session_hours)
     scope = body.scope or KeyScope.of_role(user.role)
-    _, token = crud.create_api_key(
+    _, token = accounts.create_api_key(
         db, user=user, name="login token", scope=scope, expires_at=expires_at
     )
     db.commit()
@@ -200,7 +202,7 @@ def issue_token(
 @router.get("/api/auth/tokens", responses=error_responses(401, 403, 429))
 def list_login_tokens(db: DbSession, user: CurrentUser) -> list[ApiKeyOut]:
     """The caller's login tokens that still work (never the tokens themselves)."""
-    return [ApiKeyOut.model_validate(token) for token in crud.list_login_tokens(db, user=user)]
+    return [ApiKeyOut.model_validate(token) for token in accounts.list_login_tokens(db, user=user)]
 
 
 @router.delete(
@@ -208,7 +210,7 @@ def list_login_tokens(db: DbSession, user: CurrentUser) -> list[ApiKeyOut]:
 )
 def revoke_login_token(token_id: RowId, db: DbSession, user: CurrentUser) -> Response:
     """Revoke one of the caller's login tokens at once; anyone else's id is not found."""
-    crud.revoke_login_token(db, user=user, token_id=token_id)
+    accounts.revoke_login_token(db, user=user, token_id=token_id)
     db.commit()
     return Response(status_code=204)
 

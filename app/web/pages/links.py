@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.domain import access_links, crud
+from app.domain import access_links, accounts
 from app.errors import Conflict, InvalidInput, PermissionDenied
 from app.models import AccessLink, LinkPurpose
 from app.schemas import AccountForm, PasswordForm, form_input
@@ -146,5 +146,5 @@ def _reset_form(
     status_code: int = 200,
 ) -> HTMLResponse:
     assert link.user_id is not None
-    context = {"account": crud.get_user(db, user_id=link.user_id), "error": error}
+    context = {"account": accounts.get_user(db, user_id=link.user_id), "error": error}
     return RESET_FORM.render(request, settings, "reset.html", context, status_code=status_code)

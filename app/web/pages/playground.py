@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.domain import crud
+from app.domain import model_registry
 from app.schemas import error_responses
 from app.web.deps import DbSession, PageRater, RaterUser
 from app.web.templating import render
@@ -20,8 +20,8 @@ router = APIRouter(prefix="/playground")
 def playground(request: Request, db: DbSession, user: PageRater) -> HTMLResponse:
     """The playground (HTML), for raters and admins: chat with any model version, or two side
     by side, and rate the answers."""
-    versions = [version.name for version in crud.list_policies(db)]
-    current = crud.current_policy(db)
+    versions = [version.name for version in model_registry.list_policies(db)]
+    current = model_registry.current_policy(db)
     context = {
         "versions": versions,
         "current": current.name if current else None,

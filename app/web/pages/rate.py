@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app.config import Settings
-from app.domain import crud
+from app.domain import guidelines as rating_guidelines
 from app.domain.assignment import (
     RaterPaused,
     current_or_next,
@@ -46,7 +46,7 @@ def home(request: Request, db: DbSession, rater: PageRater) -> HTMLResponse:
     context = {
         "progress": rating_progress(db, rater_id=rater.id),
         "holding": bool(open_leases(db, rater_id=rater.id)),
-        "guidelines": crud.current_guidelines(db),
+        "guidelines": rating_guidelines.current_guidelines(db),
     }
     return render(request, "rate/home.html", context)
 
@@ -123,7 +123,9 @@ def skip(
 @router.get("/guidelines", response_class=HTMLResponse)
 def guidelines(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
     """The current rating guidelines (HTML), for anyone signed in."""
-    return render(request, "guidelines.html", {"guidelines": crud.current_guidelines(db)})
+    return render(
+        request, "guidelines.html", {"guidelines": rating_guidelines.current_guidelines(db)}
+    )
 
 
 def _is_fetch(request: Request) -> bool:
@@ -181,7 +183,7 @@ def _task_page(
         assignment, context["paused"] = None, paused
     if assignment is not None:
         view = task_view(db, assignment)
-        guideline = crud.current_guidelines(db)
+        guideline = rating_guidelines.current_guidelines(db)
         context |= {
             "task": view,
             "responses": list(zip(RESPONSE_LABELS, view.responses, strict=False)),

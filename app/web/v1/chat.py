@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from app.db import session_scope
-from app.domain import crud
+from app.domain import model_registry
 from app.domain.feedback import record_completion
 from app.inference import ChatJob, ChatStream, ChoiceDone, LogprobEntry, TextDelta
 from app.models import ModelVersion, User
@@ -280,7 +280,7 @@ def text_logprobs(entries: list[LogprobEntry], offset: int) -> TextLogprobs:
 
 def _served_version(request: Request, name: str) -> ModelVersion:
     with session_scope(request.app.state.session_factory) as db:
-        return crud.served_policy(db, name=name)
+        return model_registry.served_policy(db, name=name)
 
 
 def _job(body: GenerationRequest, version: ModelVersion) -> ChatJob:

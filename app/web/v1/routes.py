@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.domain import crud
+from app.domain import model_registry
 from app.models import ModelVersion
 from app.web.deps import ApiKeyPrincipal, DbSession
 from app.web.v1.chat import IGNORED_FIELDS_HEADER, serve_generation
@@ -46,8 +46,8 @@ GENERATION_RESPONSES = {
 def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
     """The models a request may name, in OpenAI's list shape: every policy version ready to
     serve by its name, and `current` (the promoted version, or `base`) once there is one."""
-    versions = crud.list_policies(db)
-    current = crud.current_policy(db)
+    versions = model_registry.list_policies(db)
+    current = model_registry.current_policy(db)
     cards = [_card(version.name, version) for version in versions]
     if current is not None:
         cards.append(_card(CURRENT, current))
@@ -58,7 +58,7 @@ def list_models(db: DbSession, principal: ApiKeyPrincipal) -> ModelList:
 def get_model(model_id: str, db: DbSession, principal: ApiKeyPrincipal) -> ModelCard:
     """One model that requests may name (a version's name, or `current`), in OpenAI's shape;
     404 when none is served under that name."""
-    return _card(model_id, crud.served_policy(db, name=model_id))
+    return _card(model_id, model_registry.served_policy(db, name=model_id))
 
 
 @router.post("/chat/completions", response_model=None, responses=GENERATION_RESPONSES)

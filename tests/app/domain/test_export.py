@@ -12,7 +12,7 @@ from trl.data_utils import is_conversational, maybe_apply_chat_template, unpair_
 
 from app.cli import main
 from app.db import make_session_factory, session_scope
-from app.domain import crud, export
+from app.domain import accounts, export
 from app.domain.export import FORMATS
 from app.models import Judgement, Role
 from tests.helpers import TEST_SECRET, api_key_for, create_task, snapshot_round
@@ -136,7 +136,9 @@ def test_an_export_holds_what_was_committed_when_it_started(
     monkeypatch.setattr(export, "RAW_BATCH_SIZE", 1)  # the raw export reads row by row
     factory = make_session_factory(committed_engine)
     with session_scope(factory) as db:
-        rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
+        rater = accounts.create_user(
+            db, username="rita", password="long enough pw", role=Role.RATER
+        )
     judge_new_tasks(factory, rater.id, 3)
 
     def export_now(db) -> Iterator[bytes]:
@@ -166,7 +168,9 @@ def test_bad_export_requests_are_refused(client, judged, admin, rater):
 
 def test_the_cli_exports_to_a_file(settings, tmp_path, committed_engine):
     with session_scope(make_session_factory(committed_engine)) as db:
-        rater = crud.create_user(db, username="rita", password="long enough pw", role=Role.RATER)
+        rater = accounts.create_user(
+            db, username="rita", password="long enough pw", role=Role.RATER
+        )
         task = create_task(db)
         ids = [link.response_id for link in task.responses]
         db.add(Judgement(task_id=task.id, rater_id=rater.id, ranking=ids))

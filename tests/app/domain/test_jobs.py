@@ -6,13 +6,15 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from app.domain import crud, jobs, model_readiness
+from app.domain import jobs, model_readiness, model_registry
 from app.models import Job, ModelKind, Prompt, RunStatus, utcnow
 from tests.helpers import api_key_for, problem
 
 
 def register_base(db) -> None:
-    crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
+    model_registry.register_model_version(
+        db, name="base", kind=ModelKind.POLICY, path="base", config={}
+    )
 
 
 def test_admins_start_candidate_generation_and_follow_the_job(client, db, admin):

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.domain import crud
+from app.domain import guidelines
 from app.models import Assignment, AssignmentStatus, Judgement, Response, Role, utcnow
 from tests.helpers import api_key_for, create_task, problem
 
@@ -198,8 +198,8 @@ def test_an_unchanged_rewrite_is_not_stored(client, db, headers, leased):
 
 def test_the_current_guideline_version_is_recorded(client, db, headers, leased):
     task_id, (a, b) = leased
-    crud.publish_guidelines(db, body="Be kind.", author=None)
-    latest = crud.publish_guidelines(db, body="Be kind and exact.", author=None)
+    guidelines.publish_guidelines(db, body="Be kind.", author=None)
+    latest = guidelines.publish_guidelines(db, body="Be kind and exact.", author=None)
     db.commit()
     assert post(client, task_id, headers, ranking=[a, b], guideline_version=99).status_code == 422
     assert post(client, task_id, headers, ranking=[a, b]).status_code == 201

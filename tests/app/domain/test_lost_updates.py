@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 
 from app.db import make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts, guidelines, model_registry
 from app.domain.preconditions import PreconditionFailed
 from app.models import GuidelineVersion, Role
 from tests.helpers import api_key_for, browser_login, html, policy_versions
@@ -22,13 +22,13 @@ from tests.helpers import api_key_for, browser_login, html, policy_versions
 def test_publishing_guidelines_from_a_stale_version_shows_both_and_overwrites_nothing(
     client, db, admin
 ):
-    crud.publish_guidelines(db, body="Be kind.", author=None)
+    guidelines.publish_guidelines(db, body="Be kind.", author=None)
     db.commit()
     csrf = browser_login(client, admin.username)
     opened = html(client.get("/admin/guidelines")).select_one("input[name=based_on]")["value"]
     assert opened == "1"
     # Another admin publishes version 2 while this one edits version 1.
-    crud.publish_guidelines(db, body="Be kind and exact.", author=None, based_on=1)
+    guidelines.publish_guidelines(db, body="Be kind and exact.", author=None, based_on=1)
     db.commit()
 
     stale = client.post(
@@ -40,7 +40,7 @@ def test_publishing_guidelines_from_a_stale_version_shows_both_and_overwrites_no
     assert page.select_one("textarea[name=body]").text == "Be brief."
     assert page.select_one("input[name=based_on]")["value"] == "2"
     db.expire_all()
-    assert crud.current_guidelines(db).body == "Be kind and exact."
+    assert guidelines.current_guidelines(db).body == "Be kind and exact."
 
     again = client.post(
         "/admin/guidelines",
@@ -76,7 +76,7 @@ def test_patching_a_user_honours_if_match(client, db, admin, make_user):
     assert "changed since you read it" in promoted.json()["detail"]
     assert promoted.headers["etag"] == disabled.headers["etag"]
     db.expire_all()
-    assert crud.get_user(db, user_id=rater.id).role == Role.RATER
+    assert accounts.get_user(db, user_id=rater.id).role == Role.RATER
     # Without If-Match the caller asked for no check.
     assert client.patch(f"/api/users/{rater.id}", json={"is_active": True}, headers=headers).json()[
         "is_active"
@@ -99,7 +99,7 @@ def test_promoting_or_rolling_back_from_a_stale_view_is_refused(client, db, admi
     stale_rollback = client.post("/api/models/rollback", headers={**headers, "If-Match": tag})
     assert stale_rollback.status_code == 412
     db.expire_all()
-    assert crud.current_policy(db).name == "round-1"
+    assert model_registry.current_policy(db).name == "round-1"
     fresh = client.post(
         "/api/models/rollback", headers={**headers, "If-Match": first.headers["etag"]}
     )
@@ -111,14 +111,14 @@ def test_two_concurrent_promotions_from_one_view_have_one_winner(committed_engin
     with session_scope(factory) as db:
         made = policy_versions(db, "base", *(f"round-{n}" for n in range(1, 7)))
         ids = [made[f"round-{n}"].id for n in range(1, 7)]
-        tag = crud.serving_etag(crud.current_policy(db))
+        tag = model_registry.serving_etag(model_registry.current_policy(db))
     barrier = threading.Barrier(len(ids))
 
     def promote(version_id: int) -> str:
         with factory() as db:
             barrier.wait()
             try:
-                crud.promote(db, version_id=version_id, if_match=tag)
+                model_registry.promote(db, version_id=version_id, if_match=tag)
             except PreconditionFailed:
                 return "412"
             db.commit()
@@ -129,7 +129,7 @@ def test_two_concurrent_promotions_from_one_view_have_one_winner(committed_engin
     assert sorted(answers) == ["200"] + ["412"] * (len(ids) - 1)
     with factory() as db:
         winner = ids[answers.index("200")]
-        assert crud.current_policy(db).id == winner
+        assert model_registry.current_policy(db).id == winner
 
 
 def test_the_promote_button_of_a_stale_page_is_refused(client, db, admin):
@@ -139,7 +139,7 @@ def test_the_promote_button_of_a_stale_page_is_refused(client, db, admin):
     page = html(client.get("/admin/models"))
     button = page.select_one(f"form[action='/admin/models/{versions['round-2'].id}/promote']")
     served_when_read = button.select_one("input[name=serving]")["value"]
-    crud.promote(db, version_id=versions["round-1"].id)  # another admin, meanwhile
+    model_registry.promote(db, version_id=versions["round-1"].id)  # another admin, meanwhile
     db.commit()
     stale = client.post(
         f"/admin/models/{versions['round-2'].id}/promote",
@@ -148,4 +148,4 @@ def test_the_promote_button_of_a_stale_page_is_refused(client, db, admin):
     )
     assert stale.status_code == 412 and "changed since you read it" in stale.text
     db.expire_all()
-    assert crud.current_policy(db).name == "round-1"
+    assert model_registry.current_policy(db).name == "round-1"

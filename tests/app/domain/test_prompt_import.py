@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import make_session_factory, session_scope
-from app.domain import bootstrap, crud
+from app.domain import accounts, bootstrap, prompt_store
 from app.domain.prompt_import import UnreadableFile, detect_format, parse_prompts
 from app.models import KeyScope, Prompt, Role
 from tests.helpers import TEST_SECRET
@@ -81,12 +81,12 @@ def test_duplicates_are_detected_across_whitespace_and_imports(db):
         jsonl({"prompt": "What is  RLHF?"}, {"prompt": "What is RLHF? "}, {"prompt": "Other"}),
         "jsonl",
     )
-    first = crud.add_prompts(db, prompts=prompts, created_by=None)
+    first = prompt_store.add_prompts(db, prompts=prompts, created_by=None)
     assert first[:3] == (2, 0, 1)
     stored = db.scalars(select(Prompt.id).order_by(Prompt.id)).all()
     assert first.created_ids == stored
-    assert crud.add_prompts(db, prompts=prompts, created_by=None) == (0, 2, 1, [])
-    assert crud.count_prompts(db) == 2
+    assert prompt_store.add_prompts(db, prompts=prompts, created_by=None) == (0, 2, 1, [])
+    assert prompt_store.count_prompts(db) == 2
 
 
 def test_the_demo_set_is_varied_and_valid():
@@ -101,7 +101,7 @@ def test_the_demo_set_is_varied_and_valid():
 def test_first_start_creates_one_admin_and_loads_the_demo_once(db):
     password = bootstrap.create_first_admin(db)
     assert password and len(password) >= 16
-    assert crud.authenticate_user(db, username="admin", password=password) is not None
+    assert accounts.authenticate_user(db, username="admin", password=password) is not None
     assert bootstrap.create_first_admin(db) is None
     assert bootstrap.load_demo_prompts(db) >= 100
     assert bootstrap.load_demo_prompts(db) == 0
@@ -150,8 +150,8 @@ async def healthz_during_upload(
 def test_the_event_loop_answers_while_a_large_upload_is_imported(committed_engine, tmp_path):
     """`alignloop web` in a process of its own, as in production, takes a 15 MiB file."""
     with session_scope(make_session_factory(committed_engine)) as db:
-        admin = crud.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-        _, key = crud.create_api_key(db, user=admin, name="upload", scope=KeyScope.ADMIN)
+        admin = accounts.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
+        _, key = accounts.create_api_key(db, user=admin, name="upload", scope=KeyScope.ADMIN)
     settings = {
         "database_url": committed_engine.url.render_as_string(hide_password=False),
         "secret_key": TEST_SECRET,

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import func, select
 
 from app.db import make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.domain.assignment import assign_next_task
 from app.domain.judgements import submit_judgement
 from app.models import Assignment, AssignmentStatus, Judgement, Role, Task, User
@@ -45,7 +45,7 @@ def test_concurrent_raters_keep_every_invariant(committed_engine):
         for _ in range(TASKS):
             create_task(db, overlap=OVERLAP)
         raters = [
-            crud.create_user(
+            accounts.create_user(
                 db, username=f"rater{n:02}", password="long enough pw", role=Role.RATER
             ).id
             for n in range(RATERS)
@@ -75,7 +75,7 @@ def test_the_same_submit_sent_many_times_at_once_is_stored_once(committed_engine
     factory = make_session_factory(committed_engine)
     with session_scope(factory) as db:
         task_id = create_task(db, overlap=1).id
-        rater = crud.create_user(db, username="r", password="long enough pw", role=Role.RATER)
+        rater = accounts.create_user(db, username="r", password="long enough pw", role=Role.RATER)
         assignment = assign_next_task(db, rater=rater, lease_minutes=30, max_open_leases=1)
         rater_id, order = rater.id, assignment.response_order
     copies = 8

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from app import round_config
 from app.db import make_session_factory, session_scope
-from app.domain import crud, model_readiness, rounds
+from app.domain import model_readiness, model_registry, rounds
 from app.errors import Conflict
 from app.models import Algorithm, ModelKind, ModelStatus, Round, RoundStage, RunStatus, utcnow
 from tests.helpers import ab_judgement, api_key_for, policy_versions, problem, ready_for_a_round
@@ -297,7 +297,7 @@ def test_promotion_and_rollback_switch_the_current_version(client, db, admin):
 
 
 def round_awaiting_raters(db, made, *, min_human_win_rate: float = 0.5) -> Round:
-    crud.promote(db, version_id=made["base"].id)
+    model_registry.promote(db, version_id=made["base"].id)
     round_ = Round(
         status=RunStatus.SUCCEEDED,
         stage=RoundStage.DONE,
@@ -324,7 +324,7 @@ def test_auto_promotion_waits_for_enough_blind_verdicts_then_promotes(client, db
     assert rounds.promote_on_human_verdicts(db) == []  # 5 of the 6 verdicts it waits for
     ab_judgement(db, rater, made, "round-1", "base", prefer="round-1")
     assert rounds.promote_on_human_verdicts(db) == [round_.id]
-    assert crud.current_policy(db).name == "round-1"
+    assert model_registry.current_policy(db).name == "round-1"
     assert not round_.metrics["register"]["awaiting_raters"]
     db.commit()
     shown = client.get(f"/api/rounds/{round_.id}", headers=api_key_for(db, admin)).json()
@@ -338,7 +338,7 @@ def test_a_policy_raters_do_not_prefer_is_never_promoted(db, rater):
     for prefer in ["base"] * 7 + ["round-1"]:
         ab_judgement(db, rater, made, "round-1", "base", prefer=prefer)
     assert rounds.promote_on_human_verdicts(db) == []
-    assert crud.current_policy(db).name == "base"
+    assert model_registry.current_policy(db).name == "base"
     assert not round_.metrics["register"]["awaiting_raters"]
     assert "do not prefer" in rounds.read_log(db, round_id=round_.id)[-1].message
 
@@ -351,7 +351,7 @@ def test_a_round_that_does_not_finish_leaves_no_ready_reward_model(db, ending):
     )
     db.add(round_)
     db.flush()
-    reward = crud.register_model_version(
+    reward = model_registry.register_model_version(
         db,
         name=f"reward-r{round_.id}",
         kind=ModelKind.REWARD,

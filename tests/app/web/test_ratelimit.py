@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from app.db import make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.errors import RateLimited
 from app.models import KeyScope, Role
 from app.web import ratelimit
@@ -154,8 +154,8 @@ def test_two_web_processes_on_one_redis_share_one_limit(committed_engine, tmp_pa
     The model is unknown, so the N within the limit answer 404 without loading one."""
     per_minute, excess = 4, 3
     with session_scope(make_session_factory(committed_engine)) as db:
-        user = crud.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)
+        user = accounts.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
+        _, key = accounts.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)
     settings = {
         "database_url": committed_engine.url.render_as_string(hide_password=False),
         "secret_key": TEST_SECRET,

@@ -13,7 +13,7 @@ import redis
 
 from app import migrate
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import crud
+from app.domain import accounts
 from app.models import KeyScope, Role
 from app.web.main import create_app
 from tests.conftest import REDIS_URL
@@ -35,8 +35,8 @@ def remote(model_settings, tmp_path):
     factory = make_session_factory(engine)
     ModelStore(model_settings).ensure_base_version(factory)
     with session_scope(factory) as db:
-        user = crud.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
-        _, key = crud.create_api_key(db, user=user, name="sdk", scope=KeyScope.INFERENCE)
+        user = accounts.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
+        _, key = accounts.create_api_key(db, user=user, name="sdk", scope=KeyScope.INFERENCE)
     env = {
         **os.environ,
         "ALIGNLOOP_DATA_DIR": str(model_settings.data_dir),

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.domain import crud, data_browser, export
+from app.domain import data_browser, export, prompt_store
 from app.domain.data_browser import JudgementFilter, PromptFilter, TaskFilter
 from app.domain.prompt_import import FORMATS, import_prompts, options_from_text
 from app.errors import InvalidInput
@@ -82,7 +82,7 @@ def _data_page(
         "splits": [split.value for split in PromptSplit],
         "export_formats": export.FORMATS,
         "rounds": export.exportable_rounds(db),
-        "prompt_count": crud.count_prompts(db),
+        "prompt_count": prompt_store.count_prompts(db),
         "max_upload_mib": settings.max_body_bytes // 2**20,
         "report": report,
         "skipped_rows_shown": SKIPPED_ROWS_SHOWN,

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.domain import crud
+from app.domain import guidelines
 from app.models import GuidelineVersion
 from app.web.deps import DbSession, PageAdmin
 from app.web.templating import render
@@ -24,7 +24,7 @@ MAX_GUIDELINES_CHARS = 100_000
 @router.get("/guidelines", response_class=HTMLResponse)
 def edit_guidelines(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
     """The guidelines editor (HTML), opened on the current version's text."""
-    latest = crud.current_guidelines(db)
+    latest = guidelines.current_guidelines(db)
     return _editor(request, based_on=latest, text=latest.body if latest else "")
 
 
@@ -40,8 +40,8 @@ def publish_guidelines(
     another admin published since `based_on`, the editor again (409) with their version beside
     this text, nothing published."""
     try:
-        crud.publish_guidelines(db, body=body, author=admin, based_on=based_on)
-    except crud.StaleGuidelines as stale:
+        guidelines.publish_guidelines(db, body=body, author=admin, based_on=based_on)
+    except guidelines.StaleGuidelines as stale:
         db.rollback()
         return _editor(
             request, based_on=stale.published, text=body, conflict=stale, status_code=409
@@ -55,7 +55,7 @@ def _editor(
     *,
     based_on: GuidelineVersion | None,
     text: str,
-    conflict: crud.StaleGuidelines | None = None,
+    conflict: guidelines.StaleGuidelines | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
     context = {"based_on": based_on, "text": text, "conflict": conflict}

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.domain import crud, quality
 from app.domain import leaderboard as ranking
+from app.domain import model_registry, quality
 from app.models import ModelVersion
 from app.schemas import RowId, error_responses
 from app.web.deps import DbSession, PageAdmin
@@ -22,13 +22,13 @@ router = APIRouter(prefix="/admin")
 def model_list(request: Request, db: DbSession, admin: PageAdmin) -> HTMLResponse:
     """The model versions (HTML), newest first, with their lineage and metrics, which one is
     served, the leaderboard as last computed, and the promote and rollback buttons."""
-    versions = crud.list_model_versions(db)
-    current = crud.current_policy(db)
+    versions = model_registry.list_model_versions(db)
+    current = model_registry.current_policy(db)
     context = {
         "versions": list(reversed(versions)),
         "lineage": _lineage(versions),
         "current": current,
-        "serving": crud.serving_etag(current),
+        "serving": model_registry.serving_etag(current),
         "can_roll_back": current is not None and current.promoted_at is not None,
         "leaderboard": ranking.latest(db),
     }
@@ -60,7 +60,7 @@ def promote(
     """Serve a version as `current`, as `POST /api/models/{id}/promote` does, then back to the
     models page (303); 412 when another promotion or rollback happened since the page was
     read."""
-    crud.promote(db, version_id=version_id, if_match=serving or None)
+    model_registry.promote(db, version_id=version_id, if_match=serving or None)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)
 
@@ -77,6 +77,6 @@ def refresh_leaderboard(request: Request, admin: PageAdmin) -> RedirectResponse:
 def roll_back(db: DbSession, admin: PageAdmin, serving: ServedWhenRead = "") -> RedirectResponse:
     """Serve the previous version again, as `POST /api/models/rollback` does, then back to the
     models page (303); 409 with nothing to roll back, 412 as for promotion."""
-    crud.roll_back(db, if_match=serving or None)
+    model_registry.roll_back(db, if_match=serving or None)
     db.commit()
     return RedirectResponse("/admin/models", status_code=303)

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.domain import crud, quality
+from app.domain import accounts, quality
 from app.errors import AppError, InvalidInput
 from app.schemas import MAX_REASON_CHARS, RowId, documented
 from app.web.deps import DbSession, PageAdmin, SettingsDep
@@ -59,7 +59,7 @@ def pause(
 ) -> RedirectResponse:
     """Pause a rater as `POST /api/users/{id}/pause` does, then back to the quality page
     (303)."""
-    rater = crud.get_user(db, user_id=user_id)
+    rater = accounts.get_user(db, user_id=user_id)
     quality.pause_rater(db, rater, reason=reason.strip() or f"paused by {admin.username}")
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
@@ -68,7 +68,7 @@ def pause(
 @router.post("/raters/{user_id}/resume")
 def resume(user_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     """Give a paused rater tasks again, then back to the quality page (303)."""
-    quality.resume_rater(crud.get_user(db, user_id=user_id))
+    quality.resume_rater(accounts.get_user(db, user_id=user_id))
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
 

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
 from app import round_config
-from app.domain import crud, model_readiness, rounds
+from app.domain import model_readiness, model_registry, rounds
 from app.errors import Conflict
 from app.models import DEFAULT_ALGORITHM, Algorithm, ModelVersion, Round
 from app.schemas import RowId
@@ -71,7 +71,7 @@ def _readiness(db: DbSession, settings: SettingsDep) -> dict:
     if (running := rounds.active_round(db, line="main")) is not None:
         return {"model": None, "running": running}
     options = round_config.preset_snapshot(settings.round_preset)
-    available, previous = rounds.pairs_available(db, crud.current_policy(db), options)
+    available, previous = rounds.pairs_available(db, model_registry.current_policy(db), options)
     needed = {name: round_config.preset_snapshot(name).min_pairs for name in round_config.PRESETS}
     return {"model": None, "running": None, "pairs": available, "since": previous, "needed": needed}
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from app.domain import access_links, crud
+from app.domain import access_links, accounts
 from app.models import KeyScope, Role
 from app.schemas import ApiKeyCreate, InvitationCreate, RowId, UserCreate, form_input
 from app.web.deps import DbSession, PageAdmin, SettingsDep
@@ -49,7 +49,7 @@ def create_user(
     """Create an account, as `POST /api/users` does, then back to the users page (303); 409
     when the username is taken, 422 for invalid fields."""
     body = form_input(UserCreate, username=username, password=password, role=role)
-    crud.create_user(db, username=body.username, password=body.password, role=body.role)
+    accounts.create_user(db, username=body.username, password=body.password, role=body.role)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
 
@@ -60,8 +60,8 @@ def set_user_status(
 ) -> RedirectResponse:
     """Disable (signing the account out at once) or enable an account, then back to the users
     page (303); 409 for the admin's own account."""
-    user = crud.get_user(db, user_id=user_id)
-    crud.update_user(db, user=user, acting=admin, is_active=is_active)
+    user = accounts.get_user(db, user_id=user_id)
+    accounts.update_user(db, user=user, acting=admin, is_active=is_active)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
 
@@ -72,7 +72,7 @@ def create_reset_link(
 ) -> HTMLResponse:
     """Make a password-reset link for the user, as `POST /api/users/{id}/password-reset` does:
     answers the users page with the link, shown this once (201)."""
-    user = crud.get_user(db, user_id=user_id)
+    user = accounts.get_user(db, user_id=user_id)
     issued = access_links.create_password_reset(db, user=user, created_by=admin, settings=settings)
     db.commit()
     label = f"Password-reset link for {user.username}"
@@ -90,9 +90,9 @@ def create_key(
 ) -> HTMLResponse:
     """Create an API key for the user: answers the users page with the key, shown this once
     (201). 403 for a scope beyond the user's role."""
-    user = crud.get_user(db, user_id=user_id)
+    user = accounts.get_user(db, user_id=user_id)
     body = form_input(ApiKeyCreate, name=name, scope=scope)
-    api_key, key = crud.create_api_key(db, user=user, name=body.name, scope=body.scope)
+    api_key, key = accounts.create_api_key(db, user=user, name=body.name, scope=body.scope)
     db.commit()
     return _users_page(request, db, ShownOnce(f"API key {api_key.name!r} of {user.username}", key))
 
@@ -100,7 +100,7 @@ def create_key(
 @router.post("/users/{user_id}/keys/{key_id}/revoke")
 def revoke_key(user_id: RowId, key_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
     """Revoke one of the user's API keys at once, then back to the users page (303)."""
-    crud.revoke_api_key(db, user=crud.get_user(db, user_id=user_id), key_id=key_id)
+    accounts.revoke_api_key(db, user=accounts.get_user(db, user_id=user_id), key_id=key_id)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
 
@@ -135,8 +135,8 @@ def revoke_invitation(invitation_id: RowId, db: DbSession, admin: PageAdmin) -> 
 
 def _users_page(request: Request, db: Session, shown_once: ShownOnce | None = None) -> HTMLResponse:
     context = {
-        "accounts": crud.list_users(db),
-        "keys": crud.api_keys_by_user(db),
+        "accounts": accounts.list_users(db),
+        "keys": accounts.api_keys_by_user(db),
         "invitations": access_links.pending_invitations(db),
         "roles": [role.value for role in Role],
         "scopes_by_role": {role: KeyScope.up_to(KeyScope.of_role(role)) for role in Role},

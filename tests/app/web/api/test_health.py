@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
 from app.db import make_engine
-from app.domain import crud, model_readiness
+from app.domain import model_readiness, model_registry
 from app.models import ModelKind
 from app.web.main import create_app
 
@@ -16,7 +16,9 @@ def test_healthz_answers_without_dependencies(client):
 
 
 def test_readyz_is_ok_when_everything_answers(client, db):
-    crud.register_model_version(db, name="base", kind=ModelKind.POLICY, path="base", config={})
+    model_registry.register_model_version(
+        db, name="base", kind=ModelKind.POLICY, path="base", config={}
+    )
     db.commit()
     response = client.get("/readyz")
     assert response.status_code == 200

@@ -8,7 +8,7 @@ import math
 import pytest
 from sqlalchemy import select
 
-from app.domain import crud
+from app.domain import model_registry
 from app.models import ModelKind, Response, ServedCompletion
 from app.schemas import INT64_MAX
 from tests.helpers import api_key_for, browser_login, create_task, problem
@@ -147,7 +147,7 @@ def test_model_output_with_nul_is_stored_without_it(db, text):
 
 
 def _a_version(db) -> int:
-    version = crud.register_model_version(
+    version = model_registry.register_model_version(
         db, name="nul-test", kind=ModelKind.POLICY, path="/nowhere", config={}
     )
     return version.id

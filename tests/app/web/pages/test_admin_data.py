@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
-from app.domain import crud, export
+from app.domain import accounts, export, prompt_store
 from app.domain.prompt_import import parse_prompts
 from app.models import (
     Assignment,
@@ -210,7 +210,7 @@ def test_the_api_refuses_a_body_that_is_neither_json_nor_an_upload(client, db, a
 def add_prompts(db, *records: dict) -> None:
     prompts, skipped = parse_prompts(jsonl(*records), "jsonl")
     assert skipped == []
-    crud.add_prompts(db, prompts=prompts, created_by=None)
+    prompt_store.add_prompts(db, prompts=prompts, created_by=None)
     db.commit()
 
 
@@ -401,7 +401,7 @@ def test_user_text_is_escaped_on_every_page(client, db, csrf, judged_task):
 
 def test_judgements_filter_by_rater_task_and_dates_newest_first(client, db, csrf, judged_task):
     other = create_task(db)
-    otto = crud.get_user_by_username(db, username="otto")
+    otto = accounts.get_user_by_username(db, username="otto")
     old = Judgement(
         task_id=other.id,
         rater_id=otto.id,

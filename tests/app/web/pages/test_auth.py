@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from app.domain import crud
+from app.domain import accounts
 from app.models import ApiKey, KeyScope, Role, User, WebSession
 from app.web.deps import SESSION_COOKIE
 from tests.helpers import (
@@ -118,8 +118,8 @@ def test_login_rotates_the_session(client, rater, db):
     )
     second_token = client.cookies[SESSION_COOKIE]
     assert first_token != second_token
-    assert crud.get_web_session(db, token=first_token) is None
-    assert crud.get_web_session(db, token=second_token) is not None
+    assert accounts.get_web_session(db, token=first_token) is None
+    assert accounts.get_web_session(db, token=second_token) is not None
 
 
 def test_logout_invalidates_the_session_server_side(client, rater, db):
@@ -127,7 +127,7 @@ def test_logout_invalidates_the_session_server_side(client, rater, db):
     token, domain = client.cookies[SESSION_COOKIE], cookie_domain(client)
     response = client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False)
     assert response.status_code == 303
-    assert crud.get_web_session(db, token=token) is None
+    assert accounts.get_web_session(db, token=token) is None
     client.cookies.set(SESSION_COOKIE, token, domain=domain)  # a stolen copy is now worthless
     assert client.get("/", follow_redirects=False).headers["location"].startswith("/login")
 
@@ -193,7 +193,7 @@ def test_key_listing_never_shows_the_key(client, rater, db):
 
 def test_another_users_key_id_is_not_found(client, rater, make_user, db):
     other = make_user(Role.RATER, "otto")
-    other_key, _ = crud.create_api_key(db, user=other, name="theirs", scope=KeyScope.RATER)
+    other_key, _ = accounts.create_api_key(db, user=other, name="theirs", scope=KeyScope.RATER)
     db.commit()
     response = client.delete(f"/api/keys/{other_key.id}", headers=api_key_for(db, rater))
     missing = client.delete("/api/keys/999999", headers=api_key_for(db, rater))

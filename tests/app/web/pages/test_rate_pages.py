@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from app.domain import crud
+from app.domain import guidelines
 from app.models import Assignment, AssignmentStatus, Job, Judgement, Response, Round
 from app.web.i18n import MESSAGES
 from tests.helpers import browser_login, create_task, html, ready_for_a_round
@@ -36,7 +36,7 @@ def csrf(client, rater):
 
 
 def test_home_shows_progress_and_the_guidelines(client, db, csrf):
-    crud.publish_guidelines(db, body="# Be fair\nJudge the content.", author=None)
+    guidelines.publish_guidelines(db, body="# Be fair\nJudge the content.", author=None)
     create_task(db)
     db.commit()
     page = html(client.get("/"))
@@ -190,7 +190,7 @@ def inert(page) -> None:
 
 def test_hostile_prompts_responses_and_guidelines_render_inert(client, db, admin):
     create_task(db, prompt="\n\n".join(XSS), texts=["\n".join(XSS), "<b>bold</b> " + XSS[1]])
-    crud.publish_guidelines(db, body="\n\n".join(XSS), author=None)
+    guidelines.publish_guidelines(db, body="\n\n".join(XSS), author=None)
     db.add(Job(kind="generate_candidates", error="<script>alert('job')</script>"))
     db.commit()
     browser_login(client, admin.username)
@@ -215,7 +215,7 @@ def test_admins_start_generation_and_publish_guidelines_from_the_pages(client, d
     assert job.params["per_prompt"] == 3 and job.params["overlap"] == 2
     client.post("/admin/guidelines", data={"body": "Version two", "csrf_token": csrf})
     client.post("/admin/guidelines", data={"body": "Version three", "csrf_token": csrf})
-    assert crud.current_guidelines(db).version == 2
+    assert guidelines.current_guidelines(db).version == 2
     assert "Version three" in client.get("/guidelines").text
 
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.domain import crud
+from app.domain import model_registry
 from app.models import ModelVersion, Prompt, ServedCompletion, Task, utcnow
 from tests.helpers import serving_tiny_model
 from tests.live_server import wait_for
@@ -128,7 +128,7 @@ def test_a_generation_that_fails_midstream_ends_with_an_error_event_and_done(wor
 
 def _base_path(world) -> str:
     with session_scope(world["factory"]) as db:
-        return crud.served_policy(db, name="base").path
+        return model_registry.served_policy(db, name="base").path
 
 
 def test_n_gives_several_choices_and_a_seed_repeats_them(client):
@@ -245,7 +245,7 @@ def test_promotion_under_load_drops_nothing(world, client, model_settings):
         futures = [pool.submit(ask, index) for index in range(32)]
         time.sleep(0.5)  # requests are in flight on `base`
         with session_scope(world["factory"]) as db:
-            crud.promote(db, version_id=new_id)
+            model_registry.promote(db, version_id=new_id)
         answers = [future.result() for future in futures]
     assert {version for version, _ in answers} <= {"base", "v1"}
     assert all(reason in {"stop", "length"} for _, reason in answers)
