@@ -93,8 +93,10 @@ def renew(
 
 
 def is_free(kind: type[Leased], now: datetime) -> ColumnElement[bool]:
-    """No worker holds the row: it has no owner, or its owner's lease ran out."""
-    return or_(kind.lease_owner.is_(None), kind.lease_expires_at < now)
+    """No worker holds the row: it has no owner, or its owner's lease ended or ran out."""
+    return or_(
+        kind.lease_owner.is_(None), kind.lease_expires_at.is_(None), kind.lease_expires_at < now
+    )
 
 
 def is_lost(kind: type[Leased], *, after_restart: bool = False) -> ColumnElement[bool]:
