@@ -51,7 +51,7 @@ from worker.training.checkpoints import (
     write_pretrained,
 )
 from worker.training.data import Messages, PreferenceBatch, PreferenceBatcher, encode_turn
-from worker.training.optimisation import autocast, optimiser_step
+from worker.training.optimisation import autocast, optimiser_step, record_step
 from worker.training.step_bar import step_bar
 
 log = logging.getLogger(__name__)
@@ -245,15 +245,13 @@ def train_reward_model(
             if micro % config.gradient_accumulation:
                 continue
             # 2. optimiser step, and now and then a held-out evaluation
-            point = optimiser_step(
+            optimiser_step(
                 list(model.parameters()),
                 optimizer,
-                scheduler,
                 max_grad_norm=config.max_grad_norm,
-                loss=loss,
-                curve=report.curve,
-                on_step=on_step,
+                scheduler=scheduler,
             )
+            point = record_step(report.curve, loss=loss, scheduler=scheduler, on_step=on_step)
             report.steps = point["step"]
             if held_out and report.steps % evaluate_every == 0:
                 evaluation_started = time.perf_counter()

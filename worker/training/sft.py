@@ -36,7 +36,7 @@ from worker.training.checkpoints import (
     write_pretrained,
 )
 from worker.training.data import Demonstration, demonstration_batches
-from worker.training.optimisation import autocast, optimiser_step
+from worker.training.optimisation import autocast, optimiser_step, record_step
 from worker.training.step_bar import step_bar
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,11 @@ def train_sft(
             with autocast(device):
                 loss = model(**batch).loss  # labels are -100 outside the answers
             loss.backward()
-            point = optimiser_step(
-                trainable,
-                optimizer,
-                scheduler,
-                max_grad_norm=config.max_grad_norm,
-                loss=loss.item(),
-                curve=report.curve,
-                on_step=on_step,
+            optimiser_step(
+                trainable, optimizer, max_grad_norm=config.max_grad_norm, scheduler=scheduler
+            )
+            point = record_step(
+                report.curve, loss=loss.item(), scheduler=scheduler, on_step=on_step
             )
             report.steps = point["step"]
     report.seconds = time.perf_counter() - started
