@@ -7,6 +7,8 @@ targets) say nothing about which answer to prefer and are left out; rater trust 
 
 Shapes: N pairs of a batch, B its distinct answers (an answer in several pairs is run once),
 T answer tokens.
+
+    python -m worker.training.dpo --data pairs.jsonl --base models/base --out models/dpo-1
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ import torch
 
 from app.pairs import Pair
 from app.round_config import DPOConfig
+from worker.training.cli import (
+    PAIRS,
+    fail,
+    parse_settings,
+    read_pairs,
+    save_and_report,
+    step_bar,
+    steps_of,
+    trainer_parser,
+)
 from worker.training.data import PreferenceBatch, PreferenceBatcher
 from worker.training.optimisation import optimiser_step
 from worker.training.policy import Policy, Rollout, StepCallback, answer_logprobs
@@ -35,7 +47,7 @@ def train_dpo(
 ) -> tuple[Policy, list[dict[str, float]]]:
     """Optimise the policy on the strict `train` pairs; the policy and its curve.
     `on_reference(done, total)` hears the batches of the reference pass that comes first."""
-    train = [pair for pair in pairs if pair.split == "train" and pair.target == 1.0]
+    train = strict_training_pairs(pairs)
     if not train:
         raise ValueError("no strict training pairs for DPO")
     policy = Policy(base, config)
@@ -60,6 +72,11 @@ def train_dpo(
     finally:
         policy.close()
     return policy, curve
+
+
+def strict_training_pairs(pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs DPO trains on: the `train` split's, ties (0.5 targets) left out."""
+    return [pair for pair in pairs if pair.split == "train" and pair.target == 1.0]
 
 
 @torch.no_grad()
@@ -207,3 +224,18 @@ def dpo_steps_on_pairs(
         dpo_update(policy, optimizer, batch, reference, config)
         for batch in batcher.batches(config.batch_pairs, shuffle=True, seed=config.seed)
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = trainer_parser("Optimise a policy on preference pairs with DPO.", data=PAIRS)
+    args, config = parse_settings(parser, DPOConfig, argv)
+    pairs = strict_training_pairs(read_pairs(args.data))
+    if not pairs:
+        fail(f"{args.data} holds no strict training pairs (split train, target 1)")
+    with step_bar(steps_of(len(pairs), config.batch_pairs, config.epochs), "DPO") as on_step:
+        policy, curve = train_dpo(pairs, args.base, config, on_step=on_step)
+    return save_and_report(policy, curve, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

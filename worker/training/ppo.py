@@ -10,6 +10,9 @@ which scores with them switched off, so its weights are held once.
 
 Shapes: B answers (one per prompt), T answer tokens (the longest answer's; `mask` marks the
 real ones).
+
+    python -m worker.training.ppo --data prompts.jsonl --base models/base \
+        --reward-model models/rm-1 --out models/ppo-1
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from app.round_config import PPOConfig
 from worker.training.checkpoints import training_dtype, with_lora
+from worker.training.cli import online_main
 from worker.training.data import Messages
 from worker.training.optimisation import optimiser_step
 from worker.training.policy import (
@@ -234,3 +238,11 @@ class PPOStep:
             "approx_kl": policy.approx_kl,
         }
         return policy.loss + self.config.value_coefficient * value_loss, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    return online_main(argv, PPOConfig, train_ppo, "PPO")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

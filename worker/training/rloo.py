@@ -8,6 +8,9 @@ answers at a time.
 
 Shapes: B answers (k per prompt, a prompt's together), T answer tokens (the longest answer's;
 `mask` marks the real ones).
+
+    python -m worker.training.rloo --data prompts.jsonl --base models/base \
+        --reward-model models/rm-1 --out models/rloo-1
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from app.round_config import RLOOConfig
+from worker.training.cli import online_main
 from worker.training.data import Messages
 from worker.training.optimisation import optimiser_step
 from worker.training.policy import (
@@ -114,3 +118,11 @@ class RLOOStep:
             max_grad_norm=self.config.max_grad_norm,
         )
         return loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    return online_main(argv, RLOOConfig, train_rloo, "RLOO")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
