@@ -4,6 +4,11 @@ No reward model and no sampling: the loss raises the policy's log-likelihood rat
 the reference) of the chosen answer over the rejected one. The reference's log-probabilities
 are computed once, before training, and each prompt and answer is encoded once. Ties (0.5
 targets) say nothing about which answer to prefer and are left out; rater trust weighs pairs.
+
+Shapes: N pairs of a batch, B its distinct answers (an answer in several pairs is run once),
+T answer tokens.
+
+    python -m worker.training.dpo --data pairs.jsonl --base models/base --out models/dpo-1
 """
 
 from __future__ import annotations
@@ -16,7 +21,18 @@ import torch
 
 from app.pairs import Pair
 from app.round_config import DPOConfig
+from worker.training.cli import (
+    PAIRS,
+    fail,
+    parse_settings,
+    read_pairs,
+    save_and_report,
+    step_bar,
+    steps_of,
+    trainer_parser,
+)
 from worker.training.data import PreferenceBatch, PreferenceBatcher
+from worker.training.optimisation import optimiser_step
 from worker.training.policy import Policy, Rollout, StepCallback, answer_logprobs
 from worker.training.rl_math import DPOLoss, dpo_loss
 
@@ -31,13 +47,15 @@ def train_dpo(
 ) -> tuple[Policy, list[dict[str, float]]]:
     """Optimise the policy on the strict `train` pairs; the policy and its curve.
     `on_reference(done, total)` hears the batches of the reference pass that comes first."""
-    train = [pair for pair in pairs if pair.split == "train" and pair.target == 1.0]
+    train = strict_training_pairs(pairs)
     if not train:
         raise ValueError("no strict training pairs for DPO")
     policy = Policy(base, config)
     try:
         batcher = PreferenceBatcher(train, policy.tokenizer, max_length=config.max_length)
+        # 1. Reference: the frozen reference's log-probability of every answer, once
         reference = _reference_logps(policy, batcher, config, on_reference)
+        # 2. Optimise: epochs of shuffled batches of pairs, one optimiser step a batch
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=config.learning_rate)
         curve: list[dict[str, float]] = []
         for epoch in range(config.epochs):
@@ -56,6 +74,36 @@ def train_dpo(
     return policy, curve
 
 
+def strict_training_pairs(pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs DPO trains on: the `train` split's, ties (0.5 targets) left out."""
+    return [pair for pair in pairs if pair.split == "train" and pair.target == 1.0]
+
+
+@torch.no_grad()
+def _reference_logps(
+    policy: Policy,
+    batcher: PreferenceBatcher,
+    config: DPOConfig,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[tuple, torch.Tensor]:
+    """The reference's summed log-probability of every answer, once, keyed by tokens."""
+    table: dict[tuple, torch.Tensor] = {}
+    batches = list(batcher.batches(config.batch_pairs, shuffle=False))
+    with policy.reference() as reference:
+        reference.eval()
+        for done, batch in enumerate(batches, start=1):
+            answers, _ = _answer_logps(reference, policy, batch)  # (B,)
+            chosen_keys, rejected_keys = _pair_keys(batch)
+            for keys, values in (
+                (chosen_keys, answers[batch.chosen]),
+                (rejected_keys, answers[batch.rejected]),
+            ):
+                table.update(zip(keys, values, strict=True))
+            if on_batch is not None:
+                on_batch(done, len(batches))
+    return table
+
+
 def dpo_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -69,16 +117,17 @@ def dpo_update(
     started = time.perf_counter()
     policy.model.train()
     total_weight = sum(batch.weight)
+    # 2a. Loss and gradients, a micro-batch of pairs at a time
     parts = [
         _backward(policy, part, reference, config, total_weight)
         for part in batch.micro_batches(config.micro_batch_tokens)
     ]
-    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), config.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    # 2b. One optimiser step on the batch's summed gradients
+    optimiser_step(policy.trainable_parameters(), optimizer, max_grad_norm=config.max_grad_norm)
+    # 2c. The batch's metrics, from its micro-batches' detached log-probs
     chosen, rejected, ref_chosen, ref_rejected, lengths, weight = (
         torch.cat(column) for column in zip(*parts, strict=True)
-    )
+    )  # (N,) each
     result = _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config)
     return {
         "loss": result.loss.item(),
@@ -100,12 +149,12 @@ def _backward(
     """Backpropagate one micro-batch's share of the step's loss (DPO plus the chosen answers'
     NLL on `config.nll_pairs`, both weighted sums over the step's total pair weight); its
     pairs' log-probs, lengths and weights."""
-    answers, lengths = _answer_logps(policy.model, policy, part)
-    chosen, rejected = answers[part.chosen], answers[part.rejected]
+    answers, lengths = _answer_logps(policy.model, policy, part)  # (B,) each
+    chosen, rejected = answers[part.chosen], answers[part.rejected]  # (N,) each
     ref_chosen, ref_rejected = (
         torch.stack([reference[key] for key in keys]) for keys in _pair_keys(part)
-    )
-    weight = torch.tensor(part.weight, device=policy.device)
+    )  # (N,) each
+    weight = torch.tensor(part.weight, device=policy.device)  # (N,)
     chosen_lengths = lengths[part.chosen]
     dpo = _loss(chosen, rejected, ref_chosen, ref_rejected, weight, config).loss
     nll_weight = weight
@@ -134,17 +183,14 @@ def _chosen_nll(chosen: torch.Tensor, lengths: torch.Tensor, weight: torch.Tenso
     return -(chosen / lengths * weight).sum() / weight.sum()
 
 
-def dpo_steps_on_pairs(
-    policy: Policy, optimizer: torch.optim.Optimizer, pairs: Sequence[Pair], config: DPOConfig
-) -> list[dict[str, float]]:
-    """One pass of updates over freshly made `pairs` (online DPO): their reference log-probs
-    first, then one step per batch."""
-    batcher = PreferenceBatcher(list(pairs), policy.tokenizer, max_length=config.max_length)
-    reference = _reference_logps(policy, batcher, config)
-    return [
-        dpo_update(policy, optimizer, batch, reference, config)
-        for batch in batcher.batches(config.batch_pairs, shuffle=True, seed=config.seed)
-    ]
+def _answer_logps(
+    model, policy: Policy, batch: PreferenceBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each distinct answer of the batch `(B,)`, and its length in
+    tokens `(B,)`."""
+    rollout = _rollout(policy, batch)
+    logprobs, _ = answer_logprobs(model, rollout)  # (B, T)
+    return (logprobs * rollout.response_mask).sum(1), rollout.response_mask.sum(1)
 
 
 def _rollout(policy: Policy, batch: PreferenceBatch) -> Rollout:
@@ -158,15 +204,6 @@ def _rollout(policy: Policy, batch: PreferenceBatch) -> Rollout:
     )
 
 
-def _answer_logps(
-    model, policy: Policy, batch: PreferenceBatch
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each distinct answer of the batch, and its length in tokens."""
-    rollout = _rollout(policy, batch)
-    logprobs, _ = answer_logprobs(model, rollout)
-    return (logprobs * rollout.response_mask).sum(1), rollout.response_mask.sum(1)
-
-
 def _pair_keys(batch: PreferenceBatch) -> tuple[list[tuple], list[tuple]]:
     """A stable key for each pair's chosen and rejected answer (prompt and answer tokens)."""
     keys = [
@@ -176,26 +213,29 @@ def _pair_keys(batch: PreferenceBatch) -> tuple[list[tuple], list[tuple]]:
     return [keys[index] for index in batch.chosen], [keys[index] for index in batch.rejected]
 
 
-@torch.no_grad()
-def _reference_logps(
-    policy: Policy,
-    batcher: PreferenceBatcher,
-    config: DPOConfig,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> dict[tuple, torch.Tensor]:
-    """The reference's summed log-probability of every answer, once, keyed by tokens."""
-    table: dict[tuple, torch.Tensor] = {}
-    batches = list(batcher.batches(config.batch_pairs, shuffle=False))
-    with policy.reference() as reference:
-        reference.eval()
-        for done, batch in enumerate(batches, start=1):
-            answers, _ = _answer_logps(reference, policy, batch)
-            chosen_keys, rejected_keys = _pair_keys(batch)
-            for keys, values in (
-                (chosen_keys, answers[batch.chosen]),
-                (rejected_keys, answers[batch.rejected]),
-            ):
-                table.update(zip(keys, values, strict=True))
-            if on_batch is not None:
-                on_batch(done, len(batches))
-    return table
+def dpo_steps_on_pairs(
+    policy: Policy, optimizer: torch.optim.Optimizer, pairs: Sequence[Pair], config: DPOConfig
+) -> list[dict[str, float]]:
+    """One pass of updates over freshly made `pairs` (online DPO): their reference log-probs
+    first, then one step per batch."""
+    batcher = PreferenceBatcher(list(pairs), policy.tokenizer, max_length=config.max_length)
+    reference = _reference_logps(policy, batcher, config)
+    return [
+        dpo_update(policy, optimizer, batch, reference, config)
+        for batch in batcher.batches(config.batch_pairs, shuffle=True, seed=config.seed)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = trainer_parser("Optimise a policy on preference pairs with DPO.", data=PAIRS)
+    args, config = parse_settings(parser, DPOConfig, argv)
+    pairs = strict_training_pairs(read_pairs(args.data))
+    if not pairs:
+        fail(f"{args.data} holds no strict training pairs (split train, target 1)")
+    with step_bar(steps_of(len(pairs), config.batch_pairs, config.epochs), "DPO") as on_step:
+        policy, curve = train_dpo(pairs, args.base, config, on_step=on_step)
+    return save_and_report(policy, curve, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,9 +1,9 @@
-"""What every trainer does the same way: mixed precision on CUDA, and the optimiser step that
-clips gradients, moves the schedule on and records a point of the loss curve."""
+"""What every trainer does the same way: mixed precision on CUDA, and the optimiser step (clip
+the gradients, step, move the schedule on, clear the gradients) that all five take."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -15,21 +15,31 @@ def autocast(device: torch.device) -> torch.autocast:
 
 
 def optimiser_step(
-    parameters: list[torch.nn.Parameter],
+    parameters: Sequence[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
-    scheduler: LRScheduler,
     *,
     max_grad_norm: float,
-    loss: float,
-    curve: list[dict[str, float]],
-    on_step: Callable[[dict[str, float]], None] | None,
-) -> dict[str, float]:
-    """Clip, step, schedule, clear the gradients; append `{step, loss, lr}` to `curve` and
-    tell `on_step`."""
+    scheduler: LRScheduler | None = None,
+) -> None:
+    """Clip the gradients of `parameters` to `max_grad_norm`, step, move the schedule on (the
+    trainers with a warm-up have one), and clear the gradients (to None: no zero tensors kept
+    between steps)."""
     torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
     optimizer.step()
-    scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def record_step(
+    curve: list[dict[str, float]],
+    *,
+    loss: float,
+    scheduler: LRScheduler,
+    on_step: Callable[[dict[str, float]], None] | None,
+) -> dict[str, float]:
+    """Append `{step, loss, lr}` for the step just taken to `curve` (whose evaluation points,
+    without a `loss`, are not steps) and tell `on_step`; the point."""
     steps = sum(1 for point in curve if "loss" in point) + 1
     point = {"step": steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
     curve.append(point)

@@ -1,9 +1,10 @@
 """The policy under optimisation: loading it with its frozen reference, rollouts through the
 generation engine, and per-token log-probabilities and values of the answers it wrote.
 
-Shared by PPO, RLOO and DPO. Sequences use one layout throughout, the engine's: prompts
-left-padded to a common width P, answers right-padded to a common width L, so that the logits
-that predict answer tokens are always the columns P-1 .. P+L-2, whatever the row.
+Shared by PPO, RLOO and DPO. Sequences use one layout throughout, the engine's: B rows, each
+a prompt left-padded to a common width P and an answer right-padded to a common width T, so
+that the logits that predict answer tokens are always the columns P-1 .. P+T-2, whatever the
+row.
 
 With LoRA the reference is the same model with its adapters switched off, so the weights are
 held once; with full fine-tuning the reference is a frozen copy.
@@ -45,9 +46,9 @@ class Rollout:
     """Answers sampled from the policy, as token tensors in the shared layout."""
 
     prompt_ids: torch.Tensor  # (B, P) left-padded
-    prompt_mask: torch.Tensor
-    response_ids: torch.Tensor  # (B, L) right-padded, end-of-turn token included when sampled
-    response_mask: torch.Tensor
+    prompt_mask: torch.Tensor  # (B, P) 1 on prompt tokens, 0 on padding
+    response_ids: torch.Tensor  # (B, T) right-padded, end-of-turn token included when sampled
+    response_mask: torch.Tensor  # (B, T) 1 on answer tokens, 0 on padding
     texts: list[str]
     conversation: list[int]
     """Index of the conversation each row answers."""
@@ -174,7 +175,8 @@ def sample_answers(
     on_answer: Callable[[int, int], None] | None = None,
 ) -> Rollout:
     """`samples` answers to each prompt (token ids), all submitted at once so that the engine
-    batches them; sample j of prompt i uses seed `sampling.seed + i * samples + j`.
+    batches them: B = prompts x samples rows, a prompt's answers together; sample j of prompt i
+    uses seed `sampling.seed + i * samples + j`.
     `on_answer(done, total)` hears each answer as it is collected, in order."""
     generations = engine.submit_many(
         [
@@ -202,17 +204,17 @@ def sample_answers(
 def answer_logprobs(
     model: PreTrainedModel, rollout: Rollout, *, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(answer token) for every answer position `(B, L)`, and optionally the entropy of
+    """log p(answer token) for every answer position `(B, T)`, and optionally the entropy of
     each position's distribution (no gradient). Only the answers' logits are computed, a chunk
-    of positions at a time (`LOGIT_CHUNK`): the full `(B, L, V)` logits of a 50k vocabulary
+    of positions at a time (`LOGIT_CHUNK`): the full `(B, T, V)` logits of a 50k vocabulary
     would be most of a step's memory. With gradients, each chunk's logits are recomputed in
     the backward pass instead of being kept."""
     backbone, lm_head = model_parts(model)
     with autocast(rollout.response_ids.device):
-        hidden = answer_hidden(backbone, rollout)  # (B, L, H)
+        hidden = answer_hidden(backbone, rollout)  # (B, T, H)
     rows, length = rollout.response_ids.shape
-    flat_hidden = hidden.reshape(rows * length, -1)
-    flat_tokens = rollout.response_ids.reshape(-1)
+    flat_hidden = hidden.reshape(rows * length, -1)  # (B * T, H)
+    flat_tokens = rollout.response_ids.reshape(-1)  # (B * T,)
     recompute = torch.is_grad_enabled()
     parts = []
     for start in range(0, rows * length, LOGIT_CHUNK):
@@ -253,7 +255,7 @@ def _chunk_logprobs(
 
 
 def answer_values(critic: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
-    """The critic's value of each answer position `(B, L)`: its head applied to the hidden
+    """The critic's value of each answer position `(B, T)`: its head applied to the hidden
     state that predicts that token."""
     backbone, head = model_parts(critic)
     with autocast(rollout.response_ids.device):
@@ -261,18 +263,18 @@ def answer_values(critic: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
 
 
 def answer_hidden(backbone: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
-    """The hidden states that predict each answer token `(B, L, H)`: the prompt's last one,
+    """The hidden states that predict each answer token `(B, T, H)`: the prompt's last one,
     then the answer's own but its last. Rows answering the same conversation share one run
-    of its prompt."""
+    of its prompt (C conversations: C prompt runs for B rows)."""
     firsts: dict[int, int] = {}
     for row, conversation in enumerate(rollout.conversation):
         firsts.setdefault(conversation, row)
-    prompt_rows = torch.tensor(list(firsts.values()), device=rollout.prompt_ids.device)
+    prompt_rows = torch.tensor(list(firsts.values()), device=rollout.prompt_ids.device)  # (C,)
     slot = {conversation: index for index, conversation in enumerate(firsts)}
     owner = torch.tensor(
         [slot[conversation] for conversation in rollout.conversation],
         device=rollout.prompt_ids.device,
-    )
+    )  # (B,) each row's conversation, an index into prompt_rows
     last_prompt, hidden = shared_prefix_hidden(
         backbone,
         rollout.prompt_ids.index_select(0, prompt_rows),
@@ -280,7 +282,7 @@ def answer_hidden(backbone: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         owner,
         rollout.response_ids,
         rollout.response_mask,
-    )
+    )  # (B, H) and (B, T, H)
     return torch.cat([last_prompt.unsqueeze(1), hidden[:, :-1]], dim=1)
 
 

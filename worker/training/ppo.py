@@ -7,19 +7,28 @@ turns them into advantages, which are whitened; then several epochs of minibatch
 PPO's clipped policy loss and clipped value loss, a micro-batch of answers at a time. Beta
 adapts to keep the KL near a target. With LoRA the critic is adapters on the reward model,
 which scores with them switched off, so its weights are held once.
+
+Shapes: B answers (one per prompt), T answer tokens (the longest answer's; `mask` marks the
+real ones).
+
+    python -m worker.training.ppo --data prompts.jsonl --base models/base \
+        --reward-model models/rm-1 --out models/ppo-1
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from app.round_config import PPOConfig
 from worker.training.checkpoints import training_dtype, with_lora
+from worker.training.cli import online_main
 from worker.training.data import Messages
+from worker.training.optimisation import optimiser_step
 from worker.training.policy import (
     Policy,
     Rollout,
@@ -58,6 +67,40 @@ def train_ppo(
     return policy, run_steps(policy, step, conversations, on_step=on_step)
 
 
+@dataclass
+class Experience:
+    """What a step's rollout measured, once, with the weights that sampled it: the fixed
+    targets of the step's epochs of minibatches."""
+
+    logprobs: torch.Tensor
+    """(B, T) log-probability of each answer token under the sampling policy (the ratio's
+    denominator)."""
+    values: torch.Tensor
+    """(B, T) the critic's value before each answer token, 0 past the answer's end."""
+    advantages: torch.Tensor
+    """(B, T) GAE's advantages, whitened over the answer tokens."""
+    returns: torch.Tensor
+    """(B, T) the value targets: GAE's advantages (before whitening) plus the values."""
+    scores: torch.Tensor
+    """(B,) each answer's reward-model score, less the penalty if it was cut off."""
+    entropy: torch.Tensor
+    """(B, T) entropy of the policy's distribution at each answer position."""
+    kl: float
+    """KL to the reference summed over an answer's tokens, the mean over answers."""
+
+    def rows(self, index: torch.Tensor) -> Experience:
+        """The experience of rows `index` (as `Rollout.rows`)."""
+        return Experience(
+            self.logprobs[index],
+            self.values[index],
+            self.advantages[index],
+            self.returns[index],
+            self.scores[index],
+            self.entropy[index],
+            self.kl,
+        )
+
+
 class PPOStep:
     """One PPO update: sample, score, advantages, several epochs of minibatches."""
 
@@ -94,100 +137,96 @@ class PPOStep:
 
     def __call__(self, conversations: list[Messages], *, seed: int) -> dict[str, float]:
         started = time.perf_counter()
+        # 1. Rollout: sample one answer per prompt from the current policy
         rollout = self.policy.rollout(conversations, samples=1, seed=seed)
         generated = time.perf_counter()
+        # 2. Score the answers and 3. turn scores, KL and values into advantages
         experience = self._experience(conversations, rollout)
+        # 4. Optimise: epochs of minibatches of the clipped policy and value losses
         stats = self._optimise(rollout, experience)
-        self.kl.update(experience["kl_sum"], len(rollout))
-        mask = rollout.response_mask
+        # 5. Adapt beta towards the KL target
+        self.kl.update(experience.kl, len(rollout))
+        mask = rollout.response_mask  # (B, T)
         return {
-            "reward": experience["scores"].mean().item(),
-            "kl": experience["kl_sum"],
+            "reward": experience.scores.mean().item(),
+            "kl": experience.kl,
             "beta": self.kl.beta,
-            "entropy": masked_mean(experience["entropy"], mask).item(),
+            "entropy": masked_mean(experience.entropy, mask).item(),
             "response_length": mask.sum(1).float().mean().item(),
-            "explained_variance": explained_variance(
-                experience["values"], experience["returns"], mask
-            ),
+            "explained_variance": explained_variance(experience.values, experience.returns, mask),
             **stats,
             "generation_seconds": generated - started,
             "seconds": time.perf_counter() - started,
         }
 
     @torch.no_grad()
-    def _experience(self, conversations: list[Messages], rollout: Rollout) -> dict:
-        mask = rollout.response_mask
+    def _experience(self, conversations: list[Messages], rollout: Rollout) -> Experience:
+        mask = rollout.response_mask  # (B, T) 1 on answer tokens, 0 on padding
+        # 2. Score: the answer tokens' log-probs under the policy and the reference and the
+        # critic's values, all (B, T); the reward model's score of each whole answer, (B,)
         self.critic.eval()  # as the policy after its rollout: no dropout in what is scored
-        logprobs, token_entropy = answer_logprobs(self.policy.model, rollout, with_entropy=True)
+        logprobs, entropy = answer_logprobs(self.policy.model, rollout, with_entropy=True)
         with self.policy.reference() as reference:
-            ref_logprobs, _ = answer_logprobs(reference, rollout)
-        values = answer_values(self.critic, rollout) * mask
+            ref_logprobs, _ = answer_logprobs(reference, rollout)  # (B, T)
+        values = answer_values(self.critic, rollout) * mask  # (B, T)
         scores = self.scorer.score(
             [conversations[index] for index in rollout.conversation], rollout.texts
-        )
+        )  # (B,)
         scores = scores - self.config.missing_eos_penalty * (~rollout.ended).float()
-        kl = kl_per_token(logprobs, ref_logprobs) * mask
-        rewards = per_token_rewards(scores, kl, mask, self.kl.beta)
+        # 3. Advantages: -beta * KL at every token plus the score at the last, through GAE
+        kl = kl_per_token(logprobs, ref_logprobs) * mask  # (B, T)
+        rewards = per_token_rewards(scores, kl, mask, self.kl.beta)  # (B, T)
         advantages, returns = gae(
             rewards, values, mask, gamma=self.config.gamma, lam=self.config.lam
+        )  # (B, T) each
+        return Experience(
+            logprobs=logprobs,
+            values=values,
+            advantages=masked_whiten(advantages, mask),
+            returns=returns,
+            scores=scores,
+            entropy=entropy,
+            kl=kl.sum(1).mean().item(),
         )
-        return {
-            "logprobs": logprobs,
-            "values": values,
-            "advantages": masked_whiten(advantages, mask),
-            "returns": returns,
-            "scores": scores,
-            "entropy": token_entropy,
-            "kl_sum": kl.sum(1).mean().item(),
-        }
 
-    def _optimise(self, rollout: Rollout, experience: dict) -> dict[str, float]:
+    def _optimise(self, rollout: Rollout, experience: Experience) -> dict[str, float]:
+        """`ppo_epochs` passes over the answers in shuffled minibatches, one optimiser step of
+        the policy and one of the critic per minibatch; the mean of the losses' statistics."""
         config = self.config
-        totals = {
-            "policy_loss": 0.0,
-            "value_loss": 0.0,
-            "clip_fraction": 0.0,
-            "value_clip_fraction": 0.0,
-            "approx_kl": 0.0,
-        }
+        totals = dict.fromkeys(
+            ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl"),
+            0.0,
+        )
         updates = 0
         self.policy.model.train()
         self.critic.train()
         for _ in range(config.ppo_epochs):
             for index in minibatches(len(rollout), config.minibatch_size, generator=self.generator):
                 for part, share in micro_batches(rollout, index, config.micro_batch_tokens):
-                    loss, stats = self._loss(rollout.rows(part), experience, part)
+                    loss, stats = self._loss(rollout.rows(part), experience.rows(part))
                     (share * loss).backward()
                     for name, value in stats.items():
                         totals[name] += share * value
-                for optimizer, parameters in (
-                    (self.policy_optimizer, self.policy.trainable_parameters()),
-                    (self.critic_optimizer, list(self.critic.parameters())),
+                for parameters, optimizer in (
+                    (self.policy.trainable_parameters(), self.policy_optimizer),
+                    (list(self.critic.parameters()), self.critic_optimizer),
                 ):
-                    torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimiser_step(parameters, optimizer, max_grad_norm=config.max_grad_norm)
                 updates += 1
         return {name: total / max(1, updates) for name, total in totals.items()}
 
-    def _loss(
-        self, rows: Rollout, experience: dict, index: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """PPO's loss on some of the rollout's rows (`index`): the clipped policy loss plus
-        the weighted clipped value loss; and its parts and clipping statistics."""
+    def _loss(self, rows: Rollout, experience: Experience) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO's loss on some of the rollout's rows and their experience: the clipped policy
+        loss plus the weighted clipped value loss; and its parts and clipping statistics."""
         mask = rows.response_mask
-        logprobs, _ = answer_logprobs(self.policy.model, rows)
+        logprobs, _ = answer_logprobs(self.policy.model, rows)  # (b, T) with gradients
         policy = clipped_policy_loss(
-            logprobs,
-            experience["logprobs"][index],
-            experience["advantages"][index],
-            mask,
-            clip=self.config.clip,
+            logprobs, experience.logprobs, experience.advantages, mask, clip=self.config.clip
         )
         value_loss, value_clip = clipped_value_loss(
             answer_values(self.critic, rows),
-            experience["values"][index],
-            experience["returns"][index],
+            experience.values,
+            experience.returns,
             mask,
             clip=self.config.value_clip,
         )
@@ -199,3 +238,11 @@ class PPOStep:
             "approx_kl": policy.approx_kl,
         }
         return policy.loss + self.config.value_coefficient * value_loss, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    return online_main(argv, PPOConfig, train_ppo, "PPO")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

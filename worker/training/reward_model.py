@@ -18,7 +18,6 @@ model (`alignloop_reward.json`), so the policy step sees rewards of about zero m
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -39,7 +38,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from app.pairs import Pair, read_pairs
+from app.pairs import Pair
 from app.round_config import RewardConfig
 from worker.training.checkpoints import (
     atomic_directory,
@@ -50,9 +49,17 @@ from worker.training.checkpoints import (
     with_lora,
     write_pretrained,
 )
+from worker.training.cli import (
+    PAIRS,
+    fail,
+    parse_settings,
+    read_pairs,
+    step_bar,
+    steps_of,
+    trainer_parser,
+)
 from worker.training.data import Messages, PreferenceBatch, PreferenceBatcher, encode_turn
-from worker.training.optimisation import autocast, optimiser_step
-from worker.training.step_bar import step_bar
+from worker.training.optimisation import autocast, optimiser_step, record_step
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +252,13 @@ def train_reward_model(
             if micro % config.gradient_accumulation:
                 continue
             # 2. optimiser step, and now and then a held-out evaluation
-            point = optimiser_step(
+            optimiser_step(
                 list(model.parameters()),
                 optimizer,
-                scheduler,
                 max_grad_norm=config.max_grad_norm,
-                loss=loss,
-                curve=report.curve,
-                on_step=on_step,
+                scheduler=scheduler,
             )
+            point = record_step(report.curve, loss=loss, scheduler=scheduler, on_step=on_step)
             report.steps = point["step"]
             if held_out and report.steps % evaluate_every == 0:
                 evaluation_started = time.perf_counter()
@@ -494,26 +499,17 @@ def report_metrics(report: RewardReport) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train a reward model on preference pairs.")
-    parser.add_argument("--data", type=Path, required=True, help="pairs: a snapshot's JSON Lines")
-    parser.add_argument("--base", type=Path, required=True, help="a policy or reward model folder")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to create")
-    for name, default in asdict(RewardConfig()).items():
-        kind = type(default)
-        if kind is bool:
-            parser.add_argument(
-                f"--{name.replace('_', '-')}",
-                action=argparse.BooleanOptionalAction,
-                default=default,
-            )
-        else:
-            parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
-    args = parser.parse_args(argv)
-    config = RewardConfig(**{name: getattr(args, name) for name in asdict(RewardConfig())})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = trainer_parser(
+        "Train a reward model on preference pairs.",
+        data=PAIRS,
+        base="a policy or reward model folder",
+    )
+    args, config = parse_settings(parser, RewardConfig, argv)
     pairs = read_pairs(args.data)
     train = sum(pair.split == "train" for pair in pairs)
-    with step_bar(config.epochs * math.ceil(train / config.batch_pairs), "reward model") as step:
+    if not train:
+        fail(f"{args.data} holds no training pairs (split train)")
+    with step_bar(steps_of(train, config.batch_pairs, config.epochs), "reward model") as step:
         model, tokenizer, report = train_reward_model(pairs, args.base, config, on_step=step)
     save_reward_model(model, tokenizer, report, args.out)
     print(json.dumps(report_metrics(report), indent=2))

@@ -5,6 +5,12 @@ score minus `beta` times its summed KL to the reference, and its advantage is th
 the mean return of the prompt's other k - 1 answers. One policy-gradient update per batch, so
 the sampling log-probs are the update's own (detached); the update runs a micro-batch of
 answers at a time.
+
+Shapes: B answers (k per prompt, a prompt's together), T answer tokens (the longest answer's;
+`mask` marks the real ones).
+
+    python -m worker.training.rloo --data prompts.jsonl --base models/base \
+        --reward-model models/rm-1 --out models/rloo-1
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from pathlib import Path
 import torch
 
 from app.round_config import RLOOConfig
+from worker.training.cli import online_main
 from worker.training.data import Messages
+from worker.training.optimisation import optimiser_step
 from worker.training.policy import (
     Policy,
     Rollout,
@@ -54,20 +62,26 @@ class RLOOStep:
     def __call__(self, conversations: list[Messages], *, seed: int) -> dict[str, float]:
         started = time.perf_counter()
         k = self.config.samples_per_prompt
+        # 1. Rollout: sample k answers per prompt from the current policy
         rollout = self.policy.rollout(conversations, samples=k, seed=seed)
         generated = time.perf_counter()
-        mask = rollout.response_mask
+        mask = rollout.response_mask  # (B, T) 1 on answer tokens, 0 on padding
+        # 2. Score: log-probs under the policy and the reference, and the reward model's score
+        # of each whole answer, less the penalty if it was cut off
         with torch.no_grad():
             logprobs, token_entropy = answer_logprobs(self.policy.model, rollout, with_entropy=True)
             with self.policy.reference() as reference:
-                ref_logprobs, _ = answer_logprobs(reference, rollout)
+                ref_logprobs, _ = answer_logprobs(reference, rollout)  # (B, T)
             scores = self.scorer.score(
                 [conversations[index] for index in rollout.conversation], rollout.texts
-            )
+            )  # (B,)
             scores = scores - self.config.missing_eos_penalty * (~rollout.ended).float()
-        kl = (kl_per_token(logprobs, ref_logprobs) * mask).sum(1)
-        returns = scores - self.config.beta * kl
-        advantages = rloo_advantages(returns.view(-1, k)).view(-1)
+        # 3. Advantages: the return (score less beta times the answer's KL) less the mean
+        # return of the prompt's other k - 1 answers
+        kl = (kl_per_token(logprobs, ref_logprobs) * mask).sum(1)  # (B,)
+        returns = scores - self.config.beta * kl  # (B,)
+        advantages = rloo_advantages(returns.view(-1, k)).view(-1)  # (prompts, k) -> (B,)
+        # 4. Optimise: one policy-gradient step on every answer
         loss = self._update(rollout, advantages)
         return {
             "reward": scores.mean().item(),
@@ -89,18 +103,26 @@ class RLOOStep:
         everything = torch.arange(len(rollout), device=advantages.device)
         for part, share in micro_batches(rollout, everything, self.config.micro_batch_tokens):
             rows = rollout.rows(part)
-            logprobs, _ = answer_logprobs(self.policy.model, rows)
+            logprobs, _ = answer_logprobs(self.policy.model, rows)  # (b, T), b rows of the part
             result = clipped_policy_loss(  # at ratio 1: the policy gradient of the advantages
                 logprobs,
                 logprobs.detach(),
-                advantages[part].unsqueeze(1).expand_as(logprobs),
+                advantages[part].unsqueeze(1).expand_as(logprobs),  # (b,) -> (b, T)
                 rows.response_mask,
             )
             (share * result.loss).backward()
             loss += share * result.loss.item()
-        torch.nn.utils.clip_grad_norm_(
-            self.policy.trainable_parameters(), self.config.max_grad_norm
+        optimiser_step(
+            self.policy.trainable_parameters(),
+            self.optimizer,
+            max_grad_norm=self.config.max_grad_norm,
         )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    return online_main(argv, RLOOConfig, train_rloo, "RLOO")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

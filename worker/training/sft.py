@@ -8,7 +8,6 @@ The loss counts the answer's tokens only: the prompt is context, not something t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -35,9 +34,15 @@ from worker.training.checkpoints import (
     with_lora,
     write_pretrained,
 )
+from worker.training.cli import (
+    parse_settings,
+    read_demonstrations,
+    step_bar,
+    steps_of,
+    trainer_parser,
+)
 from worker.training.data import Demonstration, demonstration_batches
-from worker.training.optimisation import autocast, optimiser_step
-from worker.training.step_bar import step_bar
+from worker.training.optimisation import autocast, optimiser_step, record_step
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +102,11 @@ def train_sft(
             with autocast(device):
                 loss = model(**batch).loss  # labels are -100 outside the answers
             loss.backward()
-            point = optimiser_step(
-                trainable,
-                optimizer,
-                scheduler,
-                max_grad_norm=config.max_grad_norm,
-                loss=loss.item(),
-                curve=report.curve,
-                on_step=on_step,
+            optimiser_step(
+                trainable, optimizer, max_grad_norm=config.max_grad_norm, scheduler=scheduler
+            )
+            point = record_step(
+                report.curve, loss=loss.item(), scheduler=scheduler, on_step=on_step
             )
             report.steps = point["step"]
     report.seconds = time.perf_counter() - started
@@ -121,24 +123,14 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
     return path
 
 
-def read_demonstrations(path: Path) -> list[Demonstration]:
-    """JSON Lines of `{"messages": [...], "answer": "..."}`."""
-    with path.open() as lines:
-        return [Demonstration(**json.loads(line)) for line in lines if line.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fine-tune a policy on demonstrations.")
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--base", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    for name, default in asdict(SFTConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    args = parser.parse_args(argv)
-    config = SFTConfig(**{name: getattr(args, name) for name in asdict(SFTConfig())})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = trainer_parser(
+        "Fine-tune a policy on demonstrations.",
+        data='demonstrations: JSON Lines of {"messages": [...], "answer": "..."}',
+    )
+    args, config = parse_settings(parser, SFTConfig, argv)
     examples = read_demonstrations(args.data)
-    with step_bar(config.epochs * math.ceil(len(examples) / config.batch_size), "SFT") as step:
+    with step_bar(steps_of(len(examples), config.batch_size, config.epochs), "SFT") as step:
         model, tokenizer, report = train_sft(examples, args.base, config, on_step=step)
     save_policy(model, tokenizer, args.out)
     print(json.dumps({key: value for key, value in asdict(report).items() if key != "curve"}))

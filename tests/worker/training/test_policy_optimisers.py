@@ -14,12 +14,7 @@ from app.round_config import DPOConfig, PolicyConfig, PPOConfig, RLOOConfig
 from worker.training.dpo import train_dpo
 from worker.training.policy import Policy, Rollout, answer_logprobs, answer_values
 from worker.training.ppo import PPOStep, train_ppo
-from worker.training.reward_model import (
-    RewardReport,
-    RewardScorer,
-    load_reward_model,
-    save_reward_model,
-)
+from worker.training.reward_model import RewardScorer, load_reward_model
 from worker.training.rl_math import token_logprobs
 from worker.training.rloo import train_rloo
 
@@ -27,15 +22,6 @@ PROMPTS = [
     [{"role": "user", "content": f"Tell me something about the number {n}."}] for n in range(6)
 ]
 SMALL = {"max_new_tokens": 8, "device": "cpu", "learning_rate": 1e-3}
-
-
-@pytest.fixture(scope="module")
-def tiny_reward_model(tiny_model_dir, tmp_path_factory):
-    """A reward model with a fresh head on the tiny policy: arbitrary but fixed rewards."""
-    torch.manual_seed(0)
-    model, tokenizer = load_reward_model(tiny_model_dir, torch.device("cpu"))
-    report = RewardReport(train_pairs=0, eval_pairs=0, reward_mean=0.1, reward_std=2.0)
-    return save_reward_model(model, tokenizer, report, tmp_path_factory.mktemp("rm") / "rm")
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
