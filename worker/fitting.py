@@ -4,7 +4,6 @@ atomically and (for a reward model) registers it with its lineage."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -16,6 +15,7 @@ from app.round_config import RewardConfig, SFTConfig
 from worker.context import WorkerContext
 from worker.model_store import ModelStore
 from worker.training.data import Demonstration
+from worker.training.optimisation import planned_steps
 from worker.training.reward_model import (
     RewardReport,
     report_metrics,
@@ -26,11 +26,6 @@ from worker.training.sft import SFTReport, save_policy, train_sft
 
 StepReport = Callable[[int, int, dict[str, float]], None]
 """Called after each optimiser step with the step, the steps planned, and the step's values."""
-
-
-def planned_steps(epochs: int, items: int, batch: int) -> int:
-    """Optimiser steps over `items` in batches of `batch` for `epochs` (at least one)."""
-    return max(1, epochs * math.ceil(items / batch))
 
 
 def fit_reward_model(

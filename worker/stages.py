@@ -43,11 +43,12 @@ from app.models import (
 from app.pairs import read_pairs
 from app.round_config import PromotionConfig, RoundConfig
 from worker.context import STOP_REQUESTED, WorkerContext
-from worker.fitting import fit_reward_model, fit_sft, planned_steps
+from worker.fitting import fit_reward_model, fit_sft
 from worker.job_runner import Progress, keep_lease, lease_owner
 from worker.model_store import ModelStore
 from worker.serving.engine import GenerationEngine, Sampling
 from worker.training.checkpoints import release_memory
+from worker.training.optimisation import planned_steps
 from worker.training.policy import Rollout, answer_logprobs, sample_answers
 from worker.training.reward_model import RewardScorer
 
@@ -396,7 +397,7 @@ def _reward_model_start(stage: Stage) -> ModelVersion:
 
 def policy_stage(stage: Stage) -> dict[str, Any]:
     """Optimise the policy with the round's algorithm; save it, unregistered, to the store."""
-    from worker.training.dpo import train_dpo
+    from worker.training.dpo import strict_training_pairs, train_dpo
     from worker.training.ppo import train_ppo
     from worker.training.rloo import train_rloo
 
@@ -404,7 +405,7 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
     start = stage.store.path_for(stage.policy_path())
     if stage.algorithm == Algorithm.DPO:
         pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
-        strict = [p for p in pairs if p.split == "train" and p.target == 1.0]
+        strict = strict_training_pairs(pairs)
         total = planned_steps(config.epochs, len(strict), config.batch_pairs)
 
         def reference_pass(done: int, batches: int) -> None:

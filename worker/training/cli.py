@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -225,8 +224,3 @@ def save_and_report(policy: Policy, curve: list[dict[str, float]], out: Path) ->
     policy.save(out)
     print(json.dumps({"path": str(out), "steps": len(curve), "last": curve[-1]}, indent=2))
     return 0
-
-
-def steps_of(items: int, per_step: int, epochs: int = 1) -> int:
-    """The optimiser steps of `epochs` passes over `items` in batches of `per_step`."""
-    return epochs * math.ceil(items / per_step)

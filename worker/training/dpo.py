@@ -28,11 +28,10 @@ from worker.training.cli import (
     read_pairs,
     save_and_report,
     step_bar,
-    steps_of,
     trainer_parser,
 )
 from worker.training.data import PreferenceBatch, PreferenceBatcher
-from worker.training.optimisation import optimiser_step
+from worker.training.optimisation import optimiser_step, planned_steps
 from worker.training.policy import Policy, Rollout, StepCallback, answer_logprobs
 from worker.training.rl_math import DPOLoss, dpo_loss
 
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = strict_training_pairs(read_pairs(args.data))
     if not pairs:
         fail(f"{args.data} holds no strict training pairs (split train, target 1)")
-    with step_bar(steps_of(len(pairs), config.batch_pairs, config.epochs), "DPO") as on_step:
+    with step_bar(planned_steps(config.epochs, len(pairs), config.batch_pairs), "DPO") as on_step:
         policy, curve = train_dpo(pairs, args.base, config, on_step=on_step)
     return save_and_report(policy, curve, args.out)
 

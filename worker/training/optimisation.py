@@ -3,10 +3,18 @@ the gradients, step, move the schedule on, clear the gradients) that all five ta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+
+
+def planned_steps(epochs: int, items: int, batch: int) -> int:
+    """Optimiser steps over `items` in batches of `batch` for `epochs` (at least one): what a
+    progress bar counts to (a reward model's batches keep a prompt's pairs together, so its
+    real count may differ a little)."""
+    return max(1, epochs * math.ceil(items / batch))
 
 
 def autocast(device: torch.device) -> torch.autocast:

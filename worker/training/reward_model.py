@@ -55,11 +55,10 @@ from worker.training.cli import (
     parse_settings,
     read_pairs,
     step_bar,
-    steps_of,
     trainer_parser,
 )
 from worker.training.data import Messages, PreferenceBatch, PreferenceBatcher, encode_turn
-from worker.training.optimisation import autocast, optimiser_step, record_step
+from worker.training.optimisation import autocast, optimiser_step, planned_steps, record_step
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sum(pair.split == "train" for pair in pairs)
     if not train:
         fail(f"{args.data} holds no training pairs (split train)")
-    with step_bar(steps_of(train, config.batch_pairs, config.epochs), "reward model") as step:
+    with step_bar(planned_steps(config.epochs, train, config.batch_pairs), "reward model") as step:
         model, tokenizer, report = train_reward_model(pairs, args.base, config, on_step=step)
     save_reward_model(model, tokenizer, report, args.out)
     print(json.dumps(report_metrics(report), indent=2))

@@ -38,11 +38,10 @@ from worker.training.cli import (
     parse_settings,
     read_demonstrations,
     step_bar,
-    steps_of,
     trainer_parser,
 )
 from worker.training.data import Demonstration, demonstration_batches
-from worker.training.optimisation import autocast, optimiser_step, record_step
+from worker.training.optimisation import autocast, optimiser_step, planned_steps, record_step
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, config = parse_settings(parser, SFTConfig, argv)
     examples = read_demonstrations(args.data)
-    with step_bar(steps_of(len(examples), config.batch_size, config.epochs), "SFT") as step:
+    with step_bar(planned_steps(config.epochs, len(examples), config.batch_size), "SFT") as step:
         model, tokenizer, report = train_sft(examples, args.base, config, on_step=step)
     save_policy(model, tokenizer, args.out)
     print(json.dumps({key: value for key, value in asdict(report).items() if key != "curve"}))
