@@ -173,7 +173,4 @@ def get_job(db: Session, job_id: int) -> Job:
 
 def recent_jobs(db: Session, *, limit: int = 20, active: bool = False) -> list[Job]:
     """The newest jobs first; with `active`, only the queued and running ones."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
-    if active:
-        query = query.where(Job.status.in_(leases.ACTIVE))
-    return list(db.scalars(query))
+    return leases.newest(db, Job, limit=limit, active=active)

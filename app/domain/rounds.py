@@ -189,10 +189,7 @@ def get_round(db: Session, round_id: int) -> Round:
 
 def recent_rounds(db: Session, *, limit: int = 20, active: bool = False) -> list[Round]:
     """The newest rounds first; with `active`, only the queued and running ones."""
-    query = select(Round).order_by(Round.id.desc()).limit(limit)
-    if active:
-        query = query.where(Round.status.in_(ACTIVE))
-    return list(db.scalars(query))
+    return leases.newest(db, Round, limit=limit, active=active)
 
 
 def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -> Round | None:
