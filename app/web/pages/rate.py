@@ -92,9 +92,7 @@ def judge(
             request, db, settings, rater, task_id=task_id, error=error, values=form, status=422
         )
     except Conflict as exc:
-        db.rollback()
-        return _task_page(request, db, settings, rater, notice=exc.detail, status=409)
-    db.commit()
+        return _refused(request, db, settings, rater, exc)
     return _next(request, db, settings, rater, notice_key="rate.saved")
 
 
@@ -114,9 +112,7 @@ def skip(
     try:
         skip_task(db, rater=rater, task_id=task_id, reason=reason)
     except Conflict as exc:
-        db.rollback()
-        return _task_page(request, db, settings, rater, notice=exc.detail, status=409)
-    db.commit()
+        return _refused(request, db, settings, rater, exc)
     return _next(request, db, settings, rater, notice_key="rate.skipped")
 
 
@@ -135,10 +131,22 @@ def _is_fetch(request: Request) -> bool:
 def _next(
     request: Request, db: Session, settings: Settings, rater: User, *, notice_key: str
 ) -> Response:
+    """Keep what the form post did and go on to the next task: a redirect to `/rate`, or for
+    a fetch the next task's part of the page with the notice of `notice_key`."""
+    db.commit()
     if not _is_fetch(request):
         return RedirectResponse("/rate", status_code=303)
     notice = translate(rater.locale, notice_key)
     return _task_page(request, db, settings, rater, notice=notice)
+
+
+def _refused(
+    request: Request, db: Session, settings: Settings, rater: User, conflict: Conflict
+) -> Response:
+    """A form post on a task judged already or no longer leased keeps nothing and shows the
+    next task with why (409)."""
+    db.rollback()
+    return _task_page(request, db, settings, rater, notice=conflict.detail, status=409)
 
 
 def _response_ids(db: Session, task_id: int) -> list[int]:
