@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from app import broker
 from app.config import Settings
+from app.db import get_row
 from app.domain import leases, model_readiness, model_registry
 from app.domain.leaderboard import HeadToHead, head_to_head
 from app.domain.preferences import build_snapshot
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.models import (
     Algorithm,
     Judgement,
@@ -181,10 +182,7 @@ def send(db: Session, celery: Celery, round_id: int, *, from_stage: RoundStage =
 
 
 def get_round(db: Session, round_id: int) -> Round:
-    round_ = db.get(Round, round_id)
-    if round_ is None:
-        raise NotFound("No round has this id")
-    return round_
+    return get_row(db, Round, round_id, missing="No round has this id")
 
 
 def recent_rounds(db: Session, *, limit: int = 20, active: bool = False) -> list[Round]:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app.config import Settings
+from app.db import get_row
 from app.domain import guidelines as rating_guidelines
 from app.domain.assignment import (
     RaterPaused,
@@ -26,7 +27,7 @@ from app.domain.assignment import (
 )
 from app.domain.escalation import Escalation
 from app.domain.judgements import skip_task, submit_judgement
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput
 from app.models import Task, User
 from app.schemas import FLAGS, MAX_REASON_CHARS, RowId
 from app.web.deps import DbSession, Form, PageRater, PageUser, SettingsDep
@@ -150,9 +151,7 @@ def _refused(
 
 
 def _response_ids(db: Session, task_id: int) -> list[int]:
-    task = db.get(Task, task_id)
-    if task is None:
-        raise NotFound("Task not found")
+    task = get_row(db, Task, task_id, missing="Task not found")
     return [link.response_id for link in task.responses]
 
 
