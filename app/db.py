@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from app.config import Settings
+from app.errors import NotFound
 
 T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -83,6 +84,15 @@ def ping(engine: Engine) -> None:
         cursor.close()
     finally:
         connection.close()
+
+
+def get_row(db: Session, entity: type[T], row_id: int, *, missing: str) -> T:
+    """The row of `entity` with this id, or NotFound(`missing`): a 404 on the web, a clean
+    error in the CLI."""
+    row = db.get(entity, row_id)
+    if row is None:
+        raise NotFound(missing)
+    return row
 
 
 def execute_together(

@@ -43,6 +43,8 @@ from sqlalchemy import Engine, insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from seeding import link_response_pairs  # noqa: E402  (bench/seeding.py, next to this file)
+
 from app import migrate  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_session_factory, session_scope  # noqa: E402
@@ -65,7 +67,6 @@ from app.models import (  # noqa: E402
     RunStatus,
     Task,
     TaskKind,
-    TaskResponse,
     TaskStatus,
     User,
     utcnow,
@@ -237,18 +238,7 @@ def insert_tasks(connection, rng: random.Random, raters, versions, judgements: i
         for gold in [rng.random() < GOLD_SHARE]
     ]
     task_ids = list(connection.scalars(insert(Task).returning(Task.id), task_rows))
-    connection.execute(
-        insert(TaskResponse),
-        [
-            {
-                "task_id": task_id,
-                "response_id": response_ids[2 * index + position],
-                "position": position,
-            }
-            for index, task_id in enumerate(task_ids)
-            for position in (0, 1)
-        ],
-    )
+    link_response_pairs(connection, task_ids, response_ids)
     insert_judgements(connection, rng, raters, task_ids, response_ids, task_rows, judgements)
 
 

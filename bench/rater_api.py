@@ -159,7 +159,9 @@ def _seed_raters(session, count: int) -> list[str]:
 
 def _seed_tasks(session, count: int) -> None:
     """`count` open tasks of two responses each, needing alternately 2 and 3 judgements."""
-    from app.models import Prompt, Response, Task, TaskResponse
+    from seeding import link_response_pairs  # bench/seeding.py, next to this file
+
+    from app.models import Prompt, Response, Task
 
     prompt_ids = session.scalars(
         insert(Prompt).returning(Prompt.id, sort_by_parameter_order=True),
@@ -186,18 +188,7 @@ def _seed_tasks(session, count: int) -> None:
             for n, prompt_id in enumerate(prompt_ids)
         ],
     ).all()
-    session.execute(
-        insert(TaskResponse),
-        [
-            {
-                "task_id": task_id,
-                "response_id": response_ids[2 * n + position],
-                "position": position,
-            }
-            for n, task_id in enumerate(task_ids)
-            for position in (0, 1)
-        ],
-    )
+    link_response_pairs(session, task_ids, response_ids)
 
 
 CHECKS = {

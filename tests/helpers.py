@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
-from app.domain import accounts, model_registry
+from app.domain import accounts, model_readiness, model_registry
 from app.domain.preferences import build_snapshot, split_of, write_snapshot
 from app.models import (
     Judgement,
@@ -117,6 +117,17 @@ def create_task(
     db.add(task)
     db.flush()
     return task
+
+
+def refused_while_the_model_is_prepared(
+    client: TestClient, settings, path: str, headers: dict[str, str]
+) -> None:
+    """Mark the bundled base model as being prepared (it stays so), and check that `POST path`
+    with an empty body is refused (409) saying why."""
+    model_readiness.preparing(settings.models_dir, "bundled")
+    refused = client.post(path, json={}, headers=headers)
+    assert refused.status_code == 409
+    assert "the base model (bundled) is being prepared" in refused.json()["detail"]
 
 
 def policy_versions(db: Session, *names: str) -> dict[str, ModelVersion]:

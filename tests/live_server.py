@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+from sqlalchemy import Engine
+
+from tests.helpers import TEST_SECRET
 
 STARTUP_TIMEOUT_S = 60
 # Ctrl+C is a warm shutdown: a job still running (a promoted model's A/B answers) ends first.
@@ -58,9 +61,18 @@ def alignloop_run(
 
 
 @contextmanager
-def alignloop_web(data_dir: Path, output: Path, settings: dict[str, str]) -> Iterator[LiveServer]:
-    """`alignloop web`, the production web tier, over the database and secret key that
-    `settings` name; stopped and checked as `alignloop_run` is."""
+def alignloop_web(
+    engine: Engine, data_dir: Path, output: Path, settings: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
+    """`alignloop web`, the production web tier, over `engine`'s database (committed rows
+    only) with the tests' secret key, logging warnings only (`ALIGNLOOP_` `settings` on top);
+    stopped and checked as `alignloop_run` is."""
+    settings = {
+        "database_url": engine.url.render_as_string(hide_password=False),
+        "secret_key": TEST_SECRET,
+        "log_level": "WARNING",
+        **(settings or {}),
+    }
     with _alignloop_server("web", data_dir, output, settings) as server:
         yield server
 

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Row, Select, column, exists, func, select,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from app.errors import NotFound
+from app.db import get_row
 from app.models import (
     Judgement,
     ModelVersion,
@@ -318,9 +318,7 @@ class TaskDetail:
 def task_detail(db: Session, task_id: int) -> TaskDetail:
     """The task, its prompt and responses in position order, and every judgement on it
     (corrections included), in five queries whatever the number of judgements."""
-    task = db.get(Task, task_id)
-    if task is None:
-        raise NotFound("No task has this id")
+    task = get_row(db, Task, task_id, missing="No task has this id")
     responses = _task_responses(db, task_id)
     labels = {response.id: response.label for response in responses}
     judged = db.execute(

@@ -17,8 +17,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app import broker
+from app.db import get_row
 from app.domain import leases
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.models import Job, ModelKind, ModelStatus, ModelVersion, Prompt, RunStatus, User, utcnow
 from app.schemas import GenerationRequest
 from app.tasks_contract import JOB_TASKS
@@ -165,15 +166,9 @@ def candidate_job_params(
 
 
 def get_job(db: Session, job_id: int) -> Job:
-    job = db.get(Job, job_id)
-    if job is None:
-        raise NotFound("Job not found")
-    return job
+    return get_row(db, Job, job_id, missing="Job not found")
 
 
 def recent_jobs(db: Session, *, limit: int = 20, active: bool = False) -> list[Job]:
     """The newest jobs first; with `active`, only the queued and running ones."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
-    if active:
-        query = query.where(Job.status.in_(leases.ACTIVE))
-    return list(db.scalars(query))
+    return leases.newest(db, Job, limit=limit, active=active)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, or_, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, Round, RunStatus, utcnow
@@ -90,6 +90,14 @@ def renew(
         .returning(kind.id)
     ).first()
     return renewed is not None
+
+
+def newest(db: Session, kind: type[Leased], *, limit: int, active: bool) -> list[Leased]:
+    """The newest rows of `kind` first; with `active`, only the queued and running ones."""
+    query = select(kind).order_by(kind.id.desc()).limit(limit)
+    if active:
+        query = query.where(kind.status.in_(ACTIVE))
+    return list(db.scalars(query))
 
 
 def is_free(kind: type[Leased], now: datetime) -> ColumnElement[bool]:

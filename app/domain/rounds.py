@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from app import broker
 from app.config import Settings
+from app.db import get_row
 from app.domain import leases, model_readiness, model_registry
 from app.domain.leaderboard import HeadToHead, head_to_head
 from app.domain.preferences import build_snapshot
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.models import (
     Algorithm,
     Judgement,
@@ -181,18 +182,12 @@ def send(db: Session, celery: Celery, round_id: int, *, from_stage: RoundStage =
 
 
 def get_round(db: Session, round_id: int) -> Round:
-    round_ = db.get(Round, round_id)
-    if round_ is None:
-        raise NotFound("No round has this id")
-    return round_
+    return get_row(db, Round, round_id, missing="No round has this id")
 
 
 def recent_rounds(db: Session, *, limit: int = 20, active: bool = False) -> list[Round]:
     """The newest rounds first; with `active`, only the queued and running ones."""
-    query = select(Round).order_by(Round.id.desc()).limit(limit)
-    if active:
-        query = query.where(Round.status.in_(ACTIVE))
-    return list(db.scalars(query))
+    return leases.newest(db, Round, limit=limit, active=active)
 
 
 def claim_stage(db: Session, *, round_id: int, stage: RoundStage, worker: str) -> Round | None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app.config import Settings
+from app.db import get_row
 from app.domain import guidelines as rating_guidelines
 from app.domain.assignment import (
     RaterPaused,
@@ -26,7 +27,7 @@ from app.domain.assignment import (
 )
 from app.domain.escalation import Escalation
 from app.domain.judgements import skip_task, submit_judgement
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput
 from app.models import Task, User
 from app.schemas import FLAGS, MAX_REASON_CHARS, RowId
 from app.web.deps import DbSession, Form, PageRater, PageUser, SettingsDep
@@ -92,9 +93,7 @@ def judge(
             request, db, settings, rater, task_id=task_id, error=error, values=form, status=422
         )
     except Conflict as exc:
-        db.rollback()
-        return _task_page(request, db, settings, rater, notice=exc.detail, status=409)
-    db.commit()
+        return _refused(request, db, settings, rater, exc)
     return _next(request, db, settings, rater, notice_key="rate.saved")
 
 
@@ -114,9 +113,7 @@ def skip(
     try:
         skip_task(db, rater=rater, task_id=task_id, reason=reason)
     except Conflict as exc:
-        db.rollback()
-        return _task_page(request, db, settings, rater, notice=exc.detail, status=409)
-    db.commit()
+        return _refused(request, db, settings, rater, exc)
     return _next(request, db, settings, rater, notice_key="rate.skipped")
 
 
@@ -135,16 +132,26 @@ def _is_fetch(request: Request) -> bool:
 def _next(
     request: Request, db: Session, settings: Settings, rater: User, *, notice_key: str
 ) -> Response:
+    """Keep what the form post did and go on to the next task: a redirect to `/rate`, or for
+    a fetch the next task's part of the page with the notice of `notice_key`."""
+    db.commit()
     if not _is_fetch(request):
         return RedirectResponse("/rate", status_code=303)
     notice = translate(rater.locale, notice_key)
     return _task_page(request, db, settings, rater, notice=notice)
 
 
+def _refused(
+    request: Request, db: Session, settings: Settings, rater: User, conflict: Conflict
+) -> Response:
+    """A form post on a task judged already or no longer leased keeps nothing and shows the
+    next task with why (409)."""
+    db.rollback()
+    return _task_page(request, db, settings, rater, notice=conflict.detail, status=409)
+
+
 def _response_ids(db: Session, task_id: int) -> list[int]:
-    task = db.get(Task, task_id)
-    if task is None:
-        raise NotFound("Task not found")
+    task = get_row(db, Task, task_id, missing="Task not found")
     return [link.response_id for link in task.responses]
 
 

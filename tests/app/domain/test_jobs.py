@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from app.domain import jobs, model_readiness, model_registry
+from app.domain import jobs, model_registry
 from app.models import Job, ModelKind, Prompt, RunStatus, utcnow
-from tests.helpers import api_key_for, problem
+from tests.helpers import api_key_for, problem, refused_while_the_model_is_prepared
 
 
 def register_base(db) -> None:
@@ -58,10 +58,7 @@ def test_generation_requests_are_checked(client, db, admin, rater):
 
 def test_no_job_starts_before_a_model_is_ready(client, db, admin, settings):
     headers = api_key_for(db, admin)
-    model_readiness.preparing(settings.models_dir, "bundled")
-    refused = client.post("/api/generations", json={}, headers=headers)
-    assert refused.status_code == 409
-    assert "the base model (bundled) is being prepared" in refused.json()["detail"]
+    refused_while_the_model_is_prepared(client, settings, "/api/generations", headers)
     body = {"kind": "reward_model", "config": {}}
     assert client.post("/api/training-jobs", json=body, headers=headers).status_code == 409
     assert db.scalar(select(Job)) is None

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from app.db import make_session_factory, session_scope
 from app.domain import accounts, bootstrap, prompt_store
 from app.domain.prompt_import import UnreadableFile, detect_format, parse_prompts
-from app.models import KeyScope, Prompt, Role
-from tests.helpers import TEST_SECRET
+from app.models import Prompt, Role
+from tests.helpers import api_key_for
 from tests.live_server import alignloop_web
 
 
@@ -151,15 +151,9 @@ def test_the_event_loop_answers_while_a_large_upload_is_imported(committed_engin
     """`alignloop web` in a process of its own, as in production, takes a 15 MiB file."""
     with session_scope(make_session_factory(committed_engine)) as db:
         admin = accounts.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
-        _, key = accounts.create_api_key(db, user=admin, name="upload", scope=KeyScope.ADMIN)
-    settings = {
-        "database_url": committed_engine.url.render_as_string(hide_password=False),
-        "secret_key": TEST_SECRET,
-        "log_level": "WARNING",
-    }
+        headers = api_key_for(db, admin)
     content, rows = large_jsonl(LARGE_UPLOAD_BYTES)
-    with alignloop_web(tmp_path / "data", tmp_path / "web.log", settings) as server:
-        headers = {"Authorization": f"Bearer {key}"}
+    with alignloop_web(committed_engine, tmp_path / "data", tmp_path / "web.log") as server:
         latencies, response = asyncio.run(healthz_during_upload(server.base_url, headers, content))
     assert response.status_code == 201, response.text
     assert response.json()["created"] == rows

@@ -11,10 +11,17 @@ from sqlalchemy import func, select
 
 from app import round_config
 from app.db import make_session_factory, session_scope
-from app.domain import model_readiness, model_registry, rounds
+from app.domain import model_registry, rounds
 from app.errors import Conflict
 from app.models import Algorithm, ModelKind, ModelStatus, Round, RoundStage, RunStatus, utcnow
-from tests.helpers import ab_judgement, api_key_for, policy_versions, problem, ready_for_a_round
+from tests.helpers import (
+    ab_judgement,
+    api_key_for,
+    policy_versions,
+    problem,
+    ready_for_a_round,
+    refused_while_the_model_is_prepared,
+)
 
 
 def test_admins_start_follow_and_cancel_a_round(client, db, admin):
@@ -45,10 +52,7 @@ def test_admins_start_follow_and_cancel_a_round(client, db, admin):
 
 def test_a_round_needs_a_ready_model_and_enough_judged_pairs(client, db, admin, settings):
     headers = api_key_for(db, admin)
-    model_readiness.preparing(settings.models_dir, "bundled")
-    no_model = client.post("/api/rounds", json={}, headers=headers)
-    assert no_model.status_code == 409
-    assert "the base model (bundled) is being prepared" in no_model.json()["detail"]
+    refused_while_the_model_is_prepared(client, settings, "/api/rounds", headers)
     ready_for_a_round(db, pairs=6)
     db.commit()
     too_few = client.post("/api/rounds", json={}, headers=headers)

@@ -17,11 +17,11 @@ import redis
 from app.db import make_session_factory, session_scope
 from app.domain import accounts
 from app.errors import RateLimited
-from app.models import KeyScope, Role
+from app.models import Role
 from app.web import ratelimit
 from app.web.ratelimit import KEY_PREFIX, KeyLimiter
 from tests.conftest import REDIS_URL
-from tests.helpers import TEST_SECRET
+from tests.helpers import api_key_for
 from tests.live_server import alignloop_web, free_port, wait_for
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
@@ -155,20 +155,16 @@ def test_two_web_processes_on_one_redis_share_one_limit(committed_engine, tmp_pa
     per_minute, excess = 4, 3
     with session_scope(make_session_factory(committed_engine)) as db:
         user = accounts.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
-        _, key = accounts.create_api_key(db, user=user, name="sdk", scope=KeyScope.RATER)
+        headers = api_key_for(db, user)
     settings = {
-        "database_url": committed_engine.url.render_as_string(hide_password=False),
-        "secret_key": TEST_SECRET,
         "redis_url": REDIS_URL,
         "inference": "celery",  # the web tier without torch
         "v1_requests_per_minute": str(per_minute),
-        "log_level": "WARNING",
     }
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "Hi"}]}
-    headers = {"Authorization": f"Bearer {key}"}
     with (
-        alignloop_web(tmp_path / "data", tmp_path / "one.log", settings) as one,
-        alignloop_web(tmp_path / "data", tmp_path / "two.log", settings) as two,
+        alignloop_web(committed_engine, tmp_path / "data", tmp_path / "one.log", settings) as one,
+        alignloop_web(committed_engine, tmp_path / "data", tmp_path / "two.log", settings) as two,
     ):
         servers = cycle([one.base_url, two.base_url])
         responses = [
