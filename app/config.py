@@ -94,8 +94,14 @@ class Settings(BaseSettings):
     """Accept placeholder secrets; never set this on a server that others can reach."""
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     """`auto` picks CUDA when present, else CPU; or any torch device string such as `cuda:1`."""
-    inference: Literal["local", "celery"] = "local"
-    """Where `/v1` generations run: in the web process, or on workers via the `inference` queue."""
+    inference: Literal["local", "celery", "openai"] = "local"
+    """Where `/v1` and playground generations run: in the web process, on workers via the
+    `inference` queue, or on an external OpenAI-compatible server (`inference_url`)."""
+    inference_url: str | None = None
+    """With `inference: openai`, the server's API base (`http://gpu-host:8000/v1`): vLLM,
+    SGLang, TGI or another alignloop, serving each model version under its own name."""
+    inference_api_key: SecretStr | None = None
+    """With `inference: openai`, the bearer key the server expects, if any."""
 
     session_hours: float = Field(default=12.0, gt=0)
     """How long a browser session stays valid after login."""
@@ -177,6 +183,12 @@ class Settings(BaseSettings):
     """How long an invitation link stays valid."""
     password_reset_hours: float = Field(default=24.0, gt=0)
     """How long a password-reset link stays valid."""
+
+    @model_validator(mode="after")
+    def _external_inference_has_a_server(self) -> Settings:
+        if self.inference == "openai" and not self.inference_url:
+            raise ValueError("ALIGNLOOP_INFERENCE=openai needs ALIGNLOOP_INFERENCE_URL")
+        return self
 
     @model_validator(mode="after")
     def _secret_key_is_not_a_placeholder(self) -> Settings:

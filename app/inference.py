@@ -3,7 +3,9 @@
 The web tier never imports torch. In the embedded default `worker.serving.local.LocalInference` runs
 the engine inside the web process; with `ALIGNLOOP_INFERENCE=celery`,
 `worker.serving.remote.CeleryInference` hands each request to a GPU worker on the `inference`
-queue and streams the tokens back through Redis. Both produce the same events.
+queue and streams the tokens back through Redis; with `ALIGNLOOP_INFERENCE=openai`,
+`worker.serving.external.ExternalInference` sends it to an OpenAI-compatible server (vLLM,
+SGLang, TGI). All produce the same events.
 """
 
 from __future__ import annotations

@@ -134,11 +134,16 @@ def create_app(
 
 
 def _inference(settings: Settings, celery: Celery) -> Inference:
-    """Where `/v1` generations run: in this process, or on workers (`ALIGNLOOP_INFERENCE`)."""
+    """Where `/v1` generations run (`ALIGNLOOP_INFERENCE`): in this process, on workers, or on
+    an external OpenAI-compatible server."""
     if settings.inference == "celery":
         from worker.serving.remote import CeleryInference
 
         return CeleryInference(settings, celery)
+    if settings.inference == "openai":
+        from worker.serving.external import ExternalInference
+
+        return ExternalInference(settings)
     from worker.serving.local import LocalInference, ModelServer  # loads torch
 
     return LocalInference(ModelServer(settings))

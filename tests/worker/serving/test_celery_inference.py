@@ -108,11 +108,19 @@ def test_the_workers_refusal_is_a_400(remote):
         remote.chat.completions.create(model="base", messages=HELLO, max_tokens=100_000)
 
 
-def test_the_web_tier_does_not_load_torch_in_this_mode(model_settings):
+@pytest.mark.parametrize(
+    "mode",
+    [
+        f"redis_url={REDIS_URL!r}, inference='celery'",
+        "inference='openai', inference_url='http://x'",
+    ],
+    ids=["celery", "openai"],
+)
+def test_the_web_tier_does_not_load_torch_when_generations_run_elsewhere(model_settings, mode):
     code = (
         "import sys; from app.web.main import create_app; from app.config import Settings; "
         f"create_app(Settings(_env_file=None, data_dir={str(model_settings.data_dir)!r}, "
-        f"secret_key={TEST_SECRET!r}, redis_url={REDIS_URL!r}, inference='celery')); "
+        f"secret_key={TEST_SECRET!r}, {mode})); "
         "print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
