@@ -75,13 +75,11 @@ class ExternalInference:
     """`app.inference.Inference` on an OpenAI-compatible server at `settings.inference_url`."""
 
     def __init__(self, settings: Settings) -> None:
-        key = settings.inference_api_key
+        key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else ""
         self.url = settings.inference_url.rstrip("/")
         self.client = httpx.AsyncClient(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {key.get_secret_value()}"}
-            if key and key.get_secret_value()
-            else {},
+            headers={"Authorization": f"Bearer {key}"} if key else {},
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
         )
 
