@@ -1,18 +1,21 @@
 """Candidate generation: sample responses from the current policy and turn them into tasks.
 
 When the current version has a parent, half of each prompt's responses come from the parent,
-so that raters also give a blind A/B verdict between versions (task kind `ab_eval`).
+so that raters also give a blind A/B verdict between versions (task kind `ab_eval`). The
+answers come from alignloop's engine on this worker, or with `ALIGNLOOP_INFERENCE=openai` from
+the external server that serves `/v1` (`worker.serving.external`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db import session_scope
 from app.domain import model_registry
 from app.models import (
@@ -32,6 +35,7 @@ from worker.context import WorkerContext
 from worker.job_runner import Progress
 from worker.model_store import ModelStore
 from worker.serving.engine import GenerationEngine, Sampling
+from worker.serving.external import ExternalAnswers
 from worker.training.checkpoints import release_memory
 
 CANDIDATE_SAMPLING = {"temperature": 0.8, "top_p": 0.95}
@@ -82,7 +86,7 @@ def generate_candidates(context: WorkerContext, job: Job, progress: Progress) ->
         }
     )
     counts = samples_per_version(request.per_prompt, len(version_refs))
-    engines = [GenerationEngine(*store.load(path), name=name) for _, name, path in version_refs]
+    engines = [_answerer(context.settings, store, name, path) for _, name, path in version_refs]
     tally = _Tally(progress, prompts=len(prompts), tasks=len(done))
     try:
         for start, batch in _batches(prompts):
@@ -95,7 +99,7 @@ def generate_candidates(context: WorkerContext, job: Job, progress: Progress) ->
             tally.report(tally.answered)
     finally:
         for engine in engines:
-            engine.close(drain=False)
+            engine.close()
         del engines
         release_memory()  # an idle worker starts the next job from a clean heap
     return {
@@ -121,8 +125,56 @@ class _Tally:
         )
 
 
+class Answerer(Protocol):
+    """Answers of one model version: alignloop's engine, or an external server."""
+
+    def generate(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        sampling: Sampling,
+        *,
+        n: int,
+        on_progress: Callable[[float], None],
+    ) -> list[list[str]]: ...
+
+    def close(self) -> None: ...
+
+
+class EngineAnswers:
+    """An `Answerer` on alignloop's engine, loaded on this worker."""
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.engine = engine
+
+    def generate(self, conversations, sampling, *, n, on_progress) -> list[list[str]]:
+        completions = self.engine.generate(conversations, sampling, n=n, on_progress=on_progress)
+        return [[done.text for done in group] for group in completions]
+
+    def close(self) -> None:
+        self.engine.close(drain=False)
+
+
+class ServerAnswers:
+    """An `Answerer` on the external server (`ALIGNLOOP_INFERENCE=openai`)."""
+
+    def __init__(self, answers: ExternalAnswers) -> None:
+        self.answers = answers
+
+    def generate(self, conversations, sampling, *, n, on_progress) -> list[list[str]]:
+        return self.answers.generate(conversations, asdict(sampling), n=n, on_progress=on_progress)
+
+    def close(self) -> None:
+        self.answers.close()
+
+
+def _answerer(settings: Settings, store: ModelStore, name: str, path: str) -> Answerer:
+    if settings.inference == "openai":
+        return ServerAnswers(ExternalAnswers(settings, name))
+    return EngineAnswers(GenerationEngine(*store.load(path), name=name))
+
+
 def _answer(
-    engines: list[GenerationEngine],
+    engines: list[Answerer],
     counts: list[int],
     batch: list[tuple[int, list]],
     start: int,
@@ -139,13 +191,14 @@ def _answer(
 
         # Seeds as if all prompts went in one call: batching does not change the answers.
         seed = None if sampling.seed is None else sampling.seed + start * count
-        completions = engine.generate(
-            [messages for _, messages in batch],
-            replace(sampling, seed=seed),
-            n=count,
-            on_progress=report,
+        samples.append(
+            engine.generate(
+                [messages for _, messages in batch],
+                replace(sampling, seed=seed),
+                n=count,
+                on_progress=report,
+            )
         )
-        samples.append([[done.text for done in group] for group in completions])
     return samples
 
 

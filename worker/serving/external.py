@@ -1,5 +1,6 @@
 """Serving on an external OpenAI-compatible server (ALIGNLOOP_INFERENCE=openai): vLLM, SGLang,
-TGI, or another alignloop. The web side only, like `worker.serving.remote`; it never loads torch.
+TGI, or another alignloop. `ExternalInference` is the web side (`/v1`, the playground), which
+never loads torch; `ExternalAnswers` answers a candidate-generation job's prompts on a worker.
 
 Each model version is served under its own name (`vllm serve data/models/<version>
 --served-model-name <version>`), so a request for version V goes out with `model: V`, and its
@@ -10,7 +11,8 @@ chunk (`stream_options.include_usage`), so the choices' ends are held back until
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -22,6 +24,8 @@ from app.inference import ChatEvent, ChatJob, ChoiceDone, LogprobEntry, TextDelt
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 180.0
 """The longest wait for the next chunk (a cold server may first load the model)."""
+PARALLEL_REQUESTS = 8
+"""Candidate prompts in flight at once: enough for the server to batch them."""
 
 
 class ExternalChatStream:
@@ -75,13 +79,9 @@ class ExternalInference:
     """`app.inference.Inference` on an OpenAI-compatible server at `settings.inference_url`."""
 
     def __init__(self, settings: Settings) -> None:
-        key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else ""
-        self.url = settings.inference_url.rstrip("/")
-        self.client = httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
-            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        )
+        options = _client_options(settings)
+        self.url = options["base_url"]
+        self.client = httpx.AsyncClient(**options)
 
     async def start(self, job: ChatJob) -> ExternalChatStream:
         """Send the request and read its status: the server's refusal of a request (a 400 or
@@ -103,9 +103,72 @@ class ExternalInference:
         await self.client.aclose()
 
 
-def _path_and_body(job: ChatJob) -> tuple[str, dict[str, Any]]:
+class ExternalAnswers:
+    """A model version's answers to many conversations from the external server, for a
+    candidate-generation job: the engine's `generate`, as texts."""
+
+    def __init__(self, settings: Settings, version_name: str) -> None:
+        self.version_name = version_name
+        self.client = httpx.Client(**_client_options(settings))
+
+    def generate(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        sampling: dict[str, Any],
+        *,
+        n: int = 1,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> list[list[str]]:
+        """`n` answers to each conversation (`sampling`: the engine's fields); with a seed,
+        conversation i is asked with seed `seed + i * n`, as the engine seeds it."""
+        seed = sampling.get("seed")
+        jobs = [
+            ChatJob(
+                version_name=self.version_name,
+                version_path="",
+                messages=list(conversation),
+                n=n,
+                sampling={**sampling, "seed": None if seed is None else seed + index * n},
+            )
+            for index, conversation in enumerate(conversations)
+        ]
+        answers = []
+        with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+            for done, texts in enumerate(pool.map(self._answers, jobs), start=1):
+                answers.append(texts)
+                if on_progress:
+                    on_progress(done / len(jobs))
+        return answers
+
+    def _answers(self, job: ChatJob) -> list[str]:
+        path, body = _path_and_body(job, stream=False)
+        try:
+            response = self.client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            message = f"The inference server {self.client.base_url} is unavailable: {exc}"
+            raise ServiceUnavailable(message) from None
+        if response.status_code != 200:
+            raise _refusal(response, job.version_name)
+        choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
+        return [choice["message"]["content"] or "" for choice in choices]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    """Where the server is, its key, and how long to wait for it."""
+    key = settings.inference_api_key.get_secret_value() if settings.inference_api_key else ""
+    return {
+        "base_url": settings.inference_url.rstrip("/"),
+        "headers": {"Authorization": f"Bearer {key}"} if key else {},
+        "timeout": httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+    }
+
+
+def _path_and_body(job: ChatJob, *, stream: bool = True) -> tuple[str, dict[str, Any]]:
     """Where the request goes, and its body: a chat, or a plain-text prompt's completion."""
-    body = _common(job)
+    body = _common(job, stream=stream)
     alternatives = job.sampling.get("logprobs")
     if job.prompt is not None:
         logprobs = {} if alternatives is None else {"logprobs": alternatives}
@@ -114,17 +177,18 @@ def _path_and_body(job: ChatJob) -> tuple[str, dict[str, Any]]:
     return "/chat/completions", {**body, "messages": job.messages, **logprobs}
 
 
-def _common(job: ChatJob) -> dict[str, Any]:
+def _common(job: ChatJob, *, stream: bool) -> dict[str, Any]:
     """The fields every kind shares, from the engine's sampling fields; those left at their
     defaults are not sent (`top_k` and `min_tokens` are vLLM's, which alignloop's own /v1
     accepts too)."""
     sampling = job.sampling
-    logit_bias = {str(token): bias for token, bias in sampling.get("logit_bias", {}).items()}
+    biases = dict(sampling.get("logit_bias") or {})  # a mapping, or the engine's pairs
+    logit_bias = {str(token): bias for token, bias in biases.items()}
     fields = {
         "model": job.version_name,
         "n": job.n,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
         "max_tokens": sampling.get("max_new_tokens"),
         "temperature": sampling.get("temperature"),
         "top_p": sampling.get("top_p"),

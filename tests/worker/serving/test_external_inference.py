@@ -1,5 +1,7 @@
-"""`/v1` answered by an external OpenAI-compatible server (ALIGNLOOP_INFERENCE=openai): a second
-alignloop process, `alignloop web` with its own engine, stands in for vLLM."""
+"""Generations on an external OpenAI-compatible server (ALIGNLOOP_INFERENCE=openai): `/v1` and
+candidate generation, with a second alignloop process (`alignloop web` with its own engine)
+standing in for vLLM. Both share one database, so the answers the other server gives are
+recorded there as its served completions."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ from dataclasses import dataclass
 import openai
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import func, select
 
 from app import migrate
 from app.db import make_engine, make_session_factory, session_scope
-from app.domain import accounts
-from app.models import KeyScope, Role
+from app.domain import accounts, jobs
+from app.models import Job, KeyScope, Prompt, Response, Role, ServedCompletion
+from app.tasks_contract import GENERATE_CANDIDATES
 from app.web.main import create_app
 from tests.conftest import settings_with_tokenizer
 from tests.live_server import alignloop_web, free_port, serve_in_thread
+from worker.celery_app import create_celery
 from worker.model_store import ModelStore
 from worker.serving.external import ExternalInference
 
@@ -53,9 +58,14 @@ def shared(model_settings_module, tmp_path_factory):
     engine.dispose()
 
 
-def front_app(settings, engine, key: str, url: str):
+def openai_mode(settings, key: str, url: str):
+    """`settings` with generations sent to the server at `url`."""
     update = {"inference": "openai", "inference_url": url, "inference_api_key": SecretStr(key)}
-    return create_app(settings.model_copy(update=update), engine=engine)
+    return settings.model_copy(update=update)
+
+
+def front_app(settings, engine, key: str, url: str):
+    return create_app(openai_mode(settings, key, url), engine=engine)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,33 @@ def test_logprobs_and_plain_text_prompts_go_through(servers):
     direct = servers.external.completions.create(**ask, prompt="Once", logprobs=1)
     assert completion.choices[0].text == direct.choices[0].text
     assert completion.choices[0].logprobs.tokens == direct.choices[0].logprobs.tokens
+
+
+def test_candidates_are_generated_on_the_external_server(servers, shared, model_settings_module):
+    engine, key, _ = shared
+    factory = make_session_factory(engine)
+    with session_scope(factory) as db:
+        db.add_all(
+            Prompt(messages=[{"role": "user", "content": text}], dedup_hash=text)
+            for text in ("one", "two", "three")
+        )
+        job = jobs.create_job(
+            db, kind=jobs.GENERATE_CANDIDATES, params={"per_prompt": 2}, created_by=None
+        )
+    served = served_completions(factory)
+    settings = openai_mode(model_settings_module, key, str(servers.external.base_url))
+    celery = create_celery(settings, engine=engine)
+    assert celery.tasks[GENERATE_CANDIDATES].apply(args=[job.id]).get() == "succeeded"
+    with factory() as db:
+        done = db.get(Job, job.id)
+        answers = db.scalars(select(Response.text).where(Response.model_version_id.is_not(None)))
+        assert done.result["tasks"] >= 1 and all(answers.all())
+    assert served_completions(factory) == served + 3  # one request of n=2 for each prompt
+
+
+def served_completions(factory) -> int:
+    with factory() as db:
+        return db.scalar(select(func.count()).select_from(ServedCompletion))
 
 
 def test_the_servers_refusal_is_a_400(servers):
