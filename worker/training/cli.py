@@ -46,15 +46,17 @@ PAIRS = "pairs: a snapshot's JSON Lines (`alignloop export --format pairs`)"
 
 
 def trainer_parser(
+    module: str,
     description: str,
     *,
     data: str,
     base: str = "the policy to start from: a model folder",
     reward_model: bool = False,
 ) -> argparse.ArgumentParser:
-    """A parser of the inputs: `--data` (a file; `data` says what it holds), `--base` (a model
-    folder), `--reward-model` (a folder, for the optimisers that sample) and `--out`."""
-    parser = argparse.ArgumentParser(description=description)
+    """A parser of the inputs of `python -m module`: `--data` (a file; `data` says what it
+    holds), `--base` (a model folder), `--reward-model` (a folder, for the optimisers that
+    sample) and `--out`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--data", type=existing_file, required=True, help=data)
     parser.add_argument("--base", type=existing_folder, required=True, help=base)
     if reward_model:
@@ -201,6 +203,7 @@ def step_bar(total: int, what: str, *, metric: str = "loss") -> Iterator[Callabl
 
 
 def online_main(
+    module: str,
     argv: Sequence[str] | None,
     kind: type[OnlineConfig],
     train: Callable[..., tuple[Policy, list[dict[str, float]]]],
@@ -209,7 +212,10 @@ def online_main(
     """The command line of an optimiser that samples (PPO, RLOO): `train(prompts, base,
     reward_model, config, on_step=...)` on the prompts of `--data`, with a bar of its steps."""
     parser = trainer_parser(
-        f"Optimise a policy with {what} against a reward model.", data=PROMPTS, reward_model=True
+        module,
+        f"Optimise a policy with {what} against a reward model.",
+        data=PROMPTS,
+        reward_model=True,
     )
     args, config = parse_settings(parser, kind, argv)
     prompts = read_prompts(args.data)

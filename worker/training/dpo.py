@@ -226,7 +226,9 @@ def dpo_steps_on_pairs(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = trainer_parser("Optimise a policy on preference pairs with DPO.", data=PAIRS)
+    parser = trainer_parser(
+        __spec__.name, "Optimise a policy on preference pairs with DPO.", data=PAIRS
+    )
     args, config = parse_settings(parser, DPOConfig, argv)
     pairs = strict_training_pairs(read_pairs(args.data))
     if not pairs:

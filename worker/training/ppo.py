@@ -241,7 +241,7 @@ class PPOStep:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return online_main(argv, PPOConfig, train_ppo, "PPO")
+    return online_main(__spec__.name, argv, PPOConfig, train_ppo, "PPO")
 
 
 if __name__ == "__main__":

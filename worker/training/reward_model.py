@@ -499,6 +499,7 @@ def report_metrics(report: RewardReport) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = trainer_parser(
+        __spec__.name,
         "Train a reward model on preference pairs.",
         data=PAIRS,
         base="a policy or reward model folder",

@@ -121,7 +121,7 @@ class RLOOStep:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return online_main(argv, RLOOConfig, train_rloo, "RLOO")
+    return online_main(__spec__.name, argv, RLOOConfig, train_rloo, "RLOO")
 
 
 if __name__ == "__main__":

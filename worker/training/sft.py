@@ -124,6 +124,7 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
 
 def main(argv: list[str] | None = None) -> int:
     parser = trainer_parser(
+        __spec__.name,
         "Fine-tune a policy on demonstrations.",
         data='demonstrations: JSON Lines of {"messages": [...], "answer": "..."}',
     )

@@ -125,10 +125,10 @@ def test_pairs_read_as_the_snapshot_reader_reads_them(tmp_path):
 
 def test_each_setting_has_a_flag_of_its_type(tiny_model_dir, tmp_path):
     inputs = ["--data", __file__, "--base", str(tiny_model_dir), "--out", str(tmp_path / "o")]
-    parser = cli.trainer_parser("DPO", data="pairs")
+    parser = cli.trainer_parser("worker.training.dpo", "DPO", data="pairs")
     _, dpo = cli.parse_settings(parser, DPOConfig, [*inputs, "--lora", "--nll-pairs", "rewrites"])
     assert dpo == DPOConfig(lora=True, nll_pairs="rewrites")
-    parser = cli.trainer_parser("PPO", data="prompts", reward_model=True)
+    parser = cli.trainer_parser("worker.training.ppo", "PPO", data="prompts", reward_model=True)
     flags = ["--kl-target", "none", "--no-normalize-rewards", "--steps", "3", "--clip", "0.1"]
     _, ppo = cli.parse_settings(
         parser, PPOConfig, [*inputs, "--reward-model", str(tiny_model_dir), *flags]
@@ -142,7 +142,7 @@ def test_an_output_folder_with_something_in_it_is_refused_before_training(
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "config.json").write_text("{}")
-    parser = cli.trainer_parser("SFT", data="demonstrations")
+    parser = cli.trainer_parser("worker.training.sft", "SFT", data="demonstrations")
     with pytest.raises(SystemExit) as exit:
         parser.parse_args(["--data", __file__, "--base", str(tiny_model_dir), "--out", str(taken)])
     assert exit.value.code == 2 and f"already exists: {taken}" in capsys.readouterr().err
