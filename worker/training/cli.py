@@ -233,10 +233,18 @@ def online_main(
         reward_model=True,
     )
     args, config = parse_settings(parser, kind, argv)
+    in_one_process(what)
     prompts = read_prompts(args.data)
     with step_bar(config.steps, what, metric="reward") as on_step:
         policy, curve = train(prompts, args.base, args.reward_model, config, on_step=on_step)
     return save_and_report(policy, curve, args.out)
+
+
+def in_one_process(what: str) -> None:
+    """End the command, in every process, when it was launched in several: `what` does not
+    share its work out (only the reward model and DPO do), so each would train the same."""
+    if distributed.world_size() > 1:
+        fail(f"{what} trains in one process: run it with python -m, not torchrun")
 
 
 def save_and_report(policy: Policy, curve: list[dict[str, float]], out: Path) -> int:

@@ -1,5 +1,6 @@
 """The reward model and DPO, data parallel: `torchrun --nproc-per-node 2` over gloo on the CPU
-trains what one process trains on the same global batch, and only rank 0 writes a model.
+trains what one process trains on the same global batch, and only rank 0 writes a model; the
+trainers that do not share their work out refuse to run in several processes.
 
 The tolerance, `rel=1e-4, abs=1e-5` on every point of the curve and every weight, is the one
 the trainers' micro-batch tests hold one pass to: two processes change only how a step's
@@ -50,6 +51,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def launch(trainer: str, argv: list[str], *, processes: int) -> subprocess.CompletedProcess:
+    """`python -m worker.training.<trainer>`, under torchrun for several processes."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
+        launcher += [f"--master-port={free_port()}"]
+    return subprocess.run(
+        [*launcher, "-m", f"worker.training.{trainer}", *argv, "--device", "cpu"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def train(trainer: str, base: Path, folder: Path, *, processes: int) -> dict:
     """Run `trainer` on its pairs in `processes` processes, writing `folder / "out"`; what it
     printed."""
@@ -57,19 +74,8 @@ def train(trainer: str, base: Path, folder: Path, *, processes: int) -> dict:
     folder.mkdir()
     data = folder.parent / f"{trainer}-{folder.name}.jsonl"
     data.write_bytes(b"".join(canonical_line(pair.__dict__) for pair in pairs))
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
-        launcher += [f"--master-port={free_port()}"]
     inputs = ["--data", str(data), "--base", str(base), "--out", str(folder / "out")]
-    run = subprocess.run(
-        [*launcher, "-m", f"worker.training.{trainer}", *inputs, "--device", "cpu", *settings],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = launch(trainer, [*inputs, *settings], processes=processes)
     assert run.returncode == 0, run.stderr
     assert [path.name for path in folder.iterdir()] == ["out"]  # one model, no leftovers
     return json.loads(run.stdout)  # one report: only rank 0 prints
@@ -99,3 +105,12 @@ def test_two_processes_train_what_one_does(trainer, tiny_model_dir, tmp_path):
         torch.testing.assert_close(
             value, reference[name], rtol=TOLERANCE["rel"], atol=TOLERANCE["abs"]
         )
+
+
+def test_a_trainer_that_does_not_share_its_work_refuses_several_processes(tiny_model_dir, tmp_path):
+    data = tmp_path / "demonstrations.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi?"}], "answer": "Hello."}\n')
+    argv = ["--data", str(data), "--base", str(tiny_model_dir), "--out", str(tmp_path / "out")]
+    run = launch("sft", argv, processes=2)
+    assert run.returncode != 0 and not (tmp_path / "out").exists()
+    assert "error: SFT trains in one process: run it with python -m, not torchrun" in run.stderr
