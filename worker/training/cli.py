@@ -1,7 +1,8 @@
 """The trainers' command lines, `python -m worker.training.<trainer> --data FILE --base FOLDER
 --out FOLDER`: the flags every trainer shares, a flag per setting of its config, the input files
 it reads (a fault in one ends the command with a line that names it, not a traceback), and a
-progress bar of its steps.
+progress bar of its steps. Of processes training together (`worker.training.distributed`), only
+the main one shows the bar and its logs, saves the model and prints the report.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from typing import (
 )
 
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
 from app.pairs import Pair
+from worker.training import distributed
 from worker.training.data import Demonstration, Messages
 
 if TYPE_CHECKING:
@@ -75,7 +78,7 @@ def parse_settings(
 ) -> tuple[argparse.Namespace, Config]:
     """Parse `argv` with a flag per setting of `kind` added to `parser` (`--learning-rate 1e-4`,
     `--lora` / `--no-lora`, `--kl-target none`); the arguments and the settings. Logs go to
-    stderr from here on."""
+    stderr from here on (`_log_to_stderr`)."""
     hints = get_type_hints(kind)
     for field in fields(kind):
         flag = "--" + field.name.replace("_", "-")
@@ -88,8 +91,19 @@ def parse_settings(
         else:
             parser.add_argument(flag, type=_from_text(hint), **default)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    _log_to_stderr()
     return args, kind(**{field.name: getattr(args, field.name) for field in fields(kind)})
+
+
+def _log_to_stderr() -> None:
+    """Logs on stderr; of the processes training together, only the main one's information
+    and bars (transformers' loading bars included), everyone's warnings and errors."""
+    main = distributed.is_main()
+    logging.basicConfig(
+        level=logging.INFO if main else logging.WARNING, format="%(asctime)s %(message)s"
+    )
+    if not main:
+        transformers_logging.disable_progress_bar()
 
 
 def _from_text(hint: Any) -> Callable[[str], Any]:
@@ -192,8 +206,9 @@ def _is_message(message: Any) -> bool:
 @contextmanager
 def step_bar(total: int, what: str, *, metric: str = "loss") -> Iterator[Callable[[dict], None]]:
     """Yields an `on_step` for a trainer: steps done of `total`, the step's `metric` and the
-    time left, on stderr and only on a terminal."""
-    with tqdm(total=total, desc=what, unit=" steps", disable=None) as bar:
+    time left, on stderr and only on a terminal, by the main process."""
+    disable = None if distributed.is_main() else True
+    with tqdm(total=total, desc=what, unit=" steps", disable=disable) as bar:
 
         def on_step(point: dict[str, Any]) -> None:
             bar.update(point["step"] - bar.n)
@@ -218,15 +233,25 @@ def online_main(
         reward_model=True,
     )
     args, config = parse_settings(parser, kind, argv)
+    in_one_process(what)
     prompts = read_prompts(args.data)
     with step_bar(config.steps, what, metric="reward") as on_step:
         policy, curve = train(prompts, args.base, args.reward_model, config, on_step=on_step)
     return save_and_report(policy, curve, args.out)
 
 
+def in_one_process(what: str) -> None:
+    """End the command, in every process, when it was launched in several: `what` does not
+    share its work out (only the reward model and DPO do), so each would train the same."""
+    if distributed.world_size() > 1:
+        fail(f"{what} trains in one process: run it with python -m, not torchrun")
+
+
 def save_and_report(policy: Policy, curve: list[dict[str, float]], out: Path) -> int:
-    """Save the trained policy to `out` (as a round's policy stage does) and print its steps
-    and last point; the exit status."""
-    policy.save(out)
-    print(json.dumps({"path": str(out), "steps": len(curve), "last": curve[-1]}, indent=2))
+    """Save the trained policy to `out` (as a round's policy stage does) and print its steps,
+    last point and curve, from the main process only; the exit status."""
+    if distributed.is_main():
+        policy.save(out)
+        report = {"path": str(out), "steps": len(curve), "last": curve[-1], "curve": curve}
+        print(json.dumps(report, indent=2))
     return 0

@@ -80,7 +80,13 @@ class PreferenceBatch:
             if runs[-1] and self._padded_tokens([*runs[-1], index]) > max_tokens:
                 runs.append([])
             runs[-1].append(index)
+        if not self.size:
+            return []
         return [self._of_pairs(run) for run in runs] if len(runs) > 1 else [self]
+
+    def subset(self, pairs: range) -> PreferenceBatch:
+        """These pairs alone (a process's part of the batch); the batch itself for all of them."""
+        return self if pairs == range(self.size) else self._of_pairs(pairs)
 
     def _padded_tokens(self, pairs: Sequence[int]) -> int:
         responses = {self.chosen[i] for i in pairs} | {self.rejected[i] for i in pairs}

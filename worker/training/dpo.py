@@ -18,9 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from app.pairs import Pair
 from app.round_config import DPOConfig
+from worker.training import distributed
 from worker.training.cli import (
     PAIRS,
     fail,
@@ -91,16 +93,25 @@ def _reference_logps(
     with policy.reference() as reference:
         reference.eval()
         for done, batch in enumerate(batches, start=1):
-            answers, _ = _answer_logps(reference, policy, batch)  # (B,)
-            chosen_keys, rejected_keys = _pair_keys(batch)
-            for keys, values in (
-                (chosen_keys, answers[batch.chosen]),
-                (rejected_keys, answers[batch.rejected]),
-            ):
-                table.update(zip(keys, values, strict=True))
+            mine = batch.subset(distributed.part(batch.size))  # this process's part
+            table.update(distributed.gathered(_reference_entries(reference, policy, mine)))
             if on_batch is not None:
                 on_batch(done, len(batches))
     return table
+
+
+def _reference_entries(
+    reference: PreTrainedModel, policy: Policy, batch: PreferenceBatch
+) -> list[tuple[tuple, torch.Tensor]]:
+    """(key, reference log-probability) of each pair's chosen and rejected answer."""
+    if not batch.size:
+        return []
+    answers, _ = _answer_logps(reference, policy, batch)  # (B,)
+    chosen_keys, rejected_keys = _pair_keys(batch)
+    return [
+        *zip(chosen_keys, answers[batch.chosen], strict=True),
+        *zip(rejected_keys, answers[batch.rejected], strict=True),
+    ]
 
 
 def dpo_update(
@@ -116,12 +127,16 @@ def dpo_update(
     started = time.perf_counter()
     policy.model.train()
     total_weight = sum(batch.weight)
-    # 2a. Loss and gradients, a micro-batch of pairs at a time
+    # 2a. Loss and gradients, a micro-batch of pairs at a time (of this process's part of the
+    #     batch when several train together; then every process's micro-batches, in order)
+    mine = batch.subset(distributed.part(batch.size))
     parts = [
         _backward(policy, part, reference, config, total_weight)
-        for part in batch.micro_batches(config.micro_batch_tokens)
+        for part in mine.micro_batches(config.micro_batch_tokens)
     ]
-    # 2b. One optimiser step on the batch's summed gradients
+    parts = distributed.gathered(parts)
+    # 2b. One optimiser step on the batch's summed gradients (all processes')
+    distributed.sum_gradients(policy.trainable_parameters())
     optimiser_step(policy.trainable_parameters(), optimizer, max_grad_norm=config.max_grad_norm)
     # 2c. The batch's metrics, from its micro-batches' detached log-probs
     chosen, rejected, ref_chosen, ref_rejected, lengths, weight = (

@@ -40,6 +40,7 @@ from transformers import (
 
 from app.pairs import Pair
 from app.round_config import RewardConfig
+from worker.training import distributed
 from worker.training.checkpoints import (
     atomic_directory,
     dtype_for,
@@ -224,8 +225,9 @@ def train_reward_model(
         sum(1 for _ in batcher.batches(config.batch_pairs, shuffle=False))
         / config.gradient_accumulation
     )
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(
-        [parameter for parameter in model.parameters() if parameter.requires_grad],
+        trainable,
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
@@ -242,15 +244,19 @@ def train_reward_model(
         micro = 0
         for batch in batcher.batches(config.batch_pairs, shuffle=True, seed=config.seed + epoch):
             # 1. the batch's loss and its gradients, a micro-batch of its pairs at a time
+            # (this process's part of the batch, when several train together)
+            mine = batch.subset(distributed.part(batch.size))
             loss = sum(
                 _backward(model, part, config, pad_id, device, (sum(batch.weight), batch.size))
-                for part in batch.micro_batches(config.micro_batch_tokens)
+                for part in mine.micro_batches(config.micro_batch_tokens)
             )
             trained_pairs += batch.size
             micro += 1
             if micro % config.gradient_accumulation:
                 continue
-            # 2. optimiser step, and now and then a held-out evaluation
+            # 2. optimiser step on all processes' gradients, now and then a held-out evaluation
+            distributed.sum_gradients(trainable)
+            loss = distributed.sum_of(loss)
             optimiser_step(
                 list(model.parameters()),
                 optimizer,
@@ -259,6 +265,8 @@ def train_reward_model(
             )
             point = record_step(report.curve, loss=loss, scheduler=scheduler, on_step=on_step)
             report.steps = point["step"]
+            # (every process evaluates all held-out pairs: the same weights give the same
+            # accuracy, so all of them stop at the same step without a message)
             if held_out and report.steps % evaluate_every == 0:
                 evaluation_started = time.perf_counter()
                 accuracy = _evaluate_into(model, eval_batcher, config, device, report)
@@ -511,8 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{args.data} holds no training pairs (split train)")
     with step_bar(planned_steps(config.epochs, train, config.batch_pairs), "reward model") as step:
         model, tokenizer, report = train_reward_model(pairs, args.base, config, on_step=step)
-    save_reward_model(model, tokenizer, report, args.out)
-    print(json.dumps(report_metrics(report), indent=2))
+    if distributed.is_main():
+        save_reward_model(model, tokenizer, report, args.out)
+        print(json.dumps(asdict(report), indent=2))
     return 0
 
 

@@ -35,6 +35,7 @@ from worker.training.checkpoints import (
     write_pretrained,
 )
 from worker.training.cli import (
+    in_one_process,
     parse_settings,
     read_demonstrations,
     step_bar,
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         data='demonstrations: JSON Lines of {"messages": [...], "answer": "..."}',
     )
     args, config = parse_settings(parser, SFTConfig, argv)
+    in_one_process("SFT")
     examples = read_demonstrations(args.data)
     with step_bar(planned_steps(config.epochs, len(examples), config.batch_size), "SFT") as step:
         model, tokenizer, report = train_sft(examples, args.base, config, on_step=step)

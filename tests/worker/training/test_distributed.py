@@ -1,0 +1,116 @@
+"""The reward model and DPO, data parallel: `torchrun --nproc-per-node 2` over gloo on the CPU
+trains what one process trains on the same global batch, and only rank 0 writes a model; the
+trainers that do not share their work out refuse to run in several processes.
+
+The tolerance, `rel=1e-4, abs=1e-5` on every point of the curve and every weight, is the one
+the trainers' micro-batch tests hold one pass to: two processes change only how a step's
+gradient is summed (each process's micro-batches, then the processes' sums) and how its pairs
+are padded together, which moves float32 results in their last few digits and no more."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from app.pairs import canonical_line
+from tests.worker.training.test_policy_optimisers import dpo_pairs, timeless
+from tests.worker.training.test_reward_model import pairs_for
+from worker.training.reward_model import load_reward_model
+
+ROOT = Path(__file__).resolve().parents[3]
+TOLERANCE = {"rel": 1e-4, "abs": 1e-5}
+SMALL = ["--epochs", "2", "--micro-batch-tokens", "40"]  # a few steps, a micro-batch a pair
+RUNS = {  # each trainer's pairs and settings
+    "reward_model": (
+        pairs_for(8) + pairs_for(4, split="eval"),
+        [*SMALL, "--batch-pairs", "4", "--learning-rate", "1e-3"],
+    ),
+    "dpo": (  # batches of 2, 2 and 1 pairs: on the last, rank 0 has no pair to train on
+        [
+            replace(pair, source="rewrite") if index % 2 else pair
+            for index, pair in enumerate(dpo_pairs()[:5])
+        ],
+        [*SMALL, "--batch-pairs", "2", "--learning-rate", "1e-2", "--nll-coefficient", "0.5"]
+        + ["--nll-pairs", "rewrites"],
+    ),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(trainer: str, argv: list[str], *, processes: int) -> subprocess.CompletedProcess:
+    """`python -m worker.training.<trainer>`, under torchrun for several processes."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
+        launcher += [f"--master-port={free_port()}"]
+    return subprocess.run(
+        [*launcher, "-m", f"worker.training.{trainer}", *argv, "--device", "cpu"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def train(trainer: str, base: Path, folder: Path, *, processes: int) -> dict:
+    """Run `trainer` on its pairs in `processes` processes, writing `folder / "out"`; what it
+    printed."""
+    pairs, settings = RUNS[trainer]
+    folder.mkdir()
+    data = folder.parent / f"{trainer}-{folder.name}.jsonl"
+    data.write_bytes(b"".join(canonical_line(pair.__dict__) for pair in pairs))
+    inputs = ["--data", str(data), "--base", str(base), "--out", str(folder / "out")]
+    run = launch(trainer, [*inputs, *settings], processes=processes)
+    assert run.returncode == 0, run.stderr
+    assert [path.name for path in folder.iterdir()] == ["out"]  # one model, no leftovers
+    return json.loads(run.stdout)  # one report: only rank 0 prints
+
+
+def weights(trainer: str, folder: Path) -> dict[str, torch.Tensor]:
+    if trainer == "reward_model":
+        model = load_reward_model(folder, torch.device("cpu"))[0]
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("trainer", RUNS)
+def test_two_processes_train_what_one_does(trainer, tiny_model_dir, tmp_path):
+    alone = train(trainer, tiny_model_dir, tmp_path / "one", processes=1)
+    together = train(trainer, tiny_model_dir, tmp_path / "two", processes=2)
+    curve, expected = timeless(together["curve"]), timeless(alone["curve"])
+    assert len(curve) == len(expected) > 3
+    for point, one in zip(curve, expected, strict=True):
+        assert point == pytest.approx(one, **TOLERANCE)
+    trained, reference = (
+        weights(trainer, tmp_path / "two/out"),
+        weights(trainer, tmp_path / "one/out"),
+    )
+    for name, value in trained.items():
+        torch.testing.assert_close(
+            value, reference[name], rtol=TOLERANCE["rel"], atol=TOLERANCE["abs"]
+        )
+
+
+def test_a_trainer_that_does_not_share_its_work_refuses_several_processes(tiny_model_dir, tmp_path):
+    data = tmp_path / "demonstrations.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi?"}], "answer": "Hello."}\n')
+    argv = ["--data", str(data), "--base", str(tiny_model_dir), "--out", str(tmp_path / "out")]
+    run = launch("sft", argv, processes=2)
+    assert run.returncode != 0 and not (tmp_path / "out").exists()
+    assert "error: SFT trains in one process: run it with python -m, not torchrun" in run.stderr
