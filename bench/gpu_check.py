@@ -118,13 +118,13 @@ BATCHES = (1, 16, 64)
 CHECK = {"ppo": {"steps": 3}, "rloo": {"steps": 3}, "dpo": {"epochs": 1}}
 """What the check changes in the `standard` preset's settings: fewer steps."""
 SMALL = {
-    "reward_model": {"batch_pairs": 8},
+    "reward_model": {"batch_pairs": 4},
     "ppo": {"prompts_per_step": 4, "max_new_tokens": 8, "minibatch_size": 2},
     "rloo": {"prompts_per_step": 2, "max_new_tokens": 8},
-    "dpo": {"batch_pairs": 8},
+    "dpo": {"batch_pairs": 4},
 }
 """And with `--small`: tiny shapes (2 steps of the reward model and DPO on `SMALL_PAIRS`)."""
-SMALL_PAIRS = 16
+SMALL_PAIRS = 8
 RAMBLING = (
     "Let me also add some background that you did not ask for.",
     "There is much more one could say about this, and here are a few more of those things.",
