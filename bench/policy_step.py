@@ -18,7 +18,6 @@ again with `--no-gradient-checkpointing` for TRL without it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -34,10 +33,9 @@ from datasets import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from bench/: make `app` and `worker` importable
-from reward_model import base_model  # noqa: E402  (bench/reward_model.py, next to this file)
-from serving import machine  # noqa: E402
+from harness import StepTimer, base_model, machine  # noqa: E402  (bench/harness.py)
 
-from app.domain.bootstrap import DEMO_PROMPTS  # noqa: E402
+from app.bundled import demo_prompt_rows  # noqa: E402
 from app.round_config import RLOOConfig  # noqa: E402
 from worker.training.policy import Policy  # noqa: E402
 from worker.training.reward_model import (  # noqa: E402
@@ -71,10 +69,9 @@ class Result:
 
 def prompts(count: int) -> list[list[dict[str, str]]]:
     """The first English single-turn demo prompts of moderate length."""
-    rows = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
     chosen = [
         row["messages"]
-        for row in rows
+        for row in demo_prompt_rows()
         if "zh" not in row.get("tags", []) and len(row["messages"][-1]["content"]) < 200
     ]
     return chosen[:count]
@@ -114,18 +111,6 @@ def run_alignloop(batches, base: Path, reward: Path, args) -> Result:
     finally:
         policy.close()
     return Result("alignloop RLOO", seconds[1:], tokens[1:])
-
-
-class StepTimer(transformers.TrainerCallback):
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._started)
 
 
 def run_trl(kind: str, batches, base: Path, reward: Path, args) -> Result:

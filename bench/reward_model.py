@@ -40,12 +40,10 @@ from datasets import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from bench/: make `app` and `worker` importable
-from serving import machine  # noqa: E402  (bench/serving.py, next to this file)
+from harness import base_model, machine, preference_rows  # noqa: E402  (bench/harness.py)
 
-from app.config import Settings  # noqa: E402
 from app.pairs import Pair  # noqa: E402
 from app.round_config import RewardConfig  # noqa: E402
-from worker.model_store import BASE_VERSION, ModelStore  # noqa: E402
 from worker.training.reward_model import load_reward_model, train_reward_model  # noqa: E402
 
 TARGET_RATIO = 1.3
@@ -259,32 +257,10 @@ def conversation(pair: Pair, answer: str) -> Messages:
 
 def trl_dataset(pairs: Sequence[Pair]) -> Dataset:
     """The same pairs as TRL's conversational preference rows (explicit prompt)."""
-    return Dataset.from_list(
-        [
-            {
-                "prompt": pair.messages,
-                "chosen": [{"role": "assistant", "content": pair.chosen}],
-                "rejected": [{"role": "assistant", "content": pair.rejected}],
-            }
-            for pair in pairs
-        ]
-    )
+    return Dataset.from_list(preference_rows(pairs))
 
 
 # --- model and scoring ---------------------------------------------------------------------------
-
-
-def base_model(data_dir: Path) -> Path:
-    """The bundled model as a model store folder, converted on first use (about 35 s)."""
-    store = ModelStore(
-        Settings(_env_file=None, data_dir=data_dir, base_model="bundled", device="cpu")
-    )
-    path = store.path_for(BASE_VERSION)
-    if not (path / "config.json").is_file():
-        print(f"converting the bundled model into {path} ...", flush=True)
-        model, tokenizer = store.load_source("bundled")
-        store.save(BASE_VERSION, model, tokenizer)
-    return path
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:

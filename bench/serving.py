@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from bench/: make `tests` importable
+from harness import machine  # noqa: E402  (bench/harness.py, next to this file)
+
 from tests.live_server import free_port, wait_for  # noqa: E402
 
 TARGET_RATIO = 4.0
@@ -203,19 +204,6 @@ def run_server(env: dict[str, str], log: Path):
 
     wait_for(up, 120, "the server")
     return process, url
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
-    return f"{cpu}, {os.cpu_count()} cores, {versions}"
 
 
 def main() -> int:

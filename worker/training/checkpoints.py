@@ -20,9 +20,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 WRITER_SEPARATOR = "-pid"
 """Between the host and the process id of a temporary folder's writer."""
@@ -57,7 +61,23 @@ def with_lora(
     Adapting only the top blocks is what makes training affordable on a CPU: autograd keeps
     no activations and runs no backward pass below the lowest adapted block, so a step costs
     little more than a forward pass, and its memory is that of the top blocks only."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
+
+    adapted = get_peft_model(
+        model, lora_config(model, task_type=task_type, rank=rank, top_layers=top_layers)
+    )
+    for parameter in adapted.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return adapted
+
+
+def lora_config(
+    model: PreTrainedModel, *, task_type: str, rank: int, top_layers: int = 0
+) -> LoraConfig:
+    """peft's `LoraConfig` of `with_lora`: rank `rank`, alpha twice that, on the linear layers
+    of the top `top_layers` blocks of `model` (0: all of them)."""
+    from peft import LoraConfig
 
     blocks = model.config.num_hidden_layers
     if not 0 < top_layers < blocks:
@@ -75,18 +95,13 @@ def with_lora(
             }
         )
         layers = list(range(blocks - top_layers, blocks))
-    config = LoraConfig(
+    return LoraConfig(
         task_type=task_type,
         r=rank,
         lora_alpha=2 * rank,
         target_modules=targets,
         layers_to_transform=layers,
     )
-    adapted = get_peft_model(model, config)
-    for parameter in adapted.parameters():
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
-    return adapted
 
 
 def release_memory() -> None:

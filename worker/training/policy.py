@@ -108,9 +108,7 @@ class Policy:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.tokenizer = from_folder(AutoTokenizer, base)
-        model = from_folder(
-            AutoModelForCausalLM, base, dtype=training_dtype(self.device, lora=config.lora)
-        ).to(self.device)
+        model = load_policy_model(base, self.device, lora=config.lora)
         if config.lora:
             self.model = with_lora(
                 model, task_type="CAUSAL_LM", rank=config.lora_rank, top_layers=config.lora_layers
@@ -164,6 +162,12 @@ class Policy:
         with atomic_directory(path) as tmp:
             write_pretrained(tmp, self.merged(), self.tokenizer)
         return path
+
+
+def load_policy_model(base: str | Path, device: torch.device, *, lora: bool) -> PreTrainedModel:
+    """The weights of the policy at `base` on `device`, in the dtype it trains in."""
+    model = from_folder(AutoModelForCausalLM, base, dtype=training_dtype(device, lora=lora))
+    return model.to(device)
 
 
 def sample_answers(

@@ -11,7 +11,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from tests.conftest import make_settings
-from worker.model_store import ModelStore, tiny_random_config
+from worker.base_models import tiny_random_config
+from worker.model_store import ModelStore
 from worker.serving.engine import (
     Generation,
     GenerationEngine,
