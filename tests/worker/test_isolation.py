@@ -7,12 +7,15 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app import migrate
+from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
 from app.domain import accounts, jobs
 from app.domain.rounds import ACTIVE
@@ -84,7 +87,15 @@ class Embedded:
 
 @pytest.fixture
 def embedded(tmp_path, model_settings) -> Iterator[Embedded]:
-    settings = model_settings
+    with embedded_run(tmp_path, model_settings) as running:
+        yield running
+
+
+@contextmanager
+def embedded_run(
+    tmp_path: Path, settings: Settings, run_settings: dict[str, str] | None = None
+) -> Iterator[Embedded]:
+    """`alignloop run` (with `ALIGNLOOP_` `run_settings` on top) over judged tasks."""
     engine = make_engine(settings.resolved_database_url)
     migrate.upgrade(engine)
     factory = make_session_factory(engine)
@@ -93,7 +104,8 @@ def embedded(tmp_path, model_settings) -> Iterator[Embedded]:
         judged_tasks_with_rewrites(db, count=24)
         admin = accounts.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
         _, key = accounts.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
-    with alignloop_run(settings.data_dir, tmp_path / "run.log", {"demo_prompts": "false"}) as live:
+    run_settings = {"demo_prompts": "false", **(run_settings or {})}
+    with alignloop_run(settings.data_dir, tmp_path / "run.log", run_settings) as live:
         yield Embedded(live.base_url, {"Authorization": f"Bearer {key}"}, factory)
     engine.dispose()
 

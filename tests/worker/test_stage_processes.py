@@ -1,0 +1,69 @@
+"""A round's reward model and DPO stages trained by two processes under torchrun on the CPU
+(`ALIGNLOOP_TRAIN_PROCESSES=2`): rank 0 alone writes the reward model, which the stage
+registers; each step becomes one curve point; a cancel ends torchrun and every rank."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from sqlalchemy import select
+
+from app.models import ModelVersion, RoundMetric, RoundStage, RunStatus
+from tests.live_server import wait_for
+from tests.worker.test_isolation import CANCEL_DEADLINE_S, LONG_POLICY, embedded_run
+
+
+def trainer_processes(data_dir: Path) -> list[psutil.Process]:
+    """torchrun and the ranks training into `data_dir`."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        trainer = any(part.startswith("worker.training.") for part in command)
+        if trainer and str(data_dir) in " ".join(command):
+            found.append(process)
+    return found
+
+
+def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_path, model_settings):
+    data_dir = model_settings.data_dir
+    with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
+        round_id = embedded.start_round(LONG_POLICY)
+
+        def dpo_stepping() -> bool:
+            round_ = embedded.round(round_id)
+            assert round_.status in (RunStatus.QUEUED, RunStatus.RUNNING), round_.error
+            return round_.stage == RoundStage.POLICY and round_.progress > 0
+
+        wait_for(dpo_stepping, 120, "a DPO step")
+        assert len(trainer_processes(data_dir)) == 3  # torchrun and its two ranks
+        name = f"reward-r{round_id}"
+        with embedded.factory() as db:
+            version = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
+            steps = db.scalars(
+                select(RoundMetric.step).where(
+                    RoundMetric.round_id == round_id,
+                    RoundMetric.stage == RoundStage.REWARD_MODEL,
+                    RoundMetric.name == "loss",
+                )
+            ).all()
+        assert version.path == name and version.metrics["eval_accuracy"] is not None
+        assert sorted(steps) == list(range(1, version.metrics["steps"] + 1))
+        written = [path.name for path in (data_dir / "models").iterdir() if name in path.name]
+        assert written == [name]
+        asked = time.monotonic()
+        cancel = httpx.post(
+            f"{embedded.url}/api/rounds/{round_id}/cancel", headers=embedded.headers
+        )
+        assert cancel.status_code == 200, cancel.text
+        ended = wait_for(
+            lambda: (r := embedded.round(round_id)).status != RunStatus.RUNNING and r,
+            CANCEL_DEADLINE_S,
+            "the cancel",
+        )
+        assert time.monotonic() - asked < CANCEL_DEADLINE_S
+        assert ended.status == RunStatus.CANCELLED, ended.error
+        assert wait_for(lambda: not trainer_processes(data_dir), 5, "the ranks to end")
+        assert not (data_dir / "models" / f"round-{round_id}").exists()
