@@ -10,10 +10,12 @@ from pathlib import Path
 import httpx
 import psutil
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from app.domain.rounds import ACTIVE
 from app.models import ModelVersion, RoundMetric, RoundStage, RunStatus
 from tests.live_server import wait_for
-from tests.worker.test_isolation import CANCEL_DEADLINE_S, LONG_POLICY, embedded_run
+from tests.worker.test_isolation import CANCEL_DEADLINE_S, LONG_POLICY, SHORT_ROUND, embedded_run
 
 
 def trainer_processes(data_dir: Path) -> list[psutil.Process]:
@@ -25,6 +27,20 @@ def trainer_processes(data_dir: Path) -> list[psutil.Process]:
         if trainer and str(data_dir) in " ".join(command):
             found.append(process)
     return found
+
+
+def written(data_dir: Path, name: str) -> list[str]:
+    """The store's folders of model `name`: the model's, and any temporary one of a writer."""
+    folders = (data_dir / "models").iterdir()
+    return [path.name for path in folders if path.name == name or path.name.startswith(f".{name}.")]
+
+
+def curve_steps(db: Session, round_id: int, stage: RoundStage) -> list[int]:
+    """The steps of the stage's loss curve, in order: each once when rank 0 alone reports."""
+    query = select(RoundMetric.step).where(
+        RoundMetric.round_id == round_id, RoundMetric.stage == stage, RoundMetric.name == "loss"
+    )
+    return sorted(db.scalars(query))
 
 
 def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_path, model_settings):
@@ -42,17 +58,10 @@ def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_pa
         name = f"reward-r{round_id}"
         with embedded.factory() as db:
             version = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
-            steps = db.scalars(
-                select(RoundMetric.step).where(
-                    RoundMetric.round_id == round_id,
-                    RoundMetric.stage == RoundStage.REWARD_MODEL,
-                    RoundMetric.name == "loss",
-                )
-            ).all()
+            steps = curve_steps(db, round_id, RoundStage.REWARD_MODEL)
         assert version.path == name and version.metrics["eval_accuracy"] is not None
-        assert sorted(steps) == list(range(1, version.metrics["steps"] + 1))
-        written = [path.name for path in (data_dir / "models").iterdir() if name in path.name]
-        assert written == [name]
+        assert steps == list(range(1, version.metrics["steps"] + 1))
+        assert written(data_dir, name) == [name]
         asked = time.monotonic()
         cancel = httpx.post(
             f"{embedded.url}/api/rounds/{round_id}/cancel", headers=embedded.headers
@@ -67,3 +76,18 @@ def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_pa
         assert ended.status == RunStatus.CANCELLED, ended.error
         assert wait_for(lambda: not trainer_processes(data_dir), 5, "the ranks to end")
         assert not (data_dir / "models" / f"round-{round_id}").exists()
+
+
+def test_a_dpo_round_trained_by_two_processes_ends_in_one_policy(tmp_path, model_settings):
+    data_dir = model_settings.data_dir
+    with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
+        round_id = embedded.start_round(SHORT_ROUND)
+        done = wait_for(
+            lambda: (r := embedded.round(round_id)).status not in ACTIVE and r, 300, "the round"
+        )
+        with embedded.factory() as db:
+            steps = curve_steps(db, round_id, RoundStage.POLICY)
+    assert done.status == RunStatus.SUCCEEDED, done.error
+    policy = done.metrics["policy"]
+    assert policy["path"] == f"round-{round_id}" and steps == list(range(1, policy["steps"] + 1))
+    assert written(data_dir, policy["path"]) == [policy["path"]]
