@@ -1,6 +1,7 @@
 """A round's reward model and DPO stages trained by two processes under torchrun on the CPU
 (`ALIGNLOOP_TRAIN_PROCESSES=2`): rank 0 alone writes the reward model, which the stage
-registers; each step becomes one curve point; a cancel ends torchrun and every rank."""
+registers, as it does the DPO policy; each step becomes one curve point; a cancel, or a rank
+that dies, ends torchrun and every rank, and the round (cancelled, or failed with the cause)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from sqlalchemy.orm import Session
 from app.domain.rounds import ACTIVE
 from app.models import ModelVersion, RoundMetric, RoundStage, RunStatus
 from tests.live_server import wait_for
-from tests.worker.test_isolation import CANCEL_DEADLINE_S, LONG_POLICY, SHORT_ROUND, embedded_run
+from tests.worker.test_isolation import (
+    CANCEL_DEADLINE_S,
+    LONG_POLICY,
+    SHORT_ROUND,
+    Embedded,
+    embedded_run,
+)
 
 
 def trainer_processes(data_dir: Path) -> list[psutil.Process]:
@@ -43,17 +50,21 @@ def curve_steps(db: Session, round_id: int, stage: RoundStage) -> list[int]:
     return sorted(db.scalars(query))
 
 
+def wait_for_dpo_steps(embedded: Embedded, round_id: int) -> None:
+    def stepping() -> bool:
+        round_ = embedded.round(round_id)
+        assert round_.status in (RunStatus.QUEUED, RunStatus.RUNNING), round_.error
+        return round_.stage == RoundStage.POLICY and round_.progress > 0
+
+    wait_for(stepping, 120, "a DPO step")
+
+
 def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_path, model_settings):
     data_dir = model_settings.data_dir
     with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
         round_id = embedded.start_round(LONG_POLICY)
 
-        def dpo_stepping() -> bool:
-            round_ = embedded.round(round_id)
-            assert round_.status in (RunStatus.QUEUED, RunStatus.RUNNING), round_.error
-            return round_.stage == RoundStage.POLICY and round_.progress > 0
-
-        wait_for(dpo_stepping, 120, "a DPO step")
+        wait_for_dpo_steps(embedded, round_id)
         assert len(trainer_processes(data_dir)) == 3  # torchrun and its two ranks
         name = f"reward-r{round_id}"
         with embedded.factory() as db:
@@ -91,3 +102,22 @@ def test_a_dpo_round_trained_by_two_processes_ends_in_one_policy(tmp_path, model
     policy = done.metrics["policy"]
     assert policy["path"] == f"round-{round_id}" and steps == list(range(1, policy["steps"] + 1))
     assert written(data_dir, policy["path"]) == [policy["path"]]
+
+
+def test_a_rank_that_dies_fails_the_stage_and_ends_the_others(tmp_path, model_settings):
+    data_dir = model_settings.data_dir
+    with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
+        round_id = embedded.start_round(LONG_POLICY)
+        wait_for_dpo_steps(embedded, round_id)
+        ranks = [
+            process
+            for process in trainer_processes(data_dir)
+            if "torch.distributed.run" not in process.cmdline()
+        ]
+        assert len(ranks) == 2
+        ranks[1].kill()
+        failed = wait_for(
+            lambda: (r := embedded.round(round_id)).status == RunStatus.FAILED and r, 30, "failure"
+        )
+        assert failed.error.startswith("policy: ") and "exit code" in failed.error, failed.error
+        wait_for(lambda: not trainer_processes(data_dir), 5, "the other processes to end")
