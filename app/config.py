@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     job or round fails; unset means half of this machine's RAM (or of the container's limit)."""
     worker_stall_minutes: float = Field(default=30.0, gt=0)
     """A generation or training process that reports no progress for this long is stopped."""
+    train_processes: int = Field(default=0, ge=0)
+    """Processes a round's reward model and DPO stages train in, data parallel (under
+    torchrun); 0 means one per visible GPU, or one on a machine without."""
 
     gold_rate: float = Field(default=0.1, ge=0, le=1)
     """Share of the tasks handed to a rater that are gold tasks (known answers), while the rater

@@ -44,8 +44,7 @@ def fit_reward_model(
     """Train a reward model on `pairs` from `base` (a policy, which gets a fresh head, or a
     reward model that goes on learning), store it, register it as `name`."""
     store = ModelStore(context.settings)
-    train = sum(pair.split == "train" for pair in pairs)
-    total = planned_steps(config.epochs, train, config.batch_pairs)
+    total = reward_model_steps(pairs, config)
     model, tokenizer, trained = train_reward_model(
         pairs,
         store.path_for(base.path),
@@ -53,8 +52,44 @@ def fit_reward_model(
         on_step=lambda point: report(point["step"], total, point),
     )
     save_reward_model(model, tokenizer, trained, store.path_for(name))
+    version = register_reward_model(
+        context,
+        base=base,
+        config=config,
+        name=name,
+        trained=trained,
+        snapshot_sha256=snapshot_sha256,
+        rater_count=rater_count,
+        round_id=round_id,
+        job_id=job_id,
+    )
+    return version, trained
+
+
+def reward_model_steps(pairs: Sequence[Pair], config: RewardConfig) -> int:
+    """The optimiser steps a reward model takes on `pairs` (their training split)."""
+    return planned_steps(
+        config.epochs, sum(pair.split == "train" for pair in pairs), config.batch_pairs
+    )
+
+
+def register_reward_model(
+    context: WorkerContext,
+    *,
+    base: ModelVersion,
+    config: RewardConfig,
+    name: str,
+    trained: RewardReport,
+    snapshot_sha256: str,
+    rater_count: int | None = None,
+    round_id: int | None = None,
+    job_id: int | None = None,
+) -> ModelVersion:
+    """Register the reward model saved in the store as `name` (by this process, or by the
+    main one of several that trained it: `worker.launch`), with its lineage and report."""
+    store = ModelStore(context.settings)
     with session_scope(context.session_factory) as db:
-        version = store.register(
+        return store.register(
             db,
             name=name,
             kind=ModelKind.REWARD,
@@ -66,7 +101,6 @@ def fit_reward_model(
             rater_count=rater_count,
             round_id=round_id,
         )
-    return version, trained
 
 
 def fit_sft(

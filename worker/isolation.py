@@ -43,6 +43,7 @@ from app.db import engine_for, make_session_factory, session_scope
 from app.domain import jobs, model_readiness, rounds
 from app.models import Job, Round, RoundStage
 from worker.context import STOP_REQUESTED, WorkerContext
+from worker.process_tree import family, signal_family
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def run_isolated(
         ending = _watch(child, context, watched, limits)
     finally:
         if child.exitcode is None:  # the supervisor itself is being stopped
-            child.kill()
+            signal_family(family(psutil.Process(child.pid)), signal.SIGKILL)
             child.join()
     outcome = _received(results)
     if child.exitcode == 0 and ending.cause is None:
@@ -258,19 +259,17 @@ class _ProgressWatch:
 
 
 def _kill(child: BaseProcess, cause: str, *, cancelled: bool = False) -> Ending:
-    child.kill()
+    """Kill the child and every process under it (the ranks of a stage that trains in several
+    processes run in sessions of their own, so only their parentage finds them)."""
+    signal_family(family(psutil.Process(child.pid)), signal.SIGKILL)
     child.join()
     return Ending(cause=None if cancelled else cause, cancelled=cancelled)
 
 
 def _tree_rss(process: psutil.Process) -> int:
     """Resident memory of the child and its own children, in bytes (0 once it has exited)."""
-    try:
-        family = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
     total = 0
-    for member in family:
+    for member in family(process):
         try:
             total += member.memory_info().rss
         except psutil.NoSuchProcess:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,17 +41,18 @@ from app.models import (
     RoundStage,
     RunStatus,
 )
-from app.pairs import read_pairs
+from app.pairs import Pair, read_pairs
 from app.round_config import PromotionConfig, RoundConfig
 from worker.context import STOP_REQUESTED, WorkerContext
-from worker.fitting import fit_reward_model, fit_sft
+from worker.fitting import fit_reward_model, fit_sft, register_reward_model, reward_model_steps
 from worker.job_runner import Progress, keep_lease, lease_owner
+from worker.launch import run_trainer, train_processes, trainer_command
 from worker.model_store import ModelStore
 from worker.serving.engine import GenerationEngine, Sampling
 from worker.training.checkpoints import release_memory
 from worker.training.optimisation import planned_steps
 from worker.training.policy import Rollout, answer_logprobs, sample_answers
-from worker.training.reward_model import RewardScorer
+from worker.training.reward_model import RewardReport, RewardScorer
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +95,30 @@ class Stage:
     def device(self) -> str:
         return self.context.settings.device
 
-    def report(self, fraction: float, detail: str | None = None) -> None:
-        """Progress within the stage; raises `StageStopped` once the lease is gone or the
-        supervisor asked the process to stop (a cancel)."""
+    @property
+    def snapshot_file(self) -> Path:
+        return self.context.settings.snapshots_dir / f"{self.snapshot_sha256}.jsonl"
+
+    def check(self) -> None:
+        """Raises `StageStopped` once the lease is gone or the supervisor asked the process
+        to stop (a cancel)."""
         if self.progress.lost.is_set() or STOP_REQUESTED.is_set():
             raise StageStopped
+
+    def report(self, fraction: float, detail: str | None = None) -> None:
+        """Progress within the stage; raises `StageStopped` as `check` does."""
+        self.check()
         self.progress(min(1.0, fraction), detail)
+
+    def launched(self, trainer: str, processes: int, inputs: dict[str, Path], total: int) -> Any:
+        """The report of `python -m worker.training.<trainer>` run in `processes` processes
+        with `inputs` and the stage's settings of it, its steps becoming curve points."""
+        config = getattr(self.config, SECTIONS[self.stage])
+        return run_trainer(
+            trainer_command(trainer, processes, inputs, config),
+            on_step=lambda point: self.curve_point(point["step"], total, point),
+            should_go_on=self.check,
+        )
 
     def curve_point(self, step: int, total: int, values: dict[str, Any]) -> None:
         """One training step: its progress, its curve points, and (at most every
@@ -355,19 +375,23 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
     """Train and register the round's reward model on the snapshot's pairs: from the parent
     round's reward model when the round trains on new pairs only (it goes on learning), else
     a fresh head on the parent policy."""
-    pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
-    config = stage.config.reward_model
+    pairs = read_pairs(stage.snapshot_file)
     start = _reward_model_start(stage)
-    version, report = fit_reward_model(
-        stage.context,
-        pairs=pairs,
-        base=start,
-        config=config,
-        name=f"reward-r{stage.round_id}",
-        snapshot_sha256=stage.snapshot_sha256,
-        round_id=stage.round_id,
-        report=stage.curve_point,
-    )
+    name = f"reward-r{stage.round_id}"
+    processes = train_processes(stage.context.settings)
+    if processes > 1:
+        version, report = _reward_model_in_processes(stage, processes, pairs, start, name)
+    else:
+        version, report = fit_reward_model(
+            stage.context,
+            pairs=pairs,
+            base=start,
+            config=stage.config.reward_model,
+            name=name,
+            snapshot_sha256=stage.snapshot_sha256,
+            round_id=stage.round_id,
+            report=stage.curve_point,
+        )
     return _with_metrics(
         stage,
         "reward_model",
@@ -381,6 +405,30 @@ def reward_model_stage(stage: Stage) -> dict[str, Any]:
             "accuracy_by_agreement": report.accuracy_by_agreement,
         },
     )
+
+
+def _reward_model_in_processes(
+    stage: Stage, processes: int, pairs: list[Pair], start: ModelVersion, name: str
+) -> tuple[ModelVersion, RewardReport]:
+    """`fit_reward_model`, the training done by `processes` processes (`worker.launch`)."""
+    config = stage.config.reward_model
+    inputs = {
+        "data": stage.snapshot_file,
+        "base": stage.store.path_for(start.path),
+        "out": stage.store.path_for(name),
+    }
+    total = reward_model_steps(pairs, config)
+    trained = RewardReport(**stage.launched("reward_model", processes, inputs, total))
+    version = register_reward_model(
+        stage.context,
+        base=start,
+        config=config,
+        name=name,
+        trained=trained,
+        snapshot_sha256=stage.snapshot_sha256,
+        round_id=stage.round_id,
+    )
+    return version, trained
 
 
 def _reward_model_start(stage: Stage) -> ModelVersion:
@@ -404,9 +452,12 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
     config = stage.config.policy
     start = stage.store.path_for(stage.policy_path())
     if stage.algorithm == Algorithm.DPO:
-        pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
+        pairs = read_pairs(stage.snapshot_file)
         strict = strict_training_pairs(pairs)
         total = planned_steps(config.epochs, len(strict), config.batch_pairs)
+        processes = train_processes(stage.context.settings)
+        if processes > 1:
+            return _dpo_in_processes(stage, processes, start, total)
 
         def reference_pass(done: int, batches: int) -> None:
             stage.report(0.0, f"reference log-probs, batch {done} of {batches}")
@@ -424,6 +475,16 @@ def policy_stage(stage: Stage) -> dict[str, Any]:
     name = f"round-{stage.round_id}"
     policy.save(stage.store.path_for(name))
     return _with_metrics(stage, "policy", {"path": name, "steps": len(curve), "last": curve[-1]})
+
+
+def _dpo_in_processes(stage: Stage, processes: int, start: Path, total: int) -> dict[str, Any]:
+    """The DPO branch of `policy_stage`, trained by `processes` processes (`worker.launch`)."""
+    name = f"round-{stage.round_id}"
+    inputs = {"data": stage.snapshot_file, "base": start, "out": stage.store.path_for(name)}
+    report = stage.launched("dpo", processes, inputs, total)
+    return _with_metrics(
+        stage, "policy", {"path": name, "steps": report["steps"], "last": report["last"]}
+    )
 
 
 def _train_prompts(stage: Stage) -> list[list[dict]]:
@@ -444,7 +505,7 @@ def _evaluation_prompts(stage: Stage, *, limit: int) -> tuple[list[list[dict]], 
         prompts = list(db.scalars(query.order_by(Prompt.id).limit(limit)))
     if prompts:
         return prompts, "eval prompts"
-    pairs = read_pairs(stage.context.settings.snapshots_dir / f"{stage.snapshot_sha256}.jsonl")
+    pairs = read_pairs(stage.snapshot_file)
     held_out = {pair.prompt_id: pair.messages for pair in pairs if pair.split == "eval"}
     prompts = [held_out[prompt_id] for prompt_id in sorted(held_out)[:limit]]
     if not prompts:

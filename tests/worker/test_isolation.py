@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app import migrate
+from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
 from app.domain import accounts, jobs
 from app.domain.rounds import ACTIVE
@@ -20,6 +25,7 @@ from app.models import Job, KeyScope, Role, Round, RoundStage, RunStatus
 from app.tasks_contract import GENERATE_CANDIDATES
 from tests.helpers import judged_tasks_with_rewrites
 from tests.live_server import alignloop_run, wait_for
+from tests.worker.test_launch import alive
 from worker.celery_app import WorkerContext, create_celery
 from worker.isolation import FORK_SERVER, Limits, _watch
 from worker.model_store import ModelStore
@@ -84,7 +90,15 @@ class Embedded:
 
 @pytest.fixture
 def embedded(tmp_path, model_settings) -> Iterator[Embedded]:
-    settings = model_settings
+    with embedded_run(tmp_path, model_settings) as running:
+        yield running
+
+
+@contextmanager
+def embedded_run(
+    tmp_path: Path, settings: Settings, run_settings: dict[str, str] | None = None
+) -> Iterator[Embedded]:
+    """`alignloop run` (with `ALIGNLOOP_` `run_settings` on top) over judged tasks."""
     engine = make_engine(settings.resolved_database_url)
     migrate.upgrade(engine)
     factory = make_session_factory(engine)
@@ -93,7 +107,8 @@ def embedded(tmp_path, model_settings) -> Iterator[Embedded]:
         judged_tasks_with_rewrites(db, count=24)
         admin = accounts.create_user(db, username="ada", password="long enough pw", role=Role.ADMIN)
         _, key = accounts.create_api_key(db, user=admin, name="admin", scope=KeyScope.ADMIN)
-    with alignloop_run(settings.data_dir, tmp_path / "run.log", {"demo_prompts": "false"}) as live:
+    run_settings = {"demo_prompts": "false", **(run_settings or {})}
+    with alignloop_run(settings.data_dir, tmp_path / "run.log", run_settings) as live:
         yield Embedded(live.base_url, {"Authorization": f"Bearer {key}"}, factory)
     engine.dispose()
 
@@ -187,3 +202,24 @@ def test_the_supervisor_ends_a_child_that_must_not_go_on(
     assert child.exitcode is not None and time.monotonic() - started < 10
     assert ending.cancelled is cancelled
     assert (ending.cause is None) if cause is None else (cause in ending.cause)
+
+
+def start_rank_and_sleep(pid_file: str) -> None:
+    """A stage's process that started a rank in a session of its own, as torchrun does."""
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    rank = subprocess.Popen(sleep, start_new_session=True)
+    Path(pid_file).write_text(str(rank.pid))
+    time.sleep(60)
+
+
+def test_the_supervisor_kills_the_ranks_under_its_child_too(
+    model_settings, session_factory, tmp_path
+):
+    context = WorkerContext(model_settings, None, session_factory)
+    pid_file = tmp_path / "rank.pid"
+    child = FORK_SERVER.Process(target=start_rank_and_sleep, args=(str(pid_file),))
+    child.start()
+    rank = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 10, "the rank"))
+    ending = _watch(child, context, Still(), Limits(1, seconds=60, stall_seconds=60))
+    assert "ran out of memory" in ending.cause
+    wait_for(lambda: not alive(rank), 2, "the rank to die")

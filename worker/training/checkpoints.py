@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from worker.training import distributed
+
 if TYPE_CHECKING:
     from peft import LoraConfig
 
@@ -33,8 +35,13 @@ WRITER_SEPARATOR = "-pid"
 
 
 def resolve_device(setting: str = "auto") -> torch.device:
+    """The configured device; of processes training together on CUDA (`cuda`, or `auto` on a
+    machine with a GPU), each its own GPU: `cuda:<local rank>`."""
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    local = distributed.local_rank()
+    if setting == "cuda" and local is not None:
+        return torch.device("cuda", local)
     return torch.device(setting)
 
 

@@ -43,6 +43,8 @@ Row = TypeVar("Row")
 
 PROMPTS = 'prompts: JSON Lines of {"messages": [{"role": ..., "content": ...}, ...]}'
 PAIRS = "pairs: a snapshot's JSON Lines (`alignloop export --format pairs`)"
+STEP_LINE = "step "
+"""What starts a step's line on stdout (`--step-lines`), for a parent that follows the run."""
 
 
 # --- arguments -----------------------------------------------------------------------------------
@@ -70,6 +72,11 @@ def trainer_parser(
             help="a reward model folder (`python -m worker.training.reward_model`)",
         )
     parser.add_argument("--out", type=new_folder, required=True, help="the folder to create")
+    parser.add_argument(
+        "--step-lines",
+        action="store_true",
+        help=f"print each step's values on stdout as one line, {STEP_LINE!r} and JSON",
+    )
     return parser
 
 
@@ -204,15 +211,20 @@ def _is_message(message: Any) -> bool:
 
 
 @contextmanager
-def step_bar(total: int, what: str, *, metric: str = "loss") -> Iterator[Callable[[dict], None]]:
+def step_bar(
+    total: int, what: str, *, metric: str = "loss", lines: bool = False
+) -> Iterator[Callable[[dict], None]]:
     """Yields an `on_step` for a trainer: steps done of `total`, the step's `metric` and the
-    time left, on stderr and only on a terminal, by the main process."""
-    disable = None if distributed.is_main() else True
-    with tqdm(total=total, desc=what, unit=" steps", disable=disable) as bar:
+    time left, on stderr and only on a terminal, by the main process; with `lines`, each
+    step's values on stdout too (`STEP_LINE` and JSON), flushed at once."""
+    main = distributed.is_main()
+    with tqdm(total=total, desc=what, unit=" steps", disable=None if main else True) as bar:
 
         def on_step(point: dict[str, Any]) -> None:
             bar.update(point["step"] - bar.n)
             bar.set_postfix_str(f"{metric} {point[metric]:.4f}")
+            if lines and main:
+                print(STEP_LINE + json.dumps(point), flush=True)
 
         yield on_step
 
@@ -235,7 +247,7 @@ def online_main(
     args, config = parse_settings(parser, kind, argv)
     in_one_process(what)
     prompts = read_prompts(args.data)
-    with step_bar(config.steps, what, metric="reward") as on_step:
+    with step_bar(config.steps, what, metric="reward", lines=args.step_lines) as on_step:
         policy, curve = train(prompts, args.base, args.reward_model, config, on_step=on_step)
     return save_and_report(policy, curve, args.out)
 

@@ -40,6 +40,14 @@ def rank() -> int:
     return dist.get_rank() if world_size() > 1 else 0
 
 
+def local_rank() -> int | None:
+    """This process's index among those on its machine (torchrun's `LOCAL_RANK`), which picks
+    its GPU; None when it trains alone. Joins no group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     """Whether this process writes the model, the report, the logs and the step bar."""
     return rank() == 0

@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = strict_training_pairs(read_pairs(args.data))
     if not pairs:
         fail(f"{args.data} holds no strict training pairs (split train, target 1)")
-    with step_bar(planned_steps(config.epochs, len(pairs), config.batch_pairs), "DPO") as on_step:
+    steps = planned_steps(config.epochs, len(pairs), config.batch_pairs)
+    with step_bar(steps, "DPO", lines=args.step_lines) as on_step:
         policy, curve = train_dpo(pairs, args.base, config, on_step=on_step)
     return save_and_report(policy, curve, args.out)
 

@@ -517,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     train = sum(pair.split == "train" for pair in pairs)
     if not train:
         fail(f"{args.data} holds no training pairs (split train)")
-    with step_bar(planned_steps(config.epochs, train, config.batch_pairs), "reward model") as step:
+    steps = planned_steps(config.epochs, train, config.batch_pairs)
+    with step_bar(steps, "reward model", lines=args.step_lines) as step:
         model, tokenizer, report = train_reward_model(pairs, args.base, config, on_step=step)
     if distributed.is_main():
         save_reward_model(model, tokenizer, report, args.out)

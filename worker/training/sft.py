@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args, config = parse_settings(parser, SFTConfig, argv)
     in_one_process("SFT")
     examples = read_demonstrations(args.data)
-    with step_bar(planned_steps(config.epochs, len(examples), config.batch_size), "SFT") as step:
+    steps = planned_steps(config.epochs, len(examples), config.batch_size)
+    with step_bar(steps, "SFT", lines=args.step_lines) as step:
         model, tokenizer, report = train_sft(examples, args.base, config, on_step=step)
     save_policy(model, tokenizer, args.out)
     print(json.dumps({key: value for key, value in asdict(report).items() if key != "curve"}))

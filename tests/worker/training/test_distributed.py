@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from app.pairs import canonical_line
 from tests.worker.training.test_policy_optimisers import dpo_pairs, timeless
 from tests.worker.training.test_reward_model import pairs_for
+from worker.training.checkpoints import resolve_device
 from worker.training.reward_model import load_reward_model
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -114,3 +115,20 @@ def test_a_trainer_that_does_not_share_its_work_refuses_several_processes(tiny_m
     run = launch("sft", argv, processes=2)
     assert run.returncode != 0 and not (tmp_path / "out").exists()
     assert "error: SFT trains in one process: run it with python -m, not torchrun" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "setting", "device"),
+    [
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda", "cuda:1"),
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda:0", "cuda:0"),
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cpu", "cpu"),
+        ({"WORLD_SIZE": "1", "LOCAL_RANK": "0"}, "cuda", "cuda"),
+    ],
+)
+def test_each_process_training_together_on_cuda_gets_its_own_gpu(
+    monkeypatch, environment, setting, device
+):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert resolve_device(setting) == torch.device(device)

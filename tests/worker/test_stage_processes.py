@@ -1,0 +1,123 @@
+"""A round's reward model and DPO stages trained by two processes under torchrun on the CPU
+(`ALIGNLOOP_TRAIN_PROCESSES=2`): rank 0 alone writes the reward model, which the stage
+registers, as it does the DPO policy; each step becomes one curve point; a cancel, or a rank
+that dies, ends torchrun and every rank, and the round (cancelled, or failed with the cause)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain.rounds import ACTIVE
+from app.models import ModelVersion, RoundMetric, RoundStage, RunStatus
+from tests.live_server import wait_for
+from tests.worker.test_isolation import (
+    CANCEL_DEADLINE_S,
+    LONG_POLICY,
+    SHORT_ROUND,
+    Embedded,
+    embedded_run,
+)
+
+
+def trainer_processes(data_dir: Path) -> list[psutil.Process]:
+    """torchrun and the ranks training into `data_dir`."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        trainer = any(part.startswith("worker.training.") for part in command)
+        if trainer and str(data_dir) in " ".join(command):
+            found.append(process)
+    return found
+
+
+def written(data_dir: Path, name: str) -> list[str]:
+    """The store's folders of model `name`: the model's, and any temporary one of a writer."""
+    folders = (data_dir / "models").iterdir()
+    return [path.name for path in folders if path.name == name or path.name.startswith(f".{name}.")]
+
+
+def curve_steps(db: Session, round_id: int, stage: RoundStage) -> list[int]:
+    """The steps of the stage's loss curve, in order: each once when rank 0 alone reports."""
+    query = select(RoundMetric.step).where(
+        RoundMetric.round_id == round_id, RoundMetric.stage == stage, RoundMetric.name == "loss"
+    )
+    return sorted(db.scalars(query))
+
+
+def wait_for_dpo_steps(embedded: Embedded, round_id: int) -> None:
+    def stepping() -> bool:
+        round_ = embedded.round(round_id)
+        assert round_.status in (RunStatus.QUEUED, RunStatus.RUNNING), round_.error
+        return round_.stage == RoundStage.POLICY and round_.progress > 0
+
+    wait_for(stepping, 120, "a DPO step")
+
+
+def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_path, model_settings):
+    data_dir = model_settings.data_dir
+    with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
+        round_id = embedded.start_round(LONG_POLICY)
+
+        wait_for_dpo_steps(embedded, round_id)
+        assert len(trainer_processes(data_dir)) == 3  # torchrun and its two ranks
+        name = f"reward-r{round_id}"
+        with embedded.factory() as db:
+            version = db.scalar(select(ModelVersion).where(ModelVersion.name == name))
+            steps = curve_steps(db, round_id, RoundStage.REWARD_MODEL)
+        assert version.path == name and version.metrics["eval_accuracy"] is not None
+        assert steps == list(range(1, version.metrics["steps"] + 1))
+        assert written(data_dir, name) == [name]
+        asked = time.monotonic()
+        cancel = httpx.post(
+            f"{embedded.url}/api/rounds/{round_id}/cancel", headers=embedded.headers
+        )
+        assert cancel.status_code == 200, cancel.text
+        ended = wait_for(
+            lambda: (r := embedded.round(round_id)).status != RunStatus.RUNNING and r,
+            CANCEL_DEADLINE_S,
+            "the cancel",
+        )
+        assert time.monotonic() - asked < CANCEL_DEADLINE_S
+        assert ended.status == RunStatus.CANCELLED, ended.error
+        assert wait_for(lambda: not trainer_processes(data_dir), 5, "the ranks to end")
+        assert not (data_dir / "models" / f"round-{round_id}").exists()
+
+
+def test_a_dpo_round_trained_by_two_processes_ends_in_one_policy(tmp_path, model_settings):
+    data_dir = model_settings.data_dir
+    with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
+        round_id = embedded.start_round(SHORT_ROUND)
+        done = wait_for(
+            lambda: (r := embedded.round(round_id)).status not in ACTIVE and r, 300, "the round"
+        )
+        with embedded.factory() as db:
+            steps = curve_steps(db, round_id, RoundStage.POLICY)
+    assert done.status == RunStatus.SUCCEEDED, done.error
+    policy = done.metrics["policy"]
+    assert policy["path"] == f"round-{round_id}" and steps == list(range(1, policy["steps"] + 1))
+    assert written(data_dir, policy["path"]) == [policy["path"]]
+
+
+def test_a_rank_that_dies_fails_the_stage_and_ends_the_others(tmp_path, model_settings):
+    data_dir = model_settings.data_dir
+    with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
+        round_id = embedded.start_round(LONG_POLICY)
+        wait_for_dpo_steps(embedded, round_id)
+        ranks = [
+            process
+            for process in trainer_processes(data_dir)
+            if "torch.distributed.run" not in process.cmdline()
+        ]
+        assert len(ranks) == 2
+        ranks[1].kill()
+        failed = wait_for(
+            lambda: (r := embedded.round(round_id)).status == RunStatus.FAILED and r, 30, "failure"
+        )
+        assert failed.error.startswith("policy: ") and "exit code" in failed.error, failed.error
+        wait_for(lambda: not trainer_processes(data_dir), 5, "the other processes to end")
