@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bs4 import BeautifulSoup
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 
 from app.domain import accounts, model_readiness, model_registry
@@ -237,26 +237,35 @@ def scratch_postgres_database(server_url: str, *, prefix: str) -> Iterator[str]:
         server.dispose()
 
 
+def tiny_model_database(settings, path: Path, scope: KeyScope) -> tuple[Engine, str]:
+    """A fresh SQLite database at `path` whose model store (`settings`', which must hold the
+    converted tokenizer) has the tiny model as version `base`, and a rater's API key of
+    `scope`: the engine and the key."""
+    from app import migrate
+    from app.db import make_engine, make_session_factory, session_scope
+    from worker.model_store import ModelStore
+
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    ModelStore(settings).ensure_base_version(factory)
+    with session_scope(factory) as db:
+        user = accounts.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
+        _, key = accounts.create_api_key(db, user=user, name="sdk", scope=scope)
+    return engine, key
+
+
 @contextmanager
 def serving_tiny_model(settings) -> Iterator[dict]:
     """A live server on a fresh SQLite database in `settings.data_dir`, whose model store holds
     the tiny model as version `base`, with a rater's API key: `{"url", "key", "app",
     "factory"}`. `settings` must hold the converted tokenizer."""
-    from app import migrate
-    from app.db import make_engine, make_session_factory, session_scope
+    from app.db import make_session_factory
     from app.web.main import create_app
     from tests.live_server import serve_in_thread
-    from worker.model_store import ModelStore
 
-    engine = make_engine(f"sqlite:///{settings.data_dir / 'serving.db'}")
-    migrate.upgrade(engine)
+    engine, key = tiny_model_database(settings, settings.data_dir / "serving.db", KeyScope.RATER)
     factory = make_session_factory(engine)
-    ModelStore(settings).ensure_base_version(factory)
-    with session_scope(factory) as db:
-        user = accounts.create_user(db, username="cli", password="long enough pw", role=Role.RATER)
-        _, key = accounts.create_api_key(
-            db, user=user, name="sdk", scope=KeyScope.RATER
-        )  # + feedback
     app = create_app(settings.model_copy(update={"v1_requests_per_minute": 600}), engine=engine)
     try:
         with serve_in_thread(app) as url:

@@ -26,7 +26,8 @@ from app.tasks_contract import GENERATE_CANDIDATES
 from tests.helpers import judged_tasks_with_rewrites
 from tests.live_server import alignloop_run, wait_for
 from tests.worker.test_launch import alive
-from worker.celery_app import WorkerContext, create_celery
+from worker.celery_app import create_celery
+from worker.context import WorkerContext
 from worker.isolation import FORK_SERVER, Limits, _watch
 from worker.model_store import ModelStore
 
@@ -61,6 +62,20 @@ class Embedded:
     def round(self, round_id: int) -> Round:
         with self.factory() as db:
             return db.get(Round, round_id)
+
+    def cancel(self, round_id: int) -> Round:
+        """Cancel the round as an admin; the round once it has stopped running, which must
+        take less than `CANCEL_DEADLINE_S`."""
+        asked = time.monotonic()
+        cancel = httpx.post(f"{self.url}/api/rounds/{round_id}/cancel", headers=self.headers)
+        assert cancel.status_code == 200, cancel.text
+        ended = wait_for(
+            lambda: (r := self.round(round_id)).status != RunStatus.RUNNING and r,
+            CANCEL_DEADLINE_S,
+            "the cancel",
+        )
+        assert time.monotonic() - asked < CANCEL_DEADLINE_S
+        return ended
 
     def running_stage_process(self, round_id: int, stage: RoundStage) -> int:
         """The pid of the child process that holds `stage` of the round."""
@@ -127,15 +142,7 @@ def test_a_killed_stage_process_fails_its_round_and_the_server_keeps_serving(emb
 def test_a_cancel_stops_a_running_stage_within_seconds(embedded):
     round_id = embedded.start_round(LONG_POLICY)
     embedded.running_stage_process(round_id, RoundStage.POLICY)
-    asked = time.monotonic()
-    cancel = httpx.post(f"{embedded.url}/api/rounds/{round_id}/cancel", headers=embedded.headers)
-    assert cancel.status_code == 200, cancel.text
-    ended = wait_for(
-        lambda: (r := embedded.round(round_id)).status != RunStatus.RUNNING and r,
-        CANCEL_DEADLINE_S,
-        "the cancel",
-    )
-    assert time.monotonic() - asked < CANCEL_DEADLINE_S
+    ended = embedded.cancel(round_id)
     assert ended.status == RunStatus.CANCELLED and ended.error == "cancelled by an admin"
     assert ended.finished_at is not None
     embedded.still_serving()

@@ -5,10 +5,8 @@ that dies, ends torchrun and every rank, and the round (cancelled, or failed wit
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import httpx
 import psutil
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,7 +15,6 @@ from app.domain.rounds import ACTIVE
 from app.models import ModelVersion, RoundMetric, RoundStage, RunStatus
 from tests.live_server import wait_for
 from tests.worker.test_isolation import (
-    CANCEL_DEADLINE_S,
     LONG_POLICY,
     SHORT_ROUND,
     Embedded,
@@ -73,17 +70,7 @@ def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_pa
         assert version.path == name and version.metrics["eval_accuracy"] is not None
         assert steps == list(range(1, version.metrics["steps"] + 1))
         assert written(data_dir, name) == [name]
-        asked = time.monotonic()
-        cancel = httpx.post(
-            f"{embedded.url}/api/rounds/{round_id}/cancel", headers=embedded.headers
-        )
-        assert cancel.status_code == 200, cancel.text
-        ended = wait_for(
-            lambda: (r := embedded.round(round_id)).status != RunStatus.RUNNING and r,
-            CANCEL_DEADLINE_S,
-            "the cancel",
-        )
-        assert time.monotonic() - asked < CANCEL_DEADLINE_S
+        ended = embedded.cancel(round_id)
         assert ended.status == RunStatus.CANCELLED, ended.error
         assert wait_for(lambda: not trainer_processes(data_dir), 5, "the ranks to end")
         assert not (data_dir / "models" / f"round-{round_id}").exists()

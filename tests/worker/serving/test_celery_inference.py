@@ -11,15 +11,11 @@ import openai
 import pytest
 import redis
 
-from app import migrate
-from app.db import make_engine, make_session_factory, session_scope
-from app.domain import accounts
-from app.models import KeyScope, Role
+from app.models import KeyScope
 from app.web.main import create_app
 from tests.conftest import REDIS_URL
-from tests.helpers import TEST_SECRET
+from tests.helpers import TEST_SECRET, tiny_model_database
 from tests.live_server import serve_in_thread
-from worker.model_store import ModelStore
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -29,14 +25,8 @@ def remote(model_settings, tmp_path):
     """A database with the tiny `base`, an inference worker process, and a web server whose
     /v1 sends every request to that worker."""
     redis.Redis.from_url(REDIS_URL).flushdb()
-    database_url = f"sqlite:///{tmp_path / 'remote.db'}"
-    engine = make_engine(database_url)
-    migrate.upgrade(engine)
-    factory = make_session_factory(engine)
-    ModelStore(model_settings).ensure_base_version(factory)
-    with session_scope(factory) as db:
-        user = accounts.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
-        _, key = accounts.create_api_key(db, user=user, name="sdk", scope=KeyScope.INFERENCE)
+    engine, key = tiny_model_database(model_settings, tmp_path / "remote.db", KeyScope.INFERENCE)
+    database_url = engine.url.render_as_string(hide_password=False)
     env = {
         **os.environ,
         "ALIGNLOOP_DATA_DIR": str(model_settings.data_dir),

@@ -12,16 +12,15 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from app import migrate
-from app.db import make_engine, make_session_factory, session_scope
-from app.domain import accounts, jobs
-from app.models import Job, KeyScope, Prompt, Response, Role, ServedCompletion
+from app.db import make_session_factory, session_scope
+from app.domain import jobs
+from app.models import Job, KeyScope, Prompt, Response, ServedCompletion
 from app.tasks_contract import GENERATE_CANDIDATES
 from app.web.main import create_app
 from tests.conftest import settings_with_tokenizer
+from tests.helpers import tiny_model_database
 from tests.live_server import alignloop_web, free_port, serve_in_thread
 from worker.celery_app import create_celery
-from worker.model_store import ModelStore
 from worker.serving.external import ExternalInference
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -46,14 +45,8 @@ def model_settings_module(tmp_path_factory, bundled_tokenizer_dir):
 def shared(model_settings_module, tmp_path_factory):
     """A database with the tiny `base` and an inference key, both servers' settings."""
     folder = tmp_path_factory.mktemp("external")
-    database_url = f"sqlite:///{folder / 'shared.db'}"
-    engine = make_engine(database_url)
-    migrate.upgrade(engine)
-    factory = make_session_factory(engine)
-    ModelStore(model_settings_module).ensure_base_version(factory)
-    with session_scope(factory) as db:
-        user = accounts.create_user(db, username="sdk", password="long enough pw", role=Role.RATER)
-        _, key = accounts.create_api_key(db, user=user, name="sdk", scope=KeyScope.INFERENCE)
+    database = folder / "shared.db"
+    engine, key = tiny_model_database(model_settings_module, database, KeyScope.INFERENCE)
     yield engine, key, folder
     engine.dispose()
 
