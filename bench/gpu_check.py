@@ -396,30 +396,18 @@ def trl_lora(model: PreTrainedModel, config: TrainerConfig, task_type: str) -> L
 def trl_reward_model(
     trl: ModuleType, config: RewardConfig, base: Path, pairs: list[Pair], tokens: int, scratch: Path
 ) -> Figures:
-    from datasets import Dataset
-
     device = resolve_device(config.device)
     model, tokenizer = load_reward_model(
         base, device, dtype=training_dtype(device, lora=config.lora)
     )
-    timer = StepTimer()
-    with PeakMemory(device) as memory:
-        trainer = trl.RewardTrainer(
-            model=model,
-            args=trl.RewardConfig(
-                **trl_arguments(config, scratch),
-                per_device_train_batch_size=config.batch_pairs,
-                num_train_epochs=config.epochs,
-                max_length=config.max_length,
-            ),
-            train_dataset=Dataset.from_list(preference_rows(pairs)),
-            processing_class=tokenizer,
-            peft_config=trl_lora(model, config, "SEQ_CLS"),
-            callbacks=[timer],
-        )
-        train_quietly(trainer)
-    steps = len(timer.seconds)
-    return figures("TRL RewardTrainer", timer.seconds, spread(tokens, steps), memory.peak)
+    args = trl.RewardConfig(
+        **trl_arguments(config, scratch),
+        per_device_train_batch_size=config.batch_pairs,
+        num_train_epochs=config.epochs,
+        max_length=config.max_length,
+    )
+    lora = trl_lora(model, config, "SEQ_CLS")
+    return trl_on_pairs(trl.RewardTrainer, args, model, tokenizer, lora, pairs, tokens, device)
 
 
 def trl_rloo(
@@ -476,30 +464,48 @@ def trl_rloo(
 def trl_dpo(
     trl: ModuleType, config: DPOConfig, base: Path, pairs: list[Pair], tokens: int, scratch: Path
 ) -> Figures:
-    from datasets import Dataset
-
     device = resolve_device(config.device)
     model = load_policy_model(base, device, lora=config.lora)
+    args = trl.DPOConfig(
+        **trl_arguments(config, scratch),
+        per_device_train_batch_size=config.batch_pairs,
+        num_train_epochs=config.epochs,
+        beta=config.beta,
+        max_length=config.max_length,
+        precompute_ref_log_probs=True,
+    )
+    tokenizer = from_folder(AutoTokenizer, base)
+    lora = trl_lora(model, config, "CAUSAL_LM")
+    return trl_on_pairs(trl.DPOTrainer, args, model, tokenizer, lora, pairs, tokens, device)
+
+
+def trl_on_pairs(
+    trainer_class: type,
+    args: Any,
+    model: Any,
+    tokenizer: Any,
+    lora: Any,
+    pairs: list[Pair],
+    tokens: int,
+    device: torch.device,
+) -> Figures:
+    """A TRL trainer on preference pairs (reward model, DPO), timed step by step, its memory
+    measured from its construction on."""
+    from datasets import Dataset
+
     timer = StepTimer()
     with PeakMemory(device) as memory:
-        trainer = trl.DPOTrainer(
+        trainer = trainer_class(
             model=model,
-            args=trl.DPOConfig(
-                **trl_arguments(config, scratch),
-                per_device_train_batch_size=config.batch_pairs,
-                num_train_epochs=config.epochs,
-                beta=config.beta,
-                max_length=config.max_length,
-                precompute_ref_log_probs=True,
-            ),
+            args=args,
             train_dataset=Dataset.from_list(preference_rows(pairs)),
-            processing_class=from_folder(AutoTokenizer, base),
-            peft_config=trl_lora(model, config, "CAUSAL_LM"),
+            processing_class=tokenizer,
+            peft_config=lora,
             callbacks=[timer],
         )
         train_quietly(trainer)
-    steps = len(timer.seconds)
-    return figures("TRL DPOTrainer", timer.seconds, spread(tokens, steps), memory.peak)
+    name = f"TRL {trainer_class.__name__}"
+    return figures(name, timer.seconds, spread(tokens, len(timer.seconds)), memory.peak)
 
 
 # --- the workloads -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -76,6 +77,7 @@ def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_pa
         assert not (data_dir / "models" / f"round-{round_id}").exists()
 
 
+@pytest.mark.long  # about 40 s; README lists the long checks
 def test_a_dpo_round_trained_by_two_processes_ends_in_one_policy(tmp_path, model_settings):
     data_dir = model_settings.data_dir
     with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
@@ -91,6 +93,7 @@ def test_a_dpo_round_trained_by_two_processes_ends_in_one_policy(tmp_path, model
     assert written(data_dir, policy["path"]) == [policy["path"]]
 
 
+@pytest.mark.long  # about 40 s; README lists the long checks
 def test_a_rank_that_dies_fails_the_stage_and_ends_the_others(tmp_path, model_settings):
     data_dir = model_settings.data_dir
     with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
