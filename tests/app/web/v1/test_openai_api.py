@@ -260,7 +260,7 @@ def test_the_playground_streams_over_the_same_path_for_signed_in_users(world):
     from tests.helpers import browser_login, html
 
     with httpx.Client(base_url=world["url"]) as browser:
-        csrf = browser_login(browser, "cli", "long enough pw")
+        csrf = browser_login(browser, "sdk", "long enough pw")
         page = html(browser.get("/playground"))
         assert [option["value"] for option in page.select("#model-a option")] == ["base"]
         body = {"model": "current", "messages": HELLO, "max_tokens": 5}
