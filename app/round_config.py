@@ -226,6 +226,10 @@ class RoundSFTConfig(SFTConfig):
     min_demonstrations: int = 16
     """New answers written by raters the stage waits for; with fewer it is skipped."""
 
+    def trainer_settings(self) -> SFTConfig:
+        """The settings the trainer reads, without when the stage runs it."""
+        return SFTConfig(**{field.name: getattr(self, field.name) for field in fields(SFTConfig)})
+
 
 @dataclass
 class EvaluationConfig:

@@ -45,6 +45,8 @@ PROMPTS = 'prompts: JSON Lines of {"messages": [{"role": ..., "content": ...}, .
 PAIRS = "pairs: a snapshot's JSON Lines (`alignloop export --format pairs`)"
 STEP_LINE = "step "
 """What starts a step's line on stdout (`--step-lines`), for a parent that follows the run."""
+PHASE_LINE = "phase "
+"""What starts the line of a point of a phase before the steps (DPO's reference pass)."""
 
 
 # --- arguments -----------------------------------------------------------------------------------
@@ -229,6 +231,18 @@ def step_bar(
         yield on_step
 
 
+def phase_lines(what: str, *, lines: bool) -> Callable[[int, int], None] | None:
+    """With `lines`, an `on_progress(done, total)` that prints each point of the phase `what`
+    on stdout (`PHASE_LINE` and JSON) from the main process; else None."""
+    if not (lines and distributed.is_main()):
+        return None
+
+    def on_progress(done: int, total: int) -> None:
+        print(PHASE_LINE + json.dumps({"what": what, "done": done, "total": total}), flush=True)
+
+    return on_progress
+
+
 def online_main(
     module: str,
     argv: Sequence[str] | None,
@@ -245,18 +259,15 @@ def online_main(
         reward_model=True,
     )
     args, config = parse_settings(parser, kind, argv)
-    in_one_process(what)
+    if config.prompts_per_step < distributed.world_size():
+        fail(
+            f"--prompts-per-step {config.prompts_per_step} is fewer than the "
+            f"{distributed.world_size()} processes training: each needs a prompt a step"
+        )
     prompts = read_prompts(args.data)
     with step_bar(config.steps, what, metric="reward", lines=args.step_lines) as on_step:
         policy, curve = train(prompts, args.base, args.reward_model, config, on_step=on_step)
     return save_and_report(policy, curve, args.out)
-
-
-def in_one_process(what: str) -> None:
-    """End the command, in every process, when it was launched in several: `what` does not
-    share its work out (only the reward model and DPO do), so each would train the same."""
-    if distributed.world_size() > 1:
-        fail(f"{what} trains in one process: run it with python -m, not torchrun")
 
 
 def save_and_report(policy: Policy, curve: list[dict[str, float]], out: Path) -> int:

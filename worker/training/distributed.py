@@ -7,7 +7,10 @@ batches from the same seed and loads the same weights; each backpropagates only 
 step's pairs (`part`), whose losses are already normalised by the whole step's totals, so
 adding the processes' gradients (`sum_gradients`) gives the gradient one process would have:
 clipping, AdamW and the schedule then see the same numbers on every process, and the weights
-stay identical without being sent. Only the main process (rank 0) writes models, reports and
+stay identical without being sent. The optimisers that sample (PPO, RLOO) share out each step's
+prompts instead: each process samples answers to its part with its own copy of the weights, and
+the statistics of the whole step (token counts, whitening, KL, metrics) are sums over the
+processes (`sums`, `summed`). Only the main process (rank 0) writes models, reports and
 logs. Run alone (no `WORLD_SIZE`, or 1), nothing here calls torch.distributed and each function
 gives back what it was given.
 """
@@ -27,11 +30,16 @@ Item = TypeVar("Item")
 
 @cache
 def world_size() -> int:
-    """The processes training together; the first call joins their group (gloo, on CPU and
-    GPU alike for now) and leaves it at exit."""
+    """The processes training together; the first call joins their group and leaves it at
+    exit. Tensors on the CPU travel over gloo, tensors on a GPU over NCCL (each process on
+    the GPU of its `local_rank`)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
         atexit.register(dist.destroy_process_group)
     return size
 
@@ -79,11 +87,25 @@ def sum_gradients(parameters: list[torch.nn.Parameter]) -> None:
 
 def sum_of(value: float) -> float:
     """The sum of `value` over the processes (a step's loss from each one's share)."""
+    return sums({"value": value})["value"]
+
+
+def sums(values: dict[str, float]) -> dict[str, float]:
+    """Each of `values` summed over the processes, in one exchange (a step's metrics)."""
     if world_size() == 1:
-        return value
-    total = torch.tensor(value, dtype=torch.float64)
+        return values
+    totals = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(totals)
+    return dict(zip(values, totals.tolist(), strict=True))
+
+
+def summed(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes, on its device (`tensor` itself alone)."""
+    if world_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
     dist.all_reduce(total)
-    return total.item()
+    return total
 
 
 def gathered(items: list[Item]) -> list[Item]:

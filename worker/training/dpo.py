@@ -27,6 +27,7 @@ from worker.training.cli import (
     PAIRS,
     fail,
     parse_settings,
+    phase_lines,
     read_pairs,
     save_and_report,
     step_bar,
@@ -36,6 +37,9 @@ from worker.training.data import PreferenceBatch, PreferenceBatcher
 from worker.training.optimisation import optimiser_step, planned_steps
 from worker.training.policy import Policy, Rollout, StepCallback, answer_logprobs
 from worker.training.rl_math import DPOLoss, dpo_loss
+
+REFERENCE_PASS = "reference log-probs"
+"""The pass before the steps, as progress names it."""
 
 
 def train_dpo(
@@ -249,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     if not pairs:
         fail(f"{args.data} holds no strict training pairs (split train, target 1)")
     steps = planned_steps(config.epochs, len(pairs), config.batch_pairs)
+    on_reference = phase_lines(REFERENCE_PASS, lines=args.step_lines)
     with step_bar(steps, "DPO", lines=args.step_lines) as on_step:
-        policy, curve = train_dpo(pairs, args.base, config, on_step=on_step)
+        policy, curve = train_dpo(
+            pairs, args.base, config, on_step=on_step, on_reference=on_reference
+        )
     return save_and_report(policy, curve, args.out)
 
 

@@ -13,6 +13,7 @@ held once; with full fine-tuning the reference is a frozen copy.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from app.round_config import PolicyConfig
 from worker.serving.engine import GenerationEngine, Sampling, seeded
+from worker.training import distributed
 from worker.training.checkpoints import (
     atomic_directory,
     from_folder,
@@ -137,7 +139,9 @@ class Policy:
             yield self.model
 
     def rollout(self, conversations: Sequence[Messages], *, samples: int, seed: int) -> Rollout:
-        """`samples` answers per conversation from the current weights, batched by the engine."""
+        """`samples` answers per conversation from the current weights, batched by the engine:
+        of processes training together, each answers its part of `conversations`, with the
+        seeds one process would give them."""
         self.model.eval()
         sampling = Sampling(
             max_new_tokens=self.config.max_new_tokens,
@@ -145,11 +149,12 @@ class Policy:
             top_p=self.config.top_p,
             seed=seed,
         )
+        mine = distributed.part(len(conversations))
         prompts = [
-            self.engine.encode_chat(conversation)[-self.config.max_prompt_tokens :]
-            for conversation in conversations
+            self.engine.encode_chat(conversations[index])[-self.config.max_prompt_tokens :]
+            for index in mine
         ]
-        return sample_answers(self.engine, prompts, sampling, samples=samples)
+        return sample_answers(self.engine, prompts, sampling, samples=samples, first=mine.start)
 
     def close(self) -> None:
         self.engine.close(drain=False)
@@ -176,16 +181,19 @@ def sample_answers(
     sampling: Sampling,
     *,
     samples: int,
+    first: int = 0,
     on_answer: Callable[[int, int], None] | None = None,
 ) -> Rollout:
     """`samples` answers to each prompt (token ids), all submitted at once so that the engine
-    batches them: B = prompts x samples rows, a prompt's answers together; sample j of prompt i
-    uses seed `sampling.seed + i * samples + j`.
+    batches them: B = prompts x samples rows, a prompt's answers together. The prompts are
+    conversations `first`, `first + 1`, ... (`Rollout.conversation`); sample j of
+    conversation i uses seed `sampling.seed + i * samples + j`.
     `on_answer(done, total)` hears each answer as it is collected, in order."""
+    numbers = range(first, first + len(prompts))
     generations = engine.submit_many(
         [
-            (prompt, seeded(sampling, index * samples + sample))
-            for index, prompt in enumerate(prompts)
+            (prompt, seeded(sampling, number * samples + sample))
+            for number, prompt in zip(numbers, prompts, strict=True)
             for sample in range(samples)
         ]
     )
@@ -200,7 +208,7 @@ def sample_answers(
         pad_id=engine.pad_id,
         device=engine.device,
         texts=[completion.text for completion in completions],
-        conversation=[index for index in range(len(prompts)) for _ in range(samples)],
+        conversation=[number for number in numbers for _ in range(samples)],
         ended=[completion.finish_reason == "stop" for completion in completions],
     )
 
@@ -291,22 +299,26 @@ def answer_hidden(backbone: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
 
 
 def minibatches(size: int, minibatch: int, *, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled row indices in chunks of `minibatch`."""
+    """Shuffled indices of `size` rows in as many chunks as the processes' rows make
+    minibatches of `minibatch` (as even as may be): each process's chunks are its part of
+    each minibatch, and all take the same number of optimiser steps."""
+    count = math.ceil(distributed.sum_of(size) / minibatch)
     order = torch.randperm(size, generator=generator)
-    yield from order.split(minibatch)
+    yield from order.tensor_split(count)
 
 
 def micro_batches(
     rollout: Rollout, index: torch.Tensor, max_tokens: int
 ) -> Iterator[tuple[torch.Tensor, float]]:
     """Rows `index` of `rollout` in micro-batches of at most `max_tokens` padded tokens (a row
-    at least), each with its share of those rows' answer tokens: a loss averaged over all
-    their tokens is the sum over micro-batches of each one's average times its share, so the
-    micro-batches' gradients add up to the whole batch's in the memory of one of them."""
+    at least), each with its share of the answer tokens of those rows (of every process's rows
+    `index`, when several share the batch): a loss averaged over all their tokens is the sum
+    over micro-batches of each one's average times its share, so the micro-batches' gradients
+    add up to the whole batch's in the memory of one of them."""
     width = rollout.prompt_ids.shape[1] + rollout.response_ids.shape[1]
     rows_per_part = max(1, max_tokens // width)
     tokens = rollout.response_mask[index].sum(1).float()
-    total = tokens.sum().clamp(min=1)
+    total = distributed.summed(tokens.sum()).clamp(min=1)
     for part, part_tokens in zip(
         index.split(rows_per_part), tokens.split(rows_per_part), strict=True
     ):

@@ -6,7 +6,9 @@ the last; a critic initialised from the reward model gives values, GAE (gamma 1,
 turns them into advantages, which are whitened; then several epochs of minibatches optimise
 PPO's clipped policy loss and clipped value loss, a micro-batch of answers at a time. Beta
 adapts to keep the KL near a target. With LoRA the critic is adapters on the reward model,
-which scores with them switched off, so its weights are held once.
+which scores with them switched off, so its weights are held once. Processes training together
+each sample their part of a step's prompts and take their part of each minibatch; whitening,
+the KL and the metrics are the whole step's (`worker.training.distributed`).
 
 Shapes: B answers (one per prompt), T answer tokens (the longest answer's; `mask` marks the
 real ones).
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from app.round_config import PPOConfig
+from worker.training import distributed
 from worker.training.checkpoints import training_dtype, with_lora
 from worker.training.cli import online_main
 from worker.training.data import Messages
@@ -47,7 +50,6 @@ from worker.training.rl_math import (
     explained_variance,
     gae,
     kl_per_token,
-    masked_mean,
     masked_whiten,
     per_token_rewards,
 )
@@ -144,17 +146,28 @@ class PPOStep:
         experience = self._experience(conversations, rollout)
         # 4. Optimise: epochs of minibatches of the clipped policy and value losses
         stats = self._optimise(rollout, experience)
-        # 5. Adapt beta towards the KL target
-        self.kl.update(experience.kl, len(rollout))
+        # 5. Adapt beta towards the KL target, on the whole step's answers
         mask = rollout.response_mask  # (B, T)
+        step = distributed.sums(
+            {
+                "answers": len(rollout),
+                "tokens": mask.sum().item(),
+                "reward": experience.scores.sum().item(),
+                "entropy": (experience.entropy * mask).sum().item(),
+            }
+        )
+        answers, tokens = step["answers"], step["tokens"]
+        self.kl.update(experience.kl, int(answers))
         return {
-            "reward": experience.scores.mean().item(),
+            "reward": step["reward"] / answers,
             "kl": experience.kl,
             "beta": self.kl.beta,
-            "entropy": masked_mean(experience.entropy, mask).item(),
-            "response_length": mask.sum(1).float().mean().item(),
-            "explained_variance": explained_variance(experience.values, experience.returns, mask),
-            **stats,
+            "entropy": step["entropy"] / max(1, tokens),
+            "response_length": tokens / answers,
+            "explained_variance": explained_variance(
+                experience.values, experience.returns, mask, total=distributed.summed
+            ),
+            **distributed.sums(stats),
             "generation_seconds": generated - started,
             "seconds": time.perf_counter() - started,
         }
@@ -173,25 +186,28 @@ class PPOStep:
             [conversations[index] for index in rollout.conversation], rollout.texts
         )  # (B,)
         scores = scores - self.config.missing_eos_penalty * (~rollout.ended).float()
-        # 3. Advantages: -beta * KL at every token plus the score at the last, through GAE
+        # 3. Advantages: -beta * KL at every token plus the score at the last, through GAE,
+        # whitened over the whole step's answers
         kl = kl_per_token(logprobs, ref_logprobs) * mask  # (B, T)
         rewards = per_token_rewards(scores, kl, mask, self.kl.beta)  # (B, T)
         advantages, returns = gae(
             rewards, values, mask, gamma=self.config.gamma, lam=self.config.lam
         )  # (B, T) each
+        kl_totals = distributed.sums({"kl": kl.sum().item(), "answers": len(rollout)})
         return Experience(
             logprobs=logprobs,
             values=values,
-            advantages=masked_whiten(advantages, mask),
+            advantages=masked_whiten(advantages, mask, total=distributed.summed),
             returns=returns,
             scores=scores,
             entropy=entropy,
-            kl=kl.sum(1).mean().item(),
+            kl=kl_totals["kl"] / kl_totals["answers"],
         )
 
     def _optimise(self, rollout: Rollout, experience: Experience) -> dict[str, float]:
         """`ppo_epochs` passes over the answers in shuffled minibatches, one optimiser step of
-        the policy and one of the critic per minibatch; the mean of the losses' statistics."""
+        the policy and one of the critic per minibatch; this process's part of the mean of the
+        losses' statistics."""
         config = self.config
         totals = dict.fromkeys(
             ("policy_loss", "value_loss", "clip_fraction", "value_clip_fraction", "approx_kl"),
@@ -211,6 +227,7 @@ class PPOStep:
                     (self.policy.trainable_parameters(), self.policy_optimizer),
                     (list(self.critic.parameters()), self.critic_optimizer),
                 ):
+                    distributed.sum_gradients(parameters)
                     optimiser_step(parameters, optimizer, max_grad_norm=config.max_grad_norm)
                 updates += 1
         return {name: total / max(1, updates) for name, total in totals.items()}

@@ -2,7 +2,9 @@
 
 Nothing here knows about models, tokenizers or databases: each function takes tensors and
 returns tensors, so each can be checked against values worked out by hand. Sequences are
-right-padded `(batch, tokens)` tensors with a `mask` that is 1 on response tokens.
+right-padded `(batch, tokens)` tensors with a `mask` that is 1 on response tokens. A batch
+shared out among processes gives the masked statistics a `total` that sums over them
+(`worker.training.distributed.summed`), so that they are the whole batch's.
 
 References: PPO (Schulman et al. 2017), GAE (Schulman et al. 2016), RLHF with a per-token KL
 penalty and an adaptive KL coefficient (Ziegler et al. 2019; Ouyang et al. 2022), RLOO
@@ -11,6 +13,7 @@ penalty and an adaptive KL coefficient (Ziegler et al. 2019; Ouyang et al. 2022)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,44 +21,55 @@ import torch
 import torch.nn.functional as F
 
 KLEstimator = Literal["k1", "k3"]
+Total = Callable[[torch.Tensor], torch.Tensor]
+"""A sum over the processes that share a batch; the tensor itself for one process (`alone`)."""
+
+
+def alone(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 # --- masked statistics ---------------------------------------------------------------------------
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, dim: int | None = None, *, total: Total = alone
+) -> torch.Tensor:
     """Mean over the positions where `mask` is 1 (all of them, or along `dim`)."""
     mask = mask.to(values.dtype)
     if dim is None:
-        return (values * mask).sum() / mask.sum().clamp(min=1)
+        return total((values * mask).sum()) / total(mask.sum()).clamp(min=1)
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_var(values: torch.Tensor, mask: torch.Tensor, *, total: Total = alone) -> torch.Tensor:
     """Unbiased variance over the masked positions."""
-    mean = masked_mean(values, mask)
-    count = mask.sum().clamp(min=2)
-    return ((values - mean) ** 2 * mask).sum() / (count - 1)
+    mean = masked_mean(values, mask, total=total)
+    count = total(mask.to(values.dtype).sum()).clamp(min=2)
+    return total(((values - mean) ** 2 * mask).sum()) / (count - 1)
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True
+    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, total: Total = alone
 ) -> torch.Tensor:
     """Zero mean (unless `shift_mean` is off) and unit variance over the masked positions;
     padding stays zero."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    mean = masked_mean(values, mask, total=total)
+    var = masked_var(values, mask, total=total)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, total: Total = alone
+) -> float:
     """1 - Var(returns - values) / Var(returns): 1 is a perfect critic, 0 one that says nothing."""
-    variance = masked_var(returns, mask)
+    variance = masked_var(returns, mask, total=total)
     if variance.item() == 0:
         return float("nan")
-    return (1 - masked_var(returns - values, mask) / variance).item()
+    return (1 - masked_var(returns - values, mask, total=total) / variance).item()
 
 
 # --- log-probabilities, entropy, KL --------------------------------------------------------------

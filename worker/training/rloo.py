@@ -4,7 +4,8 @@ Each step samples k answers per prompt; an answer's return is its normalised rew
 score minus `beta` times its summed KL to the reference, and its advantage is that return minus
 the mean return of the prompt's other k - 1 answers. One policy-gradient update per batch, so
 the sampling log-probs are the update's own (detached); the update runs a micro-batch of
-answers at a time.
+answers at a time. Processes training together each sample their part of a step's prompts, all
+k answers of a prompt in one process (`worker.training.distributed`).
 
 Shapes: B answers (k per prompt, a prompt's together), T answer tokens (the longest answer's;
 `mask` marks the real ones).
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from app.round_config import RLOOConfig
+from worker.training import distributed
 from worker.training.cli import online_main
 from worker.training.data import Messages
 from worker.training.optimisation import optimiser_step
@@ -34,7 +36,7 @@ from worker.training.policy import (
     run_steps,
 )
 from worker.training.reward_model import RewardScorer
-from worker.training.rl_math import clipped_policy_loss, kl_per_token, masked_mean, rloo_advantages
+from worker.training.rl_math import clipped_policy_loss, kl_per_token, rloo_advantages
 
 
 def train_rloo(
@@ -83,13 +85,24 @@ class RLOOStep:
         advantages = rloo_advantages(returns.view(-1, k)).view(-1)  # (prompts, k) -> (B,)
         # 4. Optimise: one policy-gradient step on every answer
         loss = self._update(rollout, advantages)
+        totals = distributed.sums(  # the whole step's, over the processes sharing it
+            {
+                "answers": len(rollout),
+                "tokens": mask.sum().item(),
+                "reward": scores.sum().item(),
+                "kl": kl.sum().item(),
+                "entropy": (token_entropy * mask).sum().item(),
+                "policy_loss": loss,
+            }
+        )
+        answers, tokens = totals["answers"], totals["tokens"]
         return {
-            "reward": scores.mean().item(),
-            "kl": kl.mean().item(),
-            "entropy": masked_mean(token_entropy, mask).item(),
-            "policy_loss": loss,
-            "response_length": mask.sum(1).float().mean().item(),
-            "generated_tokens": int(mask.sum().item()),
+            "reward": totals["reward"] / answers,
+            "kl": totals["kl"] / answers,
+            "entropy": totals["entropy"] / max(1, tokens),
+            "policy_loss": totals["policy_loss"],
+            "response_length": tokens / answers,
+            "generated_tokens": int(tokens),
             "generation_seconds": generated - started,
             "seconds": time.perf_counter() - started,
         }
@@ -97,7 +110,7 @@ class RLOOStep:
     def _update(self, rollout: Rollout, advantages: torch.Tensor) -> float:
         """One policy-gradient step on every answer, a micro-batch of them at a time (the
         log-probabilities above, taken without gradients, spare keeping the whole batch's
-        activations); its loss."""
+        activations); this process's part of its loss."""
         self.policy.model.train()
         loss = 0.0
         everything = torch.arange(len(rollout), device=advantages.device)
@@ -112,6 +125,7 @@ class RLOOStep:
             )
             (share * result.loss).backward()
             loss += share * result.loss.item()
+        distributed.sum_gradients(self.policy.trainable_parameters())
         optimiser_step(
             self.policy.trainable_parameters(),
             self.optimizer,

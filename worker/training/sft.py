@@ -1,7 +1,8 @@
 """Supervised fine-tuning of the policy on raters' rewritten answers.
 
 The loss counts the answer's tokens only: the prompt is context, not something to imitate
-(InstructGPT's SFT stage, on the demonstrations raters wrote while rating).
+(InstructGPT's SFT stage, on the demonstrations raters wrote while rating). Processes training
+together each take their part of a batch's demonstrations (`worker.training.distributed`).
 
     python -m worker.training.sft --data demonstrations.jsonl --base models/base --out models/sft-1
 """
@@ -26,6 +27,7 @@ from transformers import (
 )
 
 from app.round_config import SFTConfig
+from worker.training import distributed
 from worker.training.checkpoints import (
     atomic_directory,
     from_folder,
@@ -35,7 +37,6 @@ from worker.training.checkpoints import (
     write_pretrained,
 )
 from worker.training.cli import (
-    in_one_process,
     parse_settings,
     read_demonstrations,
     step_bar,
@@ -98,15 +99,13 @@ def train_sft(
             shuffle=True,
             seed=config.seed + epoch,
         ):
-            batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            with autocast(device):
-                loss = model(**batch).loss  # labels are -100 outside the answers
-            loss.backward()
+            loss = _backward_part(model, batch, device)
+            distributed.sum_gradients(trainable)
             optimiser_step(
                 trainable, optimizer, max_grad_norm=config.max_grad_norm, scheduler=scheduler
             )
             point = record_step(
-                report.curve, loss=loss.item(), scheduler=scheduler, on_step=on_step
+                report.curve, loss=distributed.sum_of(loss), scheduler=scheduler, on_step=on_step
             )
             report.steps = point["step"]
     report.seconds = time.perf_counter() - started
@@ -115,6 +114,24 @@ def train_sft(
         model = model.merge_and_unload()
     model.eval()
     return model, tokenizer, report
+
+
+def _backward_part(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], device: torch.device
+) -> float:
+    """Backpropagate this process's part of `batch`'s loss, the mean over all the batch's
+    answer tokens (labels other than -100, each predicted from the token before it); that
+    part."""
+    rows = distributed.part(len(batch["labels"]))
+    mine = {name: tensor[rows.start : rows.stop].to(device) for name, tensor in batch.items()}
+    tokens = (mine["labels"][:, 1:] != -100).sum().item()
+    share = tokens / max(1, distributed.sum_of(tokens))
+    if not tokens:
+        return 0.0
+    with autocast(device):
+        loss = model(**mine).loss * share  # labels are -100 outside the answers
+    loss.backward()
+    return loss.item()
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> Path:
@@ -130,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         data='demonstrations: JSON Lines of {"messages": [...], "answer": "..."}',
     )
     args, config = parse_settings(parser, SFTConfig, argv)
-    in_one_process("SFT")
     examples = read_demonstrations(args.data)
     steps = planned_steps(config.epochs, len(examples), config.batch_size)
     with step_bar(steps, "SFT", lines=args.step_lines) as step:
         model, tokenizer, report = train_sft(examples, args.base, config, on_step=step)
-    save_policy(model, tokenizer, args.out)
-    print(json.dumps({key: value for key, value in asdict(report).items() if key != "curve"}))
+    if distributed.is_main():
+        save_policy(model, tokenizer, args.out)
+        print(json.dumps(asdict(report)))
     return 0
 
 

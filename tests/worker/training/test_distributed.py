@@ -1,10 +1,11 @@
-"""The reward model and DPO, data parallel: `torchrun --nproc-per-node 2` over gloo on the CPU
-trains what one process trains on the same global batch, and only rank 0 writes a model; the
-trainers that do not share their work out refuse to run in several processes.
+"""Every trainer, data parallel: `torchrun --nproc-per-node 2` over gloo on the CPU trains what
+one process trains on the same global batch, and only rank 0 writes a model. PPO and RLOO share
+out each step's prompts, and a seeded answer is the same tokens whatever shares its batch, so
+two processes sample the answers one samples.
 
 The tolerance, `rel=1e-4, abs=1e-5` on every point of the curve and every weight, is the one
 the trainers' micro-batch tests hold one pass to: two processes change only how a step's
-gradient is summed (each process's micro-batches, then the processes' sums) and how its pairs
+gradient is summed (each process's micro-batches, then the processes' sums) and how its rows
 are padded together, which moves float32 results in their last few digits and no more."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from app.pairs import canonical_line
-from tests.worker.training.test_policy_optimisers import dpo_pairs, timeless
+from tests.worker.training.test_policy_optimisers import PROMPTS, dpo_pairs, timeless
 from tests.worker.training.test_reward_model import pairs_for
 from worker.training.checkpoints import resolve_device
 from worker.training.reward_model import load_reward_model
@@ -30,20 +31,38 @@ from worker.training.reward_model import load_reward_model
 ROOT = Path(__file__).resolve().parents[3]
 TOLERANCE = {"rel": 1e-4, "abs": 1e-5}
 SMALL = ["--epochs", "2", "--micro-batch-tokens", "40"]  # a few steps, a micro-batch a pair
-RUNS = {  # each trainer's pairs and settings
+ONLINE = ["--steps", "2", "--prompts-per-step", "3", "--max-new-tokens", "8"]
+"""Three prompts a step: one for rank 0, two for rank 1."""
+RUNS = {  # each trainer's input rows and settings
     "reward_model": (
-        pairs_for(8) + pairs_for(4, split="eval"),
+        [pair.__dict__ for pair in pairs_for(8) + pairs_for(4, split="eval")],
         [*SMALL, "--batch-pairs", "4", "--learning-rate", "1e-3"],
     ),
     "dpo": (  # batches of 2, 2 and 1 pairs: on the last, rank 0 has no pair to train on
         [
-            replace(pair, source="rewrite") if index % 2 else pair
+            (replace(pair, source="rewrite") if index % 2 else pair).__dict__
             for index, pair in enumerate(dpo_pairs()[:5])
         ],
         [*SMALL, "--batch-pairs", "2", "--learning-rate", "1e-2", "--nll-coefficient", "0.5"]
         + ["--nll-pairs", "rewrites"],
     ),
+    "sft": (  # batches of 3 and 2 demonstrations of different lengths
+        [
+            {"messages": [{"role": "user", "content": f"Count to {n}."}], "answer": "1 2 3 " * n}
+            for n in range(1, 6)
+        ],
+        ["--epochs", "2", "--batch-size", "3", "--learning-rate", "1e-3"],
+    ),
+    "rloo": (
+        [{"messages": messages} for messages in PROMPTS],
+        [*ONLINE, "--samples-per-prompt", "2", "--learning-rate", "1e-2"],
+    ),
+    "ppo": (  # a minibatch of the step's 3 answers, split 1 and 2 between the ranks
+        [{"messages": messages} for messages in PROMPTS],
+        [*ONLINE, "--minibatch-size", "4", "--learning-rate", "1e-2"],
+    ),
 }
+ONLINE_TRAINERS = ("rloo", "ppo")
 
 
 def free_port() -> int:
@@ -68,14 +87,14 @@ def launch(trainer: str, argv: list[str], *, processes: int) -> subprocess.Compl
     )
 
 
-def train(trainer: str, base: Path, folder: Path, *, processes: int) -> dict:
-    """Run `trainer` on its pairs in `processes` processes, writing `folder / "out"`; what it
-    printed."""
-    pairs, settings = RUNS[trainer]
+def train(trainer: str, inputs: list[str], folder: Path, *, processes: int) -> dict:
+    """Run `trainer` on its rows in `processes` processes from `inputs` (`--base ...`),
+    writing `folder / "out"`; what it printed."""
+    rows, settings = RUNS[trainer]
     folder.mkdir()
     data = folder.parent / f"{trainer}-{folder.name}.jsonl"
-    data.write_bytes(b"".join(canonical_line(pair.__dict__) for pair in pairs))
-    inputs = ["--data", str(data), "--base", str(base), "--out", str(folder / "out")]
+    data.write_bytes(b"".join(map(canonical_line, rows)))
+    inputs = [*inputs, "--data", str(data), "--out", str(folder / "out")]
     run = launch(trainer, [*inputs, *settings], processes=processes)
     assert run.returncode == 0, run.stderr
     assert [path.name for path in folder.iterdir()] == ["out"]  # one model, no leftovers
@@ -91,30 +110,38 @@ def weights(trainer: str, folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("trainer", RUNS)
-def test_two_processes_train_what_one_does(trainer, tiny_model_dir, tmp_path):
-    alone = train(trainer, tiny_model_dir, tmp_path / "one", processes=1)
-    together = train(trainer, tiny_model_dir, tmp_path / "two", processes=2)
+def test_two_processes_train_what_one_does(trainer, tiny_model_dir, tiny_reward_model, tmp_path):
+    inputs = ["--base", str(tiny_model_dir)]
+    if trainer in ONLINE_TRAINERS:
+        inputs += ["--reward-model", str(tiny_reward_model)]
+    alone = train(trainer, inputs, tmp_path / "one", processes=1)
+    together = train(trainer, inputs, tmp_path / "two", processes=2)
     curve, expected = timeless(together["curve"]), timeless(alone["curve"])
-    assert len(curve) == len(expected) > 3
+    assert len(curve) == len(expected) >= 2
     for point, one in zip(curve, expected, strict=True):
         assert point == pytest.approx(one, **TOLERANCE)
     trained, reference = (
         weights(trainer, tmp_path / "two/out"),
         weights(trainer, tmp_path / "one/out"),
     )
+    # Adam makes a near-0 gradient's noise a step: the online trainers' micro-batch tests allow
+    # their weights 1e-4 too.
+    atol = 1e-4 if trainer in ONLINE_TRAINERS else TOLERANCE["abs"]
     for name, value in trained.items():
-        torch.testing.assert_close(
-            value, reference[name], rtol=TOLERANCE["rel"], atol=TOLERANCE["abs"]
-        )
+        torch.testing.assert_close(value, reference[name], rtol=TOLERANCE["rel"], atol=atol)
 
 
-def test_a_trainer_that_does_not_share_its_work_refuses_several_processes(tiny_model_dir, tmp_path):
-    data = tmp_path / "demonstrations.jsonl"
-    data.write_text('{"messages": [{"role": "user", "content": "Hi?"}], "answer": "Hello."}\n')
+def test_a_step_with_fewer_prompts_than_processes_is_refused_before_training(
+    tiny_model_dir, tiny_reward_model, tmp_path
+):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi?"}]}\n')
     argv = ["--data", str(data), "--base", str(tiny_model_dir), "--out", str(tmp_path / "out")]
-    run = launch("sft", argv, processes=2)
+    argv += ["--reward-model", str(tiny_reward_model), "--prompts-per-step", "1"]
+    run = launch("rloo", argv, processes=2)
     assert run.returncode != 0 and not (tmp_path / "out").exists()
-    assert "error: SFT trains in one process: run it with python -m, not torchrun" in run.stderr
+    message = "error: --prompts-per-step 1 is fewer than the 2 processes training"
+    assert message in run.stderr
 
 
 @pytest.mark.parametrize(
