@@ -32,7 +32,7 @@ import psutil
 
 from app.config import Settings
 from worker.process_tree import family, signal_family
-from worker.training.cli import STEP_LINE
+from worker.training.cli import PHASE_LINE, STEP_LINE
 
 POLL_S = 0.5
 STOP_GRACE_S = 3.0
@@ -87,9 +87,11 @@ def run_trainer(
     *,
     on_step: Callable[[dict[str, Any]], None],
     should_go_on: Callable[[], None],
+    on_phase: Callable[[dict[str, Any]], None] = lambda point: None,
 ) -> dict[str, Any]:
-    """Run `command`, calling `on_step` with each step's values and `should_go_on` at least
-    every `POLL_S`; the report it prints last. Whatever either raises stops the command first."""
+    """Run `command`, calling `on_step` with each step's values, `on_phase` with each point
+    of a phase before the steps (`{"what", "done", "total"}`) and `should_go_on` at least every
+    `POLL_S`; the report it prints last. Whatever any raises stops the command first."""
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
             command,
@@ -100,7 +102,8 @@ def run_trainer(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            report = _follow(process, on_step, should_go_on)
+            handlers = {STEP_LINE: on_step, PHASE_LINE: on_phase}
+            report = _follow(process, handlers, should_go_on)
         finally:
             _stop(process)
         if process.returncode != 0:
@@ -110,16 +113,18 @@ def run_trainer(
 
 def _follow(
     process: subprocess.Popen,
-    on_step: Callable[[dict[str, Any]], None],
+    handlers: dict[str, Callable[[dict[str, Any]], None]],
     should_go_on: Callable[[], None],
 ) -> str:
-    """Hand each step line to `on_step` until stdout closes; the other lines, joined."""
+    """Hand the JSON of each line that starts with a prefix of `handlers` to its handler until
+    stdout closes; the other lines, joined."""
     report = []
     for line in _lines(process.stdout, should_go_on):
-        if line.startswith(STEP_LINE):
-            on_step(json.loads(line[len(STEP_LINE) :]))
-        else:
+        prefix = next((prefix for prefix in handlers if line.startswith(prefix)), None)
+        if prefix is None:
             report.append(line)
+        else:
+            handlers[prefix](json.loads(line[len(prefix) :]))
     process.wait()
     return "".join(report)
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,7 +42,7 @@ from app.models import (
     RoundStage,
     RunStatus,
 )
-from app.pairs import Pair, read_pairs
+from app.pairs import Pair, canonical_line, read_pairs
 from app.round_config import PromotionConfig, RoundConfig
 from worker.context import STOP_REQUESTED, WorkerContext
 from worker.fitting import fit_reward_model, fit_sft, register_reward_model, reward_model_steps
@@ -53,6 +54,7 @@ from worker.training.checkpoints import release_memory
 from worker.training.optimisation import planned_steps
 from worker.training.policy import Rollout, answer_logprobs, sample_answers
 from worker.training.reward_model import RewardReport, RewardScorer
+from worker.training.sft import SFTReport
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +112,21 @@ class Stage:
         self.check()
         self.progress(min(1.0, fraction), detail)
 
-    def launched(self, trainer: str, processes: int, inputs: dict[str, Path], total: int) -> Any:
+    def launched(
+        self, trainer: str, processes: int, inputs: dict[str, Path], total: int, config: Any
+    ) -> Any:
         """The report of `python -m worker.training.<trainer>` run in `processes` processes
-        with `inputs` and the stage's settings of it, its steps becoming curve points."""
-        config = getattr(self.config, SECTIONS[self.stage])
+        with `inputs` and the settings `config`, its steps becoming curve points."""
         return run_trainer(
             trainer_command(trainer, processes, inputs, config),
             on_step=lambda point: self.curve_point(point["step"], total, point),
             should_go_on=self.check,
+            on_phase=self.phase_point,
         )
+
+    def phase_point(self, point: dict[str, Any]) -> None:
+        """A point of a phase before the steps (`{"what", "done", "total"}`), at 0 progress."""
+        self.report(0.0, f"{point['what']}, batch {point['done']} of {point['total']}")
 
     def curve_point(self, step: int, total: int, values: dict[str, Any]) -> None:
         """One training step: its progress, its curve points, and (at most every
@@ -332,14 +340,18 @@ def sft_stage(stage: Stage) -> dict[str, Any]:
         reason = f"{fresh} new demonstrations, fewer than {minimum}"
         return _with_metrics(stage, "sft", {"skipped": reason})
     name = f"round-{stage.round_id}-sft"
-    report = fit_sft(
-        stage.context,
-        demonstrations=demonstrations,
-        base=stage.parent,
-        config=config,
-        name=name,
-        report=stage.curve_point,
-    )
+    processes = train_processes(stage.context.settings)
+    if processes > 1:
+        report = _sft_in_processes(stage, processes, demonstrations, name)
+    else:
+        report = fit_sft(
+            stage.context,
+            demonstrations=demonstrations,
+            base=stage.parent,
+            config=config,
+            name=name,
+            report=stage.curve_point,
+        )
     return _with_metrics(
         stage,
         "sft",
@@ -350,6 +362,20 @@ def sft_stage(stage: Stage) -> dict[str, Any]:
             "up_to_response_id": max(item["response_id"] for item in demonstrations),
         },
     )
+
+
+def _sft_in_processes(
+    stage: Stage, processes: int, demonstrations: list[dict], name: str
+) -> SFTReport:
+    """`fit_sft`, the training done by `processes` processes (`worker.launch`)."""
+    config = stage.config.sft
+    rows = [{"messages": item["messages"], "answer": item["answer"]} for item in demonstrations]
+    total = planned_steps(config.epochs, len(rows), config.batch_size)
+    with rows_file(rows) as data:
+        inputs = {"data": data, "base": stage.store.path_for(stage.parent.path)}
+        inputs["out"] = stage.store.path_for(name)
+        report = stage.launched("sft", processes, inputs, total, config.trainer_settings())
+    return SFTReport(**report)
 
 
 def _demonstrations(stage: Stage) -> tuple[list[dict], int]:
@@ -418,7 +444,7 @@ def _reward_model_in_processes(
         "out": stage.store.path_for(name),
     }
     total = reward_model_steps(pairs, config)
-    trained = RewardReport(**stage.launched("reward_model", processes, inputs, total))
+    trained = RewardReport(**stage.launched("reward_model", processes, inputs, total, config))
     version = register_reward_model(
         stage.context,
         base=start,
@@ -445,46 +471,64 @@ def _reward_model_start(stage: Stage) -> ModelVersion:
 
 def policy_stage(stage: Stage) -> dict[str, Any]:
     """Optimise the policy with the round's algorithm; save it, unregistered, to the store."""
-    from worker.training.dpo import strict_training_pairs, train_dpo
+    from worker.training.dpo import strict_training_pairs
+
+    config = stage.config.policy
+    inputs = {"base": stage.store.path_for(stage.policy_path())}
+    if stage.algorithm == Algorithm.DPO:
+        strict = strict_training_pairs(read_pairs(stage.snapshot_file))
+        total = planned_steps(config.epochs, len(strict), config.batch_pairs)
+        data = nullcontext(stage.snapshot_file)
+    else:
+        inputs["reward_model"] = stage.store.path_for(stage.metrics["reward_model"]["path"])
+        total = config.steps
+        data = rows_file({"messages": messages} for messages in _train_prompts(stage))
+    name = f"round-{stage.round_id}"
+    with data as path:
+        inputs["data"] = path
+        processes = train_processes(stage.context.settings)
+        if processes > 1:
+            inputs["out"] = stage.store.path_for(name)
+            report = stage.launched(stage.algorithm.value, processes, inputs, total, config)
+            steps, last = report["steps"], report["last"]
+        else:
+            policy, curve = _train_policy(stage, inputs, total)
+            policy.save(stage.store.path_for(name))
+            steps, last = len(curve), curve[-1]
+    return _with_metrics(stage, "policy", {"path": name, "steps": steps, "last": last})
+
+
+def _train_policy(stage: Stage, inputs: dict[str, Path], total: int) -> tuple[Any, list[dict]]:
+    """The policy stage's training in the stage's process, on the trainer's `inputs`: the
+    policy and its curve."""
+    from worker.training.cli import read_prompts
+    from worker.training.dpo import REFERENCE_PASS, train_dpo
     from worker.training.ppo import train_ppo
     from worker.training.rloo import train_rloo
 
     config = stage.config.policy
-    start = stage.store.path_for(stage.policy_path())
+    on_step = lambda point: stage.curve_point(point["step"], total, point)  # noqa: E731
     if stage.algorithm == Algorithm.DPO:
-        pairs = read_pairs(stage.snapshot_file)
-        strict = strict_training_pairs(pairs)
-        total = planned_steps(config.epochs, len(strict), config.batch_pairs)
-        processes = train_processes(stage.context.settings)
-        if processes > 1:
-            return _dpo_in_processes(stage, processes, start, total)
 
         def reference_pass(done: int, batches: int) -> None:
-            stage.report(0.0, f"reference log-probs, batch {done} of {batches}")
+            stage.phase_point({"what": REFERENCE_PASS, "done": done, "total": batches})
 
-        run = lambda on_step: train_dpo(  # noqa: E731
-            pairs, start, config, on_step=on_step, on_reference=reference_pass
+        pairs = read_pairs(inputs["data"])
+        return train_dpo(
+            pairs, inputs["base"], config, on_step=on_step, on_reference=reference_pass
         )
-    else:
-        train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo
-        prompts = _train_prompts(stage)
-        reward_model = stage.store.path_for(stage.metrics["reward_model"]["path"])
-        total = config.steps
-        run = lambda on_step: train(prompts, start, reward_model, config, on_step=on_step)  # noqa: E731
-    policy, curve = run(lambda point: stage.curve_point(point["step"], total, point))
-    name = f"round-{stage.round_id}"
-    policy.save(stage.store.path_for(name))
-    return _with_metrics(stage, "policy", {"path": name, "steps": len(curve), "last": curve[-1]})
+    train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo
+    prompts = read_prompts(inputs["data"])
+    return train(prompts, inputs["base"], inputs["reward_model"], config, on_step=on_step)
 
 
-def _dpo_in_processes(stage: Stage, processes: int, start: Path, total: int) -> dict[str, Any]:
-    """The DPO branch of `policy_stage`, trained by `processes` processes (`worker.launch`)."""
-    name = f"round-{stage.round_id}"
-    inputs = {"data": stage.snapshot_file, "base": start, "out": stage.store.path_for(name)}
-    report = stage.launched("dpo", processes, inputs, total)
-    return _with_metrics(
-        stage, "policy", {"path": name, "steps": report["steps"], "last": report["last"]}
-    )
+@contextmanager
+def rows_file(rows: Iterable[dict[str, Any]]) -> Iterator[Path]:
+    """`rows` in a JSON Lines file for a trainer to read, deleted afterwards."""
+    with tempfile.TemporaryDirectory(prefix="alignloop-trainer-") as folder:
+        path = Path(folder) / "rows.jsonl"
+        path.write_bytes(b"".join(map(canonical_line, rows)))
+        yield path
 
 
 def _train_prompts(stage: Stage) -> list[list[dict]]:

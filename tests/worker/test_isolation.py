@@ -50,10 +50,10 @@ class Embedded:
     headers: dict[str, str]
     factory: object
 
-    def start_round(self, overrides: dict) -> int:
+    def start_round(self, overrides: dict, *, algorithm: str = "dpo") -> int:
         started = httpx.post(
             f"{self.url}/api/rounds",
-            json={"algorithm": "dpo", "preset": "quick", "overrides": overrides},
+            json={"algorithm": algorithm, "preset": "quick", "overrides": overrides},
             headers=self.headers,
         )
         assert started.status_code == 202, started.text

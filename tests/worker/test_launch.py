@@ -1,5 +1,5 @@
 """A stage's trainer command (`worker.launch`): its flags give back the stage's settings; its
-step lines reach the stage; a failed rank fails it with the rank's error; a stop ends the
+phase and step lines reach the stage; a failed rank fails it with the rank's error; a stop ends the
 command and every process under it, those in sessions of their own and those that ignore
 SIGTERM included."""
 
@@ -41,18 +41,21 @@ def python(script: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(script)]
 
 
-def test_steps_reach_the_stage_and_the_report_comes_back():
-    steps = []
+def test_phases_and_steps_reach_the_stage_and_the_report_comes_back():
+    steps, phases = [], []
     report = run_trainer(
         python("""
             import json
+            print("phase " + json.dumps({"what": "reference", "done": 1, "total": 1}))
             for step in (1, 2):
                 print("step " + json.dumps({"step": step, "loss": 0.5}), flush=True)
             print(json.dumps({"steps": 2}, indent=2))
         """),
         on_step=steps.append,
         should_go_on=lambda: None,
+        on_phase=phases.append,
     )
+    assert phases == [{"what": "reference", "done": 1, "total": 1}]
     assert steps == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.5}] and report == {"steps": 2}
 
 

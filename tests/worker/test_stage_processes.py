@@ -1,6 +1,6 @@
-"""A round's reward model and DPO stages trained by two processes under torchrun on the CPU
-(`ALIGNLOOP_TRAIN_PROCESSES=2`): rank 0 alone writes the reward model, which the stage
-registers, as it does the DPO policy; each step becomes one curve point; a cancel, or a rank
+"""A round's training stages (SFT, reward model, DPO or RLOO) trained by two processes under
+torchrun on the CPU (`ALIGNLOOP_TRAIN_PROCESSES=2`): rank 0 alone writes each model, the
+reward model registered by the stage; each step becomes one curve point; a cancel, or a rank
 that dies, ends torchrun and every rank, and the round (cancelled, or failed with the cause)."""
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from tests.worker.test_isolation import (
     embedded_run,
 )
 
+ROUNDS = {
+    "dpo": SHORT_ROUND,
+    "rloo": {**SHORT_ROUND, "policy": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 8}},
+}
+
 
 def trainer_processes(data_dir: Path) -> list[psutil.Process]:
     """torchrun and the ranks training into `data_dir`."""
@@ -40,10 +45,11 @@ def written(data_dir: Path, name: str) -> list[str]:
     return [path.name for path in folders if path.name == name or path.name.startswith(f".{name}.")]
 
 
-def curve_steps(db: Session, round_id: int, stage: RoundStage) -> list[int]:
-    """The steps of the stage's loss curve, in order: each once when rank 0 alone reports."""
+def curve_steps(db: Session, round_id: int, stage: RoundStage, curve: str = "loss") -> list[int]:
+    """The steps of the stage's curve of `curve`, in order: each once when rank 0 alone
+    reports."""
     query = select(RoundMetric.step).where(
-        RoundMetric.round_id == round_id, RoundMetric.stage == stage, RoundMetric.name == "loss"
+        RoundMetric.round_id == round_id, RoundMetric.stage == stage, RoundMetric.name == curve
     )
     return sorted(db.scalars(query))
 
@@ -77,20 +83,29 @@ def test_two_processes_train_a_rounds_models_and_a_cancel_ends_every_rank(tmp_pa
         assert not (data_dir / "models" / f"round-{round_id}").exists()
 
 
-@pytest.mark.long  # about 40 s; README lists the long checks
-def test_a_dpo_round_trained_by_two_processes_ends_in_one_policy(tmp_path, model_settings):
+@pytest.mark.long  # about 50 s each; README lists the long checks
+@pytest.mark.parametrize("algorithm", ["dpo", "rloo"])
+def test_a_round_trained_by_two_processes_ends_in_one_sft_model_and_one_policy(
+    algorithm, tmp_path, model_settings
+):
     data_dir = model_settings.data_dir
     with embedded_run(tmp_path, model_settings, {"train_processes": "2"}) as embedded:
-        round_id = embedded.start_round(SHORT_ROUND)
+        round_id = embedded.start_round(ROUNDS[algorithm], algorithm=algorithm)
         done = wait_for(
             lambda: (r := embedded.round(round_id)).status not in ACTIVE and r, 300, "the round"
         )
         with embedded.factory() as db:
-            steps = curve_steps(db, round_id, RoundStage.POLICY)
+            sft_steps = curve_steps(db, round_id, RoundStage.SFT)
+            policy_curve = "loss" if algorithm == "dpo" else "reward"
+            policy_steps = curve_steps(db, round_id, RoundStage.POLICY, policy_curve)
     assert done.status == RunStatus.SUCCEEDED, done.error
-    policy = done.metrics["policy"]
-    assert policy["path"] == f"round-{round_id}" and steps == list(range(1, policy["steps"] + 1))
-    assert written(data_dir, policy["path"]) == [policy["path"]]
+    sft, policy = done.metrics["sft"], done.metrics["policy"]
+    assert sft["examples"] > 0 and written(data_dir, sft["path"]) == [sft["path"]]
+    assert sft_steps == list(range(1, len(sft_steps) + 1))
+    assert policy["path"] == f"round-{round_id}" and written(data_dir, policy["path"]) == [
+        policy["path"]
+    ]
+    assert policy_steps == list(range(1, policy["steps"] + 1))
 
 
 @pytest.mark.long  # about 40 s; README lists the long checks

@@ -82,6 +82,25 @@ def test_each_trainer_trains_on_files_and_saves_a_model_that_loads(
         assert printed["steps"] == printed["last"]["step"] >= 1
 
 
+def test_step_lines_give_the_reference_pass_then_each_step_then_the_report(
+    tiny_model_dir, tmp_path
+):
+    data, out = data_file(tmp_path, "pairs"), tmp_path / "out"
+    argv = [*arguments("dpo", data, tiny_model_dir, tiny_model_dir, out), "--step-lines"]
+    run = run_module("dpo", argv)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    phases = [
+        json.loads(line[len(cli.PHASE_LINE) :]) for line in lines if line.startswith("phase ")
+    ]
+    steps = [json.loads(line[len(cli.STEP_LINE) :]) for line in lines if line.startswith("step ")]
+    assert phases and phases[-1]["done"] == phases[-1]["total"]
+    assert {phase["what"] for phase in phases} == {"reference log-probs"}
+    assert lines[: len(phases)] == [line for line in lines if line.startswith("phase ")]
+    report = json.loads("\n".join(lines[len(phases) + len(steps) :]))
+    assert [step["step"] for step in steps] == list(range(1, report["steps"] + 1))
+
+
 def test_a_missing_data_file_ends_the_command_with_a_message(tiny_model_dir, tmp_path):
     missing = tmp_path / "pairs.jsonl"
     argv = ["--data", str(missing), "--base", str(tiny_model_dir), "--out", str(tmp_path / "o")]
