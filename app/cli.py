@@ -29,6 +29,7 @@ from app.models import (
     DEFAULT_ALGORITHM,
     Algorithm,
     KeyScope,
+    ModelKind,
     PromptSplit,
     Role,
     RunStatus,
@@ -392,6 +393,45 @@ def models_pull_default(settings: Settings) -> None:
     except ModelSourceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"model version {version.name!r} is at {settings.models_dir / version.path}")
+
+
+@models.command("register")
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice([kind.value for kind in ModelKind]),
+    default="policy",
+    show_default=True,
+)
+@click.option(
+    "--parent", default="base", show_default=True, help="The version it was trained from."
+)
+@click.pass_obj
+def models_register(settings: Settings, name: str, kind: str, parent: str) -> None:
+    """Register the model folder NAME of the store, trained outside a round (across machines,
+    say), as version NAME: rounds, the leaderboard and promotion then see it."""
+    from worker.model_store import ModelStore
+
+    store = ModelStore(settings)
+    try:
+        folder = store.path_for(name)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not (folder / "config.json").is_file():
+        raise click.ClickException(f"{folder} holds no trained model (no config.json)")
+    with session_scope(_session_factory(settings)) as db:
+        started_from = model_registry.get_model_version(db, name=parent)
+        if started_from is None:
+            raise NotFound(f"no model version named {parent!r}")
+        store.register(
+            db,
+            name=name,
+            kind=ModelKind(kind),
+            path=name,
+            config={"registered": "from the command line"},
+            parent=started_from,
+        )
+    click.echo(f"model version {name!r} ({kind}, from {parent!r}) is registered")
 
 
 @main.command()

@@ -404,3 +404,31 @@ def test_rounds_watch_follows_a_running_round_until_it_ends(cli, db):
     assert f"round {round_id} failed: policy: boom" in result.output
     ended = cli("rounds", "watch", str(round_id))  # an ended round: its outcome at once
     assert ended.exit_code == 1 and "failed: policy: boom" in ended.output
+
+
+def test_models_register_adds_a_folder_trained_outside_a_round(cli, db, tmp_path):
+    db.add(
+        ModelVersion(
+            name="base", kind=ModelKind.POLICY, status=ModelStatus.READY, path="base", config={}
+        )
+    )
+    db.commit()
+    folder = tmp_path / "data" / "models" / "dpo-2x8"
+    assert "holds no trained model" in cli("models", "register", "dpo-2x8").output
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    unknown = cli("models", "register", "dpo-2x8", "--parent", "nope")
+    assert unknown.exit_code == 1 and "no model version named 'nope'" in unknown.output
+
+    result = cli("models", "register", "dpo-2x8")
+    assert result.exit_code == 0, result.output
+    version = db.scalar(select(ModelVersion).where(ModelVersion.name == "dpo-2x8"))
+    assert (version.kind, version.parent.name, version.path) == (
+        ModelKind.POLICY,
+        "base",
+        "dpo-2x8",
+    )
+    assert (folder / "README.md").is_file()  # its model card
+    db.rollback()  # SQLite: no open transaction beside the next command's
+    again = cli("models", "register", "dpo-2x8")
+    assert again.exit_code == 1 and "already exists" in again.output
