@@ -33,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from alignment_study import CACHE, base_path  # noqa: E402
 from harness import machine  # noqa: E402
 
-from app.domain.bootstrap import DEMO_PROMPTS  # noqa: E402
+from app.bundled import demo_prompt_rows  # noqa: E402
 from app.pairs import Pair, canonical_line  # noqa: E402
 from app.round_config import POLICY_PRESETS, DPOConfig, RLOOConfig  # noqa: E402
 from worker.launch import trainer_command  # noqa: E402
@@ -45,8 +45,7 @@ LAST_SHOWN = ("loss", "reward", "kl")
 
 
 def prompts() -> list[list[dict]]:
-    rows = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
-    return [row["messages"] for row in rows if "zh" not in row.get("tags", [])]
+    return [row["messages"] for row in demo_prompt_rows() if "zh" not in row.get("tags", [])]
 
 
 def pairs() -> list[Pair]:
