@@ -43,9 +43,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.clearly": "Clearly",
         "rate.much": "Much",
         "rate.rank_title": "Rank the responses, best first",
-        "rate.rank_hint": "Press the letters from best to worst; = before a letter ties it with "
-        "the previous one. Or drag the chips, or choose a rank on each card.",
-        "rate.rank": "Rank",
         "rate.unranked": "not ranked",
         "rate.none_acceptable": "None of them is acceptable",
         "rate.ratings": "Ratings (1 = poor, 7 = excellent)",
@@ -64,7 +61,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.skip_reason": "Why skip? (optional)",
         "rate.skip_confirm": "Skip this task",
         "rate.cancel": "Cancel",
-        "rate.lease": "Reserved for you until {time} UTC",
         "rate.empty_title": "Nothing to rate right now",
         "rate.empty_body": "There are no tasks waiting for you. New ones appear while an admin "
         "generates candidates; this page shows the next one as soon as it is there.",
@@ -72,12 +68,33 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.paused_body": "An admin has paused your rating, so no new tasks come to you until "
         "they resume it. The judgements you made are kept.",
         "rate.paused_reason": "Reason: {reason}",
-        "rate.saved": "Saved. Here is the next task.",
-        "rate.skipped": "Skipped. Here is the next task.",
         "rate.keys": "Keys",
         "rate.guideline_version": "Guidelines v{version}",
         "rate.error.choose": "Choose which response is better, a tie, or both bad.",
         "rate.error.rank_all": "Give every response a rank.",
+        # the rater's page, issue 19: vote bar, progress, notices, local times, touch hints
+        "rate.saved": "Saved.",
+        "rate.saved_next": "Saved. Here is the next task.",
+        "rate.skipped": "Skipped.",
+        "rate.skipped_next": "Skipped. Here is the next task.",
+        "rate.reserved_until": "Reserved for you until",
+        "rate.vote_bar": "Your verdict",
+        "rate.rank_of": "Rank of response {label}",
+        "rate.keys_hint_pair": "Keys: A or B (← →) picks the better one, T about the same, "
+        "X both bad; 1 2 3 how much better; Enter submits; ? lists every key.",
+        "rate.keys_hint_rank": "Keys: press the letters from best to worst; = before a letter "
+        "ties it with the previous one; Enter submits. Or drag the chips, or choose the ranks.",
+        "rate.touch_hint_pair": "Tap the better response (or about the same, or both bad), "
+        "then how much better, then Submit.",
+        "rate.touch_hint_rank": "Tap the chips from best to worst, or choose a rank for each "
+        "response, then Submit.",
+        "rate.progress": "Your progress",
+        "rate.progress_today": "Today",
+        "rate.progress_judged": "Done overall",
+        "rate.progress_left": "Left in the queue",
+        "rate.progress_agreement": "Agreement with other raters",
+        "rate.progress_agreement_hint": "How closely your rankings follow the other raters' "
+        "consensus on the same tasks (updated every few minutes)",
         "help.title": "Keyboard shortcuts",
         "help.better": "A / B (or ← / →): that response is better",
         "help.tie": "T: about the same · X: both bad",
@@ -134,9 +151,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.clearly": "明显更好",
         "rate.much": "好很多",
         "rate.rank_title": "给回答排序，最好的在前",
-        "rate.rank_hint": "按从好到差的顺序按字母键；先按 = 再按字母表示与上一个并列。"
-        "也可以拖动标签，或在每张卡片上选择名次。",
-        "rate.rank": "名次",
         "rate.unranked": "未排序",
         "rate.none_acceptable": "都不可接受",
         "rate.ratings": "评分（1 = 很差，7 = 极好）",
@@ -154,7 +168,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.skip_reason": "跳过的原因（可选）",
         "rate.skip_confirm": "跳过此任务",
         "rate.cancel": "取消",
-        "rate.lease": "为你保留至 {time}（UTC）",
         "rate.empty_title": "暂时没有可评的任务",
         "rate.empty_body": "目前没有等待你的任务。管理员生成候选回答时会陆续出现新任务，"
         "本页会自动显示下一个任务。",
@@ -162,12 +175,31 @@ MESSAGES: dict[str, dict[str, str]] = {
         "rate.paused_body": "管理员暂停了你的评分，在恢复之前不会再分配新任务给你。"
         "你已做的评判会保留。",
         "rate.paused_reason": "原因：{reason}",
-        "rate.saved": "已保存。下面是下一个任务。",
-        "rate.skipped": "已跳过。下面是下一个任务。",
         "rate.keys": "快捷键",
         "rate.guideline_version": "准则 v{version}",
         "rate.error.choose": "请选择哪个回答更好、差不多或都不好。",
         "rate.error.rank_all": "请给每个回答一个名次。",
+        # the rater's page, issue 19: vote bar, progress, notices, local times, touch hints
+        "rate.saved": "已保存。",
+        "rate.saved_next": "已保存。下面是下一个任务。",
+        "rate.skipped": "已跳过。",
+        "rate.skipped_next": "已跳过。下面是下一个任务。",
+        "rate.reserved_until": "为你保留至",
+        "rate.vote_bar": "你的评判",
+        "rate.rank_of": "回答 {label} 的名次",
+        "rate.keys_hint_pair": "快捷键：A 或 B（← →）选更好的回答，T 差不多，X 都不好；"
+        "1 2 3 表示好多少；回车提交；? 显示全部快捷键。",
+        "rate.keys_hint_rank": "快捷键：按从好到差的顺序按字母键；先按 = 再按字母表示与上一个并列；"
+        "回车提交。也可以拖动标签，或选择名次。",
+        "rate.touch_hint_pair": "点选更好的回答（或差不多、都不好），再选好多少，然后提交。",
+        "rate.touch_hint_rank": "按从好到差的顺序点击标签，或为每个回答选择名次，然后提交。",
+        "rate.progress": "你的进度",
+        "rate.progress_today": "今日",
+        "rate.progress_judged": "累计完成",
+        "rate.progress_left": "队列剩余",
+        "rate.progress_agreement": "与其他评分员的一致度",
+        "rate.progress_agreement_hint": "你的排序与其他评分员对同一任务的共识有多接近"
+        "（每隔几分钟更新）",
         "help.title": "键盘快捷键",
         "help.better": "A / B（或 ← / →）：该回答更好",
         "help.tie": "T：差不多 · X：都不好",
