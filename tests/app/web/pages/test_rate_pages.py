@@ -218,6 +218,8 @@ def test_a_rater_switches_the_interface_to_chinese(client, db, csrf):
     assert page.select_one("html")["lang"] == "zh-CN"
     assert "哪个回答更好？" in page.select_one(".verdict").text
     assert "评分准则" in html(client.get("/guidelines")).select_one("h1").text
+    assert html(client.get("/playground")).select_one("h1").text == "试用"
+    assert page.select_one(".progress-strip")["aria-label"] == "你的进度"
     bad = client.post("/account/language", data={"language": "xx", "csrf_token": csrf})
     assert bad.status_code == 422
 
