@@ -1,5 +1,5 @@
 // The playground: chat with one model version, or two side by side, streaming answers from
-// /playground/chat (the same serving path as /v1) and sending thumbs or a better answer to
+// /playground/chat (the same serving path as /v1) and sending thumbs and a better answer to
 // /api/feedback. All model text is inserted as text, never as HTML.
 "use strict";
 
@@ -15,6 +15,8 @@
   }));
   const input = document.getElementById("message");
   const problem = document.getElementById("problem");
+  const feedbackTemplate = document.getElementById("feedback-template");
+  let openEditor = null;  // the better-answer box on screen, if any; the ask form hides meanwhile
 
   function activePanes() {
     return panes.filter((pane) => pane.select.value);
@@ -28,6 +30,7 @@
   }
 
   function reset() {
+    closeEditor(openEditor);
     panes.forEach((pane) => {
       pane.history = [];
       pane.element.querySelector(".transcript").textContent = "";
@@ -89,41 +92,72 @@
       }
     }
     pane.history.push({ role: "assistant", content: body.textContent });
-    if (completionId) answer.appendChild(feedbackBar(completionId));
+    if (completionId) answer.appendChild(feedbackBar(completionId, body.textContent));
   }
 
-  function feedbackBar(completionId) {
-    const bar = document.createElement("div");
-    bar.className = "feedback";
-    const say = async (payload, button) => {
-      const response = await post("/api/feedback", { completion_id: completionId, ...payload });
-      bar.textContent = response.ok ? "Thanks: this goes into the next round's rating material." : "Feedback failed.";
-      if (button) button.disabled = true;
-    };
-    for (const [label, rating] of [["👍", "up"], ["👎", "down"]]) {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "secondary";
-      button.textContent = label;
-      button.setAttribute("aria-label", rating === "up" ? "Good answer" : "Bad answer");
-      button.addEventListener("click", () => say({ rating }, button));
-      bar.appendChild(button);
+  // --- feedback: thumbs and a better answer, two independent steps ---------------------------
+
+  // One Send button on screen at a time: while a better answer is being written, the ask
+  // form is hidden, and opening another answer's box closes this one.
+  function showEditor(box) {
+    if (openEditor !== box) closeEditor(openEditor);
+    openEditor = box;
+    box.hidden = false;
+    form.hidden = true;
+  }
+
+  function closeEditor(box) {
+    if (!box) return;
+    box.hidden = true;
+    if (openEditor === box) openEditor = null;
+    form.hidden = false;
+  }
+
+  // A thumb leaves the bar in place, so that a better answer (natural after a thumbs-down)
+  // is still one click away; the box starts from the answer, as the rating page's rewrite does.
+  function feedbackBar(completionId, answerText) {
+    const bar = feedbackTemplate.content.firstElementChild.cloneNode(true);
+    const status = bar.querySelector(".feedback-status");
+    const thumbs = Array.from(bar.querySelectorAll("[data-rating]"));
+    const suggest = bar.querySelector("[data-action=suggest]");
+    const box = bar.querySelector(".better-answer");
+    const editor = box.querySelector("textarea");
+
+    async function say(payload, thanks) {
+      let ok = false;
+      try {
+        ok = (await post("/api/feedback", { completion_id: completionId, ...payload })).ok;
+      } catch (error) {
+        // Offline or the server is restarting: reported as a failure; a click tries again.
+      }
+      status.textContent = ok ? thanks : root.dataset.msgFailed;
+      return ok;
     }
-    const better = document.createElement("button");
-    better.type = "button";
-    better.className = "link";
-    better.textContent = "Suggest a better answer";
-    better.addEventListener("click", () => {
-      const editor = document.createElement("textarea");
-      editor.rows = 4;
-      const send = document.createElement("button");
-      send.type = "button";
-      send.textContent = "Send";
-      send.addEventListener("click", () => say({ preferred: editor.value }));
-      bar.replaceChildren(editor, send);
+
+    thumbs.forEach((thumb) => thumb.addEventListener("click", async () => {
+      if (!(await say({ rating: thumb.dataset.rating }, root.dataset.msgRated))) return;
+      thumbs.forEach((each) => {
+        each.disabled = true;
+        each.setAttribute("aria-pressed", String(each === thumb));
+      });
+    }));
+    suggest.addEventListener("click", () => {
+      if (!editor.value) editor.value = answerText;
+      suggest.hidden = true;
+      showEditor(box);
       editor.focus();
     });
-    bar.appendChild(better);
+    bar.querySelector("[data-action=cancel-better]").addEventListener("click", () => {
+      closeEditor(box);
+      suggest.hidden = false;
+    });
+    bar.querySelector("[data-action=send-better]").addEventListener("click", async () => {
+      if (editor.value.trim() === answerText.trim()) {
+        status.textContent = root.dataset.msgUnchanged;
+        return;
+      }
+      if (await say({ preferred: editor.value }, root.dataset.msgSuggested)) closeEditor(box);
+    });
     return bar;
   }
 

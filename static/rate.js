@@ -1,6 +1,7 @@
 // The rater page, enhanced: keyboard shortcuts, ranking by keys, clicks or dragging, the
-// "better answer" editor prefilled with the preferred response, and the next task swapped in
-// without reloading. Without this script the page still works as a plain form.
+// "better answer" editor prefilled with the preferred response, times in the rater's own time
+// zone, and the next task swapped in without reloading. Without this script the page still
+// works as a plain form.
 "use strict";
 
 (function () {
@@ -24,6 +25,7 @@
     tieNext = false;
     spentMs = 0;
     shownAt = document.hidden ? 0 : Date.now();
+    showLocalTimes();
     if (!form) { window.setTimeout(pollWhileEmpty, EMPTY_POLL_MS); return; }
     form.addEventListener("submit", onSubmit);
     const skipForm = document.getElementById("skip-form");
@@ -55,6 +57,17 @@
       }
     }
     window.setTimeout(pollWhileEmpty, EMPTY_POLL_MS);
+  }
+
+  // The server writes times in UTC (right without this script); show them in local time.
+  function showLocalTimes() {
+    const clock = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    area.querySelectorAll("time[data-local=clock]").forEach((element) => {
+      const moment = new Date(element.dateTime);
+      if (Number.isNaN(moment.getTime())) return;
+      element.title = element.textContent;
+      element.textContent = moment.toLocaleTimeString(document.documentElement.lang, clock);
+    });
   }
 
   function isPairwise() {
@@ -345,5 +358,9 @@
   });
 
   help.querySelector("[data-action=close-help]").addEventListener("click", toggleHelp);
+  // "?done=saved" told a plain form post what happened; a reload should not say it again.
+  if (new URLSearchParams(window.location.search).has("done")) {
+    window.history.replaceState(null, "", window.location.pathname);
+  }
   init();
 })();

@@ -84,6 +84,21 @@ def log_in(page: Page, username: str, password: str) -> None:
     expect(page.locator(".whoami")).to_contain_text(username)
 
 
-def save_screenshot(page: Page, name: str) -> None:
+def save_screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
+    """`name` under the artifacts folder: the whole page, or only what the window shows (to
+    show what stays in view)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / name, full_page=True)
+    page.screenshot(path=ARTIFACTS / name, full_page=full_page)
+
+
+def outside_the_window(page: Page, selector: str) -> list[str]:
+    """The elements matching `selector` that are not wholly inside the window as it is now
+    scrolled (their outer HTML, cut short); [] when every one can be seen without scrolling."""
+    return page.evaluate(
+        """selector => Array.from(document.querySelectorAll(selector)).filter(element => {
+            const box = element.getBoundingClientRect();
+            return box.width === 0 || box.top < 0 || box.left < 0
+                || box.bottom > innerHeight || box.right > innerWidth;
+        }).map(element => element.outerHTML.slice(0, 80))""",
+        selector,
+    )

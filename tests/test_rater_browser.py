@@ -5,6 +5,9 @@ SQLite database. The rater judges three tasks (a pairwise choice with a strength
 with a tie), rates, flags, critiques and rewrites with shortcut keys, skips a task with a
 reason, and uses the help overlay; the test then reads back from the database exactly what
 those keys meant. It also saves screenshots (desktop and phone width).
+
+With long answers at 1280x800, the vote bar stays in view: a pair is judged, and four answers
+are ranked, with the mouse and without scrolling to the controls.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tests.browser import (
     database,
     log_in,
     new_context,
+    outside_the_window,
     record_errors,
     save_screenshot,
 )
@@ -44,6 +48,23 @@ JUDGEMENTS = 3
 REWRITE_EDIT = " Also, check the result."
 CRITIQUE = "Both answers skip the units."
 SKIP_REASON = "I have never boiled an egg."
+# Each task's answer texts: the keyboard test's short ones, and long ones that fill the screen.
+KEYBOARD_TASKS = [
+    [f"Answer {index} to question {number}." for index in range(size)]
+    for number, size in enumerate(TASK_SIZES, start=1)
+]
+
+
+def long_answer(variant: str, steps: int) -> str:
+    return "\n\n".join(
+        f"Step {step}: keep the water at a {variant} boil and wait a little. " * 3
+        for step in range(1, steps + 1)
+    )
+
+
+LONG_PAIR = [[long_answer("rolling", 30), long_answer("gentle", 30)]]
+FOUR_LONG = [[long_answer(variant, 12) for variant in ("rolling", "gentle", "fast", "slow")]]
+TOKYO = "Asia/Tokyo"  # UTC+9 all year: the lease's local time is known
 
 
 # --- what the rater does ---------------------------------------------------------------------
@@ -112,8 +133,10 @@ class Seeded:
 
 
 @pytest.fixture
-def seeded(model_settings: Settings) -> Seeded:
-    """A committed database with one rater and five open tasks, each needing one judgement."""
+def seeded(request: pytest.FixtureRequest, model_settings: Settings) -> Seeded:
+    """A committed database with one rater and open tasks, each needing one judgement: the
+    keyboard test's five, or the answer texts of each task given as the fixture's parameter."""
+    answers = getattr(request, "param", KEYBOARD_TASKS)
     url = model_settings.resolved_database_url
     engine = make_engine(url)
     migrate.upgrade(engine)
@@ -121,12 +144,9 @@ def seeded(model_settings: Settings) -> Seeded:
         rater = accounts.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
         tasks = [
             create_task(
-                db,
-                overlap=1,
-                prompt=f"Question {number}: how long to boil an egg?",
-                texts=[f"Answer {index} to question {number}." for index in range(size)],
+                db, overlap=1, prompt=f"Question {number}: how long to boil an egg?", texts=texts
             )
-            for number, size in enumerate(TASK_SIZES, start=1)
+            for number, texts in enumerate(answers, start=1)
         ]
         texts = {link.response_id: link.response.text for task in tasks for link in task.responses}
         seeded = Seeded(database_url=url, rater_id=rater.id, texts=texts)
@@ -385,3 +405,106 @@ def page_width(
     context.close()
     assert errors == [] and inner_width == viewport["width"], (errors, inner_width)
     return width
+
+
+# --- long answers: the vote bar in view -------------------------------------------------------
+
+
+def open_task_at(browser: Browser, base_url: str, *, timezone: str = "UTC") -> Page:
+    """The rater's task page at 1280x800 in `timezone`, signed in, at the top of the page."""
+    context = browser.new_context(
+        base_url=base_url, viewport=SCREENS["desktop"], timezone_id=timezone
+    )
+    page = context.new_page()
+    log_in(page, RATER, PASSWORD)
+    page.goto("/rate")
+    assert page.evaluate("document.documentElement.scrollHeight") > 2 * SCREENS["desktop"]["height"]
+    return page
+
+
+def saved_last_task(page: Page) -> None:
+    expect(page.locator("#task-area .notice")).to_have_text("Saved.")
+    expect(page.locator("#task-area .empty")).to_be_visible()
+
+
+@pytest.mark.parametrize("seeded", [LONG_PAIR], indirect=True)
+def test_the_vote_bar_stays_in_view_under_long_answers(
+    browser: Browser, base_url: str, seeded: Seeded
+):
+    page = open_task_at(browser, base_url, timezone=TOKYO)
+    errors = record_errors(page)
+    controls = ".vote-bar .choice, #submit"
+    assert outside_the_window(page, controls) == []
+    page.mouse.wheel(0, 1200)  # halfway down the answers
+    page.wait_for_function("scrollY > 1000")
+    assert outside_the_window(page, controls) == []
+    save_screenshot(page, "rate-long-answers.png", full_page=False)
+    check_local_lease_time(page)
+
+    task = shown_task(page)
+    check_touch_hints(browser, base_url, signed_in=page.context.storage_state())
+    page.locator(".vote-bar .choice", has_text="B is better").click()
+    page.locator(".vote-bar .choice", has_text="Clearly").click()
+    page.locator("#submit").click()
+    saved_last_task(page)
+    assert errors == []
+    with database(seeded.database_url) as db:
+        judgement = db.scalar(select(Judgement))
+        assert (judgement.ranking, judgement.strength) == ([task.ids["B"], task.ids["A"]], 2)
+
+
+def check_local_lease_time(page: Page) -> None:
+    """The lease's end, written in UTC, is shown in the browser's time zone (UTC+9)."""
+    moment = page.locator(".lease time")
+    utc = moment.get_attribute("datetime")  # 2026-12-07T19:28:00Z
+    hour = (int(utc[11:13]) + 9) % 24
+    expect(moment).to_have_text(f"{hour:02d}:{utc[14:16]}")
+    expect(moment).to_have_attribute("title", f"{utc[11:16]} UTC")
+
+
+@pytest.mark.parametrize("seeded", [FOUR_LONG], indirect=True)
+def test_four_long_answers_are_ranked_without_scrolling_to_the_controls(
+    browser: Browser, base_url: str, seeded: Seeded
+):
+    page = open_task_at(browser, base_url)
+    errors = record_errors(page)
+    assert outside_the_window(page, ".vote-bar select, .vote-bar .chip, #submit") == []
+    task = shown_task(page)
+    for label, rank in {"A": "2", "B": "1", "C": "3", "D": "3"}.items():
+        page.select_option(f"select[name=rank_{task.ids[label]}]", rank)
+    expect(page.locator("#ranking-strip .chip")).to_have_text(["1. B", "2. A", "3. C", "= 3. D"])
+    assert page.evaluate("scrollY") == 0
+    page.evaluate("document.querySelectorAll('details.extras').forEach(d => { d.open = true; })")
+    assert score_rows_that_wrap(page) == []
+    save_screenshot(page, "rate-ranking.png", full_page=False)
+
+    page.locator("#submit").click()
+    saved_last_task(page)
+    assert errors == []
+    with database(seeded.database_url) as db:
+        ranking = db.scalar(select(Judgement.ranking))
+    assert ranking == [task.ids["B"], task.ids["A"], sorted([task.ids["C"], task.ids["D"]])]
+
+
+def score_rows_that_wrap(page: Page) -> list[str]:
+    """The rating rows whose seven score buttons do not share one line."""
+    return page.evaluate(
+        """Array.from(document.querySelectorAll(".rating-row")).filter(row => {
+            const tops = new Set(Array.from(row.querySelectorAll(".score span"),
+                span => Math.round(span.getBoundingClientRect().top)));
+            return tops.size !== 1;
+        }).map(row => row.getAttribute("aria-label"))"""
+    )
+
+
+def check_touch_hints(browser: Browser, base_url: str, signed_in: dict) -> None:
+    """On a touch screen the page says what to tap, and shows no keys to press."""
+    context = browser.new_context(
+        base_url=base_url, viewport=SCREENS["phone"], has_touch=True, storage_state=signed_in
+    )
+    page = context.new_page()
+    page.goto("/rate")
+    expect(page.locator(".touch-hint")).to_be_visible()
+    expect(page.locator(".keys-hint")).to_be_hidden()
+    expect(page.locator("#task-area kbd").first).to_be_hidden()
+    context.close()

@@ -328,6 +328,14 @@ def latest_report(db: Session) -> QualityReport | None:
     return db.scalar(select(QualityReport).order_by(QualityReport.id.desc()).limit(1))
 
 
+def consensus_agreement(db: Session, *, rater_id: int) -> float | None:
+    """The rater's agreement with the other raters' consensus as a share in [0, 1], which the
+    rating page shows them: (consensus tau + 1) / 2, the same scale as the trust score's
+    accuracy. None until the figures are computed with a task shared with others."""
+    tau = db.scalar(select(RaterQuality.consensus_tau).where(RaterQuality.rater_id == rater_id))
+    return None if tau is None else (tau + 1) / 2
+
+
 def rater_rows(db: Session) -> list[tuple[User, RaterQuality | None]]:
     """Every rater (and every admin who has judged), with their stored figures if any."""
     rows = db.execute(

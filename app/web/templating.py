@@ -63,6 +63,17 @@ def when(moment: datetime | None, precision: str = "minute") -> str:
 templates.env.filters["when"] = when
 
 
+def local_clock(moment: datetime) -> Markup:
+    """A moment's clock time as a `<time>` element written in UTC, so that a page without
+    scripts is still right; `static/rate.js` rewrites it in the reader's own time zone."""
+    return Markup('<time datetime="{}" data-local="clock">{} UTC</time>').format(
+        moment.strftime("%Y-%m-%dT%H:%M:%SZ"), when(moment, "clock")
+    )
+
+
+templates.env.filters["local_clock"] = local_clock
+
+
 @jinja2.pass_context
 def csrf_field(context: jinja2.runtime.Context) -> Markup:
     """The hidden input that carries the session's CSRF token, in every form that posts."""

@@ -15,6 +15,7 @@ from app.models import KeyScope, User
 from app.schemas import ApiKeyCreate, RowId, form_input
 from app.web.deps import DbSession, PageCaller, PageUser
 from app.web.i18n import LANGUAGES
+from app.web.pages.auth import safe_next_path
 from app.web.templating import render
 
 router = APIRouter()
@@ -65,15 +66,19 @@ def _account_page(
 
 @router.post("/account/language")
 def set_language(
-    db: DbSession, user: PageUser, language: Annotated[str, Form(max_length=8)]
+    db: DbSession,
+    user: PageUser,
+    language: Annotated[str, Form(max_length=8)],
+    next: Annotated[str, Form(max_length=2000)] = "/account",
 ) -> RedirectResponse:
-    """Choose the language of the user's pages, then back to the account page (303); 422 for
-    a language the site does not offer."""
+    """Choose the language of the user's pages, then back to the page the switch was on (303):
+    `next`, a path on this site (anything else goes to the start page, so the form cannot
+    redirect away). 422 for a language the site does not offer."""
     if language not in LANGUAGES:
         raise InvalidInput(f"Unknown language {language!r}")
     user.locale = language
     db.commit()
-    return RedirectResponse("/account", status_code=303)
+    return RedirectResponse(safe_next_path(next), status_code=303)
 
 
 @router.post("/account/keys/{key_id}/revoke")

@@ -1,13 +1,15 @@
 """Rater pages: home with progress, the task page, its form posts, and the guidelines.
 
 The task page is a plain form that works without JavaScript (each post redirects back to
-`/rate`); `static/rate.js` adds the keyboard and, by sending `X-Requested-With: fetch`, gets
-the next task as an HTML fragment to swap in without reloading the page.
+`/rate?done=saved` or `?done=skipped`, which says so above the next task); `static/rate.js`
+adds the keyboard and, by sending `X-Requested-With: fetch`, gets the next task as an HTML
+fragment to swap in without reloading the page.
 """
 
 from __future__ import annotations
 
 import secrets
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -27,6 +29,7 @@ from app.domain.assignment import (
 )
 from app.domain.escalation import Escalation
 from app.domain.judgements import skip_task, submit_judgement
+from app.domain.quality import consensus_agreement
 from app.errors import Conflict, InvalidInput
 from app.models import Task, User
 from app.schemas import FLAGS, MAX_REASON_CHARS, RowId
@@ -38,6 +41,8 @@ from app.web.templating import render
 router = APIRouter()
 
 RESPONSE_LABELS = "ABCD"
+Done = Literal["saved", "skipped"]
+"""What the rater's last form post did, for the notice above the next task (or none left)."""
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -53,11 +58,18 @@ def home(request: Request, db: DbSession, rater: PageRater) -> HTMLResponse:
 
 
 @router.get("/rate", response_class=HTMLResponse)
-def rate(request: Request, db: DbSession, settings: SettingsDep, rater: PageRater) -> Response:
+def rate(
+    request: Request,
+    db: DbSession,
+    settings: SettingsDep,
+    rater: PageRater,
+    done: Done | None = None,
+) -> Response:
     """The task page (HTML): the task the rater holds, else the next one leased to them, with
     the form to judge or skip it; or why there is none (none left, or the rater is paused).
-    With `X-Requested-With: fetch`, only the task's part of the page."""
-    return _task_page(request, db, settings, rater)
+    `done` says above it that the last task was saved or skipped (a form posted without
+    scripts comes back here). With `X-Requested-With: fetch`, only the task's part of the page."""
+    return _task_page(request, db, settings, rater, done=done)
 
 
 @router.post("/rate/tasks/{task_id}/judgement", response_class=HTMLResponse)
@@ -94,7 +106,7 @@ def judge(
         )
     except Conflict as exc:
         return _refused(request, db, settings, rater, exc)
-    return _next(request, db, settings, rater, notice_key="rate.saved")
+    return _next(request, db, settings, rater, done="saved")
 
 
 @router.post("/rate/tasks/{task_id}/skip", response_class=HTMLResponse)
@@ -114,7 +126,7 @@ def skip(
         skip_task(db, rater=rater, task_id=task_id, reason=reason)
     except Conflict as exc:
         return _refused(request, db, settings, rater, exc)
-    return _next(request, db, settings, rater, notice_key="rate.skipped")
+    return _next(request, db, settings, rater, done="skipped")
 
 
 @router.get("/guidelines", response_class=HTMLResponse)
@@ -130,15 +142,14 @@ def _is_fetch(request: Request) -> bool:
 
 
 def _next(
-    request: Request, db: Session, settings: Settings, rater: User, *, notice_key: str
+    request: Request, db: Session, settings: Settings, rater: User, *, done: Done
 ) -> Response:
-    """Keep what the form post did and go on to the next task: a redirect to `/rate`, or for
-    a fetch the next task's part of the page with the notice of `notice_key`."""
+    """Keep what the form post did and go on to the next task, saying what was `done`: a
+    redirect to `/rate?done=...`, or for a fetch the next task's part of the page."""
     db.commit()
     if not _is_fetch(request):
-        return RedirectResponse("/rate", status_code=303)
-    notice = translate(rater.locale, notice_key)
-    return _task_page(request, db, settings, rater, notice=notice)
+        return RedirectResponse(f"/rate?done={done}", status_code=303)
+    return _task_page(request, db, settings, rater, done=done)
 
 
 def _refused(
@@ -164,16 +175,18 @@ def _task_page(
     task_id: int | None = None,
     error: str | None = None,
     notice: str | None = None,
+    done: Done | None = None,
     values: FormData | None = None,
     status: int = 200,
 ) -> Response:
     """The given task if the rater still holds it, else their current or next task (or why
-    a paused rater gets none)."""
+    a paused rater gets none), under the rater's progress."""
     context = {
         "task": None,
         "paused": None,
         "error": error,
         "notice": notice,
+        "done": done,
         "values": values or FormData(),
     }
     try:
@@ -200,6 +213,10 @@ def _task_page(
             "guideline_version": guideline.version if guideline else None,
             "idempotency_key": secrets.token_urlsafe(16),
         }
+    context |= {
+        "progress": rating_progress(db, rater_id=rater.id),
+        "agreement": consensus_agreement(db, rater_id=rater.id),
+    }
     db.commit()
     template = "rate/_task.html" if _is_fetch(request) else "rate/page.html"
     return render(request, template, context, status_code=status)

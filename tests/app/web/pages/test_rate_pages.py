@@ -6,7 +6,15 @@ import pytest
 from sqlalchemy import select
 
 from app.domain import guidelines
-from app.models import Assignment, AssignmentStatus, Job, Judgement, Response, Round
+from app.models import (
+    Assignment,
+    AssignmentStatus,
+    Job,
+    Judgement,
+    RaterQuality,
+    Response,
+    Round,
+)
 from app.web.i18n import MESSAGES
 from tests.helpers import browser_login, create_task, html, ready_for_a_round
 
@@ -70,7 +78,7 @@ def test_a_plain_form_submission_stores_the_judgement_and_redirects(client, db, 
         "critique": "A misses the point.",
     }
     response = client.post(f"/rate/tasks/{task.id}/judgement", data=form, follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"] == "/rate"
+    assert response.status_code == 303 and response.headers["location"] == "/rate?done=saved"
     stored = db.scalar(select(Judgement))
     assert stored.ranking == [b, a] and stored.strength == 2
     assert stored.ratings == {str(b): {"helpfulness": 6}}
@@ -159,6 +167,45 @@ def test_with_nothing_to_rate_the_page_says_so(client, csrf):
     assert html(client.get("/rate")).select_one(".empty h1").text == "Nothing to rate right now"
 
 
+def test_a_plain_form_post_says_saved_and_after_the_last_task_only_saved(client, db, csrf):
+    create_task(db), create_task(db)
+    db.commit()
+    notices = []
+    for _ in range(2):
+        page = html(client.get("/rate"))
+        task_id = page.select_one("form#judgement")["data-task-id"]
+        form = {**judgement_form(page), "preference": "tie"}
+        after = html(client.post(f"/rate/tasks/{task_id}/judgement", data=form))
+        notices.append(after.select_one(".notice").text)
+    assert notices == ["Saved. Here is the next task.", "Saved."]
+    assert after.select_one(".empty h1").text == "Nothing to rate right now"
+
+
+def test_the_task_page_shows_progress_and_agreement_once_known(client, db, csrf, rater):
+    create_task(db), create_task(db)
+    db.commit()
+    page = html(client.get("/rate"))
+    assert page.select_one("#progress-today").text == "0"
+    assert page.select_one("#progress-left").text == "1"  # besides the one on the page
+    assert page.select_one("#progress-agreement") is None
+    db.add(RaterQuality(rater_id=rater.id, judgements=4, consensus_tau=0.5, consensus_tasks=3))
+    db.commit()
+    form = {**judgement_form(page), "preference": "tie"}
+    task_id = page.select_one("form#judgement")["data-task-id"]
+    after = html(client.post(f"/rate/tasks/{task_id}/judgement", data=form, headers=FETCH))
+    assert after.select_one("#progress-today").text == "1"
+    assert after.select_one("#progress-judged").text == "1"
+    assert after.select_one("#progress-agreement").text == "75%"
+
+
+def test_the_lease_end_is_a_utc_time_that_scripts_can_localise(client, db, csrf):
+    create_task(db)
+    db.commit()
+    moment = html(client.get("/rate")).select_one(".lease time[data-local=clock]")
+    assert moment["datetime"].endswith("Z") and moment.text.endswith(" UTC")
+    assert moment["datetime"][11:16] == moment.text.removesuffix(" UTC")
+
+
 def test_every_interface_text_exists_in_chinese():
     assert MESSAGES["zh"].keys() == MESSAGES["en"].keys()
 
@@ -171,8 +218,24 @@ def test_a_rater_switches_the_interface_to_chinese(client, db, csrf):
     assert page.select_one("html")["lang"] == "zh-CN"
     assert "哪个回答更好？" in page.select_one(".verdict").text
     assert "评分准则" in html(client.get("/guidelines")).select_one("h1").text
+    assert html(client.get("/playground")).select_one("h1").text == "试用"
+    assert page.select_one(".progress-strip")["aria-label"] == "你的进度"
     bad = client.post("/account/language", data={"language": "xx", "csrf_token": csrf})
     assert bad.status_code == 422
+
+
+def test_the_language_switch_stays_on_the_page_and_only_on_this_site(client, db, csrf):
+    switch = html(client.get("/guidelines?x=1")).select_one("form.language input[name=next]")
+    assert switch["value"] == "/guidelines?x=1"
+    for target, location in [
+        ("/guidelines?x=1", "/guidelines?x=1"),
+        ("//evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+    ]:
+        form = {"language": "zh", "next": target, "csrf_token": csrf}
+        response = client.post("/account/language", data=form, follow_redirects=False)
+        assert (response.status_code, response.headers["location"]) == (303, location), target
 
 
 def inert(page) -> None:
