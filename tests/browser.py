@@ -84,6 +84,6 @@ def log_in(page: Page, username: str, password: str) -> None:
     expect(page.locator(".whoami")).to_contain_text(username)
 
 
-def save_screenshot(page: Page, name: str) -> None:
+def save_screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / name, full_page=True)
+    page.screenshot(path=ARTIFACTS / name, full_page=full_page)
