@@ -3,9 +3,10 @@ points drawn as points, and a running round's curves that grow as its points arr
 
 Headless Chromium (see `tests/browser.py`) drives a real `alignloop web` process (the web tier
 alone: no worker here takes or fails the round) over a seeded SQLite database: a running round
-with a constant β, a rising reward and a two-point loss, a finished job and a few judgements.
-The test reads uPlot's scales and data back from the page, and saves screenshots of the
-dashboard, the round page and the API docs page (opened from the console's link).
+with a constant β, a rising reward and a two-point loss, a finished job, a few judgements and a
+served base version. The test reads uPlot's scales and data back from the page, and saves
+screenshots of the dashboard, the round page and the API docs page (opened from the console's
+link).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from app.domain import accounts, rounds
 from app.models import Algorithm, Job, Judgement, Role, Round, RoundStage, RunStatus, utcnow
 from tests.browser import SCREENS, log_in, new_context, record_errors, save_screenshot
 from tests.conftest import REDIS_URL
-from tests.helpers import PASSWORD, create_task
+from tests.helpers import PASSWORD, create_task, policy_versions
 from tests.live_server import alignloop_web
 
 pytestmark = pytest.mark.usefixtures("chromium")  # before the other fixtures: skip fast
@@ -56,6 +57,7 @@ def round_id(committed_engine: Engine) -> int:
         accounts.create_user(db, username=ADMIN, password=PASSWORD, role=Role.ADMIN)
         rater = accounts.create_user(db, username=RATER, password=PASSWORD, role=Role.RATER)
         judge_on_recent_days(db, rater)
+        policy_versions(db, "base")  # served, as after `alignloop models pull-default`
         db.add(finished_job())
         return running_round(db)
 
