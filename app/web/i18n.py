@@ -103,7 +103,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.back": "Back to the start page",
         "error.back_to_page": "Back to the page you were on",
         # --- the admin console ---
-        "admin.nav": "Admin",
         "admin.nav.dashboard": "Dashboard",
         "admin.nav.data": "Data",
         "admin.nav.quality": "Quality",
@@ -121,7 +120,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.chart.step": "Step",
         "admin.chart.judgements_per_day": "Judgements per day",
         "admin.chart.raters_per_day": "Raters per day",
-        "admin.chart.no_script": "The chart needs JavaScript; the figures are in the table.",
+        "admin.chart.no_script": "This chart needs JavaScript.",
         # --- end of the admin console ---
     },
     "zh": {
@@ -213,7 +212,6 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.back": "返回首页",
         "error.back_to_page": "返回上一页",
         # --- the admin console ---
-        "admin.nav": "管理",
         "admin.nav.dashboard": "概览",
         "admin.nav.data": "数据",
         "admin.nav.quality": "质量",
@@ -231,7 +229,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.chart.step": "步数",
         "admin.chart.judgements_per_day": "每日评判数",
         "admin.chart.raters_per_day": "每日评分员数",
-        "admin.chart.no_script": "图表需要 JavaScript；数据见表格。",
+        "admin.chart.no_script": "此图表需要 JavaScript。",
         # --- end of the admin console ---
     },
 }
