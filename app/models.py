@@ -405,6 +405,16 @@ class Job(Base):
             return None
         return remaining_seconds(self.started_at, self.progress)
 
+    @property
+    def duration_seconds(self) -> float | None:
+        """How long the job ran, or has run so far while it runs; None when it never started
+        (or waits in the queue again after losing its worker)."""
+        if self.started_at is None or (
+            self.finished_at is None and self.status != RunStatus.RUNNING
+        ):
+            return None
+        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
 
 class Task(Base):
     """A prompt with 2..k responses for raters to compare, judged `required_judgements` times."""

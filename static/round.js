@@ -1,6 +1,7 @@
 // A round's admin page: while the round is queued or running, follow its status, stage and
-// progress, append new log lines, and redraw the training curves from the stored metric points
-// (/api/rounds/{id}, /log, /metrics). Every value is inserted as text, never as HTML.
+// progress, append new log lines, and redraw the training curves (static/charts.js) from the
+// stored metric points (/api/rounds/{id}, /log, /metrics). Every value is inserted as text,
+// never as HTML.
 "use strict";
 
 (function () {
@@ -8,42 +9,14 @@
   if (!root) return;
   const id = root.dataset.round;
   const POLL_MS = 2000;
-  const SVG = "http://www.w3.org/2000/svg";
-  const WIDTH = 320, HEIGHT = 120, PAD = 4;
   const HIDDEN = new Set(["step", "seconds"]); // bookkeeping, not training signals
   let lastLog = Number(root.dataset.lastLog);
+  const charts = new Map(); // "stage · metric" → {plot, caption}, redrawn in place as points come
 
   async function getJSON(url) {
     const response = await fetch(url, { headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error(`${url}: ${response.status}`);
     return response.json();
-  }
-
-  function svg(name, attributes) {
-    const element = document.createElementNS(SVG, name);
-    Object.entries(attributes).forEach(([key, value]) => element.setAttribute(key, value));
-    return element;
-  }
-
-  function chart(title, points) {
-    const values = points.map((point) => point.value);
-    const steps = points.map((point) => point.step);
-    const [low, high] = [Math.min(...values), Math.max(...values)];
-    const [first, last] = [Math.min(...steps), Math.max(...steps)];
-    const x = (step) => PAD + ((step - first) / Math.max(1, last - first)) * (WIDTH - 2 * PAD);
-    const y = (value) => HEIGHT - PAD - ((value - low) / (high - low || 1)) * (HEIGHT - 2 * PAD);
-    const figure = document.createElement("figure");
-    figure.className = "curve";
-    figure.dataset.name = title;
-    const drawing = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": title });
-    const path = points.map((point) => `${x(point.step).toFixed(1)},${y(point.value).toFixed(1)}`);
-    drawing.appendChild(svg("polyline", { points: path.join(" ") }));
-    if (points.length === 1) drawing.appendChild(svg("circle", { cx: x(steps[0]), cy: y(values[0]), r: 3 }));
-    const caption = document.createElement("figcaption");
-    const latest = values[values.length - 1];
-    caption.textContent = `${title}: ${format(latest)} (range ${format(low)} … ${format(high)}, steps ${first}–${last})`;
-    figure.append(drawing, caption);
-    return figure;
   }
 
   // As the server's `time_left` filter writes it.
@@ -59,16 +32,48 @@
       ? value.toExponential(2) : value.toFixed(3);
   }
 
+  function caption(title, points) {
+    const values = points.map((point) => point.value);
+    const latest = values[values.length - 1];
+    return `${title}: ${format(latest)} (range ${format(Math.min(...values))} … ${format(Math.max(...values))})`;
+  }
+
+  function spec(name, points) {
+    const area = document.getElementById("curves");
+    return { x: points.map((point) => point.step), y: points.map((point) => point.value),
+      xLabel: area.dataset.xLabel, yLabel: name };
+  }
+
+  // A figure per series, made once; later polls give its chart the whole series again.
+  function drawCurve(key, name, points) {
+    const shown = charts.get(key);
+    if (shown) {
+      AlignloopCharts.update(shown.plot, spec(name, points));
+      shown.caption.textContent = caption(key, points);
+      return;
+    }
+    const figure = document.createElement("figure");
+    figure.className = "curve";
+    figure.dataset.name = key;
+    const plot = document.createElement("div");
+    plot.className = "plot";
+    const text = document.createElement("figcaption");
+    text.textContent = caption(key, points);
+    figure.append(text, plot);
+    document.getElementById("curves").appendChild(figure);
+    charts.set(key, { plot: AlignloopCharts.draw(plot, spec(name, points)), caption: text });
+  }
+
   function drawCurves(points) {
     if (!points.length) return;
     const series = new Map();
     points.filter((point) => !HIDDEN.has(point.name)).forEach((point) => {
       const key = `${point.stage} · ${point.name}`;
-      if (!series.has(key)) series.set(key, []);
-      series.get(key).push(point);
+      if (!series.has(key)) series.set(key, { name: point.name, points: [] });
+      series.get(key).points.push(point);
     });
-    const area = document.getElementById("curves");
-    area.replaceChildren(...[...series].map(([key, line]) => chart(key, line.sort((a, b) => a.step - b.step))));
+    document.querySelector("#curves > .muted")?.remove();
+    series.forEach(({ name, points: line }, key) => drawCurve(key, name, line.sort((a, b) => a.step - b.step)));
   }
 
   function appendLog(lines) {

@@ -1,7 +1,9 @@
 """Interface text in English and Chinese; each user picks a language, English by default.
 
-Templates call `t("key")`; a key missing from a language falls back to English, and a key
-missing from English is a bug that the tests catch (they render every page in both languages).
+Templates call `t("key")`, or `t_plural("key", count)` for text with a number in it (`PLURALS`:
+the form the language's plural rule gives `count`, which fills `{count}`). A key missing
+from a language falls back to English, and a key missing from English is a bug that the tests
+catch (they render every page in both languages).
 """
 
 from __future__ import annotations
@@ -138,6 +140,26 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.save": "Save",
         "error.back": "Back to the start page",
         "error.back_to_page": "Back to the page you were on",
+        # --- the admin console ---
+        "admin.nav.dashboard": "Dashboard",
+        "admin.nav.data": "Data",
+        "admin.nav.quality": "Quality",
+        "admin.nav.rounds": "Rounds",
+        "admin.nav.models": "Models",
+        "admin.nav.users": "Users",
+        "admin.nav.guidelines": "Guidelines",
+        "admin.nav.api_docs": "API docs",
+        "admin.job.generate_candidates": "Generate candidates",
+        "admin.job.train_reward_model": "Train a reward model",
+        "admin.job.train_sft": "Fine-tune on rewrites (SFT)",
+        "admin.jobs.job": "Job",
+        "admin.jobs.duration": "Duration",
+        "admin.chart.day": "Day",
+        "admin.chart.step": "Step",
+        "admin.chart.judgements_per_day": "Judgements per day",
+        "admin.chart.raters_per_day": "Raters per day",
+        "admin.chart.no_script": "This chart needs JavaScript.",
+        # --- end of the admin console ---
     },
     "zh": {
         "nav.rate": "评分",
@@ -262,11 +284,81 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.save": "保存",
         "error.back": "返回首页",
         "error.back_to_page": "返回上一页",
+        # --- the admin console ---
+        "admin.nav.dashboard": "概览",
+        "admin.nav.data": "数据",
+        "admin.nav.quality": "质量",
+        "admin.nav.rounds": "训练轮次",
+        "admin.nav.models": "模型",
+        "admin.nav.users": "用户",
+        "admin.nav.guidelines": "评分准则",
+        "admin.nav.api_docs": "API 文档",
+        "admin.job.generate_candidates": "生成候选回答",
+        "admin.job.train_reward_model": "训练奖励模型",
+        "admin.job.train_sft": "用改写微调（SFT）",
+        "admin.jobs.job": "任务",
+        "admin.jobs.duration": "耗时",
+        "admin.chart.day": "日期",
+        "admin.chart.step": "步数",
+        "admin.chart.judgements_per_day": "每日评判数",
+        "admin.chart.raters_per_day": "每日评分员数",
+        "admin.chart.no_script": "此图表需要 JavaScript。",
+        # --- end of the admin console ---
     },
 }
+
+
+PLURALS: dict[str, dict[str, dict[str, str]]] = {
+    "en": {
+        # --- the admin console ---
+        "admin.count.prompts": {"one": "{count} prompt", "other": "{count} prompts"},
+        "admin.count.tasks": {"one": "{count} task", "other": "{count} tasks"},
+        "admin.count.judgements": {"one": "{count} judgement", "other": "{count} judgements"},
+        "admin.count.raters": {"one": "{count} rater", "other": "{count} raters"},
+        "admin.count.pairs": {"one": "{count} pair", "other": "{count} pairs"},
+        "admin.count.judged_pairs": {"one": "{count} judged pair", "other": "{count} judged pairs"},
+        "admin.count.more_rows_skipped": {
+            "one": "… and {count} more row skipped.",
+            "other": "… and {count} more rows skipped.",
+        },
+        "admin.count.escalated": {
+            "one": "{count} task got extra raters because the first ones disagreed.",
+            "other": "{count} tasks got extra raters because the first ones disagreed.",
+        },
+        # --- end of the admin console ---
+    },
+    "zh": {
+        # --- the admin console ---
+        "admin.count.prompts": {"other": "{count} 条提示"},
+        "admin.count.tasks": {"other": "{count} 个任务"},
+        "admin.count.judgements": {"other": "{count} 条评判"},
+        "admin.count.raters": {"other": "{count} 位评分员"},
+        "admin.count.pairs": {"other": "{count} 对"},
+        "admin.count.judged_pairs": {"other": "{count} 对已评判的回答"},
+        "admin.count.more_rows_skipped": {"other": "……另有 {count} 行被跳过。"},
+        "admin.count.escalated": {"other": "{count} 个任务因最初的评分员意见不一而增加了评分员。"},
+        # --- end of the admin console ---
+    },
+}
+"""Text with a number in it, by plural form (`one`, `other`: CLDR's categories) in each language."""
 
 
 def translate(language: str, key: str, **values: object) -> str:
     """The text for `key` in `language` (English when missing), with `{name}` fields filled."""
     text = MESSAGES.get(language, {}).get(key) or MESSAGES[DEFAULT_LANGUAGE][key]
     return text.format(**values) if values else text
+
+
+def plural_form(language: str, count: int) -> str:
+    """The CLDR plural category of `count`: English says "1 prompt" but "0 prompts" and
+    "2 prompts"; Chinese has no plural forms, so always `other`."""
+    return "one" if language == "en" and count == 1 else "other"
+
+
+def translate_plural(language: str, key: str, count: int, **values: object) -> str:
+    """The form of `key` that `count` takes in `language`, with `{count}` and the other fields
+    filled; English (forms and all) when the language lacks the key."""
+    if key not in PLURALS.get(language, {}):
+        language = DEFAULT_LANGUAGE
+    text = PLURALS[language][key][plural_form(language, count)]
+    return text.format(count=count, **values)

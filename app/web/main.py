@@ -36,7 +36,7 @@ from app.web.api_description import describe
 from app.web.errors import install_error_handlers
 from app.web.metrics import AppMetrics, RequestMetricsMiddleware
 from app.web.middleware import DeclaredSizeLimit, RejectNulMiddleware, SecurityHeadersMiddleware
-from app.web.pages import account, admin, auth, links, playground, rate
+from app.web.pages import account, admin, auth, links, playground, rate, site
 from app.web.query_credentials import RefuseQueryCredentials
 from app.web.ratelimit import KeyLimiter
 from app.web.v1 import routes as openai
@@ -64,6 +64,7 @@ ROUTERS = (  # the busiest first: a request is matched against each route in tur
     export,
     rounds,
     stats,
+    site,
 )
 
 
@@ -105,7 +106,7 @@ def create_app(
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
         openapi_url="/api/openapi.json",
-        docs_url=None,  # Swagger UI loads scripts from a CDN, which the page policy forbids
+        docs_url=None,  # served by app.web.pages.site from vendored files, not a CDN
         redoc_url=None,
     )
     app.state.settings = settings

@@ -1,6 +1,9 @@
 """ASGI middleware: security headers on every response, no NUL characters in any request, and
 oversize bodies refused in words.
 
+A response that sets its own `Content-Security-Policy` keeps it (built with
+`content_security_policy`, so it differs only in the inline scripts it allows).
+
 Request body limits use FastAPI's own `max_body_size` (set in `app.web.main`), which answers in
 plain text; `DeclaredSizeLimit` runs outside it and answers the usual case first (a declared
 length over the limit, as browsers and clients send) with the app's own error response: a page
@@ -15,15 +18,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.web.errors import error_response
 
+
+def content_security_policy(*script_hashes: str) -> str:
+    """The page policy: everything from this site only, and no inline script but the ones
+    whose sha256 `script_hashes` (base64) a page names for itself (the API docs page)."""
+    scripts = " ".join(["'self'", *(f"'sha256-{digest}'" for digest in script_hashes)])
+    return (
+        f"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src {scripts}; "
+        "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    )
+
+
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
-    (
-        b"content-security-policy",
-        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        b"object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    ),
+    (b"content-security-policy", content_security_policy().encode()),
 ]
 
 

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from app.bundled import bundled_dir
-from app.web.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate
+from app.web.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate, translate_plural
 from app.web.markdown import render_markdown
 
 templates = Jinja2Templates(
@@ -45,6 +45,21 @@ def time_left(seconds: float | None) -> str:
 
 
 templates.env.filters["time_left"] = time_left
+
+
+def duration(seconds: float | None) -> str:
+    """A run's length as the jobs tables show it: "42 s", "3 min 05 s", "2 h 07 min" ("—" when
+    it has not started)."""
+    if seconds is None:
+        return "—"
+    minutes, whole_seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {whole_seconds:02d} s" if minutes else f"{whole_seconds} s"
+
+
+templates.env.filters["duration"] = duration
 
 MOMENT_FORMATS = {
     "minute": "%Y-%m-%d %H:%M",
@@ -103,6 +118,7 @@ def render(
         "language": language,
         "languages": LANGUAGES,
         "t": partial(translate, language),
+        "t_plural": partial(translate_plural, language),
         **(context or {}),
     }
     return templates.TemplateResponse(

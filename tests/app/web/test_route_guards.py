@@ -151,7 +151,13 @@ def test_no_script_builds_code_at_run_time():
     scripts = list(static.rglob("*.js"))
     assert scripts
     for script in scripts:
-        assert not re.search(r"\beval\s*\(|new\s+Function\s*\(", script.read_text()), script
+        text = script.read_text().replace(WEBPACK_GLOBAL_SHIM, "")
+        assert not re.search(r"\beval\s*\(|new\s+Function\s*\(", text), script
+
+
+# webpack's fallback for a browser without `globalThis`, in vendored Swagger UI: never reached
+# in the browsers we support, and inside `try` where it is.
+WEBPACK_GLOBAL_SHIM = 'try{return this||new Function("return this")()}'
 
 
 def test_no_response_schema_exposes_a_password_hash_or_secret(app):

@@ -24,7 +24,8 @@ from app.web.templating import render
 router = APIRouter(prefix="/admin/quality")
 
 PAGE = "/admin/quality"
-RANKING_HELP = "response ids best first, `>` between places and `=` between ties: 12 > 10 = 11"
+# Plain text, not markdown: it is shown on the page and in the error that a bad ranking gets.
+RANKING_HELP = "response ids best first, “>” between places and “=” between ties: 12 > 10 = 11"
 
 
 @router.get("", response_class=HTMLResponse)

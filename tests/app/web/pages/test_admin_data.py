@@ -278,6 +278,14 @@ def test_prompt_list_shows_tags_and_task_counts(client, db, csrf):
     assert "Counted prompt" in row.text
 
 
+def test_counts_on_the_data_pages_say_one_prompt_not_one_prompts(client, db, csrf):
+    add_prompts(db, {"prompt": "the only one"})
+    pager = html(client.get("/admin/data/prompts")).select_one(".pager").text
+    assert "1 prompt" in pager and "1 prompts" not in pager
+    intro = " ".join(html(client.get("/admin/data")).select_one("main").text.split())
+    assert "1 prompt so far." in intro
+
+
 def test_pages_walk_every_row_once_newest_first_and_keep_the_filters(client, db, csrf):
     add_prompts(db, *({"prompt": f"bulk {n}", "tags": ["bulk"]} for n in range(120)))
     add_prompts(db, *({"prompt": f"other {n}"} for n in range(5)))

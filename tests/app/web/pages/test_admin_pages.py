@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -65,8 +67,10 @@ def test_the_dashboard_counts_what_was_collected_per_day(client, db, admin, make
     page = html(client.get("/admin"))
     tiles = {div.dt.text: div.dd.text for div in page.select("dl.tiles div")}
     assert tiles["Judgements"] == "4" and tiles["Active raters (7 days)"] == "2"
-    bars = page.select("figure.chart")[0].select("rect")
-    assert len(bars) == dashboard.HISTORY_DAYS and bars[-1].title.text.endswith(": 2")
+    chart = json.loads(page.select_one("figure#chart-judgements")["data-chart"])
+    assert len(chart["x"]) == len(chart["y"]) == dashboard.HISTORY_DAYS
+    assert chart["x"][-1] == now.date().isoformat() and chart["y"][-1] == 2
+    assert chart["time"] and chart["bars"] and chart["yLabel"] == "Judgements per day"
 
 
 def test_the_dashboard_names_work_that_lost_its_worker(client, db, admin):
@@ -303,7 +307,32 @@ def test_the_dashboard_follows_running_jobs_and_refuses_generation_without_a_mod
     assert page.select_one("#jobs")["data-live"] == "active"  # live.js polls while it runs
     cell = " ".join(page.select_one("#jobs tbody td:nth-of-type(4)").text.split())
     assert cell == "25% · 8 of 32 prompts answered, 8 tasks ready · about 3 min left"
+    cells = page.select("#jobs tbody tr td")
+    assert cells[1].text == "Generate candidates" and cells[1]["title"] == "generate_candidates"
+    assert re.fullmatch(r"1 min 0\d s", cells[-1].text)  # elapsed so far
     refused = client.post("/admin/generations", data={"csrf_token": csrf, "per_prompt": 2})
     assert refused.status_code == 409
     assert "No model yet" in html(refused).select_one("p.error").text
     assert db.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_the_jobs_table_names_each_job_and_says_how_long_it_took(client, db, admin):
+    start = utcnow() - timedelta(hours=3)
+    finished = Job(
+        kind="train_reward_model",
+        status=RunStatus.SUCCEEDED,
+        started_at=start,
+        finished_at=start + timedelta(hours=1, minutes=2, seconds=5),
+        result={"tasks": 1},
+    )
+    db.add_all([finished, Job(kind="train_sft", status=RunStatus.QUEUED)])
+    db.commit()
+    browser_login(client, admin.username)
+    rows = [
+        [cell.text.strip() for cell in row.select("td")]
+        for row in html(client.get("/admin")).select("#jobs tbody tr")
+    ]
+    by_name = {row[1]: row for row in rows}
+    assert by_name["Train a reward model"][-1] == "1 h 02 min"
+    assert by_name["Train a reward model"][4] == "1 task"  # not "1 tasks"
+    assert by_name["Fine-tune on rewrites (SFT)"][-1] == "—"  # not started
