@@ -267,6 +267,13 @@ class TaskOut(BaseModel):
     lease_expires_at: datetime
 
 
+class TooManyLeasesOut(ErrorOut):
+    """The 429 of `GET /api/tasks/next` while the caller holds as many tasks as they may."""
+
+    held_task_ids: list[int]
+    """The tasks the caller holds, oldest lease first: judge, skip or release one."""
+
+
 class JudgementIn(InputModel):
     ranking: Annotated[list[RankingEntry], Field(min_length=1, max_length=MAX_RESPONSES_PER_TASK)]
     """Response ids best first; tied responses share an inner list."""
