@@ -35,8 +35,9 @@ from app.models import (
     RunStatus,
     User,
 )
-from app.schemas import InvitationNote, Password, Username
+from app.schemas import USERNAME_RULE, InvitationNote, Password, Username
 from app.tasks_contract import PULL_BASE_MODEL, QUEUES, RECLAIM
+from app.web import throttles
 from app.web.query_credentials import RedactQueryCredentials
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def users() -> None:
 
 
 @users.command("create")
-@click.option("--username", required=True)
+@click.option("--username", required=True, help=USERNAME_RULE)
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--role", type=click.Choice([role.value for role in Role]), required=True)
 @click.pass_obj
@@ -322,6 +323,17 @@ def users_disable(settings: Settings, username: str) -> None:
 def users_enable(settings: Settings, username: str) -> None:
     """Let a disabled USERNAME sign in again."""
     _set_active(settings, username, is_active=True)
+
+
+@users.command("unlock")
+@click.option("--username", required=True)
+@click.pass_obj
+def users_unlock(settings: Settings, username: str) -> None:
+    """Let USERNAME sign in again at once after too many wrong passwords locked the account."""
+    with session_scope(_session_factory(settings)) as session:
+        user = _existing_user(session, username)
+        throttles.unlock_account(session, username=user.username)
+    click.echo(f"unlocked {user.username}")
 
 
 def _set_active(settings: Settings, username: str, *, is_active: bool) -> None:
