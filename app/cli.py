@@ -87,6 +87,9 @@ def main(ctx: click.Context, log_level: str | None) -> None:
         level=(log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # A line per migration at every first start buries what matters (the admin password).
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx.obj = settings
 
 
@@ -123,12 +126,14 @@ def run(settings: Settings, host: str, port: int) -> None:
     # The app imports torch and transformers; do it before worker threads start importing the
     # same modules (transformers' lazy imports are not safe to race).
     app = create_app(settings, engine=engine, celery=celery)
+    # Before the worker's threads log or the model's conversion draws progress bars: nothing
+    # comes between the lines of the password's box.
+    _print_welcome(host, port, admin_password, demo_prompts)
     with EmbeddedWorker(celery):
         # the first start converts the base model meanwhile
         broker.send_task(celery, PULL_BASE_MODEL)
         # Jobs queued before a restart lived in memory only: send them again.
         broker.send_task(celery, RECLAIM, kwargs={"after_restart": True})
-        _print_welcome(host, port, admin_password, demo_prompts)
         uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
 
 
@@ -154,11 +159,23 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompts: int) -> None:
     click.echo(f"\n  alignloop is starting at http://{host}:{port}/\n")
     if admin_password:
-        click.echo(f"  First admin created. Username: {bootstrap.FIRST_ADMIN}")
-        click.echo(f"                       Password: {admin_password}")
-        click.echo("  (shown this once; create more users with `alignloop users create`)\n")
+        first_admin = [
+            "First admin created; the password is shown this once.",
+            f"Username: {bootstrap.FIRST_ADMIN}",
+            f"Password: {admin_password}",
+        ]
+        click.echo(boxed(first_admin))
+        click.echo("  Create more users with `alignloop users create`.\n")
     if demo_prompts:
         click.echo(f"  Loaded {demo_prompts} demo prompts.\n")
+
+
+def boxed(lines: list[str]) -> str:
+    """`lines` in an ASCII frame, indented as the rest of the welcome (ASCII: any terminal and
+    any log file shows it)."""
+    width = max(map(len, lines))
+    edge = f"  +{'-' * (width + 4)}+"
+    return "\n".join([edge, *(f"  |  {line.ljust(width)}  |" for line in lines), edge])
 
 
 @main.command()
