@@ -162,10 +162,11 @@ def lease_next(
     rng = rng or random
     now = utcnow()
     held, first_expiry, stale = _rater_state_of(connection, rater_id=rater_id, now=now)
-    if held and held_first:
-        return held_leases(connection, rater_id=rater_id)[0]
+    # (a lease can end between the two reads, judged or reclaimed meanwhile: then lease anew)
+    if held and held_first and (mine := held_leases(connection, rater_id=rater_id, now=now)):
+        return mine[0]
     if held >= max_open_leases:
-        held_ids = [lease.task_id for lease in held_leases(connection, rater_id=rater_id)]
+        held_ids = [lease.task_id for lease in held_leases(connection, rater_id=rater_id, now=now)]
         raise TooManyLeases(held_ids, int((first_expiry - now).total_seconds()))
     if stale:
         _end_leases_that_ran_out(connection, rater_id=rater_id, now=now)
@@ -183,9 +184,12 @@ def lease_next(
     return lease or take(connection, slot, gold=False)
 
 
-def held_leases(connection: Connection, *, rater_id: int) -> list[Lease]:
-    """The rater's live leases, oldest first, each with what the rater is shown."""
-    rows = connection.execute(_HELD_ROWS, {"rater": rater_id, "at": utcnow()}).all()
+def held_leases(
+    connection: Connection, *, rater_id: int, now: datetime | None = None
+) -> list[Lease]:
+    """The rater's leases live at `now` (default: now), oldest first, each with what the rater
+    is shown."""
+    rows = connection.execute(_HELD_ROWS, {"rater": rater_id, "at": now or utcnow()}).all()
     by_lease: dict[int, list] = {}
     for row in rows:
         by_lease.setdefault(row.assignment_id, []).append(row)
