@@ -66,9 +66,13 @@ def test_the_429_for_too_many_leases_names_the_held_tasks(client, headers, tasks
 def test_releasing_a_lease_frees_its_slot_and_the_task_may_come_back(
     client, db, rater, headers, tasks
 ):
-    task_id = lease(client, headers)["task_id"]
+    task = lease(client, headers)
+    task_id, ranking = task["task_id"], [response["id"] for response in task["responses"]]
     assert client.delete(f"/api/tasks/{task_id}/lease", headers=headers).status_code == 204
     assert client.get("/api/tasks/mine", headers=headers).json() == []
+    judgement = {"ranking": ranking}
+    late = client.post(f"/api/tasks/{task_id}/judgement", json=judgement, headers=headers)
+    assert late.status_code == 409  # a released lease is no lease
     [ended] = leases_of(db, rater)
     assert ended.status == AssignmentStatus.EXPIRED
     assert db.get(Task, task_id).lease_count == 0
