@@ -35,8 +35,9 @@ from app.models import (
     RunStatus,
     User,
 )
-from app.schemas import InvitationNote, Password, Username
+from app.schemas import USERNAME_RULE, InvitationNote, Password, Username
 from app.tasks_contract import PULL_BASE_MODEL, QUEUES, RECLAIM
+from app.web import throttles
 from app.web.query_credentials import RedactQueryCredentials
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ def main(ctx: click.Context, log_level: str | None) -> None:
         level=(log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # A line per migration at every first start buries what matters (the admin password).
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx.obj = settings
 
 
@@ -122,12 +126,14 @@ def run(settings: Settings, host: str, port: int) -> None:
     # The app imports torch and transformers; do it before worker threads start importing the
     # same modules (transformers' lazy imports are not safe to race).
     app = create_app(settings, engine=engine, celery=celery)
+    # Before the worker's threads log or the model's conversion draws progress bars: nothing
+    # comes between the lines of the password's box.
+    _print_welcome(host, port, admin_password, demo_prompts)
     with EmbeddedWorker(celery):
         # the first start converts the base model meanwhile
         broker.send_task(celery, PULL_BASE_MODEL)
         # Jobs queued before a restart lived in memory only: send them again.
         broker.send_task(celery, RECLAIM, kwargs={"after_restart": True})
-        _print_welcome(host, port, admin_password, demo_prompts)
         uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
 
 
@@ -153,11 +159,23 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 def _print_welcome(host: str, port: int, admin_password: str | None, demo_prompts: int) -> None:
     click.echo(f"\n  alignloop is starting at http://{host}:{port}/\n")
     if admin_password:
-        click.echo(f"  First admin created. Username: {bootstrap.FIRST_ADMIN}")
-        click.echo(f"                       Password: {admin_password}")
-        click.echo("  (shown this once; create more users with `alignloop users create`)\n")
+        first_admin = [
+            "First admin created; the password is shown this once.",
+            f"Username: {bootstrap.FIRST_ADMIN}",
+            f"Password: {admin_password}",
+        ]
+        click.echo(boxed(first_admin))
+        click.echo("  Create more users with `alignloop users create`.\n")
     if demo_prompts:
         click.echo(f"  Loaded {demo_prompts} demo prompts.\n")
+
+
+def boxed(lines: list[str]) -> str:
+    """`lines` in an ASCII frame, indented as the rest of the welcome (ASCII: any terminal and
+    any log file shows it)."""
+    width = max(map(len, lines))
+    edge = f"  +{'-' * (width + 4)}+"
+    return "\n".join([edge, *(f"  |  {line.ljust(width)}  |" for line in lines), edge])
 
 
 @main.command()
@@ -263,7 +281,7 @@ def users() -> None:
 
 
 @users.command("create")
-@click.option("--username", required=True)
+@click.option("--username", required=True, help=USERNAME_RULE)
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--role", type=click.Choice([role.value for role in Role]), required=True)
 @click.pass_obj
@@ -322,6 +340,17 @@ def users_disable(settings: Settings, username: str) -> None:
 def users_enable(settings: Settings, username: str) -> None:
     """Let a disabled USERNAME sign in again."""
     _set_active(settings, username, is_active=True)
+
+
+@users.command("unlock")
+@click.option("--username", required=True)
+@click.pass_obj
+def users_unlock(settings: Settings, username: str) -> None:
+    """Let USERNAME sign in again at once after too many wrong passwords locked the account."""
+    with session_scope(_session_factory(settings)) as session:
+        user = _existing_user(session, username)
+        throttles.unlock_account(session, username=user.username)
+    click.echo(f"unlocked {user.username}")
 
 
 def _set_active(settings: Settings, username: str, *, is_active: bool) -> None:

@@ -18,6 +18,8 @@ class AppError(Exception):
         self.headers = headers or {}
         self.code = code
         """A machine-readable reason, for clients that branch on it (OpenAI's `code`)."""
+        self.fields: dict[str, object] = {}
+        """Structured facts beside `detail` in a JSON error body (the held tasks of a 429)."""
 
 
 class InvalidInput(AppError):

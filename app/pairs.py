@@ -14,6 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+PairSplit = Literal["train", "held_out"]
+HELD_OUT: PairSplit = "held_out"
+LEGACY_SPLITS = {"eval": HELD_OUT}
+"""Pair splits by the names older snapshot files use: they still load."""
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -34,7 +39,9 @@ class Pair:
     rater_id: int | None = None
     group: str = ""
     """Pairs from one ranking share a group, so that they go into the same batch."""
-    split: Literal["train", "eval"] = "train"
+    split: PairSplit = "train"
+    """Whether trainers learn from the pair or measure on it (`held_out`), from a hash of its
+    prompt: not the prompt's own train/eval split, which an admin sets at import."""
     agreement: float | None = None
     """Share of this task's raters who ordered these two responses the same way."""
 
@@ -50,6 +57,12 @@ def pair_line(pair: Pair) -> bytes:
     return canonical_line(asdict(pair))
 
 
+def pair_of(record: dict[str, Any]) -> Pair:
+    """A pair from one line's record, in the file's format of any release."""
+    split = record.get("split", "train")
+    return Pair(**{**record, "split": LEGACY_SPLITS.get(split, split)})
+
+
 def read_pairs(path: Path) -> list[Pair]:
     with path.open("rb") as lines:
-        return [Pair(**json.loads(line)) for line in lines if line.strip()]
+        return [pair_of(json.loads(line)) for line in lines if line.strip()]

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from annotated_types import Interval
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     computed_field,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from app.errors import InvalidInput
 from app.models import (
@@ -43,12 +47,29 @@ RowId = Annotated[int, Interval(ge=1, le=INT64_MAX)]
 Int64 = Annotated[int, Interval(ge=-INT64_MAX - 1, le=INT64_MAX)]
 """Any other integer that is stored or handed to torch (seeds, settings)."""
 
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{2,63}")
+USERNAME_RULE = (
+    "A username is 3 to 64 characters: letters (a to z), digits, dots, dashes or underscores, "
+    "starting with a letter or digit."
+)
+"""The rule in words, which every refusal gives rather than the pattern (README, forms, CLI)."""
+
+
+def _follows_username_rule(value: str) -> str:
+    if not USERNAME_PATTERN.fullmatch(value):
+        raise PydanticCustomError("username", USERNAME_RULE)
+    return value
+
+
 Username = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$"
+    StringConstraints(strip_whitespace=True, to_lower=True),
+    AfterValidator(_follows_username_rule),
+    WithJsonSchema(
+        {"type": "string", "pattern": f"^{USERNAME_PATTERN.pattern}$", "description": USERNAME_RULE}
     ),
 ]
+"""Stored lower-cased, so "Rita" and "rita" are one account."""
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
@@ -265,6 +286,13 @@ class TaskOut(BaseModel):
     prompt: PromptOut
     responses: list[ResponseOut]
     lease_expires_at: datetime
+
+
+class TooManyLeasesOut(ErrorOut):
+    """The 429 of `GET /api/tasks/next` while the caller holds as many tasks as they may."""
+
+    held_task_ids: list[int]
+    """The tasks the caller holds, oldest lease first: judge, skip or release one."""
 
 
 class JudgementIn(InputModel):

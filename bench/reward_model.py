@@ -245,7 +245,7 @@ def make_pairs(train: int, held_out: int, *, seed: int = SEED) -> list[Pair]:
                 rejected_id=2 * index + 1,
                 rejected=f"{rng.choice(RUDE_OPENERS)} {facts} {rng.choice(RUDE_CLOSERS)}",
                 group=f"pair-{index}",
-                split="train" if index < train else "eval",
+                split="train" if index < train else "held_out",
             )
         )
     return pairs
@@ -318,7 +318,7 @@ def run_alignloop(pairs: list[Pair], base: Path, args: argparse.Namespace) -> Re
     trained = report.train_pairs * args.epochs
     per_epoch = [point["eval_accuracy"] for point in report.curve if "eval_accuracy" in point]
     # cross-check of the shared-prefix scoring: the same model read the way TRL's is
-    check = held_out_accuracy(model, tokenizer, [p for p in pairs if p.split == "eval"])
+    check = held_out_accuracy(model, tokenizer, [p for p in pairs if p.split == "held_out"])
     note = (
         f"held-out accuracy per evaluation {per_epoch}; "
         f"same model scored on full sequences: {check:.3f}"
@@ -358,7 +358,9 @@ def run_trl(
             model=model, args=config, train_dataset=trl_dataset(train), processing_class=tokenizer
         )
         seconds = trainer.train().metrics["train_runtime"]
-    accuracy = held_out_accuracy(trainer.model, tokenizer, [p for p in pairs if p.split == "eval"])
+    accuracy = held_out_accuracy(
+        trainer.model, tokenizer, [p for p in pairs if p.split == "held_out"]
+    )
     del model, trainer
     gc.collect()
     name = "TRL" if gradient_checkpointing else "TRL, no gradient checkpointing"

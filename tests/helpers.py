@@ -205,7 +205,7 @@ def ready_for_a_round(db: Session, *, pairs: int = 32) -> None:
 def prompt_keys(count: int, *, held_out: int) -> list[str]:
     """`count` prompt dedup keys, the first `held_out` of them in the held-out split."""
     keys = (uuid.uuid4().hex for _ in itertools.count())
-    wanted = ["eval"] * held_out + ["train"] * (count - held_out)
+    wanted = ["held_out"] * held_out + ["train"] * (count - held_out)
     return [next(key for key in keys if split_of(key) == split) for split in wanted]
 
 

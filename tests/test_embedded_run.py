@@ -27,6 +27,20 @@ def printed_admin_password(output: Path) -> str:
     return match.group(1)
 
 
+def test_the_admin_password_stands_in_a_box_with_no_log_line_above_it(server):
+    _, _, output = server
+    lines = output.read_text().splitlines()
+    top = next(index for index, line in enumerate(lines) if line.strip().startswith("+--"))
+    box = lines[top : top + 5]
+    assert box[0] == box[4] and box[4].strip().startswith("+--")
+    starts = ("|  First admin", "|  Username: admin", "|  Password: ")
+    assert all(line.strip().startswith(start) for line, start in zip(box[1:4], starts, strict=True))
+    assert len({len(line) for line in box}) == 1  # the right edge lines up
+    above = "\n".join(lines[:top])
+    assert "alignloop is starting" in above
+    assert not [word for word in ("WARNING", "Warning", "alembic", "INFO") if word in above]
+
+
 def test_make_run_serves_logs_in_the_printed_admin_and_accepts_cli_keys(server, model_settings):
     base_url, env, output = server
     with httpx.Client(base_url=base_url, follow_redirects=True) as browser:

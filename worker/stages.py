@@ -42,7 +42,7 @@ from app.models import (
     RoundStage,
     RunStatus,
 )
-from app.pairs import Pair, canonical_line, read_pairs
+from app.pairs import HELD_OUT, Pair, canonical_line, read_pairs
 from app.round_config import PromotionConfig, RoundConfig
 from worker.context import STOP_REQUESTED, WorkerContext
 from worker.fitting import fit_reward_model, fit_sft, register_reward_model, reward_model_steps
@@ -299,7 +299,7 @@ def snapshot_stage(stage: Stage) -> dict[str, Any]:
             rater_weights=weights,
             train_after_judgement_id=train_after,
         )
-    train, held_out = snapshot.split("train"), snapshot.split("eval")
+    train, held_out = snapshot.split("train"), snapshot.split(HELD_OUT)
     if not train and previous is not None:
         raise RoundError(
             f"no judgements since round {previous.id} trained {parent.name}: rate the new "
@@ -550,7 +550,7 @@ def _evaluation_prompts(stage: Stage, *, limit: int) -> tuple[list[list[dict]], 
     if prompts:
         return prompts, "eval prompts"
     pairs = read_pairs(stage.snapshot_file)
-    held_out = {pair.prompt_id: pair.messages for pair in pairs if pair.split == "eval"}
+    held_out = {pair.prompt_id: pair.messages for pair in pairs if pair.split == HELD_OUT}
     prompts = [held_out[prompt_id] for prompt_id in sorted(held_out)[:limit]]
     if not prompts:
         raise RoundError(

@@ -8,7 +8,8 @@ other's rows instead of queueing. SQLite ignores row locks; there the `BEGIN IMM
 transactions of `app.db` serialise writers, and the same steps run one by one.
 
 The rater API's hot path (`lease_next`) is Core statements on a connection: no ORM objects are
-loaded. `assign_next_task` wraps it for code that works in an ORM session.
+loaded. `assign_next_task` wraps it for code that works in an ORM session. `held_leases` shows a
+rater what they hold, so a client that lost its task (a crash, a retry) gets it back.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ IS_OPEN = Task.status == literal_column(f"'{TaskStatus.OPEN.value}'")
 """Literals rather than parameters where a partial index depends on them: the plan PostgreSQL
 caches for a prepared statement (after five executions) must be able to use the index of open
 tasks by free slots, or each `next` sorts every open task."""
+
+
+class TooManyLeases(RateLimited):
+    """The rater holds as many live leases as they may; the answer names their tasks, so a
+    client that lost track of them can finish, skip or release them."""
+
+    def __init__(self, held_task_ids: list[int], retry_after_s: int) -> None:
+        named = ", ".join(str(task_id) for task_id in held_task_ids)
+        super().__init__(
+            f"Finish, skip or release the tasks you hold ({named}) before taking more.",
+            retry_after_s,
+        )
+        self.fields = {"held_task_ids": held_task_ids}
 
 
 class RaterPaused(PermissionDenied):
@@ -134,17 +148,28 @@ def lease_next(
     max_open_leases: int,
     gold_rate: float = 0.0,
     rng: random.Random | None = None,
+    held_first: bool = False,
 ) -> Lease | None:
     """Lease the open task closest to completion that this rater may judge, or None.
 
-    With probability `gold_rate` it is a gold task the rater has not done yet (while one is
-    left), otherwise an ordinary task. Raises RaterPaused for a paused rater, and RateLimited
-    when the rater already holds `max_open_leases` live leases. On PostgreSQL: two statements,
-    the rater's state and then one CTE that picks, leases and returns the task.
+    With `held_first`, the rater's oldest live lease comes back instead while they hold one:
+    asking again is safe for a client that crashed or timed out. With probability `gold_rate`
+    it is a gold task the rater has not done yet (while one is left), otherwise an ordinary
+    task. Raises RaterPaused for a paused rater, and TooManyLeases when the rater already holds
+    `max_open_leases` live leases. On PostgreSQL: two statements, the rater's state and then
+    one CTE that picks, leases and returns the task (or reads the held one).
     """
     rng = rng or random
     now = utcnow()
-    _check_may_lease(connection, rater_id=rater_id, now=now, max_open_leases=max_open_leases)
+    held, first_expiry, stale = _rater_state_of(connection, rater_id=rater_id, now=now)
+    # (a lease can end between the two reads, judged or reclaimed meanwhile: then lease anew)
+    if held and held_first and (mine := held_leases(connection, rater_id=rater_id, now=now)):
+        return mine[0]
+    if held >= max_open_leases:
+        held_ids = [lease.task_id for lease in held_leases(connection, rater_id=rater_id, now=now)]
+        raise TooManyLeases(held_ids, int((first_expiry - now).total_seconds()))
+    if stale:
+        _end_leases_that_ran_out(connection, rater_id=rater_id, now=now)
     take = _take_in_one_statement if connection.dialect.name == "postgresql" else _take_in_steps
     slot = {
         "rater": rater_id,
@@ -157,6 +182,21 @@ def lease_next(
     if gold_rate > 0 and rng.random() < gold_rate:
         lease = take(connection, slot, gold=True)
     return lease or take(connection, slot, gold=False)
+
+
+def held_leases(
+    connection: Connection, *, rater_id: int, now: datetime | None = None
+) -> list[Lease]:
+    """The rater's leases live at `now` (default: now), oldest first, each with what the rater
+    is shown."""
+    rows = connection.execute(_HELD_ROWS, {"rater": rater_id, "at": now or utcnow()}).all()
+    by_lease: dict[int, list] = {}
+    for row in rows:
+        by_lease.setdefault(row.assignment_id, []).append(row)
+    return [
+        _lease_of(lease_id, rows[0].task_id, rows[0].response_order, rows[0].expires_at, rows)
+        for lease_id, rows in by_lease.items()
+    ]
 
 
 def assign_next_task(
@@ -191,21 +231,18 @@ def forget_loaded(db: Session, entity: type, *ids: int) -> None:
             db.expire(loaded)
 
 
-def _check_may_lease(
-    connection: Connection, *, rater_id: int, now: datetime, max_open_leases: int
-) -> None:
-    """Raise unless the rater may take one more lease. Leases of theirs that ran out stay
-    "active" until reclaimed; they end here, so that the one-live-lease index admits a new one."""
+def _rater_state_of(
+    connection: Connection, *, rater_id: int, now: datetime
+) -> tuple[int, datetime | None, int]:
+    """The rater's live leases (how many, the first to end) and leases that ran out; raises
+    RaterPaused for a paused rater. Leases that ran out stay "active" until reclaimed; leasing
+    ends them first, so that the one-live-lease index admits a new one."""
     paused_at, reason, held, first_expiry, stale = connection.execute(
         _RATER_STATE, {"rater": rater_id, "at": now}
     ).one()
     if paused_at is not None:
         raise RaterPaused(reason)
-    if held >= max_open_leases:
-        retry_after = (first_expiry - now).total_seconds()
-        raise RateLimited("Finish or skip the tasks you hold before taking more.", int(retry_after))
-    if stale:
-        _end_leases_that_ran_out(connection, rater_id=rater_id, now=now)
+    return held, first_expiry, stale
 
 
 def _end_leases_that_ran_out(connection: Connection, *, rater_id: int, now: datetime) -> None:
@@ -390,7 +427,7 @@ _RATER_STATE = _rater_state()
 _CANDIDATES = {False: _candidates(), True: _gold_candidates()}
 _LEASE_IN_ONE_STATEMENT = {gold: _lease_in_one_statement(c) for gold, c in _CANDIDATES.items()}
 _FIRST_CANDIDATE = {gold: c.with_only_columns(Task.id).limit(1) for gold, c in _CANDIDATES.items()}
-_SHOWN_ROWS = (
+_TASK_ROWS = (
     select(
         Prompt.id.label("prompt_id"),
         Prompt.messages,
@@ -402,9 +439,21 @@ _SHOWN_ROWS = (
     .join(Prompt, Prompt.id == Task.prompt_id)
     .join(TaskResponse, TaskResponse.task_id == Task.id)
     .join(Response, Response.id == TaskResponse.response_id)
-    .where(Task.id == bindparam("task"))
 )
+_SHOWN_ROWS = _TASK_ROWS.where(Task.id == bindparam("task"))
 """The task's prompt and responses, one row per response."""
+_HELD_ROWS = (
+    _TASK_ROWS.add_columns(
+        Assignment.id.label("assignment_id"),
+        Assignment.task_id,
+        Assignment.response_order,
+        Assignment.expires_at,
+    )
+    .join(Assignment, Assignment.task_id == Task.id)
+    .where(Assignment.rater_id == _RATER_ID, _is_live(_NOW))
+    .order_by(Assignment.leased_at, Assignment.id, TaskResponse.position)
+)
+"""The rater's live leases with their tasks' prompts and responses, one row per response."""
 _INSERT_LEASE = (
     insert(Assignment)
     .values(

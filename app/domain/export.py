@@ -7,7 +7,8 @@ rejected format and are left out there.
 - `trl`: TRL's conversational preference format (`prompt` messages, `chosen` and `rejected`
   assistant turns), what `RewardTrainer` and `DPOTrainer` take.
 - `trl-standard`: TRL's standard format, the same as plain text.
-- `kto`: TRL's unpaired format (`prompt`, `completion`, `label`), two rows per pair.
+- `kto`: TRL's unpaired format (`prompt`, `completion`, `label`): one row per completion per
+  prompt, labelled by its net preference over all of that prompt's pairs (`_kto_rows`).
 - `hh`: Anthropic HH-RLHF transcripts (`chosen`, `rejected`).
 - `pairs`: alignloop's own pairs, ties, margins, weights and split included: the snapshot file
   itself, what `python -m worker.training.reward_model --data` reads.
@@ -16,6 +17,7 @@ rejected format and are left out there.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,9 @@ def pair_lines(pairs: Iterable[Pair], file_format: str) -> Iterator[bytes]:
     if file_format == "pairs":
         yield from map(pair_line, pairs)
         return
+    if file_format == "kto":
+        yield from map(canonical_line, _kto_rows(pairs))
+        return
     for pair in pairs:
         if pair.target != 1.0:
             continue
@@ -110,15 +115,36 @@ def _trl_standard(pair: Pair) -> list[dict]:
     return [{"prompt": _plain(pair.messages), "chosen": pair.chosen, "rejected": pair.rejected}]
 
 
-def _kto(pair: Pair) -> list[dict]:
-    return [
-        {
-            "prompt": pair.messages,
-            "completion": [{"role": "assistant", "content": text}],
-            "label": label,
-        }
-        for text, label in ((pair.chosen, True), (pair.rejected, False))
-    ]
+@dataclass
+class _Completions:
+    """One prompt's completions as the KTO export sees them: text and net preference."""
+
+    messages: list[dict[str, str]]
+    texts: dict[int, str]
+    net: Counter[int]
+
+
+def _kto_rows(pairs: Iterable[Pair]) -> Iterator[dict]:
+    """KTO's unpaired rows: each completion of a prompt once, desirable if it won more of its
+    comparisons (over every judgement of that prompt) than it lost, undesirable if it lost
+    more, and left out when they balance. Labelling each pair's two sides instead, as a paired
+    dataset is usually unpaired, gives a completion that won one comparison and lost another
+    both labels, and repeats it once per comparison. Tied pairs (0.5 targets) count for
+    neither side. Rows follow the pairs' order: the same snapshot gives the same bytes."""
+    prompts: dict[int, _Completions] = {}
+    for pair in pairs:
+        if pair.target != 1.0:
+            continue
+        seen = prompts.setdefault(pair.prompt_id, _Completions(pair.messages, {}, Counter()))
+        seen.texts.setdefault(pair.chosen_id, pair.chosen)
+        seen.texts.setdefault(pair.rejected_id, pair.rejected)
+        seen.net[pair.chosen_id] += 1
+        seen.net[pair.rejected_id] -= 1
+    for seen in prompts.values():
+        for response_id, text in seen.texts.items():
+            if net := seen.net[response_id]:
+                completion = [{"role": "assistant", "content": text}]
+                yield {"prompt": seen.messages, "completion": completion, "label": net > 0}
 
 
 def _hh(pair: Pair) -> list[dict]:
@@ -129,7 +155,7 @@ def _hh(pair: Pair) -> list[dict]:
     return [{"chosen": transcript(pair.chosen), "rejected": transcript(pair.rejected)}]
 
 
-FORMATTERS = {"trl": _trl, "trl-standard": _trl_standard, "kto": _kto, "hh": _hh}
+FORMATTERS = {"trl": _trl, "trl-standard": _trl_standard, "hh": _hh}
 
 
 def _plain(messages: list[dict[str, str]]) -> str:

@@ -1,4 +1,5 @@
-"""Recording raters' verdicts: judgements and skips, checked against the rater's live lease.
+"""Recording raters' verdicts: judgements, skips and releases, checked against the rater's live
+lease.
 
 Submissions are idempotent per `Idempotency-Key`: a retry returns the judgement the first
 attempt stored, and the same key with a different body is refused (that is no retry, but
@@ -123,6 +124,21 @@ def record_skip(connection: Connection, *, rater_id: int, task_id: int, reason: 
     reason = (reason or "").strip() or None
     execute_together(connection, {**where, **ended, "reason": reason}, _SKIP_LEASE, _FREE_SLOT)
     return found.assignment_id
+
+
+def record_release(connection: Connection, *, rater_id: int, task_id: int) -> None:
+    """Give a leased task back unjudged and without a verdict on it: its slot returns to the
+    pool, and the rater may be offered it again later (unlike a skip). Only the rater's own
+    live lease ends; another rater's lease on the task is not theirs to touch."""
+    where = {"task": task_id, "rater": rater_id, "at": utcnow()}
+    found = _under_lock(connection, where)
+    if found.assignment_id is None:
+        raise NotFound(
+            f"You hold no lease on task {task_id} (it ended, or was never yours); "
+            "GET /api/tasks/mine lists the tasks you hold."
+        )
+    ended = {"lease": found.assignment_id, "ended": AssignmentStatus.EXPIRED}
+    execute_together(connection, {**where, **ended}, _RELEASE_LEASE, _FREE_SLOT)
 
 
 def submit_judgement(
@@ -398,6 +414,7 @@ _END_LEASE = (
     .values(status=bindparam("ended"), finished_at=_AT)
 )
 _SKIP_LEASE = _END_LEASE.values(skip_reason=bindparam("reason")).returning(Assignment.id)
+_RELEASE_LEASE = _END_LEASE.returning(Assignment.id)
 _FREE_SLOT = update(Task).where(Task.id == _TASK).values(lease_count=Task.lease_count - 1)
 _COUNT = {
     "counted": _counted(),

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from app.models import Judgement, Prompt, Response, Task
-from app.pairs import Pair, pair_line
+from app.pairs import HELD_OUT, Pair, PairSplit, pair_line
 
 Ties = Literal["skip", "half"]
 EVAL_FRACTION = 0.1
@@ -52,7 +52,7 @@ class Snapshot:
             digest.update(line)
         return digest.hexdigest()
 
-    def split(self, name: str) -> list[Pair]:
+    def split(self, name: PairSplit) -> list[Pair]:
         return [pair for pair in self.pairs if pair.split == name]
 
 
@@ -75,10 +75,11 @@ def expand_ranking(
     return pairs
 
 
-def split_of(prompt_key: str, *, eval_fraction: float = EVAL_FRACTION) -> Literal["train", "eval"]:
-    """Train or held-out for a prompt, from a hash of its dedup key: stable as data grows."""
+def split_of(prompt_key: str, *, eval_fraction: float = EVAL_FRACTION) -> PairSplit:
+    """Train or held-out for a prompt's pairs, from a hash of its dedup key: stable as data
+    grows."""
     digest = hashlib.sha256(f"{SPLIT_SALT}:{prompt_key}".encode()).digest()
-    return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
+    return HELD_OUT if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
 
 
 def build_snapshot(
@@ -108,7 +109,7 @@ def build_snapshot(
         judgement
         for judgement in judgements
         if judgement.id > train_after_judgement_id
-        or context.split_of(judgement, eval_fraction) == "eval"
+        or context.split_of(judgement, eval_fraction) == HELD_OUT
     ]
     pairs: list[Pair] = []
     for judgement in judgements:
@@ -188,7 +189,7 @@ class _Context:
                 )
         return cls(tasks, prompts, responses, orders)
 
-    def split_of(self, judgement: Judgement, eval_fraction: float) -> Literal["train", "eval"]:
+    def split_of(self, judgement: Judgement, eval_fraction: float) -> PairSplit:
         prompt = self.prompts[self.tasks[judgement.task_id].prompt_id]
         return split_of(prompt.dedup_hash, eval_fraction=eval_fraction)
 

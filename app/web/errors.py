@@ -84,6 +84,7 @@ def error_response(
     code: str | None = None,
     *,
     loc: tuple[str | int, ...] = ("body",),
+    fields: dict | None = None,
 ) -> Response:
     if _is_openai(request):
         # OpenAI reports invalid input as 400 where the rest of this API says 422.
@@ -95,7 +96,8 @@ def error_response(
         # The shape OpenAPI documents for every 422 (FastAPI's `HTTPValidationError`), whether
         # a schema or a domain rule refused the input: clients parse one shape.
         detail = [{"type": code or "invalid_input", "loc": list(loc), "msg": detail}]
-    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+    body = {"detail": detail, **(fields or {})}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 async def _app_error(request: Request, exc: AppError) -> Response:
@@ -103,7 +105,9 @@ async def _app_error(request: Request, exc: AppError) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
     loc = exc.loc if isinstance(exc, InvalidInput) else ("body",)
-    return error_response(request, exc.status_code, exc.detail, exc.headers, exc.code, loc=loc)
+    return error_response(
+        request, exc.status_code, exc.detail, exc.headers, exc.code, loc=loc, fields=exc.fields
+    )
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

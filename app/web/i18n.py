@@ -8,6 +8,8 @@ catch (they render every page in both languages).
 
 from __future__ import annotations
 
+from app.schemas import USERNAME_RULE
+
 LANGUAGES = {"en": "English", "zh": "中文"}
 DEFAULT_LANGUAGE = "en"
 
@@ -138,6 +140,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.title": "Account",
         "account.language": "Language",
         "account.save": "Save",
+        "account.username_rule": USERNAME_RULE,
+        "account.unlock": "Unlock",
+        "account.locked_until": "locked until {time}",
         "error.back": "Back to the start page",
         "error.back_to_page": "Back to the page you were on",
         # --- the admin console ---
@@ -282,6 +287,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "account.title": "账户",
         "account.language": "语言",
         "account.save": "保存",
+        "account.username_rule": "用户名为 3 到 64 个字符：字母（a 到 z）、数字、点、短横线"
+        "或下划线，以字母或数字开头。",
+        "account.unlock": "解锁",
+        "account.locked_until": "锁定至 {time}",
         "error.back": "返回首页",
         "error.back_to_page": "返回上一页",
         # --- the admin console ---

@@ -31,9 +31,12 @@ from app.config import Settings
 from app.errors import RateLimited
 from app.models import LoginThrottle, UTCDateTime, utcnow
 
-TOO_MANY_LOGINS = "Too many failed logins; try again later."
-TOO_MANY_INVALID_KEYS = "Too many invalid API keys from this address; try again later."
+TOO_MANY_LOGINS = "Too many failed logins"
+TOO_MANY_INVALID_KEYS = "Too many invalid API keys from this address"
+"""The start of a refusal; `ensure_allowed` adds when to try again."""
 IPV6_GROUP_PREFIX = 64
+_LOGIN, _ACCOUNT = "login|", "account|"
+"""Key prefixes of the counters of a username from one address and of an account."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,15 @@ class Counter:
 
 def login_counters(settings: Settings, *, username: str, address: str) -> list[Counter]:
     """The counters a failed login moves; a successful one forgives the first."""
-    name, group = username.strip().lower()[:64], address_group(address)
+    name, group = _name(username), address_group(address)
     window = timedelta(seconds=settings.throttle_window_seconds)
     return [
         Counter(
-            f"login|{name}|{group}",
+            f"{_LOGIN}{name}|{group}",
             settings.login_max_failures,
             timedelta(seconds=settings.login_lockout_seconds),
         ),
-        Counter(f"account|{name}", settings.login_account_max_failures, window),
+        Counter(f"{_ACCOUNT}{name}", settings.login_account_max_failures, window),
         Counter(f"login-address|{group}", settings.login_address_max_failures, window),
     ]
 
@@ -79,7 +82,8 @@ def address_group(address: str) -> str:
 
 
 def ensure_allowed(db: Session, counters: list[Counter], *, message: str) -> None:
-    """Raise `RateLimited` (with the wait until the last lock ends) if any counter is locked."""
+    """Raise `RateLimited` if any counter is locked, saying when the last lock ends (in words
+    and in `Retry-After`): a person locked out should not have to guess how long to wait."""
     now = utcnow()
     locks = db.scalars(
         select(LoginThrottle.locked_until).where(
@@ -88,7 +92,52 @@ def ensure_allowed(db: Session, counters: list[Counter], *, message: str) -> Non
         )
     ).all()
     if locks:
-        raise RateLimited(message, math.ceil((max(locks) - now).total_seconds()))
+        wait_s = math.ceil((max(locks) - now).total_seconds())
+        raise RateLimited(f"{message}; try again {in_words(wait_s)}.", wait_s)
+
+
+def in_words(seconds: int) -> str:
+    """A wait as a person reads it: "in 40 seconds", "in 1 minute", "in 15 minutes"."""
+    if seconds < 60:
+        return f"in {seconds} second{'' if seconds == 1 else 's'}"
+    minutes = math.ceil(seconds / 60)
+    return f"in {minutes} minute{'' if minutes == 1 else 's'}"
+
+
+def unlock_account(db: Session, *, username: str) -> int:
+    """Lift the lockouts of an account (an admin's decision): its own counter and those of its
+    username from every address. Counters of addresses across usernames stay, since they
+    throttle a guesser rather than protect an account. Returns how many counters ended."""
+    name = _name(username)
+    return db.execute(
+        delete(LoginThrottle).where(
+            (LoginThrottle.key == f"{_ACCOUNT}{name}")
+            | LoginThrottle.key.startswith(f"{_LOGIN}{name}|", autoescape=True)
+        )
+    ).rowcount
+
+
+def account_locks(db: Session) -> dict[str, datetime]:
+    """The accounts locked now, by username: when each lock ends (the latest of its counters)."""
+    now = utcnow()
+    locks: dict[str, datetime] = {}
+    rows = db.execute(
+        select(LoginThrottle.key, LoginThrottle.locked_until).where(
+            LoginThrottle.locked_until > now,
+            LoginThrottle.key.startswith(_ACCOUNT) | LoginThrottle.key.startswith(_LOGIN),
+        )
+    )
+    for key, until in rows:
+        if key.startswith(_LOGIN):
+            key = key.rsplit("|", 1)[0]  # less the address
+        name = key.split("|", 1)[1]
+        locks[name] = max(until, locks.get(name, until))
+    return locks
+
+
+def _name(username: str) -> str:
+    """A username as its counters name it (as typed at login, so also names of no account)."""
+    return username.strip().lower()[:64]
 
 
 def record_failure(db: Session, counters: list[Counter]) -> None:

@@ -17,7 +17,7 @@ from app import round_follower as follower
 from app.cli import main
 from app.db import make_engine, make_session_factory, session_scope
 from app.domain import access_links, accounts
-from app.errors import NotFound
+from app.errors import NotFound, RateLimited
 from app.models import (
     AccessLink,
     Algorithm,
@@ -34,8 +34,10 @@ from app.models import (
     User,
     utcnow,
 )
+from app.schemas import USERNAME_RULE
 from app.security import token_digest, verify_password
-from tests.conftest import REDIS_URL
+from app.web import throttles
+from tests.conftest import REDIS_URL, make_settings
 from tests.helpers import TEST_SECRET, ready_for_a_round
 from tests.live_server import wait_for
 
@@ -134,6 +136,7 @@ def test_keys_revoke_by_prefix(cli, db):
         (["users", "invite", "--role", "rater", "--note", "x" * 201], "--note"),
         (["users", "reset-link", "--username", "ghost"], "no user named 'ghost'"),
         (["users", "disable", "--username", "ghost"], "no user named 'ghost'"),
+        (["users", "unlock", "--username", "ghost"], "no user named 'ghost'"),
         (["prompts", "import", "missing.jsonl"], "does not exist"),
     ],
 )
@@ -234,6 +237,27 @@ def test_users_disable_and_enable_take_effect_at_once_and_revive_no_key(cli, db)
     assert cli("users", "enable", "--username", "rita").exit_code == 0
     assert db.scalar(select(User.is_active).where(User.username == "rita"))
     assert accounts.get_api_key(db, key=key) is None  # revoked when disabled
+
+
+def test_users_create_states_the_username_rule_in_words(cli):
+    refused = cli(*create_user(username="x"))
+    assert refused.exit_code == 2 and USERNAME_RULE in refused.output
+    assert "pattern" not in refused.output
+    assert USERNAME_RULE in " ".join(cli("users", "create", "--help").output.split())
+
+
+def test_users_unlock_lifts_a_lockout_from_wrong_passwords(cli, db, tmp_path):
+    cli(*create_user("rita"))
+    settings = make_settings(tmp_path)
+    counters = throttles.login_counters(settings, username="rita", address="198.51.100.1")
+    for _ in range(settings.login_max_failures):
+        throttles.record_failure(db, counters)
+    db.commit()
+    with pytest.raises(RateLimited):
+        throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_LOGINS)
+    db.rollback()  # end the read, so the command can write (SQLite)
+    assert cli("users", "unlock", "--username", "Rita").stdout.strip() == "unlocked rita"
+    throttles.ensure_allowed(db, counters, message=throttles.TOO_MANY_LOGINS)
 
 
 def test_users_reset_link_replaces_the_previous_one(cli, db):

@@ -322,7 +322,7 @@ def test_a_round_after_a_promoted_round_trains_on_what_was_judged_since(tmp_path
     pairs = read_pairs(settings.snapshots_dir / f"{fields['snapshot_sha256']}.jsonl")
     train = [pair for pair in pairs if pair.split == "train"]
     assert len(train) == 3 and all(pair.judgement_id > cutoff for pair in train)
-    assert [pair.split for pair in pairs if pair.judgement_id <= cutoff] == ["eval", "eval"]
+    assert [pair.split for pair in pairs if pair.judgement_id <= cutoff] == ["held_out", "held_out"]
     new_pairs = RoundConfig.parse(Algorithm.DPO, fields["config"])
     all_pairs = snapshot.config
     reward_stage = replace(snapshot, stage=RoundStage.REWARD_MODEL, config=new_pairs, parent=policy)

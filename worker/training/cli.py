@@ -30,7 +30,7 @@ from typing import (
 from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
-from app.pairs import Pair
+from app.pairs import Pair, pair_of
 from worker.training import distributed
 from worker.training.data import Demonstration, Messages
 
@@ -184,7 +184,7 @@ def _row(row: Callable[[Any], Row], line: str, where: str, what: str) -> Row:
 
 def read_pairs(path: Path) -> list[Pair]:
     """A snapshot's pairs (the rows `app.pairs.read_pairs` reads)."""
-    return read_json_lines(path, lambda record: Pair(**record), "pair")
+    return read_json_lines(path, pair_of, "pair")
 
 
 def read_demonstrations(path: Path) -> list[Demonstration]:

@@ -38,7 +38,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from app.pairs import Pair
+from app.pairs import HELD_OUT, Pair
 from app.round_config import RewardConfig
 from worker.training import distributed
 from worker.training.checkpoints import (
@@ -214,7 +214,7 @@ def train_reward_model(
             model, task_type="SEQ_CLS", rank=config.lora_rank, top_layers=config.lora_layers
         )
     train = [pair for pair in pairs if pair.split == "train"]
-    held_out = [pair for pair in pairs if pair.split == "eval"]
+    held_out = [pair for pair in pairs if pair.split == HELD_OUT]
     report = RewardReport(train_pairs=len(train), eval_pairs=len(held_out))
     if not train:
         raise ValueError("no training pairs")

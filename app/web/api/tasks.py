@@ -4,6 +4,8 @@ tasks for admins.
 The rating routes are the busiest of a rating platform: each is async, authenticates from memory
 when it can (`app.domain.credentials`), and makes one thread hop with one connection for its few
 Core statements (`app.domain.assignment.lease_next`, `app.domain.judgements.record_judgement`).
+`next` gives back a task the caller holds before leasing another, `mine` lists them and
+`DELETE .../lease` releases one, so a client that crashed never waits out its leases.
 Marking gold tasks is an admin's occasional write, documented under quality control."""
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, TypeAdapter
 
 from app.db import in_transaction
 from app.domain import quality
-from app.domain.assignment import lease_next
+from app.domain.assignment import held_leases, lease_next
 from app.domain.escalation import Escalation
-from app.domain.judgements import record_judgement, record_skip
+from app.domain.judgements import record_judgement, record_release, record_skip
 from app.schemas import (
     GoldIn,
     GoldOut,
@@ -28,12 +30,14 @@ from app.schemas import (
     SkipIn,
     SkipOut,
     TaskOut,
+    TooManyLeasesOut,
     documented,
 )
 from app.web.deps import AdminUser, DbSession, RaterCredential, SettingsDep
 
 router = APIRouter(prefix="/api/tasks")
 TASKS, QUALITY = ["tasks"], ["quality"]  # the documentation's sections
+TASK_LIST = TypeAdapter(list[TaskOut])
 
 IdempotencyKey = Annotated[
     str | None,
@@ -46,13 +50,34 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.get(
-    "/next", tags=TASKS, response_model=TaskOut, responses={204: {"description": "No task for you"}}
+NEXT_RESPONSES = documented(
+    {
+        204: "No task for you",
+        429: "With `another`: you hold as many tasks as you may (`ALIGNLOOP_MAX_OPEN_LEASES`), "
+        "named in `held_task_ids`; or too many failed attempts from this address",
+    }
 )
-async def next_task(request: Request, settings: SettingsDep, rater: RaterCredential) -> Response:
-    """Lease the next task to judge (raters and admins): its prompt, its responses in the order
-    to show them, and when the lease ends. 204 when no task is left for the caller, 429 while
-    they hold as many leases as they may, 403 while they are paused."""
+NEXT_RESPONSES[429]["model"] = TooManyLeasesOut
+
+Another = Annotated[
+    bool,
+    Query(
+        description="Lease one more task beside those you hold (for clients that work on "
+        "several at once) instead of getting your oldest one back"
+    ),
+]
+
+
+@router.get("/next", tags=TASKS, response_model=TaskOut, responses=NEXT_RESPONSES)
+async def next_task(
+    request: Request, settings: SettingsDep, rater: RaterCredential, another: Another = False
+) -> Response:
+    """The task to judge next (raters and admins): its prompt, its responses in the order to
+    show them, and when the lease ends. While the caller holds a live lease, that task comes
+    back (the oldest first), so asking again after a crash or a timeout loses nothing; only
+    then is a new one leased. 204 when no task is left for the caller, 403 while they are
+    paused; with `another=true`, 429 while they hold as many leases as they may, naming them in
+    `held_task_ids`."""
     lease = await in_transaction(
         request.app.state.session_factory,
         partial(
@@ -61,11 +86,23 @@ async def next_task(request: Request, settings: SettingsDep, rater: RaterCredent
             lease_minutes=settings.lease_minutes,
             max_open_leases=settings.max_open_leases,
             gold_rate=settings.gold_rate,
+            held_first=not another,
         ),
     )
     if lease is None:
         return Response(status_code=204)
     return _json(lease.view())
+
+
+@router.get("/mine", tags=TASKS, response_model=list[TaskOut])
+async def my_tasks(request: Request, rater: RaterCredential) -> Response:
+    """The tasks the caller holds a live lease on, oldest lease first, each as `next` shows it:
+    a client that lost track of its tasks finds them here."""
+    leases = await in_transaction(
+        request.app.state.session_factory, partial(held_leases, rater_id=rater.user_id)
+    )
+    body = TASK_LIST.dump_json([lease.view() for lease in leases])
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -122,6 +159,23 @@ async def skip(task_id: RowId, body: SkipIn, request: Request, rater: RaterCrede
         partial(record_skip, rater_id=rater.user_id, task_id=task_id, reason=body.reason),
     )
     return _json(SkipOut(task_id=task_id))
+
+
+@router.delete(
+    "/{task_id}/lease",
+    tags=TASKS,
+    status_code=204,
+    responses=documented({404: "No such task, or you hold no live lease on it"}),
+)
+async def release(task_id: RowId, request: Request, rater: RaterCredential) -> Response:
+    """Give back a task the caller holds, unjudged and without a skip: its slot returns to the
+    pool and the caller may be offered it again later. Another rater's lease on the same task
+    stays as it is. 404 when the caller holds no live lease on it."""
+    await in_transaction(
+        request.app.state.session_factory,
+        partial(record_release, rater_id=rater.user_id, task_id=task_id),
+    )
+    return Response(status_code=204)
 
 
 @router.post("/{task_id}/gold", tags=QUALITY)

@@ -125,7 +125,9 @@ def test_next_over_http_returns_the_contract_shape_or_204(client, db, rater):
         link.response_id for link in task.responses
     }
     assert body["lease_expires_at"].endswith("Z")
-    assert client.get("/api/tasks/next", headers=headers).status_code == 204
+    assert client.get("/api/tasks/next", headers=headers).json() == body  # the held task
+    another = client.get("/api/tasks/next", headers=headers, params={"another": "true"})
+    assert another.status_code == 204
     stored = db.scalar(select(Assignment).where(Assignment.task_id == task.id))
     assert [response["id"] for response in body["responses"]] == stored.response_order
 

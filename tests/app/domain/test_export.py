@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 from datasets import load_dataset
-from trl.data_utils import is_conversational, maybe_apply_chat_template, unpair_preference_dataset
+from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 from app.cli import main
 from app.db import make_session_factory, session_scope
@@ -65,15 +65,27 @@ def test_the_trl_export_is_a_conversational_preference_dataset(
         assert text["chosen"].strip() and text["rejected"].strip()
 
 
-def test_kto_rows_are_what_trl_makes_of_the_pairs(client, judged, admin, tmp_path):
-    paired = tmp_path / "trl.jsonl"
-    paired.write_bytes(download(client, judged, admin, format="trl"))
-    unpaired = unpair_preference_dataset(
-        load_dataset("json", data_files=str(paired), split="train")
-    )
-    ours = rows(download(client, judged, admin, format="kto"))
-    key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
-    assert sorted(map(key, ours)) == sorted(map(key, [dict(row) for row in unpaired]))
+def test_kto_labels_each_completion_once_by_its_net_preference(client, judged, admin, tmp_path):
+    path = tmp_path / "kto.jsonl"
+    path.write_bytes(download(client, judged, admin, format="kto"))
+    dataset = load_dataset("json", data_files=str(path), split="train")
+    assert set(dataset.column_names) == {"prompt", "completion", "label"}
+    labels = {row["completion"][0]["content"]: row["label"] for row in dataset}
+    # "fine" won one comparison (b>c) and lost two (a>b twice): one row, undesirable
+    assert labels == {"good <b>": True, "fine": False, "poor": False, "yes": False, "no": True}
+    assert len(dataset) == len(labels)  # no completion twice, so no label twice
+
+
+def test_kto_leaves_out_a_completion_whose_wins_and_losses_balance(
+    client, db, rater, make_user, admin
+):
+    task = create_task(db, texts=["left", "right"])
+    left, right = (link.response_id for link in task.responses)
+    other = make_user(role="rater", username="otto")
+    db.add(Judgement(task_id=task.id, rater_id=rater.id, ranking=[left, right]))
+    db.add(Judgement(task_id=task.id, rater_id=other.id, ranking=[right, left]))
+    db.commit()
+    assert download(client, db, admin, format="kto") == b""
 
 
 def test_standard_and_hh_formats_are_plain_text(client, judged, admin):

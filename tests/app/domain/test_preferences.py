@@ -34,7 +34,7 @@ def test_the_split_is_deterministic_and_about_the_configured_share():
     keys = [f"prompt-{index}" for index in range(4000)]
     first = [split_of(key) for key in keys]
     assert first == [split_of(key) for key in keys]
-    share = first.count("eval") / len(first)
+    share = first.count("held_out") / len(first)
     assert share == pytest.approx(EVAL_FRACTION, abs=0.02)
 
 
@@ -157,6 +157,6 @@ def test_training_pairs_can_start_after_a_cutoff_while_held_out_pairs_keep_all(d
     new = [judged(new_train), judged(new_eval)]
     snapshot = build_snapshot(db, train_after_judgement_id=old[-1].id)
     used = {(pair.judgement_id, pair.split) for pair in snapshot.pairs}
-    assert used == {(new[0].id, "train"), (old[1].id, "eval"), (new[1].id, "eval")}
+    assert used == {(new[0].id, "train"), (old[1].id, "held_out"), (new[1].id, "held_out")}
     assert snapshot.judgement_count == 3
     assert len(build_snapshot(db).pairs) == 4  # no cutoff: every judgement

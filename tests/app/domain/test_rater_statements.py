@@ -9,9 +9,12 @@ import pytest
 from tests.conftest import make_settings
 from tests.helpers import api_key_for, create_task, statements_on
 
-STATEMENTS = {"postgresql": {"next": 2, "submit": 3}, "sqlite": {"next": 5, "submit": 5}}
+STATEMENTS = {
+    "postgresql": {"next": 2, "held": 2, "submit": 3},
+    "sqlite": {"next": 5, "held": 2, "submit": 5},
+}
 """On PostgreSQL the rater's state and one CTE, then the lock, one read and one CTE; SQLite's
-single writer runs the CTEs' steps one by one."""
+single writer runs the CTEs' steps one by one. A held task is the state and one read."""
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 
@@ -40,11 +43,13 @@ def sent_by(client, connection, method: str, path: str, **request) -> tuple[obje
 
 
 def test_next_and_submit_send_a_few_statements(client, connection, headers):
-    client.get("/api/tasks/next", headers=headers)  # the key is verified and remembered
-    task = client.get("/api/tasks/next", headers=headers).json()
+    client.get("/api/tasks/mine", headers=headers)  # the key is verified and remembered
     expected = STATEMENTS[connection.dialect.name]
     response, sent = sent_by(client, connection, "GET", "/api/tasks/next", headers=headers)
     assert response.status_code == 200 and len(sent) == expected["next"], sent
+    task = response.json()
+    response, sent = sent_by(client, connection, "GET", "/api/tasks/next", headers=headers)
+    assert response.json() == task and len(sent) == expected["held"], sent
     ranking = [each["id"] for each in task["responses"]]
     path = f"/api/tasks/{task['task_id']}/judgement"
     response, sent = sent_by(

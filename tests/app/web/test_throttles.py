@@ -66,7 +66,7 @@ def test_an_unknown_account_is_locked_like_a_known_one(app, settings):
         "/api/auth/token", json={"username": "nobody", "password": WRONG}
     )
     assert response.status_code == 429
-    assert response.json() == {"detail": throttles.TOO_MANY_LOGINS}
+    assert response.json() == {"detail": f"{throttles.TOO_MANY_LOGINS}; try again in 60 minutes."}
 
 
 def test_an_address_guessing_across_usernames_is_locked_out(app, rater, settings):
@@ -161,3 +161,11 @@ def test_a_trusted_proxy_names_the_client(engine, session_factory, rater, settin
         for _ in range(proxied.login_max_failures):
             token_status(server, rater.username, WRONG, another_client)
         assert token_status(server, rater.username, PASSWORD, another_client) == 429
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(1, "in 1 second"), (59, "in 59 seconds"), (60, "in 1 minute"), (61, "in 2 minutes")],
+)
+def test_a_wait_is_said_in_seconds_or_whole_minutes(seconds, words):
+    assert throttles.in_words(seconds) == words

@@ -35,7 +35,7 @@ ONLINE = ["--steps", "2", "--prompts-per-step", "3", "--max-new-tokens", "8"]
 """Three prompts a step: one for rank 0, two for rank 1."""
 RUNS = {  # each trainer's input rows and settings
     "reward_model": (
-        [pair.__dict__ for pair in pairs_for(8) + pairs_for(4, split="eval")],
+        [pair.__dict__ for pair in pairs_for(8) + pairs_for(4, split="held_out")],
         [*SMALL, "--batch-pairs", "4", "--learning-rate", "1e-3"],
     ),
     "dpo": (  # batches of 2, 2 and 1 pairs: on the last, rank 0 has no pair to train on

@@ -73,7 +73,7 @@ def rule_labelled_pairs(*, per_prompt: int = 1, seed: int = 0) -> list[Pair]:
 def test_the_reward_model_learns_the_rule_from_at_most_100_pairs(bundled_model_dir):
     pairs = rule_labelled_pairs()
     train = [pair for pair in pairs if pair.split == "train"]
-    held_out = [pair for pair in pairs if pair.split == "eval"]
+    held_out = [pair for pair in pairs if pair.split == "held_out"]
     assert len(train) <= 100 and len(held_out) >= 20
     # The `quick` preset's settings, as a round would train it (LoRA on the top blocks).
     config = RewardConfig(**{**PRESETS["quick"]["reward_model"], "max_length": 192}, seed=0)

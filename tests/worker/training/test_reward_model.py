@@ -168,7 +168,7 @@ def changed_parameters(before: dict, model) -> list[str]:
 
 
 def test_training_finds_the_rule_and_changes_every_trainable_parameter(tiny_model_dir):
-    pairs = pairs_for(24) + pairs_for(8, split="eval")
+    pairs = pairs_for(24) + pairs_for(8, split="held_out")
     start, _ = load_reward_model(tiny_model_dir, CPU)
     before = {name: tensor.detach().clone() for name, tensor in start.named_parameters()}
     config = RewardConfig(epochs=3, learning_rate=3e-3, batch_pairs=4, device="cpu")
@@ -196,7 +196,7 @@ def test_the_same_seed_gives_the_same_reward_model(tiny_model_dir):
     def run(seed: int) -> list[dict[str, float]]:
         config = RewardConfig(epochs=1, batch_pairs=2, lora=True, seed=seed, device="cpu")
         report = train_reward_model(
-            pairs_for(8) + pairs_for(4, split="eval"), tiny_model_dir, config
+            pairs_for(8) + pairs_for(4, split="held_out"), tiny_model_dir, config
         )[2]
         return report.curve
 

@@ -1,4 +1,5 @@
-"""Admin pages: users (`/admin/users`): accounts, invitations, password-reset links, API keys.
+"""Admin pages: users (`/admin/users`): accounts, lockouts, invitations, password-reset links,
+API keys.
 
 Forms post and redirect back to the page, except where a secret (a link, a key) must be shown
 once: then the response is the page itself with the secret, which no later request can show.
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.domain import access_links, accounts
 from app.models import KeyScope, Role
 from app.schemas import ApiKeyCreate, InvitationCreate, RowId, UserCreate, form_input
+from app.web import throttles
 from app.web.deps import DbSession, PageAdmin, SettingsDep
 from app.web.templating import render
 
@@ -62,6 +64,15 @@ def set_user_status(
     page (303); 409 for the admin's own account."""
     user = accounts.get_user(db, user_id=user_id)
     accounts.update_user(db, user=user, acting=admin, is_active=is_active)
+    db.commit()
+    return RedirectResponse(PAGE, status_code=303)
+
+
+@router.post("/users/{user_id}/unlock")
+def unlock_user(user_id: RowId, db: DbSession, admin: PageAdmin) -> RedirectResponse:
+    """Lift the lockout that wrong passwords put on the account, so it can sign in at once,
+    then back to the users page (303)."""
+    throttles.unlock_account(db, username=accounts.get_user(db, user_id=user_id).username)
     db.commit()
     return RedirectResponse(PAGE, status_code=303)
 
@@ -137,6 +148,7 @@ def _users_page(request: Request, db: Session, shown_once: ShownOnce | None = No
     context = {
         "accounts": accounts.list_users(db),
         "keys": accounts.api_keys_by_user(db),
+        "locks": throttles.account_locks(db),
         "invitations": access_links.pending_invitations(db),
         "roles": [role.value for role in Role],
         "scopes_by_role": {role: KeyScope.up_to(KeyScope.of_role(role)) for role in Role},

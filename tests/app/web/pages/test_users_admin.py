@@ -16,10 +16,19 @@ from app.db import make_session_factory, session_scope
 from app.domain import access_links
 from app.errors import Conflict, NotFound
 from app.models import AccessLink, ApiKey, LinkPurpose, Role, User, WebSession, utcnow
+from app.schemas import USERNAME_RULE
 from app.security import token_digest
 from app.web.deps import SESSION_COOKIE
 from tests.conftest import make_settings
-from tests.helpers import PASSWORD, api_key_for, bearer, browser_login, html, submit_login
+from tests.helpers import (
+    PASSWORD,
+    api_key_for,
+    bearer,
+    browser_login,
+    html,
+    problem,
+    submit_login,
+)
 
 NEW_PASSWORD = "a brand new passphrase"
 HTML = {"Accept": "text/html"}
@@ -430,6 +439,7 @@ ADMIN_PAGE_FORMS = [
     ("/admin/users", {"username": "someone", "password": PASSWORD, "role": "admin"}),
     ("/admin/users/{id}/status", {"is_active": "false"}),
     ("/admin/users/{id}/reset-link", {}),
+    ("/admin/users/{id}/unlock", {}),
     ("/admin/users/{id}/keys", {"name": "mine"}),
     ("/admin/users/{id}/keys/1/revoke", {}),
     ("/admin/invitations", {"role": "admin"}),
@@ -482,6 +492,38 @@ def test_the_page_creates_disables_and_enables_users(client, admin, db):
     assert mine.status_code == 409
     short = client.post("/admin/users", data={**fields, "username": "dan", "password": "short"})
     assert short.status_code == 422
+
+
+def test_a_lockout_says_when_to_try_again_and_the_page_unlocks_the_account(
+    client, admin, rater, settings
+):
+    for _ in range(settings.login_max_failures):
+        assert submit_login(client, rater.username, "a wrong password").status_code == 401
+    locked = submit_login(client, rater.username, PASSWORD)
+    assert locked.status_code == 429
+    minutes = settings.login_lockout_seconds // 60
+    assert html(locked).select_one(".error").text == (
+        f"Too many failed logins; try again in {minutes} minutes."
+    )
+    csrf = browser_login(client, admin.username)
+    row = html(client.get("/admin/users")).select_one(f"#user-{rater.id}")
+    assert "locked until" in row.text
+    unlock = row.select_one("form[action$='/unlock']")["action"]
+    answer = client.post(unlock, data={"csrf_token": csrf}, follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"] == "/admin/users"
+    row = html(client.get("/admin/users")).select_one(f"#user-{rater.id}")
+    assert "locked until" not in row.text and row.select_one("form[action$='/unlock']") is None
+    client.cookies.clear()  # as the rater's own browser
+    assert submit_login(client, rater.username, PASSWORD).status_code == 303
+
+
+def test_a_username_that_breaks_the_rule_is_refused_in_words(client, admin_headers):
+    body = {"username": "-x", "password": PASSWORD, "role": "rater"}
+    assert problem(client.post("/api/users", json=body, headers=admin_headers)) == USERNAME_RULE
+    path = invitation(client, admin_headers)
+    assert USERNAME_RULE in html(client.get(path)).text  # the form states the rule
+    refused = accept(client, path, "a b")
+    assert html(refused).select_one(".error").text == f"username: {USERNAME_RULE}"
 
 
 def test_the_page_shows_an_invitation_link_once_and_revokes_it(client, admin, db):
