@@ -171,6 +171,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "data.nav.judgements": "Judgements",
         "data.report": "Import report",
         "data.created": "Created",
+        "data.created_at": "Created",
         "data.duplicates": "Duplicates",
         "data.skipped": "Skipped",
         "data.duplicates_detail": "Duplicates: {stored} already stored, {repeated} repeated "
@@ -410,6 +411,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "data.nav.judgements": "评判",
         "data.report": "导入报告",
         "data.created": "新增",
+        "data.created_at": "创建时间",
         "data.duplicates": "重复",
         "data.skipped": "跳过",
         "data.duplicates_detail": "重复：{stored} 条已存储，{repeated} 条在文件内重复。"
