@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy.orm import Session
 
 from app import security
@@ -12,7 +10,6 @@ from app.domain import accounts, guidelines, prompt_store
 from app.domain.prompt_import import parse_prompts
 from app.models import Role
 
-DEFAULT_GUIDELINES = Path(__file__).resolve().parents[1] / "default_guidelines.md"
 FIRST_ADMIN = "admin"
 
 
@@ -41,5 +38,7 @@ def publish_default_guidelines(db: Session) -> bool:
     """Publish the shipped guidelines as version 1 when none exist; True if it did."""
     if guidelines.current_guidelines(db) is not None:
         return False
-    guidelines.publish_guidelines(db, body=DEFAULT_GUIDELINES.read_text(), author=None)
+    guidelines.publish_guidelines(
+        db, body=guidelines.SHIPPED_GUIDELINES.read_text("utf-8"), author=None
+    )
     return True

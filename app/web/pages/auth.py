@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -33,18 +34,28 @@ from app.web.deps import (
     SettingsDep,
     client_address,
 )
+from app.web.i18n import preferred_language, translate
 from app.web.public_forms import PublicForm, is_https
 
 router = APIRouter()
 
 INVALID_CREDENTIALS = "Incorrect username or password"
 LOGIN_FORM = PublicForm(purpose="login", path="/login", field="login_token")
-LOGIN_NOTICES = {
-    "account-created": "Your account is ready: sign in with your new password.",
-    "password-reset": "Your password was changed and all your sessions were signed out: "
-    "sign in with the new password.",
-}
-"""What `/login?notice=...` may say; a fixed list, so that a link cannot put words on the page."""
+LOGIN_NOTICES = frozenset({"account-created", "password-reset"})
+"""What `/login?notice=...` may say (`auth.notice.<name>` in `app.web.i18n`); a fixed list, so
+that a link cannot put words on the page."""
+
+
+def visitor_language(request: Request) -> str:
+    """The language of a page seen before signing in: no account says which, so the browser's
+    (`Accept-Language`)."""
+    return preferred_language(request.headers.get("accept-language"))
+
+
+def visitor_interface(request: Request) -> dict[str, object]:
+    """The page context that makes `render` speak the visitor's language, not English."""
+    language = visitor_language(request)
+    return {"language": language, "t": partial(translate, language)}
 
 
 def verify_login(
@@ -81,7 +92,12 @@ def _login_form(
     status_code: int = 200,
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    context = {"next_path": safe_next_path(next_path), "error": error, "notice": notice}
+    context = {
+        **visitor_interface(request),
+        "next_path": safe_next_path(next_path),
+        "error": error,
+        "notice": notice,
+    }
     return LOGIN_FORM.render(
         request, settings, "login.html", context, status_code=status_code, headers=headers
     )
@@ -99,7 +115,8 @@ def login_page(
     in goes there at once (303)."""
     if principal is not None:
         return RedirectResponse(safe_next_path(next), status_code=303)
-    return _login_form(request, settings, next_path=next, notice=LOGIN_NOTICES.get(notice))
+    known = notice if notice in LOGIN_NOTICES else None
+    return _login_form(request, settings, next_path=next, notice=known)
 
 
 @router.post(
@@ -121,8 +138,9 @@ def login(
     `next` (a path on this site). A wrong username or password shows the form again with 401,
     a form not sent by this site with 403; repeated failures lock the username and the address
     for a while (429 with `Retry-After`)."""
+    language = visitor_language(request)
     if not LOGIN_FORM.verify(request, settings, login_token):
-        error = "The login form expired or was not sent by this site; please sign in again."
+        error = translate(language, "auth.form_expired")
         return _login_form(request, settings, next_path=next, error=error, status_code=403)
     try:
         user = verify_login(
@@ -137,7 +155,9 @@ def login(
             request,
             settings,
             next_path=next,
-            error=exc.detail,
+            error=translate(language, "auth.invalid")
+            if isinstance(exc, Unauthenticated)
+            else exc.detail,
             status_code=exc.status_code,
             headers=exc.headers,
         )

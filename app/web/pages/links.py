@@ -19,13 +19,14 @@ from app.errors import Conflict, InvalidInput, PermissionDenied
 from app.models import AccessLink, LinkPurpose
 from app.schemas import AccountForm, PasswordForm, form_input
 from app.web.deps import DbSession, PublicRoute, SettingsDep
+from app.web.i18n import translate
+from app.web.pages.auth import visitor_interface, visitor_language
 from app.web.public_forms import PublicForm
 
 router = APIRouter()
 
 INVITE_FORM = PublicForm(purpose="invite", path="/invite")
 RESET_FORM = PublicForm(purpose="reset", path="/reset")
-FORM_NOT_OURS = "This form expired or was not sent by this site; please fill it in again."
 
 UsernameField = Annotated[str, Form(max_length=64)]
 PasswordField = Annotated[str, Form(max_length=256)]
@@ -114,7 +115,7 @@ def reset_password(
 
 def _check_form_token(form: PublicForm, request: Request, settings: Settings, signed: str) -> None:
     if not form.verify(request, settings, signed):
-        raise PermissionDenied(FORM_NOT_OURS)
+        raise PermissionDenied(translate(visitor_language(request), "links.form_expired"))
 
 
 def _done(form: PublicForm, *, notice: str) -> RedirectResponse:
@@ -132,7 +133,12 @@ def _invitation_form(
     error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    context = {"role": link.role, "expires_at": link.expires_at, "error": error}
+    context = {
+        **visitor_interface(request),
+        "role": link.role,
+        "expires_at": link.expires_at,
+        "error": error,
+    }
     return INVITE_FORM.render(request, settings, "invite.html", context, status_code=status_code)
 
 
@@ -146,5 +152,6 @@ def _reset_form(
     status_code: int = 200,
 ) -> HTMLResponse:
     assert link.user_id is not None
-    context = {"account": accounts.get_user(db, user_id=link.user_id), "error": error}
+    account = accounts.get_user(db, user_id=link.user_id)
+    context = {**visitor_interface(request), "account": account, "error": error}
     return RESET_FORM.render(request, settings, "reset.html", context, status_code=status_code)

@@ -52,7 +52,7 @@ def home(request: Request, db: DbSession, rater: PageRater) -> HTMLResponse:
     context = {
         "progress": rating_progress(db, rater_id=rater.id),
         "holding": bool(open_leases(db, rater_id=rater.id)),
-        "guidelines": rating_guidelines.current_guidelines(db),
+        "guidelines": rating_guidelines.guidelines_for_reader(db, language=rater.locale),
     }
     return render(request, "rate/home.html", context)
 
@@ -132,9 +132,8 @@ def skip(
 @router.get("/guidelines", response_class=HTMLResponse)
 def guidelines(request: Request, db: DbSession, user: PageUser) -> HTMLResponse:
     """The current rating guidelines (HTML), for anyone signed in."""
-    return render(
-        request, "guidelines.html", {"guidelines": rating_guidelines.current_guidelines(db)}
-    )
+    shown = rating_guidelines.guidelines_for_reader(db, language=user.locale)
+    return render(request, "guidelines.html", {"guidelines": shown})
 
 
 def _is_fetch(request: Request) -> bool:

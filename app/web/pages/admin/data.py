@@ -17,6 +17,7 @@ from app.errors import InvalidInput
 from app.models import PromptSplit, TaskKind, TaskStatus
 from app.schemas import PromptImportReport
 from app.web.deps import DbSession, PageAdmin, SettingsDep
+from app.web.i18n import translate
 from app.web.templating import render
 
 router = APIRouter(prefix="/admin")
@@ -52,7 +53,7 @@ def import_prompt_file(
     # Sync: it runs on the thread pool.
     try:
         if file is None or not file.filename:
-            raise InvalidInput("Choose a file to import.")
+            raise InvalidInput(translate(admin.locale, "data.choose_file"))
         report = import_prompts(
             db,
             file=file.file,
