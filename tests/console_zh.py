@@ -51,7 +51,8 @@ def english_left(page_text: str) -> list[str]:
 def seed_console(db: Session, settings: Settings, admin: User, rater: User) -> dict[str, int]:
     """A Chinese-speaking `admin`, and for every console page something to show: a finished
     round with its results, a running one with curves and a log, jobs, two versions compared
-    blind by `rater` (the leaderboard) and the quality figures; returns the rounds' ids."""
+    blind by `rater` (the leaderboard) and the quality figures, uncommitted; returns the rounds'
+    ids."""
     admin.locale = "zh"
     made = policy_versions(db, "base", "round-1")
     made["round-1"].parent_id = made["base"].id
@@ -68,6 +69,8 @@ def seed_console(db: Session, settings: Settings, admin: User, rater: User) -> d
         progress=0.4,
         started_at=stage_began,
         stage_started_at=stage_began,
+        lease_owner="a worker elsewhere",  # alive: the dashboard reports no lost work
+        lease_expires_at=utcnow() + timedelta(hours=1),
     )
     for step in (1, 2, 3):
         values = {"beta": 0.05, "reward": 0.1 * step}
@@ -89,7 +92,6 @@ def seed_console(db: Session, settings: Settings, admin: User, rater: User) -> d
     db.add(Job(kind="train_reward_model", status=RunStatus.QUEUED, progress=0.0))
     leaderboard.store(db, bootstrap=20)
     quality.refresh_quality(db, settings)
-    db.commit()
     return {"finished": finished.id, "running": running.id}
 
 

@@ -341,6 +341,7 @@ def test_the_jobs_table_names_each_job_and_says_how_long_it_took(client, db, adm
 
 def test_a_chinese_admin_reads_every_console_page_in_chinese(client, db, settings, admin, rater):
     ids = seed_console(db, settings, admin, rater)
+    db.commit()
     browser_login(client, admin.username)
     pages = ["/admin", "/admin/rounds", "/admin/models", "/admin/quality?requested=true"]
     pages += [f"/admin/rounds/{ids['finished']}", f"/admin/rounds/{ids['running']}"]
