@@ -617,7 +617,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.quality.not_computed": "尚未计算：请点击“立即重新计算”。",
         "admin.quality.raters": "评分员",
         "admin.quality.raters_help": "Tau：与其他评分员共识的一致程度（1 最好，0 表示无关）。"
-        "黄金：在已知答案的任务上答对的次数。首位偏好：首选回答恰好是第一个显示的回答的频率"
+        "金标准：在已知答案的任务上答对的次数。首位偏好：首选回答恰好是第一个显示的回答的频率"
         "（对回答对而言 0.5 表示无偏）。",
         "admin.quality.trust": "可信度综合了以上指标；"
         "评判满 {min} 条后，它用于快照权重和自动暂停。",
@@ -625,7 +625,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "评判满 {min} 条后，它用于快照权重和自动暂停（低于 {below} 时）。",
         "admin.quality.rater": "评分员",
         "admin.quality.tau": "Tau（任务数）",
-        "admin.quality.gold": "黄金",
+        "admin.quality.gold": "金标准",
         "admin.quality.first_shown": "首位偏好",
         "admin.quality.median_time": "用时中位数",
         "admin.quality.trust_column": "可信度",
@@ -636,20 +636,20 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.quality.reason_for": "暂停 {name} 的原因",
         "admin.quality.pause": "暂停",
         "admin.quality.no_raters": "还没有评分员。",
-        "admin.quality.gold_tasks": "黄金任务",
+        "admin.quality.gold_tasks": "金标准任务",
         "admin.quality.gold_help": "已知答案的任务，按 {rate}% 的比例混入每位评分员的工作中，"
         "直到他们全部做完。它们不进入快照和导出。评分员对已知答案中排定的每一对都排对，才算正确。",
         "admin.quality.task_id": "任务 ID",
         "admin.quality.known_ranking": "已知排序",
-        "admin.quality.mark_gold": "标为黄金任务",
+        "admin.quality.mark_gold": "标为金标准任务",
         "admin.quality.ranking_help": "排序的写法：{format}。",
         "admin.quality.ranking_format": "回答 ID 按从好到差排列，名次之间用“>”，并列之间用“=”："
         "12 > 10 = 11",
         "admin.quality.task": "任务",
         "admin.quality.responses": "回答",
         "admin.quality.judged": "已评判",
-        "admin.quality.unmark": "取消黄金标记",
-        "admin.quality.no_gold": "还没有黄金任务。",
+        "admin.quality.unmark": "取消金标准标记",
+        "admin.quality.no_gold": "还没有金标准任务。",
         # --- end of admin console (dashboard, rounds, models, quality) ---
     },
 }
