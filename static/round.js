@@ -1,7 +1,7 @@
 // A round's admin page: while the round is queued or running, follow its status, stage and
 // progress, append new log lines, and redraw the training curves (static/charts.js) from the
 // stored metric points (/api/rounds/{id}, /log, /metrics). Every value is inserted as text,
-// never as HTML.
+// never as HTML. Its words come from the page (`data-text`), in the admin's language.
 "use strict";
 
 (function () {
@@ -11,6 +11,7 @@
   const POLL_MS = 2000;
   const HIDDEN = new Set(["step", "seconds"]); // bookkeeping, not training signals
   let lastLog = Number(root.dataset.lastLog);
+  const words = JSON.parse(root.dataset.text); // the page's words: {status, stage, eta, range}
   const charts = new Map(); // "stage · metric" → {plot, caption}, redrawn in place as points come
 
   async function getJSON(url) {
@@ -22,9 +23,10 @@
   // As the server's `time_left` filter writes it.
   function timeLeft(seconds) {
     if (seconds === null || seconds === undefined) return "";
-    if (seconds < 90) return `about ${Math.max(5, Math.round(seconds / 5) * 5)} s left`;
-    if (seconds < 90 * 60) return `about ${Math.round(seconds / 60)} min left`;
-    return `about ${(seconds / 3600).toFixed(1)} h left`;
+    const eta = (unit, n) => words.eta[unit].replace("{n}", n);
+    if (seconds < 90) return eta("seconds", Math.max(5, Math.round(seconds / 5) * 5));
+    if (seconds < 90 * 60) return eta("minutes", Math.round(seconds / 60));
+    return eta("hours", (seconds / 3600).toFixed(1));
   }
 
   function format(value) {
@@ -35,7 +37,7 @@
   function caption(title, points) {
     const values = points.map((point) => point.value);
     const latest = values[values.length - 1];
-    return `${title}: ${format(latest)} (range ${format(Math.min(...values))} … ${format(Math.max(...values))})`;
+    return `${title}: ${format(latest)} (${words.range} ${format(Math.min(...values))} … ${format(Math.max(...values))})`;
   }
 
   function spec(name, points) {
@@ -45,11 +47,11 @@
   }
 
   // A figure per series, made once; later polls give its chart the whole series again.
-  function drawCurve(key, name, points) {
+  function drawCurve(key, title, name, points) {
     const shown = charts.get(key);
     if (shown) {
       AlignloopCharts.update(shown.plot, spec(name, points));
-      shown.caption.textContent = caption(key, points);
+      shown.caption.textContent = caption(title, points);
       return;
     }
     const figure = document.createElement("figure");
@@ -58,7 +60,7 @@
     const plot = document.createElement("div");
     plot.className = "plot";
     const text = document.createElement("figcaption");
-    text.textContent = caption(key, points);
+    text.textContent = caption(title, points);
     figure.append(text, plot);
     document.getElementById("curves").appendChild(figure);
     charts.set(key, { plot: AlignloopCharts.draw(plot, spec(name, points)), caption: text });
@@ -69,11 +71,13 @@
     const series = new Map();
     points.filter((point) => !HIDDEN.has(point.name)).forEach((point) => {
       const key = `${point.stage} · ${point.name}`;
-      if (!series.has(key)) series.set(key, { name: point.name, points: [] });
+      const title = `${words.stage[point.stage]} · ${point.name}`;
+      if (!series.has(key)) series.set(key, { name: point.name, title, points: [] });
       series.get(key).points.push(point);
     });
     document.querySelector("#curves > .muted")?.remove();
-    series.forEach(({ name, points: line }, key) => drawCurve(key, name, line.sort((a, b) => a.step - b.step)));
+    series.forEach(({ name, title, points: line }, key) =>
+      drawCurve(key, title, name, line.sort((a, b) => a.step - b.step)));
   }
 
   function appendLog(lines) {
@@ -85,7 +89,7 @@
       const time = document.createElement("time");
       time.textContent = new Date(line.created_at).toISOString().slice(11, 19);
       const stage = document.createElement("b");
-      stage.textContent = line.stage;
+      stage.textContent = words.stage[line.stage];
       const message = document.createElement("span");
       message.textContent = line.message;
       item.append(time, " ", stage, " ", message);
@@ -96,9 +100,9 @@
 
   function showState(round) {
     const status = document.getElementById("round-status");
-    status.textContent = round.status;
+    status.textContent = words.status[round.status];
     status.className = `status-${round.status}`;
-    document.getElementById("round-stage").textContent = round.stage;
+    document.getElementById("round-stage").textContent = words.stage[round.stage];
     document.getElementById("round-progress").textContent = Math.round(round.progress * 100);
     document.getElementById("round-bar").value = round.progress;
     document.getElementById("round-detail").textContent = round.progress_detail ? `· ${round.progress_detail}` : "";

@@ -33,15 +33,16 @@ templates = Jinja2Templates(
 templates.env.filters["markdown"] = render_markdown
 
 
-def time_left(seconds: float | None) -> str:
-    """An ETA in words: "about 40 s left", "about 12 min left" ("" when unknown)."""
+def time_left(seconds: float | None, language: str = DEFAULT_LANGUAGE) -> str:
+    """An ETA in words: "about 40 s left", "about 12 min left" ("" when unknown); pages pass
+    the reader's language, the command line's follower takes English."""
     if seconds is None:
         return ""
     if seconds < 90:
-        return f"about {max(5, round(seconds / 5) * 5):.0f} s left"
+        return translate(language, "admin.eta.seconds", n=f"{max(5, round(seconds / 5) * 5):.0f}")
     if seconds < 90 * 60:
-        return f"about {seconds / 60:.0f} min left"
-    return f"about {seconds / 3600:.1f} h left"
+        return translate(language, "admin.eta.minutes", n=f"{seconds / 60:.0f}")
+    return translate(language, "admin.eta.hours", n=f"{seconds / 3600:.1f}")
 
 
 templates.env.filters["time_left"] = time_left

@@ -19,13 +19,15 @@ from app.domain import accounts, quality
 from app.errors import AppError, InvalidInput
 from app.schemas import MAX_REASON_CHARS, RowId, documented
 from app.web.deps import DbSession, PageAdmin, SettingsDep
+from app.web.i18n import DEFAULT_LANGUAGE, translate
 from app.web.templating import render
 
 router = APIRouter(prefix="/admin/quality")
 
 PAGE = "/admin/quality"
-# Plain text, not markdown: it is shown on the page and in the error that a bad ranking gets.
-RANKING_HELP = "response ids best first, “>” between places and “=” between ties: 12 > 10 = 11"
+# The page shows it in the admin's language; the error that a bad ranking gets (from the page
+# or the API) is in English, as the other errors are.
+RANKING_HELP = translate(DEFAULT_LANGUAGE, "admin.quality.ranking_format")
 
 
 @router.get("", response_class=HTMLResponse)
@@ -39,8 +41,7 @@ def quality_page(
     """The quality page (HTML): the raters' agreement and each rater's figures as last computed,
     with pause and resume buttons, and the gold tasks with the form to add one. With
     `requested`, a note that new figures are being computed."""
-    notice = "Recomputing; reload in a moment to see the new figures." if requested else None
-    return _render(request, db, settings, notice=notice)
+    return _render(request, db, settings, requested=requested)
 
 
 @router.post("/refresh")
@@ -130,7 +131,7 @@ def _render(
     db: Session,
     settings: Settings,
     *,
-    notice: str | None = None,
+    requested: bool = False,
     error: str | None = None,
     form: dict | None = None,
     status: int = 200,
@@ -141,8 +142,7 @@ def _render(
         "gold": [(task, ranking_text(task.gold_ranking)) for task in quality.gold_tasks(db)],
         "escalated": quality.escalated_task_count(db),
         "settings": settings,
-        "ranking_help": RANKING_HELP,
-        "notice": notice,
+        "requested": requested,
         "error": error,
         "form": form or {},
     }

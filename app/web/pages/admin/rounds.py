@@ -3,6 +3,7 @@ its live stage, progress, curves and log, and a cancel button."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
@@ -12,7 +13,7 @@ from sqlalchemy import select
 from app import round_config
 from app.domain import model_readiness, model_registry, rounds
 from app.errors import Conflict
-from app.models import DEFAULT_ALGORITHM, Algorithm, ModelVersion, Round
+from app.models import DEFAULT_ALGORITHM, Algorithm, ModelVersion, Round, RoundStage, RunStatus
 from app.schemas import RowId
 from app.web.deps import DbSession, PageAdmin, SettingsDep
 from app.web.templating import render
@@ -121,8 +122,20 @@ def round_page(request: Request, round_id: RowId, db: DbSession, admin: PageAdmi
         "log": rounds.read_log(db, round_id=round_id),
         "human": rounds.human_verdict(db, round_),
         "too_few": rounds.TOO_FEW_TO_JUDGE,
+        "script_text": script_text,
     }
     return render(request, "admin/round.html", context)
+
+
+def script_text(t: Callable[..., str]) -> dict:
+    """The words `static/round.js` writes as the round moves on, in the page's language (`t`,
+    which the template passes): a script cannot call `t` itself."""
+    return {
+        "status": {status.value: t(f"admin.status.{status.value}") for status in RunStatus},
+        "stage": {stage.value: t(f"admin.stage.{stage.value}") for stage in RoundStage},
+        "eta": {unit: t(f"admin.eta.{unit}") for unit in ("seconds", "minutes", "hours")},
+        "range": t("admin.round.range"),
+    }
 
 
 @router.post("/rounds/{round_id}/cancel")

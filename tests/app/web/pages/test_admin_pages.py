@@ -22,6 +22,7 @@ from app.models import (
     RunStatus,
     utcnow,
 )
+from tests.console_zh import english_left, seed_console
 from tests.helpers import (
     ab_judgement,
     browser_login,
@@ -336,3 +337,24 @@ def test_the_jobs_table_names_each_job_and_says_how_long_it_took(client, db, adm
     assert by_name["Train a reward model"][-1] == "1 h 02 min"
     assert by_name["Train a reward model"][4] == "1 task"  # not "1 tasks"
     assert by_name["Fine-tune on rewrites (SFT)"][-1] == "—"  # not started
+
+
+def test_a_chinese_admin_reads_every_console_page_in_chinese(client, db, settings, admin, rater):
+    ids = seed_console(db, settings, admin, rater)
+    db.commit()
+    browser_login(client, admin.username)
+    pages = ["/admin", "/admin/rounds", "/admin/models", "/admin/quality?requested=true"]
+    pages += [f"/admin/rounds/{ids['finished']}", f"/admin/rounds/{ids['running']}"]
+    for path in pages:
+        page = html(client.get(path))
+        assert page.html["lang"] == "zh-CN"
+        attributes = [tag.get(name, "") for tag in page.find_all() for name in TEXT_ATTRIBUTES]
+        assert english_left(page.get_text(" ") + " ".join(attributes)) == [], path
+    running = html(client.get(f"/admin/rounds/{ids['running']}"))
+    assert running.select_one("#round-status").text == "运行中"
+    assert running.select_one("#round-eta").text == "约剩 10 分钟"
+    words = json.loads(running.select_one("#round")["data-text"])  # for round.js
+    assert words["stage"]["policy"] == "策略优化" and words["eta"]["minutes"] == "约剩 {n} 分钟"
+
+
+TEXT_ATTRIBUTES = ("placeholder", "title", "aria-label", "alt", "value")
