@@ -344,6 +344,7 @@ def test_a_chinese_admin_reads_every_console_page_in_chinese(client, db, setting
     db.commit()
     browser_login(client, admin.username)
     pages = ["/admin", "/admin/rounds", "/admin/models", "/admin/quality?requested=true"]
+    pages += ["/admin/users"]
     pages += [f"/admin/rounds/{ids['finished']}", f"/admin/rounds/{ids['running']}"]
     for path in pages:
         page = html(client.get(path))
@@ -355,6 +356,8 @@ def test_a_chinese_admin_reads_every_console_page_in_chinese(client, db, setting
     assert running.select_one("#round-eta").text == "约剩 10 分钟"
     words = json.loads(running.select_one("#round")["data-text"])  # for round.js
     assert words["stage"]["policy"] == "策略优化" and words["eta"]["minutes"] == "约剩 {n} 分钟"
+    rater_row = html(client.get("/admin/users")).select_one(f"#user-{rater.id}")
+    assert [cell.text for cell in rater_row.select("td")][1:4] == ["评分员", "已启用", "否"]
 
 
 TEXT_ATTRIBUTES = ("placeholder", "title", "aria-label", "alt", "value")
