@@ -8,6 +8,7 @@ catch (they render every page in both languages).
 
 from __future__ import annotations
 
+from app.domain.access_links import LINK_UNUSABLE
 from app.schemas import USERNAME_RULE
 
 LANGUAGES = {"en": "English", "zh": "中文"}
@@ -525,6 +526,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.users.shown.invitation.rater": "Invitation for a new rater",
         "admin.users.shown.invitation.admin": "Invitation for a new admin",
         # --- end of the admin users page ---
+        # --- error pages a visitor may see (by the error's code) ---
+        "error.detail.not_found": "Not found",
+        "error.detail.link_unusable": LINK_UNUSABLE,
+        # --- end of error pages ---
     },
     "zh": {
         "nav.rate": "评分",
@@ -1019,6 +1024,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.users.shown.invitation.rater": "新评分员的邀请链接",
         "admin.users.shown.invitation.admin": "新管理员的邀请链接",
         # --- end of the admin users page ---
+        # --- error pages a visitor may see (by the error's code) ---
+        "error.detail.not_found": "页面不存在",
+        "error.detail.link_unusable": "此链接无效、已过期或已被使用；请向管理员索取新链接。",
+        # --- end of error pages ---
     },
 }
 
