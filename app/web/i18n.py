@@ -9,6 +9,7 @@ catch (they render every page in both languages).
 from __future__ import annotations
 
 from app.domain.access_links import LINK_UNUSABLE
+from app.domain.model_readiness import MODEL_STATE_WORDING
 from app.schemas import USERNAME_RULE
 
 LANGUAGES = {"en": "English", "zh": "中文"}
@@ -530,6 +531,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.detail.not_found": "Not found",
         "error.detail.link_unusable": LINK_UNUSABLE,
         # --- end of error pages ---
+        # --- the model's state and the queue's problems, as the domain reports them ---
+        **{f"admin.model_state.{kind}": text for kind, text in MODEL_STATE_WORDING.items()},
+        "admin.problem.lost_worker": "{count} running job(s) or round(s) lost their worker",
+        "admin.problem.stalled_queue": "work has waited in the queue for over {count} minutes: "
+        "is a worker running?",
+        # --- end of the model's state and the queue's problems ---
     },
     "zh": {
         "nav.rate": "评分",
@@ -1028,6 +1035,17 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.detail.not_found": "页面不存在",
         "error.detail.link_unusable": "此链接无效、已过期或已被使用；请向管理员索取新链接。",
         # --- end of error pages ---
+        # --- the model's state and the queue's problems, as the domain reports them ---
+        "admin.model_state.serving": "当前提供服务的是 {name}",
+        "admin.model_state.not_prepared": "还没有模型：基础模型（{source}）尚未准备好；"
+        "工作进程启动时会准备它（也可手动运行 `alignloop models pull-default`）",
+        "admin.model_state.preparing": "还没有模型：基础模型（{source}）正在准备中"
+        "（{minutes} 分钟前开始；需要一分钟或更久）",
+        "admin.model_state.failed": "还没有模型：准备基础模型（{source}）失败：{error}。"
+        "请排除原因后运行 `alignloop models pull-default`",
+        "admin.problem.lost_worker": "{count} 个运行中的任务或训练轮次失去了工作进程",
+        "admin.problem.stalled_queue": "工作已在队列中等待超过 {count} 分钟：工作进程在运行吗？",
+        # --- end of the model's state and the queue's problems ---
     },
 }
 
