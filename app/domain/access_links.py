@@ -22,6 +22,8 @@ from app.models import AccessLink, LinkPurpose, Role, User, utcnow
 
 LINK_UNUSABLE = "This link is invalid, has expired or was already used; ask an admin for a new one."
 """One answer for unknown, expired, used and revoked links, so a visitor learns nothing more."""
+LINK_UNUSABLE_CODE = "link_unusable"
+"""Its code, by which the link pages say it in the visitor's language."""
 PATHS = {LinkPurpose.INVITATION: "/invite/", LinkPurpose.PASSWORD_RESET: "/reset/"}
 
 
@@ -105,7 +107,7 @@ def usable_link(db: Session, *, token: str, purpose: LinkPurpose) -> AccessLink:
     """The pending link behind `token`, for showing its form (showing does not use it)."""
     link = db.scalar(select(AccessLink).where(*_matching(token, purpose), _pending()))
     if link is None:
-        raise NotFound(LINK_UNUSABLE)
+        raise NotFound(LINK_UNUSABLE, code=LINK_UNUSABLE_CODE)
     return link
 
 
@@ -146,5 +148,5 @@ def _claim(db: Session, *, token: str, purpose: LinkPurpose) -> AccessLink:
         .returning(AccessLink)
     ).one_or_none()
     if link is None:
-        raise NotFound(LINK_UNUSABLE)
+        raise NotFound(LINK_UNUSABLE, code=LINK_UNUSABLE_CODE)
     return link

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -48,6 +48,15 @@ class Collection:
         return self.last_24h / 24
 
 
+class Problem(NamedTuple):
+    """Something wrong with the queue or the workers: `kind` names it (`lost_worker`,
+    `stalled_queue`; pages word it from the catalogue, `admin.problem.<kind>`), `count` says
+    how many runs or minutes."""
+
+    kind: str
+    count: int
+
+
 @dataclass(frozen=True)
 class QueueHealth:
     jobs: dict[str, int]
@@ -57,16 +66,13 @@ class QueueHealth:
     oldest_queued: datetime | None
 
     @property
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         found = []
         if self.lost_leases:
-            found.append(f"{self.lost_leases} running job(s) or round(s) lost their worker")
+            found.append(Problem("lost_worker", self.lost_leases))
         running = self.jobs.get("running", 0) + self.rounds.get("running", 0)
         if self.oldest_queued and not running and utcnow() - self.oldest_queued > STALLED_QUEUE:
-            minutes = STALLED_QUEUE.seconds // 60
-            found.append(
-                f"work has waited in the queue for over {minutes} minutes: is a worker running?"
-            )
+            found.append(Problem("stalled_queue", STALLED_QUEUE.seconds // 60))
         return found
 
 

@@ -24,12 +24,35 @@ from app.models import ModelVersion
 PREPARATION_FILE = "base.preparation.json"
 
 
+MODEL_STATE_WORDING = {
+    "serving": "serving {name}",
+    "not_prepared": "No model yet: the base model ({source}) has not been prepared; a worker does "
+    "it on start (`alignloop models pull-default` does it by hand)",
+    "preparing": "No model yet: the base model ({source}) is being prepared (started {minutes} min "
+    "ago; it takes a minute or more)",
+    "failed": "No model yet: preparing the base model ({source}) failed: {error}. Fix the cause "
+    "and run `alignloop models pull-default`",
+}
+"""Each state in English, as `/readyz` and refusals say it; pages word it in the reader's
+language from the catalogue (`admin.model_state.<kind>`), whose English is this."""
+
+
 @dataclass(frozen=True)
 class ModelState:
-    """`ready` with the served version's name, else why not, in words."""
+    """Whether a model serves: `kind` names the state (a key of `MODEL_STATE_WORDING`) and
+    `facts` fill its wording, so every reader can word it in their own language."""
 
-    ready: bool
-    detail: str
+    kind: str
+    facts: dict[str, str]
+
+    @property
+    def ready(self) -> bool:
+        return self.kind == "serving"
+
+    @property
+    def detail(self) -> str:
+        """The state in English."""
+        return MODEL_STATE_WORDING[self.kind].format(**self.facts)
 
 
 def preparing(models_dir: Path, source: str) -> None:
@@ -56,33 +79,24 @@ def _write(models_dir: Path, state: dict) -> None:
 def model_state(db: Session, settings: Settings) -> ModelState:
     current = model_registry.current_policy(db)
     if current is not None:
-        return ModelState(True, f"serving {current.name}")
-    return ModelState(False, _not_ready_because(settings))
+        return ModelState("serving", {"name": current.name})
+    return _not_ready_because(settings)
 
 
-def _not_ready_because(settings: Settings) -> str:
+def _not_ready_because(settings: Settings) -> ModelState:
     try:
         state = json.loads((settings.models_dir / PREPARATION_FILE).read_text())
     except (OSError, ValueError):
-        return (
-            f"No model yet: the base model ({settings.base_model}) has not been prepared; "
-            "a worker does it on start (`alignloop models pull-default` does it by hand)"
-        )
-    minutes = (time.time() - state.get("since", time.time())) / 60
+        return ModelState("not_prepared", {"source": settings.base_model})
     if state.get("state") == "failed":
-        return (
-            f"No model yet: preparing the base model ({state['source']}) failed: "
-            f"{state.get('error')}. Fix the cause and run `alignloop models pull-default`"
-        )
-    return (
-        f"No model yet: the base model ({state['source']}) is being prepared "
-        f"(started {minutes:.0f} min ago; it takes a minute or more)"
-    )
+        return ModelState("failed", {"source": state["source"], "error": str(state.get("error"))})
+    minutes = (time.time() - state.get("since", time.time())) / 60
+    return ModelState("preparing", {"source": state["source"], "minutes": f"{minutes:.0f}"})
 
 
 def require_ready_model(db: Session, settings: Settings) -> ModelVersion:
     """The current policy; 409 saying why there is none (yet)."""
     current = model_registry.current_policy(db)
     if current is None:
-        raise Conflict(_not_ready_because(settings))
+        raise Conflict(_not_ready_because(settings).detail)
     return current

@@ -21,6 +21,9 @@ from app.web.templating import render_error_page
 
 log = logging.getLogger(__name__)
 
+NOT_FOUND = "not_found"
+"""The code of a path that no route serves; its page says so in the reader's language."""
+
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
@@ -91,7 +94,7 @@ def error_response(
         status_code = 400 if status_code == 422 else status_code
         return openai_error(status_code, str(detail), code=code, headers=headers)
     if _wants_html(request) and isinstance(detail, str):
-        return render_error_page(request, status_code, detail, headers)
+        return render_error_page(request, status_code, detail, headers, code)
     if status_code == 422 and isinstance(detail, str):
         # The shape OpenAPI documents for every 422 (FastAPI's `HTTPValidationError`), whether
         # a schema or a domain rule refused the input: clients parse one shape.
@@ -111,8 +114,10 @@ async def _app_error(request: Request, exc: AppError) -> Response:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "Not found"
-    return error_response(request, exc.status_code, detail, getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 404 and exc.detail == "Not Found":  # no route: a dead link
+        return error_response(request, 404, "Not found", headers, code=NOT_FOUND)
+    return error_response(request, exc.status_code, exc.detail, headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -8,6 +8,8 @@ catch (they render every page in both languages).
 
 from __future__ import annotations
 
+from app.domain.access_links import LINK_UNUSABLE
+from app.domain.model_readiness import MODEL_STATE_WORDING
 from app.schemas import USERNAME_RULE
 
 LANGUAGES = {"en": "English", "zh": "中文"}
@@ -493,6 +495,48 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.quality.unmark": "Unmark",
         "admin.quality.no_gold": "No gold tasks yet.",
         # --- end of admin console (dashboard, rounds, models, quality) ---
+        # --- the admin users page ---
+        "admin.users.role": "Role",
+        "admin.users.role.rater": "rater",
+        "admin.users.role.admin": "admin",
+        "admin.users.status": "Status",
+        "admin.users.paused": "Paused",
+        "admin.users.last_login": "Last login",
+        "admin.users.active": "active",
+        "admin.users.disabled": "disabled",
+        "admin.users.not_paused": "no",
+        "admin.users.disable": "Disable",
+        "admin.users.enable": "Enable",
+        "admin.users.reset_link": "Reset link",
+        "admin.users.disable_help": "Disabling signs the account out at once and revokes its API "
+        "keys (enabling it again revives none); a reset link lets its holder choose a new password "
+        "once, and signs the account out everywhere, login tokens included.",
+        "admin.users.create_title": "Create a user",
+        "admin.users.create": "Create",
+        "admin.users.invitations": "Invitations",
+        "admin.users.invitations_help": "An invitation link lets one person create their own "
+        "account with the role you pick.",
+        "admin.users.note": "Note",
+        "admin.users.note_placeholder": "who it is for",
+        "admin.users.create_invitation": "Create invitation",
+        "admin.users.no_invitations": "No pending invitations.",
+        "admin.users.live_keys": "{count} live",
+        "admin.users.copy_now": "{label}; copy it now, it will not be shown again:",
+        "admin.users.shown.reset_link": "Password-reset link for {username}",
+        "admin.users.shown.api_key": "API key '{name}' of {username}",
+        "admin.users.shown.invitation.rater": "Invitation for a new rater",
+        "admin.users.shown.invitation.admin": "Invitation for a new admin",
+        # --- end of the admin users page ---
+        # --- error pages a visitor may see (by the error's code) ---
+        "error.detail.not_found": "Not found",
+        "error.detail.link_unusable": LINK_UNUSABLE,
+        # --- end of error pages ---
+        # --- the model's state and the queue's problems, as the domain reports them ---
+        **{f"admin.model_state.{kind}": text for kind, text in MODEL_STATE_WORDING.items()},
+        "admin.problem.lost_worker": "{count} running job(s) or round(s) lost their worker",
+        "admin.problem.stalled_queue": "work has waited in the queue for over {count} minutes: "
+        "is a worker running?",
+        # --- end of the model's state and the queue's problems ---
     },
     "zh": {
         "nav.rate": "评分",
@@ -956,6 +1000,52 @@ MESSAGES: dict[str, dict[str, str]] = {
         "admin.quality.unmark": "取消金标准标记",
         "admin.quality.no_gold": "还没有金标准任务。",
         # --- end of admin console (dashboard, rounds, models, quality) ---
+        # --- the admin users page ---
+        "admin.users.role": "角色",
+        "admin.users.role.rater": "评分员",
+        "admin.users.role.admin": "管理员",
+        "admin.users.status": "状态",
+        "admin.users.paused": "暂停时间",
+        "admin.users.last_login": "上次登录",
+        "admin.users.active": "已启用",
+        "admin.users.disabled": "已停用",
+        "admin.users.not_paused": "否",
+        "admin.users.disable": "停用",
+        "admin.users.enable": "启用",
+        "admin.users.reset_link": "重置链接",
+        "admin.users.disable_help": "停用会立即让该账户退出登录并吊销其 API 密钥"
+        "（重新启用也不会恢复它们）；重置链接让持有者设置一次新密码，"
+        "并让该账户在所有地方退出登录，包括登录令牌。",
+        "admin.users.create_title": "创建用户",
+        "admin.users.create": "创建",
+        "admin.users.invitations": "邀请",
+        "admin.users.invitations_help": "邀请链接让一个人以你选定的角色自行创建账户。",
+        "admin.users.note": "备注",
+        "admin.users.note_placeholder": "邀请对象",
+        "admin.users.create_invitation": "创建邀请",
+        "admin.users.no_invitations": "没有待使用的邀请。",
+        "admin.users.live_keys": "{count} 个有效",
+        "admin.users.copy_now": "{label}：请立即复制，它不会再次显示：",
+        "admin.users.shown.reset_link": "{username} 的密码重置链接",
+        "admin.users.shown.api_key": "{username} 的 API 密钥“{name}”",
+        "admin.users.shown.invitation.rater": "新评分员的邀请链接",
+        "admin.users.shown.invitation.admin": "新管理员的邀请链接",
+        # --- end of the admin users page ---
+        # --- error pages a visitor may see (by the error's code) ---
+        "error.detail.not_found": "页面不存在",
+        "error.detail.link_unusable": "此链接无效、已过期或已被使用；请向管理员索取新链接。",
+        # --- end of error pages ---
+        # --- the model's state and the queue's problems, as the domain reports them ---
+        "admin.model_state.serving": "当前提供服务的是 {name}",
+        "admin.model_state.not_prepared": "还没有模型：基础模型（{source}）尚未准备好；"
+        "工作进程启动时会准备它（也可手动运行 `alignloop models pull-default`）",
+        "admin.model_state.preparing": "还没有模型：基础模型（{source}）正在准备中"
+        "（{minutes} 分钟前开始；需要一分钟或更久）",
+        "admin.model_state.failed": "还没有模型：准备基础模型（{source}）失败：{error}。"
+        "请排除原因后运行 `alignloop models pull-default`",
+        "admin.problem.lost_worker": "{count} 个运行中的任务或训练轮次失去了工作进程",
+        "admin.problem.stalled_queue": "工作已在队列中等待超过 {count} 分钟：工作进程在运行吗？",
+        # --- end of the model's state and the queue's problems ---
     },
 }
 

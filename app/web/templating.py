@@ -18,7 +18,13 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from app.bundled import bundled_dir
-from app.web.i18n import DEFAULT_LANGUAGE, LANGUAGES, translate, translate_plural
+from app.web.i18n import (
+    DEFAULT_LANGUAGE,
+    LANGUAGES,
+    preferred_language,
+    translate,
+    translate_plural,
+)
 from app.web.markdown import render_markdown
 
 templates = Jinja2Templates(
@@ -109,12 +115,12 @@ def render(
     status_code: int = 200,
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    """Render a page; templates always see the signed-in user and the session's CSRF token."""
+    """Render a page; templates always see the signed-in user, the session's CSRF token and
+    the page's language (`page_language`)."""
     principal = getattr(request.state, "principal", None)
-    user = principal.user if principal else None
-    language = user.locale if user and user.locale in LANGUAGES else DEFAULT_LANGUAGE
+    language = page_language(request)
     page_context = {
-        "user": user,
+        "user": principal.user if principal else None,
         "csrf_token": principal.csrf_token if principal else None,
         "language": language,
         "languages": LANGUAGES,
@@ -127,15 +133,35 @@ def render(
     )
 
 
+def page_language(request: Request) -> str:
+    """The language a page speaks: the signed-in user's choice; for a visitor (the sign-in and
+    link pages, an error page), who has no account to say which, the browser's
+    (`Accept-Language`)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        return preferred_language(request.headers.get("accept-language"))
+    return principal.user.locale if principal.user.locale in LANGUAGES else DEFAULT_LANGUAGE
+
+
 def render_error_page(
-    request: Request, status_code: int, detail: str, headers: dict[str, str] | None = None
+    request: Request,
+    status_code: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> HTMLResponse:
     """The message, with a link back to the page the request came from (a form that was
-    refused, say) when that page is on this site."""
+    refused, say) when that page is on this site. An error whose `code` has a text in the
+    catalogue (`error.detail.<code>`) says it in the page's language, others as raised."""
     return render(
         request,
         "error.html",
-        {"status_code": status_code, "detail": detail, "came_from": _came_from(request)},
+        {
+            "status_code": status_code,
+            "detail": detail,
+            "code": code,
+            "came_from": _came_from(request),
+        },
         status_code=status_code,
         headers=headers,
     )

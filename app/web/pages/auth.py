@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -34,8 +33,9 @@ from app.web.deps import (
     SettingsDep,
     client_address,
 )
-from app.web.i18n import preferred_language, translate
+from app.web.i18n import translate
 from app.web.public_forms import PublicForm, is_https
+from app.web.templating import page_language
 
 router = APIRouter()
 
@@ -44,18 +44,6 @@ LOGIN_FORM = PublicForm(purpose="login", path="/login", field="login_token")
 LOGIN_NOTICES = frozenset({"account-created", "password-reset"})
 """What `/login?notice=...` may say (`auth.notice.<name>` in `app.web.i18n`); a fixed list, so
 that a link cannot put words on the page."""
-
-
-def visitor_language(request: Request) -> str:
-    """The language of a page seen before signing in: no account says which, so the browser's
-    (`Accept-Language`)."""
-    return preferred_language(request.headers.get("accept-language"))
-
-
-def visitor_interface(request: Request) -> dict[str, object]:
-    """The page context that makes `render` speak the visitor's language, not English."""
-    language = visitor_language(request)
-    return {"language": language, "t": partial(translate, language)}
 
 
 def verify_login(
@@ -93,7 +81,6 @@ def _login_form(
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
     context = {
-        **visitor_interface(request),
         "next_path": safe_next_path(next_path),
         "error": error,
         "notice": notice,
@@ -138,7 +125,7 @@ def login(
     `next` (a path on this site). A wrong username or password shows the form again with 401,
     a form not sent by this site with 403; repeated failures lock the username and the address
     for a while (429 with `Retry-After`)."""
-    language = visitor_language(request)
+    language = page_language(request)
     if not LOGIN_FORM.verify(request, settings, login_token):
         error = translate(language, "auth.form_expired")
         return _login_form(request, settings, next_path=next, error=error, status_code=403)

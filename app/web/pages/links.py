@@ -20,8 +20,8 @@ from app.models import AccessLink, LinkPurpose
 from app.schemas import AccountForm, PasswordForm, form_input
 from app.web.deps import DbSession, PublicRoute, SettingsDep
 from app.web.i18n import translate
-from app.web.pages.auth import visitor_interface, visitor_language
 from app.web.public_forms import PublicForm
+from app.web.templating import page_language
 
 router = APIRouter()
 
@@ -115,7 +115,7 @@ def reset_password(
 
 def _check_form_token(form: PublicForm, request: Request, settings: Settings, signed: str) -> None:
     if not form.verify(request, settings, signed):
-        raise PermissionDenied(translate(visitor_language(request), "links.form_expired"))
+        raise PermissionDenied(translate(page_language(request), "links.form_expired"))
 
 
 def _done(form: PublicForm, *, notice: str) -> RedirectResponse:
@@ -134,7 +134,6 @@ def _invitation_form(
     status_code: int = 200,
 ) -> HTMLResponse:
     context = {
-        **visitor_interface(request),
         "role": link.role,
         "expires_at": link.expires_at,
         "error": error,
@@ -153,5 +152,5 @@ def _reset_form(
 ) -> HTMLResponse:
     assert link.user_id is not None
     account = accounts.get_user(db, user_id=link.user_id)
-    context = {**visitor_interface(request), "account": account, "error": error}
+    context = {"account": account, "error": error}
     return RESET_FORM.render(request, settings, "reset.html", context, status_code=status_code)

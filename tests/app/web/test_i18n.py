@@ -13,12 +13,6 @@ from app.web.i18n import MESSAGES, PLURALS, preferred_language, translate, trans
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "templates"
 
-NOT_YET_TRANSLATED = {
-    "admin/users.html",
-}
-"""Templates still written in English (issue 19: the admin console is being
-converted). This list must shrink to empty; a template leaves it once it passes the scan."""
-
 ALLOWED_WORDS = re.compile(r"alignloop|API|JSON|URL|[\w.+-]+@[\w-]+(\.[\w-]+)+|\b(UTC|MiB|s|n)\b")
 """Brand and technical words that read the same in every language, e-mail addresses, and units
 and notation (UTC, MiB, s for seconds, n for a sample's size)."""
@@ -63,24 +57,14 @@ def untranslated_texts(source: str) -> list[str]:
     return [text for text in texts if any(character.isalpha() for character in text)]
 
 
-def scanned_templates() -> list[str]:
-    return sorted(
-        name
-        for path in TEMPLATES.rglob("*.html")
-        if (name := path.relative_to(TEMPLATES).as_posix()) not in NOT_YET_TRANSLATED
-    )
+TEMPLATE_NAMES = sorted(
+    path.relative_to(TEMPLATES).as_posix() for path in TEMPLATES.rglob("*.html")
+)
 
 
-@pytest.mark.parametrize("name", scanned_templates())
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
 def test_a_template_writes_no_interface_text_of_its_own(name):
     assert untranslated_texts((TEMPLATES / name).read_text("utf-8")) == []
-
-
-def test_the_not_yet_translated_list_names_only_templates_that_exist_and_still_need_it():
-    for name in NOT_YET_TRANSLATED:
-        path = TEMPLATES / name
-        assert path.exists(), name
-        assert untranslated_texts(path.read_text("utf-8")), f"{name} passes: take it off the list"
 
 
 def test_the_scan_finds_text_attributes_and_both_branches_but_not_code_or_jinja():

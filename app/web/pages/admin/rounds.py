@@ -68,7 +68,7 @@ def _readiness(db: DbSession, settings: SettingsDep) -> dict:
     refreshes itself every few seconds, and a start would be refused anyway)."""
     model = model_readiness.model_state(db, settings)
     if not model.ready:
-        return {"model": model.detail, "running": None}
+        return {"model": model, "running": None}
     if (running := rounds.active_round(db, line="main")) is not None:
         return {"model": None, "running": running}
     options = round_config.preset_snapshot(settings.round_preset)

@@ -27,9 +27,12 @@ ShortText = Annotated[str, Form(max_length=256)]
 
 
 class ShownOnce(NamedTuple):
-    """A secret for the page to show this one time, with what it is."""
+    """A secret for the page to show this one time, with what it is: the catalogue key of its
+    label (`admin.users.shown.*`) and the label's fields, so the page says it in the admin's
+    language."""
 
     label: str
+    fields: dict[str, str]
     secret: str
 
 
@@ -86,8 +89,9 @@ def create_reset_link(
     user = accounts.get_user(db, user_id=user_id)
     issued = access_links.create_password_reset(db, user=user, created_by=admin, settings=settings)
     db.commit()
-    label = f"Password-reset link for {user.username}"
-    return _users_page(request, db, ShownOnce(label, issued.url(str(request.base_url))))
+    label = "admin.users.shown.reset_link"
+    url = issued.url(str(request.base_url))
+    return _users_page(request, db, ShownOnce(label, {"username": user.username}, url))
 
 
 @router.post("/users/{user_id}/keys", response_class=HTMLResponse, status_code=201)
@@ -105,7 +109,8 @@ def create_key(
     body = form_input(ApiKeyCreate, name=name, scope=scope)
     api_key, key = accounts.create_api_key(db, user=user, name=body.name, scope=body.scope)
     db.commit()
-    return _users_page(request, db, ShownOnce(f"API key {api_key.name!r} of {user.username}", key))
+    fields = {"name": api_key.name, "username": user.username}
+    return _users_page(request, db, ShownOnce("admin.users.shown.api_key", fields, key))
 
 
 @router.post("/users/{user_id}/keys/{key_id}/revoke")
@@ -132,8 +137,8 @@ def create_invitation(
         db, role=body.role, note=body.note, created_by=admin, settings=settings
     )
     db.commit()
-    label = f"Invitation for a new {body.role.value}"
-    return _users_page(request, db, ShownOnce(label, issued.url(str(request.base_url))))
+    label = f"admin.users.shown.invitation.{body.role.value}"
+    return _users_page(request, db, ShownOnce(label, {}, issued.url(str(request.base_url))))
 
 
 @router.post("/invitations/{invitation_id}/revoke")

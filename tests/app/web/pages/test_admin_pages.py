@@ -22,6 +22,7 @@ from app.models import (
     RunStatus,
     utcnow,
 )
+from app.web.i18n import translate
 from tests.console_zh import english_left, seed_console
 from tests.helpers import (
     ab_judgement,
@@ -101,9 +102,10 @@ def test_a_queue_that_nobody_takes_is_reported():
     health = dashboard.QueueHealth(
         jobs={"queued": 2}, rounds={}, lost_leases=0, oldest_queued=utcnow() - timedelta(hours=1)
     )
-    assert health.problems == [
+    assert health.problems == [dashboard.Problem("stalled_queue", 10)]
+    assert translate("en", "admin.problem.stalled_queue", count=10) == (
         "work has waited in the queue for over 10 minutes: is a worker running?"
-    ]
+    )
 
 
 def a_round(db, **fields) -> Round:
@@ -344,6 +346,7 @@ def test_a_chinese_admin_reads_every_console_page_in_chinese(client, db, setting
     db.commit()
     browser_login(client, admin.username)
     pages = ["/admin", "/admin/rounds", "/admin/models", "/admin/quality?requested=true"]
+    pages += ["/admin/users"]
     pages += [f"/admin/rounds/{ids['finished']}", f"/admin/rounds/{ids['running']}"]
     for path in pages:
         page = html(client.get(path))
@@ -355,6 +358,29 @@ def test_a_chinese_admin_reads_every_console_page_in_chinese(client, db, setting
     assert running.select_one("#round-eta").text == "约剩 10 分钟"
     words = json.loads(running.select_one("#round")["data-text"])  # for round.js
     assert words["stage"]["policy"] == "策略优化" and words["eta"]["minutes"] == "约剩 {n} 分钟"
+    model_line = html(client.get("/admin")).select_one("#model-state li").text
+    assert model_line == "模型：当前提供服务的是 base"
+    rater_row = html(client.get("/admin/users")).select_one(f"#user-{rater.id}")
+    assert [cell.text for cell in rater_row.select("td")][1:4] == ["评分员", "已启用", "否"]
 
 
 TEXT_ATTRIBUTES = ("placeholder", "title", "aria-label", "alt", "value")
+
+
+def test_a_chinese_admin_reads_why_there_is_no_model_and_what_the_queue_lacks_in_chinese(
+    client, db, admin
+):
+    admin.locale = "zh"
+    lost = utcnow() - timedelta(minutes=5)
+    db.add(
+        Job(kind="train_sft", status=RunStatus.RUNNING, lease_owner="gone", lease_expires_at=lost)
+    )
+    db.commit()
+    browser_login(client, admin.username)
+    page = html(client.get("/admin"))
+    assert page.select_one("#model-state li").text.startswith("模型：还没有模型：基础模型（")
+    problems = [item.text for item in page.select("ul.health li.bad")][1:]
+    assert problems == ["1 个运行中的任务或训练轮次失去了工作进程"]
+    rounds_page = html(client.get("/admin/rounds"))
+    assert rounds_page.select_one("#readiness").text.startswith("还没有模型：")
+    assert english_left(page.get_text(" ") + rounds_page.get_text(" ")) == []

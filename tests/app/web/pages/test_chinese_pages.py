@@ -51,6 +51,24 @@ def test_invitation_and_reset_links_speak_the_browsers_language(client, db, sett
     assert html(forged).select_one(".error").text.startswith("此表单已过期")
 
 
+def test_a_dead_link_gives_a_visitor_a_404_page_in_the_browsers_language(client):
+    browser = {"Accept": "text/html"}
+    chinese = client.get("/no/such/page", headers={**browser, **CHINESE_BROWSER})
+    assert chinese.status_code == 404
+    page = html(chinese)
+    assert page.select_one("html")["lang"] == "zh-CN"
+    assert [p.text for p in page.select("main p")] == ["页面不存在", "返回首页"]
+    english = html(client.get("/no/such/page", headers=browser))
+    assert [p.text for p in english.select("main p")] == ["Not found", "Back to the start page"]
+
+
+def test_a_used_up_link_says_so_in_the_browsers_language(client):
+    headers = {"Accept": "text/html", **CHINESE_BROWSER}
+    dead = client.get("/invite/" + "x" * 43, headers=headers)
+    assert dead.status_code == 404
+    assert html(dead).select_one("main p").text.startswith("此链接无效")
+
+
 def test_a_chinese_admins_account_guidelines_and_data_pages_are_in_chinese(
     client, db, chinese_admin
 ):

@@ -568,3 +568,12 @@ def test_the_page_creates_and_revokes_a_users_api_key(client, admin, rater, db):
     revoke = page.select_one(f"#keys-{rater.id} form[action$='/revoke']")["action"]
     client.post(revoke, data={"csrf_token": csrf})
     assert client.get("/api/auth/me", headers=as_rater).status_code == 401
+
+
+def test_a_chinese_admin_is_told_in_chinese_what_the_one_time_secret_is(client, admin, rater, db):
+    admin.locale = "zh"
+    db.commit()
+    csrf = browser_login(client, admin.username)
+    created = client.post(f"/admin/users/{rater.id}/reset-link", data={"csrf_token": csrf})
+    label = html(created).select_one(".notice p").text
+    assert label == "rita 的密码重置链接：请立即复制，它不会再次显示："
