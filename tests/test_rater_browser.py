@@ -231,9 +231,10 @@ def rate_with_digits(page: Page, task: ShownTask, scores: tuple[int, ...]) -> di
     ratings: dict[str, dict[str, int]] = {}
     for score in scores:
         label = focused(page, "element.closest('article.response').dataset.label")
-        aspect = focused(
-            page, "element.closest('.rating-row').querySelector('.aspect').textContent"
-        )
+        # The row's radios are named rating_<response id>_<aspect> (the stored aspect; the
+        # page shows its translated name).
+        field = focused(page, "element.closest('.rating-row').querySelector('input').name")
+        aspect = field.split("_", 2)[2]
         press(page, str(score))
         ratings.setdefault(str(task.ids[label]), {})[aspect] = score
     return ratings
