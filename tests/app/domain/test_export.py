@@ -130,6 +130,18 @@ def test_a_rounds_export_is_its_snapshot(client, judged, admin, settings):
     assert pairs == (settings.snapshots_dir / f"{round_.snapshot_sha256}.jsonl").read_bytes()
 
 
+def test_a_rounds_pairs_export_is_its_snapshot_file_even_one_an_older_version_wrote(
+    client, judged, admin, settings
+):
+    round_ = snapshot_round(judged, settings.snapshots_dir)
+    snapshot = settings.snapshots_dir / f"{round_.snapshot_sha256}.jsonl"
+    # A held-out pair as written before the pair split was named held_out.
+    older = snapshot.read_bytes().replace(b'"split":"train"', b'"split":"eval"', 1)
+    assert older != snapshot.read_bytes()
+    snapshot.write_bytes(older)
+    assert download(client, judged, admin, format="pairs", round=round_.id) == older
+
+
 def judge_new_tasks(factory, rater_id: int, count: int) -> None:
     """`count` new two-answer tasks, each judged with a clear winner, committed."""
     with session_scope(factory) as db:
