@@ -30,8 +30,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from alignment_study import CACHE, base_path  # noqa: E402
-from harness import machine  # noqa: E402
+from alignment_study import base_path  # noqa: E402
+from harness import machine, seeded_reward_model  # noqa: E402
 
 from app.bundled import demo_prompt_rows  # noqa: E402
 from app.pairs import Pair, canonical_line  # noqa: E402
@@ -63,20 +63,6 @@ def pairs() -> list[Pair]:
     ]
 
 
-def reward_model() -> Path:
-    """The base with a seeded one-output head (as `bench/online_memory.py`)."""
-    import torch
-
-    from worker.training.reward_model import RewardReport, load_reward_model, save_reward_model
-
-    path = CACHE / "models" / "reward-online-memory"
-    if not (path / "config.json").is_file():
-        torch.manual_seed(0)
-        model, tokenizer = load_reward_model(base_path(), torch.device("cpu"))
-        save_reward_model(model, tokenizer, RewardReport(train_pairs=0, eval_pairs=0), path)
-    return path
-
-
 def workloads(folder: Path) -> dict[str, tuple[str, dict[str, Path], object]]:
     """Each trainer's inputs and `quick` settings."""
     pairs_file, prompts_file = folder / "pairs.jsonl", folder / "prompts.jsonl"
@@ -85,11 +71,12 @@ def workloads(folder: Path) -> dict[str, tuple[str, dict[str, Path], object]]:
     quick = POLICY_PRESETS["quick"]
     dpo = DPOConfig(**{**quick["dpo"], "epochs": 1, "device": "cpu"})
     rloo = RLOOConfig(**{**quick["rloo"], "steps": RLOO_STEPS, "device": "cpu"})
+    base = base_path()
     return {
-        "DPO": ("dpo", {"data": pairs_file, "base": base_path()}, dpo),
+        "DPO": ("dpo", {"data": pairs_file, "base": base}, dpo),
         "RLOO": (
             "rloo",
-            {"data": prompts_file, "base": base_path(), "reward_model": reward_model()},
+            {"data": prompts_file, "base": base, "reward_model": seeded_reward_model(base)},
             rloo,
         ),
     }

@@ -49,6 +49,19 @@ def base_model(data_dir: Path, *, tiny: bool = False) -> Path:
     return path
 
 
+def seeded_reward_model(base: Path) -> Path:
+    """A reward model beside `base` for the online trainers' benchmarks: the base with a seeded
+    one-output head (arbitrary but fixed rewards), made on first use."""
+    from worker.training.reward_model import RewardReport, load_reward_model, save_reward_model
+
+    path = base.parent / "reward-online-memory"
+    if not (path / "config.json").is_file():
+        torch.manual_seed(0)
+        model, tokenizer = load_reward_model(base, torch.device("cpu"))
+        save_reward_model(model, tokenizer, RewardReport(train_pairs=0, eval_pairs=0), path)
+    return path
+
+
 def synchronize() -> None:
     """Wait for the GPU's queued work, if there is a GPU, so that a clock read next sees it done."""
     if torch.cuda.is_available():

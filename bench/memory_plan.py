@@ -41,7 +41,7 @@ from app.round_config import (  # noqa: E402
     PPOConfig,
     RewardConfig,
     RLOOConfig,
-    SFTConfig,
+    RoundSFTConfig,
 )
 
 GIB = 1024**3
@@ -103,7 +103,7 @@ PUBLISHED = (  # the models' config.json values
 def stage_bytes(model: Architecture, preset: str) -> dict[str, int]:
     """The peak of each training stage of `preset` on `model`, in bytes."""
     weights = BF16 * model.parameters
-    sft = SFTConfig(**_trainer_settings(PRESETS[preset]["sft"], SFTConfig))
+    sft = RoundSFTConfig(**PRESETS[preset]["sft"]).trainer_settings()
     reward = RewardConfig(**PRESETS[preset]["reward_model"])
     dpo = DPOConfig(**POLICY_PRESETS[preset]["dpo"])
     peaks = {
@@ -118,11 +118,6 @@ def stage_bytes(model: Architecture, preset: str) -> dict[str, int]:
         update = model.activation_bytes(config.micro_batch_tokens)
         peaks[name] = 2 * weights + max(rollout, update)
     return peaks
-
-
-def _trainer_settings(settings: dict, kind: type) -> dict:
-    """A round section's settings that the trainer reads (without when the stage runs)."""
-    return {name: value for name, value in settings.items() if name in kind.__dataclass_fields__}
 
 
 def main() -> None:

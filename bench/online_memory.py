@@ -31,20 +31,14 @@ PROMPTS = 24
 
 def run_trainer(algorithm: str, steps: int) -> dict:
     """In this process, with the code of whichever checkout is first on `sys.path`."""
-    import torch
+    from harness import seeded_reward_model
 
     import worker
     from app.domain.bootstrap import DEMO_PROMPTS
     from app.models import Algorithm
     from app.round_config import POLICY_PRESETS, PPOConfig, RLOOConfig
-    from worker.training.reward_model import RewardReport, load_reward_model, save_reward_model
 
-    reward = BASE.parent / "reward-online-memory"
-    if not (reward / "config.json").is_file():
-        torch.manual_seed(0)
-        model, tokenizer = load_reward_model(BASE, torch.device("cpu"))
-        save_reward_model(model, tokenizer, RewardReport(train_pairs=0, eval_pairs=0), reward)
-        del model
+    reward = seeded_reward_model(BASE)
     rows = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
     prompts = [row["messages"] for row in rows if "zh" not in row.get("tags", [])][:PROMPTS]
     settings = {**POLICY_PRESETS["quick"][Algorithm(algorithm)], "steps": steps, "device": "cpu"}

@@ -470,38 +470,52 @@ def _reward_model_start(stage: Stage) -> ModelVersion:
 
 
 def policy_stage(stage: Stage) -> dict[str, Any]:
-    """Optimise the policy with the round's algorithm; save it, unregistered, to the store."""
+    """Optimise the policy with the round's algorithm; save it, unregistered, to the store:
+    in the stage's process, or in several (`worker.launch`)."""
     from worker.training.dpo import strict_training_pairs
 
     config = stage.config.policy
     inputs = {"base": stage.store.path_for(stage.policy_path())}
     if stage.algorithm == Algorithm.DPO:
-        strict = strict_training_pairs(read_pairs(stage.snapshot_file))
-        total = planned_steps(config.epochs, len(strict), config.batch_pairs)
-        data = nullcontext(stage.snapshot_file)
+        pairs = read_pairs(stage.snapshot_file)
+        total = planned_steps(config.epochs, len(strict_training_pairs(pairs)), config.batch_pairs)
+        training_data: list = pairs
     else:
         inputs["reward_model"] = stage.store.path_for(stage.metrics["reward_model"]["path"])
         total = config.steps
-        data = rows_file({"messages": messages} for messages in _train_prompts(stage))
+        training_data = _train_prompts(stage)
     name = f"round-{stage.round_id}"
-    with data as path:
-        inputs["data"] = path
-        processes = train_processes(stage.context.settings)
-        if processes > 1:
-            inputs["out"] = stage.store.path_for(name)
-            report = stage.launched(stage.algorithm.value, processes, inputs, total, config)
-            steps, last = report["steps"], report["last"]
-        else:
-            policy, curve = _train_policy(stage, inputs, total)
-            policy.save(stage.store.path_for(name))
-            steps, last = len(curve), curve[-1]
+    processes = train_processes(stage.context.settings)
+    if processes > 1:
+        inputs["out"] = stage.store.path_for(name)
+        report = _policy_in_processes(stage, processes, inputs, training_data, total)
+        steps, last = report["steps"], report["last"]
+    else:
+        policy, curve = _train_policy(stage, inputs, training_data, total)
+        policy.save(stage.store.path_for(name))
+        steps, last = len(curve), curve[-1]
     return _with_metrics(stage, "policy", {"path": name, "steps": steps, "last": last})
 
 
-def _train_policy(stage: Stage, inputs: dict[str, Path], total: int) -> tuple[Any, list[dict]]:
-    """The policy stage's training in the stage's process, on the trainer's `inputs`: the
-    policy and its curve."""
-    from worker.training.cli import read_prompts
+def _policy_in_processes(
+    stage: Stage, processes: int, inputs: dict[str, Path], training_data: list, total: int
+) -> dict[str, Any]:
+    """The policy stage's training by `processes` processes: DPO reads the snapshot file, PPO
+    and RLOO the training prompts, written out for them; the trainer's report."""
+    if stage.algorithm == Algorithm.DPO:
+        data = nullcontext(stage.snapshot_file)
+    else:
+        data = rows_file({"messages": messages} for messages in training_data)
+    with data as path:
+        inputs = {**inputs, "data": path}
+        return stage.launched(stage.algorithm.value, processes, inputs, total, stage.config.policy)
+
+
+def _train_policy(
+    stage: Stage, inputs: dict[str, Path], training_data: list, total: int
+) -> tuple[Any, list[dict]]:
+    """The policy stage's training in the stage's process, on the snapshot's pairs (DPO) or
+    the training prompts (PPO, RLOO): the policy and its curve."""
     from worker.training.dpo import REFERENCE_PASS, train_dpo
     from worker.training.ppo import train_ppo
     from worker.training.rloo import train_rloo
@@ -513,13 +527,11 @@ def _train_policy(stage: Stage, inputs: dict[str, Path], total: int) -> tuple[An
         def reference_pass(done: int, batches: int) -> None:
             stage.phase_point({"what": REFERENCE_PASS, "done": done, "total": batches})
 
-        pairs = read_pairs(inputs["data"])
         return train_dpo(
-            pairs, inputs["base"], config, on_step=on_step, on_reference=reference_pass
+            training_data, inputs["base"], config, on_step=on_step, on_reference=reference_pass
         )
     train = train_ppo if stage.algorithm == Algorithm.PPO else train_rloo
-    prompts = read_prompts(inputs["data"])
-    return train(prompts, inputs["base"], inputs["reward_model"], config, on_step=on_step)
+    return train(training_data, inputs["base"], inputs["reward_model"], config, on_step=on_step)
 
 
 @contextmanager
